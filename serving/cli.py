@@ -1,0 +1,9 @@
+"""``reco`` commands contributed by the serving package."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
+    """Add this package's commands to ``reco``."""

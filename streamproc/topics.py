@@ -1,0 +1,70 @@
+"""The topic plan: every topic the service uses, its partitions and its key.
+
+================  ==============================  ==========  ============================
+topic             written by → read by            partitions  key
+================  ==============================  ==========  ============================
+events            apps, ``POST /v1/events``       P           user_id
+                  → streamproc (consumer group)
+events.dlq        streamproc → operators          1           original key; headers carry
+                                                              reason + source position
+examples          streamproc → trainer            1           none (batches); one partition
+                                                              = one active trainer, global order
+model-updates     trainer → every serving replica 1           none; versions in order
+rec-requests      services → serving (group)      P           user_id
+recommendations   serving → services              P           user_id
+================  ==============================  ==========  ============================
+
+``P`` is ``RECO_PARTITIONS`` (default 4); names are prefixed with ``RECO_TOPIC_PREFIX``
+(default ``reco.``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from streamproc.settings import Settings
+
+__all__ = ["Topics"]
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Topic names and partition counts derived from settings.
+
+    Examples
+    --------
+    >>> Topics.from_settings(Settings(topic_prefix="app.")).events
+    'app.events'
+    """
+
+    events: str
+    dead_letters: str
+    examples: str
+    model_updates: str
+    requests: str
+    recommendations: str
+    partitions: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Topics":
+        p = settings.topic_prefix
+        return cls(
+            events=f"{p}events",
+            dead_letters=f"{p}events.dlq",
+            examples=f"{p}examples",
+            model_updates=f"{p}model-updates",
+            requests=f"{p}rec-requests",
+            recommendations=f"{p}recommendations",
+            partitions=settings.partitions,
+        )
+
+    def plan(self) -> dict[str, int]:
+        """Topic name → partition count."""
+        return {
+            self.events: self.partitions,
+            self.dead_letters: 1,
+            self.examples: 1,
+            self.model_updates: 1,
+            self.requests: self.partitions,
+            self.recommendations: self.partitions,
+        }

@@ -1,0 +1,1 @@
+"""Examples in: online models, replay buffer, prequential metrics, drift, checkpoints, model updates out."""

@@ -1,0 +1,87 @@
+"""The model-update contract: what the trainer writes to the model-updates topic.
+
+Each message is a safetensors file (data only, never pickle) whose metadata key ``"reco"`` holds a
+JSON header:
+
+``version``          int, strictly increasing per model
+``kind``             ``"delta"`` (rows touched since ``base_version``) or ``"snapshot"`` (all rows)
+``base_version``     for deltas: the version this delta applies on top of (gap detection)
+``chunk``/``chunks`` snapshots larger than the message limit are split by rows; a snapshot is
+                     complete when all ``chunks`` chunks of one ``version`` arrived
+``global_mean``      float
+``user_ids``/``item_ids``  ids of the rows in the tensors below, in order
+``newest_event_time`` newest app event time covered (Unix s)
+``newest_published`` newest Kafka publish time (Unix s) of the events covered: serving measures
+                     feedback latency as "visible now − newest_published" per update
+``published``        list of [user_id, item_id, published] for the feedback covered (deltas)
+``offsets``          {"topic:partition": next offset} of the examples consumed
+``created``          Unix s when the trainer published it
+
+Tensors (float32): ``user_factors`` [U, k], ``user_bias`` [U], ``item_factors`` [I, k],
+``item_bias`` [I], ``item_popularity`` [I] (recency-decayed interaction count). The factors are
+the *effective* vectors (text projections folded in), so serving scores
+``global_mean + user_bias + item_bias + user_factors · item_factors``.
+
+Examples
+--------
+>>> import numpy as np
+>>> u = ModelUpdate(header={"version": 3, "kind": "delta", "base_version": 2, "user_ids": ["a", "b"]},
+...                 tensors={"user_bias": np.zeros(2, np.float32)})
+>>> ModelUpdate.decode(u.encode()).header["version"]
+3
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from streamproc.errors import InvalidUpdate
+
+__all__ = ["ModelUpdate", "TENSOR_NAMES"]
+
+TENSOR_NAMES = ("user_factors", "user_bias", "item_factors", "item_bias", "item_popularity")
+_REQUIRED = ("version", "kind")
+
+
+@dataclass
+class ModelUpdate:
+    header: dict[str, Any]
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        from safetensors.numpy import save
+
+        tensors = {k: np.ascontiguousarray(v) for k, v in self.tensors.items()}
+        return save(tensors, metadata={"reco": json.dumps(self.header, separators=(",", ":"))})
+
+    @classmethod
+    def decode(cls, data: bytes) -> "ModelUpdate":
+        """Parse and sanity-check; any corruption raises :class:`InvalidUpdate`."""
+        from safetensors import SafetensorError
+        from safetensors.numpy import load
+
+        try:
+            if len(data) < 8:
+                raise ValueError("truncated")
+            hlen = int.from_bytes(data[:8], "little")
+            if hlen <= 0 or 8 + hlen > len(data):
+                raise ValueError("truncated header")
+            meta = json.loads(data[8 : 8 + hlen]).get("__metadata__") or {}
+            header = json.loads(meta["reco"])
+            tensors = load(bytes(data))
+        except (SafetensorError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise InvalidUpdate(f"corrupt model update: {exc}") from None
+        if not isinstance(header, dict) or any(k not in header for k in _REQUIRED):
+            raise InvalidUpdate("corrupt model update: header lacks version/kind")
+        if header["kind"] not in ("delta", "snapshot") or not isinstance(header["version"], int):
+            raise InvalidUpdate(f"corrupt model update: bad kind/version {header.get('kind')!r}/{header.get('version')!r}")
+        nu, ni = len(header.get("user_ids", [])), len(header.get("item_ids", []))
+        for name, arr in tensors.items():
+            rows = nu if name.startswith("user") else ni
+            if arr.shape[:1] != (rows,) or not np.all(np.isfinite(arr)):
+                raise InvalidUpdate(f"corrupt model update: tensor {name} has shape {arr.shape} for {rows} rows or non-finite values")
+        return cls(header, tensors)
