@@ -101,7 +101,12 @@ class Settings:
     push_enabled: bool = _s(True, "Push refreshed top-k to the recommendations topic after feedback")
     push_min_interval_s: float = _s(1.0, "At most one push per user per this many seconds", min=0)
     seen_per_user: int = _s(1000, "Items remembered per user for exclude_seen", min=0)
-    metrics_port: int = _s(0, "Port of /metrics for worker roles; 0 = pick per role", min=0, max=65535)
+    metrics_port: int = _s(0, "Port of /metrics for worker roles; 0 = role default (streamproc 9101, trainer 9102)", min=0, max=65535)
+    metrics_host: str = _s("127.0.0.1", "Bind address of the worker roles' /metrics endpoints")
+    dashboard_sources: str = _s(
+        "http://127.0.0.1:9101/metrics,http://127.0.0.1:9102/metrics",
+        "Comma-separated /metrics URLs of the other roles that /dashboard reads (serving adds its own)",
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
