@@ -1,9 +1,266 @@
-"""``reco up`` / ``reco demo`` / ``reco bench freshness``: the whole loop on one machine."""
+"""The whole loop on one machine: ``reco up``, ``reco demo`` and ``reco bench freshness``.
+
+``reco up`` starts the embedded broker (unless ``RECO_KAFKA_BOOTSTRAP`` is set), creates the
+topics and runs streamproc, trainer and serving as supervised child processes: one merged log
+stream (each line prefixed with its role), a crashed role is restarted with back-off, and Ctrl-C /
+SIGTERM stops them in pipeline order (streamproc finishes its in-flight events first, then the
+trainer publishes a last update and checkpoints, then serving) before the broker stops.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from streamproc.cli import embedded_or_configured, print_json
+from streamproc.settings import Settings
+
+__all__ = ["Supervisor", "Role", "register"]
+
+ROLES = ("streamproc", "trainer", "serve")
+
+
+@dataclass
+class Role:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    proc: subprocess.Popen[str] | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+    log_thread: threading.Thread | None = None
+
+
+@dataclass
+class Supervisor:
+    """Runs the roles as child processes against ``settings.kafka_bootstrap``.
+
+    ``roles`` maps a role name to its ``reco`` arguments; ``env`` adds environment per role.
+    """
+
+    settings: Settings
+    roles: dict[str, list[str]] = field(default_factory=lambda: {r: [r] for r in ROLES})
+    role_env: dict[str, dict[str, str]] = field(default_factory=dict)
+    config_file: str | None = None
+    restart: bool = True
+    log: Any = sys.stderr
+    _roles: dict[str, Role] = field(default_factory=dict, init=False)
+    _stopping: bool = field(default=False, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+
+    def base_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RECO_")}
+        env["HF_HUB_OFFLINE"] = "1"
+        env["PYTHONUNBUFFERED"] = "1"
+        for k, v in os.environ.items():
+            if k.startswith("RECO_"):
+                env[k] = v
+        if self.config_file:
+            env["RECO_CONFIG"] = self.config_file
+        env["RECO_KAFKA_BOOTSTRAP"] = self.settings.kafka_bootstrap
+        env["RECO_TOPIC_PREFIX"] = self.settings.topic_prefix
+        return env
+
+    def start(self) -> "Supervisor":
+        for name, args in self.roles.items():
+            role = Role(name, [sys.executable, "-m", "streamproc.cli", *args], {**self.base_env(), **self.role_env.get(name, {})})
+            self._roles[name] = role
+            self._spawn(role)
+        threading.Thread(target=self._watch, name="supervisor", daemon=True).start()
+        return self
+
+    def _spawn(self, role: Role) -> None:
+        role.proc = subprocess.Popen(
+            role.argv, env=role.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+            start_new_session=True,  # a terminal's Ctrl-C reaches the supervisor only; it stops children in order
+        )
+        role.started_at = time.monotonic()
+        role.log_thread = threading.Thread(target=self._pump, args=(role, role.proc), daemon=True)
+        role.log_thread.start()
+
+    def _pump(self, role: Role, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        width = max(len(r) for r in self.roles)
+        for line in proc.stdout:
+            with self._lock:
+                self.log.write(f"{role.name:<{width}} | {line}")
+                self.log.flush()
+
+    def _watch(self) -> None:
+        while not self._stopping:
+            for role in list(self._roles.values()):
+                if self._stopping:
+                    return
+                if role.proc is not None and role.proc.poll() is not None and self.restart:
+                    backoff = min(10.0, 0.5 * 2 ** min(role.restarts, 5))
+                    if time.monotonic() - role.started_at < 30:
+                        time.sleep(backoff)  # crash loop: back off before restarting
+                    if self._stopping:
+                        return
+                    with self._lock:
+                        self.log.write(f"supervisor: {role.name} exited with status {role.proc.returncode}; restarting\n")
+                    role.restarts += 1
+                    self._spawn(role)
+            time.sleep(0.2)
+
+    def pid(self, name: str) -> int:
+        proc = self._roles[name].proc
+        assert proc is not None
+        return proc.pid
+
+    def restarts(self, name: str) -> int:
+        return self._roles[name].restarts
+
+    def alive(self) -> dict[str, bool]:
+        return {n: r.proc is not None and r.proc.poll() is None for n, r in self._roles.items()}
+
+    def stop(self, timeout: float = 30.0) -> dict[str, int | None]:
+        """SIGTERM each role in pipeline order and wait for it; SIGKILL after ``timeout``."""
+        self._stopping = True
+        codes: dict[str, int | None] = {}
+        for name in self.roles:
+            role = self._roles.get(name)
+            if role is None or role.proc is None:
+                continue
+            if role.proc.poll() is None:
+                role.proc.send_signal(signal.SIGTERM)
+                try:
+                    role.proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    role.proc.kill()
+                    role.proc.wait()
+            codes[name] = role.proc.returncode
+            if role.log_thread is not None:
+                role.log_thread.join(2)
+        return codes
+
+    def __enter__(self) -> "Supervisor":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def running_loop(settings: Settings, *, config_file: str | None = None, log: Any = sys.stderr,
+                 roles: dict[str, list[str]] | None = None) -> Iterator[tuple[Settings, Supervisor]]:
+    """Broker (embedded unless configured) + topics + supervised roles, torn down on exit."""
+    with embedded_or_configured(settings) as s:
+        sup = Supervisor(s, config_file=config_file, log=log, **({"roles": roles} if roles else {}))
+        with sup:
+            yield s, sup
+
+
+def _stop_flag() -> threading.Event:
+    stop = threading.Event()
+
+    def handler(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return stop
+
+
+def wait_http(url: str, timeout: float = 120.0, stop: threading.Event | None = None) -> bool:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not (stop and stop.is_set()):
+        try:
+            if httpx.get(url, timeout=1.0).status_code < 500:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    stop = _stop_flag()
+    with running_loop(settings, config_file=args.config) as (s, sup):
+        base = f"http://{s.http_host}:{s.http_port}"
+        print(f"reco up: broker {s.kafka_bootstrap}; API {base}/v1/users/<id>/recommendations; "
+              f"dashboard {base}/dashboard; metrics {base}/metrics, :9101/metrics, :9102/metrics (Ctrl-C to stop)",
+              file=sys.stderr, flush=True)
+        deadline = time.monotonic() + args.duration if args.duration else None
+        while not stop.wait(0.5):
+            if deadline and time.monotonic() > deadline:
+                break
+        print("reco up: stopping roles (in-flight work finishes, trainer checkpoints)", file=sys.stderr, flush=True)
+    return 0
+
+
+# ------------------------------------------------------------------------------------ demo
+def _summary_line(data: dict[str, Any]) -> str:
+    def f(key: str, fmt: str = "{:.0f}") -> str:
+        v = data.get(key)
+        return "-" if v is None else fmt.format(v)
+
+    return (f"events/s {f('events_per_s')} | examples/s {f('examples_per_s')} | model v{f('model_version')} | "
+            f"feedback latency p50 {f('feedback_latency_p50_s', '{:.2f}')} s p99 {f('feedback_latency_p99_s', '{:.2f}')} s | "
+            f"RMSE {f('prequential_rmse', '{:.4f}')} | drift {f('drift_detections')} | dead letters {f('dead_letters')}")
+
+
+def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    import httpx
+
+    from streamproc.replay import DEFAULT_DATASET, load_events, replay
+
+    stop = _stop_flag()
+    events = load_events(args.dataset or DEFAULT_DATASET)[: args.limit]
+    rate = None if args.speed == "max" else float(args.speed)
+    log = open(args.log_file, "a") if args.log_file else sys.stderr
+    with running_loop(settings, config_file=args.config, log=log) as (s, sup):
+        base = f"http://{s.http_host}:{s.http_port}"
+        if not wait_http(f"{base}/healthz", 180, stop):
+            print("reco demo: serving did not come up; see the log above", file=sys.stderr)
+            return 1
+        print(f"\nreco demo is up (broker {s.kafka_bootstrap})\n"
+              f"  API:        {base}/v1/users/1/recommendations?k=10\n"
+              f"  dashboard:  {base}/dashboard\n"
+              f"  metrics:    {base}/metrics  http://{s.metrics_host}:9101/metrics  http://{s.metrics_host}:9102/metrics\n"
+              f"replaying {len(events):,} MovieLens events at {args.speed} events/s; Ctrl-C to stop\n", flush=True)
+        result: dict[str, Any] = {}
+        t = threading.Thread(target=lambda: result.update(r=replay(s, events, rate=rate, progress=False)), daemon=True)
+        t.start()
+        t0 = time.monotonic()
+        while not stop.wait(2.0):
+            try:
+                data = httpx.get(f"{base}/dashboard/data", timeout=2).json().get("summary", {})
+            except (httpx.HTTPError, ValueError):
+                data = {}
+            print(f"[{time.monotonic() - t0:6.0f} s] {_summary_line(data)}", flush=True)
+            if args.duration and time.monotonic() - t0 > args.duration:
+                break
+        if "r" in result:
+            print(f"replay finished: {result['r'].events:,} events at {result['r'].events_per_s:,.0f} events/s", flush=True)
+    return 0
 
 
 def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
-    """Add the loop commands to ``reco``."""
+    """Add ``reco up``, ``reco demo`` and ``reco bench freshness``."""
+    p = commands.add_parser("up", help="run the whole service (broker, topics, streamproc, trainer, serving) supervised")
+    p.add_argument("--duration", type=float, default=0, help="stop after this many seconds (default: until Ctrl-C)")
+    p.set_defaults(func=_cmd_up)
+
+    p = commands.add_parser("demo", help="reco up + replay ml-latest-small + a live summary")
+    p.add_argument("--dataset", help="MovieLens-style directory (default ../shared/datasets/ml-latest-small)")
+    p.add_argument("--speed", default="2000", help="events per second, or 'max' (default 2000)")
+    p.add_argument("--limit", type=int, default=None, help="replay only the first N events")
+    p.add_argument("--duration", type=float, default=0, help="stop after this many seconds (default: until Ctrl-C)")
+    p.add_argument("--log-file", help="write the roles' logs here instead of stderr")
+    p.set_defaults(func=_cmd_demo)
+
+    from serving.freshness import register_bench
+
+    register_bench(bench)

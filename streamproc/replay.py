@@ -13,6 +13,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from streamproc.kafka import client_config
 from streamproc.settings import Settings
@@ -62,7 +63,7 @@ class ReplayResult:
         return self.events / self.seconds if self.seconds else 0.0
 
 
-async def _replay(settings: Settings, events: list[tuple[float, str, bytes]], rate: float | None, progress: bool) -> ReplayResult:
+async def _replay(settings: Settings, events: list[tuple[float, str, bytes]], rate: float | None, progress: bool, stop: Any) -> ReplayResult:
     from aiokafka import AIOKafkaProducer
     from tqdm import tqdm
 
@@ -71,14 +72,18 @@ async def _replay(settings: Settings, events: list[tuple[float, str, bytes]], ra
     await producer.start()
     bar = tqdm(total=len(events), unit="ev", disable=not progress, mininterval=0.5)
     t0 = time.perf_counter()
+    sent = 0
     try:
         pending = []
         for n, (_, user, value) in enumerate(events):
+            if stop is not None and n % 256 == 0 and stop.is_set():
+                break
             if rate:
                 ahead = n / rate - (time.perf_counter() - t0)
                 if ahead > 0.002:
                     await asyncio.sleep(ahead)
             pending.append(await producer.send(topic, value=value, key=user.encode()))
+            sent += 1
             if len(pending) >= 5000:
                 await asyncio.gather(*pending)
                 bar.update(len(pending))
@@ -88,9 +93,13 @@ async def _replay(settings: Settings, events: list[tuple[float, str, bytes]], ra
     finally:
         await producer.stop()
         bar.close()
-    return ReplayResult(len(events), time.perf_counter() - t0)
+    return ReplayResult(sent, time.perf_counter() - t0)
 
 
-def replay(settings: Settings, events: list[tuple[float, str, bytes]], *, rate: float | None = None, progress: bool = True) -> ReplayResult:
-    """Publish pre-serialized events to the events topic; ``rate`` in events/s (None = max)."""
-    return asyncio.run(_replay(settings, events, rate, progress))
+def replay(settings: Settings, events: list[tuple[float, str, bytes]], *, rate: float | None = None,
+           progress: bool = True, stop: Any = None) -> ReplayResult:
+    """Publish pre-serialized events to the events topic; ``rate`` in events/s (None = max).
+
+    ``stop`` (a ``threading.Event``) ends the replay early; the result counts what was sent.
+    """
+    return asyncio.run(_replay(settings, events, rate, progress, stop))

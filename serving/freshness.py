@@ -1,0 +1,175 @@
+"""``reco bench freshness``: event published → visible in recommendations, with the whole loop up.
+
+A background replay of ml-latest-small keeps ≥ 1,000 events/s flowing. Each probe is a brand-new
+user who rates (or comments on) an item; the user is unknown to the model until their feedback has
+gone through streamproc → trainer → model update → serving swap. We measure, from the moment the
+probe event is handed to the producer:
+
+- ``visible``: the user's HTTP recommendations stop being the cold-start fallback
+  (``GET /v1/users/{user}/recommendations`` polled every 5 ms);
+- ``pushed``: the refreshed top-k for that user arrives on the recommendations topic (serving
+  publishes it right after swapping in the model version that covers the feedback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import statistics
+import threading
+import time
+import uuid
+from typing import Any
+
+from streamproc.settings import Settings
+
+__all__ = ["register_bench", "run_freshness"]
+
+
+def _q(xs: list[float], q: float) -> float | None:
+    if not xs:
+        return None
+    xs = sorted(xs)
+    idx = min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))
+    return round(xs[idx], 4)
+
+
+def _probe_event(kind: str, user: str, item: str, n: int) -> dict[str, Any]:
+    ev: dict[str, Any] = {"schema_version": 1, "type": kind, "event_id": f"probe-{uuid.uuid4().hex}",
+                          "user_id": user, "item_id": item, "event_time": time.time()}
+    if kind == "rating":
+        ev["rating"] = 5.0
+    else:
+        ev["text"] = ["a wonderful, moving film", "boring and far too long", "great soundtrack", "dark but clever"][n % 4]
+    return ev
+
+
+def run_freshness(settings: Settings, *, probes: int = 30, comment_probes: int = 10, background_rate: float = 1500,
+                  warmup_s: float = 20, log: Any = None) -> dict[str, Any]:
+    import httpx
+    from kafka import KafkaConsumer, KafkaProducer
+
+    from serving.loop import running_loop, wait_http
+    from streamproc.kafka import client_config
+    from streamproc.replay import DEFAULT_DATASET, load_events, replay
+    from streamproc.topics import Topics
+
+    log = log or io.StringIO()
+    background = load_events(DEFAULT_DATASET)
+    with running_loop(settings, log=log) as (s, sup):
+        base = f"http://{s.http_host}:{s.http_port}"
+        if not wait_http(f"{base}/healthz", 180):
+            raise RuntimeError("serving did not come up")
+        topics = Topics.from_settings(s)
+        bg: dict[str, Any] = {}
+        stop_bg = threading.Event()
+
+        def run_background() -> None:
+            t0 = time.perf_counter()
+            res = replay(s, background, rate=background_rate, progress=False, stop=stop_bg)
+            bg.update(events=res.events, seconds=time.perf_counter() - t0)
+
+        threading.Thread(target=run_background, daemon=True).start()
+        client = httpx.Client(base_url=base, timeout=5)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and client.get("/readyz").status_code != 200:
+            time.sleep(0.2)
+        time.sleep(warmup_s)  # let the background load reach steady state before probing
+
+        pushes: dict[str, float] = {}
+        consumer = KafkaConsumer(topics.recommendations, auto_offset_reset="latest", enable_auto_commit=False, **client_config(s))
+        consumer.poll(100)
+
+        def watch_pushes() -> None:
+            while not stop_bg.is_set():
+                for msgs in consumer.poll(50).values():
+                    now = time.time()
+                    for m in msgs:
+                        if m.key and m.key.startswith(b"probe-"):
+                            pushes.setdefault(m.key.decode(), now)
+
+        watcher = threading.Thread(target=watch_pushes, daemon=True)
+        watcher.start()
+        producer = KafkaProducer(linger_ms=0, acks=1, **client_config(s))
+        results: dict[str, dict[str, list[float]]] = {"rating": {"visible": [], "pushed": [], "missed": []},
+                                                      "comment": {"visible": [], "pushed": [], "missed": []}}
+        plan = ["rating"] * probes + ["comment"] * comment_probes
+        for n, kind in enumerate(plan):
+            user = f"probe-{uuid.uuid4().hex[:12]}"
+            ev = _probe_event(kind, user, "356", n)
+            t_pub = time.time()
+            producer.send(topics.events, key=user.encode(), value=json.dumps(ev).encode())
+            producer.flush()
+            seen = None
+            limit = time.monotonic() + 15
+            while time.monotonic() < limit:
+                body = client.get(f"/v1/users/{user}/recommendations", params={"k": 10}).json()
+                if not body.get("fallback", True):
+                    seen = time.time()
+                    break
+                time.sleep(0.005)
+            if seen is None:
+                results[kind]["missed"].append(1)
+                continue
+            results[kind]["visible"].append(seen - t_pub)
+            limit = time.monotonic() + 3
+            while user not in pushes and time.monotonic() < limit:
+                time.sleep(0.01)
+            if user in pushes:
+                results[kind]["pushed"].append(pushes[user] - t_pub)
+            time.sleep(0.2)
+        stop_bg.set()
+        watcher.join(2)
+        deadline = time.monotonic() + 10
+        while 'events' not in bg and time.monotonic() < deadline:
+            time.sleep(0.05)
+        consumer.close()
+        producer.close()
+        bg_rate = round(bg['events'] / bg['seconds'], 1) if bg.get('seconds') else None
+        metrics = client.get("/metrics").text
+        client.close()
+    vis, com = results["rating"], results["comment"]
+    return {
+        "p50_s": _q(vis["visible"], 0.5),
+        "p99_s": _q(vis["visible"], 0.99),
+        "max_s": _q(vis["visible"], 1.0),
+        "mean_s": round(statistics.fmean(vis["visible"]), 4) if vis["visible"] else None,
+        "version_live_p50_s": _q(vis["pushed"], 0.5),
+        "version_live_p99_s": _q(vis["pushed"], 0.99),
+        "probes": len(vis["visible"]),
+        "probes_missed": len(vis["missed"]),
+        "comment_p50_s": _q(com["visible"], 0.5),
+        "comment_p99_s": _q(com["visible"], 0.99),
+        "comment_version_live_p50_s": _q(com["pushed"], 0.5),
+        "comment_probes": len(com["visible"]),
+        "comment_probes_missed": len(com["missed"]),
+        "background_events_per_s": bg_rate,
+        "targets": {"p50_s": 1.0, "p99_s": 3.0},
+        "serving_feedback_latency_histogram_count": _metric_value(metrics, "reco_serving_feedback_latency_seconds_count"),
+    }
+
+
+def _metric_value(text: str, name: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def _cmd(args: argparse.Namespace, settings: Settings) -> int:
+    from streamproc.cli import print_json
+
+    out = run_freshness(settings, probes=args.probes, comment_probes=args.comment_probes, background_rate=args.background_rate)
+    print_json(out) if args.json else print(out)
+    return 0
+
+
+def register_bench(bench: argparse._SubParsersAction) -> None:
+    p = bench.add_parser("freshness", help="publish → visible latency with the whole loop under background load")
+    p.add_argument("--probes", type=int, default=30, help="rating probes")
+    p.add_argument("--comment-probes", type=int, default=10, help="comment probes (encoding on the path)")
+    p.add_argument("--background-rate", type=float, default=1500, help="background events/s (>= 1000)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd)
