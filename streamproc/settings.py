@@ -222,3 +222,15 @@ def _check(f: dataclasses.Field, value: Any) -> None:
         raise ConfigError(f"{env_name}={value!r}: must be <= {meta['max']}")
     if "choices" in meta and value not in meta["choices"]:
         raise ConfigError(f"{env_name}={value!r}: must be one of {', '.join(meta['choices'])}")
+
+
+def markdown_table() -> str:
+    """The README's settings table (``python -m streamproc.settings``)."""
+    rows = ["| env | type | default | meaning |", "| --- | --- | --- | --- |"]
+    for env, kind, default, doc in Settings.describe():
+        rows.append(f"| `{env}` | {kind} | `{default.replace('|', chr(92) + '|')}` | {doc} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())
