@@ -1,0 +1,275 @@
+"""The HTTP API of ``reco serve`` (starlette on uvicorn).
+
+==========================================  ====================================================
+``GET /v1/users/{user_id}/recommendations``  ``?k=10&exclude_seen=true`` → items with scores, the
+                                             model version, whether the fallback was used
+``POST /v1/events``                          batch of events (JSON list or ``{"events": [...]}``),
+                                             validated and published keyed by user; needs
+                                             ``X-API-Key``
+``GET /healthz``                             alive
+``GET /readyz``                              200 once a model is loaded and Kafka reachable,
+                                             else 503 with the reasons
+``GET /metrics``                             Prometheus text format
+==========================================  ====================================================
+
+Errors are JSON ``{"detail": <code>, "message": <text>}`` with a bounded ``detail`` code.
+
+Examples
+--------
+>>> from starlette.testclient import TestClient
+>>> with TestClient(create_app(Settings(), start_kafka=False)) as client:
+...     client.get("/v1/users/u1/recommendations").json()["detail"]
+'no_model'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import logging
+import time
+import uuid
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from streamproc.errors import InvalidEvent
+from streamproc.events import SCHEMA_VERSION, EventValidator
+from streamproc.settings import Settings
+from streamproc.topics import Topics
+
+from serving import dashboard
+from serving.kafka_io import KafkaIO
+from serving.metrics import ServingMetrics
+from serving.store import ModelStore
+
+__all__ = ["create_app", "EventSink"]
+
+log = logging.getLogger(__name__)
+
+# (topic, [(key, value, headers)]) → awaitable; replaces Kafka in unit tests.
+EventSink = Callable[[str, list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]], Awaitable[None]]
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+class _Json(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, separators=(",", ":")).encode()
+
+
+def _error(status: int, detail: str, message: str, **extra: Any) -> Response:
+    return _Json({"detail": detail, "message": message, **extra}, status_code=status)
+
+
+class _Timing:
+    """ASGI middleware: ``reco_serving_requests_total{route,status}`` and request latency by route."""
+
+    def __init__(self, app: Any, metrics: ServingMetrics, names: dict[Any, str]) -> None:
+        self.app, self.metrics, self.names = app, metrics, names
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        status = [500]
+
+        async def send_wrapper(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = self.names.get(scope.get("endpoint"), "other")
+            self.metrics.requests.labels(route, str(status[0])).inc()
+            self.metrics.request_duration.labels(route).observe(time.perf_counter() - t0)
+
+
+def create_app(
+    settings: Settings,
+    store: ModelStore | None = None,
+    start_kafka: bool = True,
+    *,
+    registry: CollectorRegistry | None = None,
+    event_sink: EventSink | None = None,
+) -> Starlette:
+    """Build the ASGI app.
+
+    Parameters
+    ----------
+    settings
+        Serving settings (API keys, limits, Kafka).
+    store
+        The model holder; a new one when None. Tests apply updates to it directly.
+    start_kafka
+        Start the Kafka clients (model-updates follower, requests consumer, producer, push) with
+        the app's lifespan.
+    registry
+        Prometheus registry of the metrics (a fresh one when None); ``/metrics`` serves it.
+    event_sink
+        Where ``POST /v1/events`` publishes when Kafka is not started (tests).
+    """
+    registry = registry if registry is not None else CollectorRegistry()
+    metrics = store.metrics if store is not None and store.metrics.registry is registry else ServingMetrics(registry)
+    store = store if store is not None else ModelStore(settings, metrics)
+    topics = Topics.from_settings(settings)
+    validator = EventValidator(settings)
+    state: dict[str, Any] = {"kafka": None}
+
+    def kafka_ok() -> bool:
+        kio = state["kafka"]
+        return kio is not None and kio.connected
+
+    def refresh_gauges() -> tuple[bool, list[str]]:
+        reasons = []
+        if store.current is None:
+            reasons.append("no_model")
+        connected = kafka_ok()
+        if not connected:
+            reasons.append("kafka_unreachable" if start_kafka else "kafka_not_started")
+        metrics.kafka_connected.set(1 if connected else 0)
+        metrics.ready.set(0 if reasons else 1)
+        return not reasons, reasons
+
+    def key_ok(request: Request) -> bool:
+        given = request.headers.get("x-api-key", "")
+        return bool(settings.api_key) and hmac.compare_digest(given.encode(), settings.api_key.encode())
+
+    # ------------------------------------------------------------------ routes
+    async def recommendations(request: Request) -> Response:
+        if settings.read_api_key_required and not settings.auth_disabled and not key_ok(request):
+            return _error(401, "unauthorized", "missing or wrong X-API-Key")
+        q = request.query_params
+        raw_k = q.get("k", "10")
+        try:
+            k = int(raw_k)
+        except ValueError:
+            return _error(400, "invalid_k", f"k must be an integer, got {raw_k[:40]!r}", field="k")
+        if not 1 <= k <= settings.max_k:
+            return _error(400, "k_out_of_range", f"k must be between 1 and {settings.max_k}", field="k")
+        raw_ex = q.get("exclude_seen", "true").lower()
+        if raw_ex not in _TRUE + _FALSE:
+            return _error(400, "invalid_exclude_seen", "exclude_seen must be true or false", field="exclude_seen")
+        model = store.current
+        if model is None:
+            return _error(503, "no_model", "no model loaded yet")
+        rec = model.recommend(request.path_params["user_id"], k, raw_ex in _TRUE)
+        if rec.fallback:
+            metrics.fallbacks.inc()
+        return _Json(rec.to_dict())
+
+    async def events(request: Request) -> Response:
+        if not settings.auth_disabled:
+            if not settings.api_key:
+                return _error(403, "writes_disabled", "no API key is configured (RECO_API_KEY); writes are refused")
+            if not key_ok(request):
+                return _error(401, "unauthorized", "missing or wrong X-API-Key")
+        limit = settings.max_body_bytes
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            return _error(413, "body_too_large", f"request body larger than {limit} bytes")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                return _error(413, "body_too_large", f"request body larger than {limit} bytes")
+            chunks.append(chunk)
+        try:
+            body = json.loads(b"".join(chunks))
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            return _error(400, "invalid_json", "body is not valid JSON")
+        if isinstance(body, dict) and isinstance(body.get("events"), list):
+            body = body["events"]
+        if not isinstance(body, list):
+            return _error(400, "invalid_body", 'body must be a JSON list of events or {"events": [...]}')
+        accepted: list[str] = []
+        errors: list[dict[str, Any]] = []
+        messages = []
+        now = time.time()
+        for n, obj in enumerate(body):
+            if isinstance(obj, dict):  # same defaults as EventPublisher.publish
+                obj = {"schema_version": SCHEMA_VERSION, "event_id": uuid.uuid4().hex, "event_time": now, **obj}
+            try:
+                ev = validator.parse_obj(obj)
+            except InvalidEvent as exc:
+                errors.append({"index": n, "field": exc.field, "reason": exc.reason, "message": str(exc)})
+                continue
+            accepted.append(ev.event_id)
+            messages.append((ev.user_id.encode(), ev.to_json(), []))
+        if messages:
+            try:
+                if state["kafka"] is not None:
+                    await state["kafka"].publish(topics.events, messages)
+                elif event_sink is not None:
+                    await event_sink(topics.events, messages)
+                else:
+                    return _error(503, "kafka_unavailable", "no Kafka producer")
+            except Exception as exc:  # noqa: BLE001 - broker trouble is the client's 503, not a 500
+                log.warning("publishing %d events failed: %s", len(messages), exc)
+                return _error(503, "kafka_unavailable", "events could not be published; retry")
+        status = 202 if accepted or not errors else 400
+        out: dict[str, Any] = {"accepted": accepted, "errors": errors}
+        if status == 400:
+            out.update(detail="no_valid_events", message="every event was rejected")
+        return _Json(out, status_code=status)
+
+    async def healthz(request: Request) -> Response:
+        return _Json({"status": "alive"})
+
+    async def readyz(request: Request) -> Response:
+        ok, reasons = refresh_gauges()
+        model = store.current
+        body = {"ready": ok, "reasons": reasons, "version": None if model is None else model.version}
+        return _Json(body, status_code=200 if ok else 503)
+
+    async def metrics_endpoint(request: Request) -> Response:
+        refresh_gauges()
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    routes = [
+        Route("/v1/users/{user_id:str}/recommendations", recommendations, methods=["GET"]),
+        Route("/v1/events", events, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+    ]
+    names: dict[Any, str] = {recommendations: "recommendations", events: "events", healthz: "healthz",
+                             readyz: "readyz", metrics_endpoint: "metrics"}
+    for r in dashboard.routes(settings, registry):
+        routes.append(r)
+        if getattr(r, "endpoint", None) is not None:
+            names[r.endpoint] = "dashboard"
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if start_kafka:
+            kio = KafkaIO(settings, store, metrics)
+            state["kafka"] = kio
+            await kio.start()
+        refresh_gauges()
+        try:
+            yield
+        finally:
+            if state["kafka"] is not None:
+                await state["kafka"].stop()
+                state["kafka"] = None
+            metrics.ready.set(0)
+            metrics.kafka_connected.set(0)
+
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(_Timing, metrics=metrics, names=names)])
+    app.state.store = store
+    app.state.metrics = metrics
+    app.state.registry = registry
+    app.state.kafka = state
+    return app

@@ -1,0 +1,397 @@
+"""Serving's Kafka side: follow model updates, answer recommendation requests, push after feedback.
+
+Threads and the event loop:
+
+- :class:`UpdateFollower` (thread, kafka-python): every replica reads the single partition of the
+  model-updates topic itself (``assign``, no group), catches up from the beginning (last complete
+  snapshot + the deltas after it), then applies each update as it arrives. Models are built on
+  this thread, never on the event loop.
+- :class:`Pusher` (thread): after a swap whose update names users in ``published``, computes
+  their refreshed top-k (rate-limited per user) and hands the messages to the loop's producer.
+- :class:`KafkaIO` (event loop, aiokafka): one producer (events from ``POST /v1/events``,
+  request replies, pushes) and the ``{prefix}serving`` consumer group on the requests topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import queue
+import threading
+import time
+from typing import Any, Callable
+
+from streamproc.kafka import GROUP_TIMEOUTS, client_config
+from streamproc.settings import Settings
+from streamproc.topics import Topics
+from trainer.updates import ModelUpdate
+
+from serving.metrics import ServingMetrics
+from serving.model import ServingModel
+from serving.store import ModelStore
+
+__all__ = ["UpdateFollower", "Pusher", "KafkaIO", "answer_request"]
+
+log = logging.getLogger(__name__)
+
+Message = tuple[bytes | None, bytes, list[tuple[str, bytes]]]  # key, value, headers
+
+
+class UpdateFollower(threading.Thread):
+    """Reads the model-updates topic into a :class:`~serving.store.ModelStore` (daemon thread)."""
+
+    def __init__(self, settings: Settings, store: ModelStore, *, poll_ms: int = 100) -> None:
+        super().__init__(name="model-updates", daemon=True)
+        self.settings = settings
+        self.store = store
+        self.poll_ms = poll_ms
+        self.topic = Topics.from_settings(settings).model_updates
+        self.connected = False
+        self.caught_up = threading.Event()
+        self._stop = threading.Event()
+        self._last_ok = 0.0
+        self._next_offset = 0
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _consumer(self) -> Any:
+        from kafka import KafkaConsumer
+
+        fetch = max(4 * self.settings.max_message_bytes, 8 << 20)
+        return KafkaConsumer(
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=fetch,
+            fetch_max_bytes=fetch,
+            request_timeout_ms=15_000,
+            **client_config(self.settings),
+        )
+
+    def run(self) -> None:
+        from kafka import TopicPartition
+
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                consumer = self._consumer()
+            except Exception as exc:  # noqa: BLE001 - broker down at start: retry
+                self.connected = False
+                log.warning("model-updates: Kafka not reachable (%s); retrying", exc)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            try:
+                tp = TopicPartition(self.topic, 0)
+                consumer.assign([tp])
+                if not self.caught_up.is_set():
+                    consumer.seek_to_beginning(tp)
+                    self._catch_up(consumer, tp)
+                    self.caught_up.set()
+                else:  # reconnect: continue after what we applied
+                    consumer.seek(tp, self._next_offset)
+                self._follow(consumer, tp)
+                return
+            except Exception as exc:  # noqa: BLE001
+                self.connected = False
+                log.warning("model-updates consumer failed (%s); reconnecting", exc)
+                self._stop.wait(backoff)
+            finally:
+                try:
+                    consumer.close()
+                except Exception:  # noqa: BLE001
+                    pass
+
+    def _catch_up(self, consumer: Any, tp: Any) -> None:
+        t0 = time.perf_counter()
+        end = consumer.end_offsets([tp], timeout_ms=15_000)[tp]
+        self._mark_ok()
+        count = [0]
+
+        def messages() -> Any:
+            empty = 0
+            while not self._stop.is_set():
+                batch = consumer.poll(timeout_ms=300, max_records=200)
+                recs = [r for part in batch.values() for r in part]
+                for r in recs:
+                    count[0] += 1
+                    self._next_offset = r.offset + 1
+                    yield r.value
+                if consumer.position(tp) >= end:
+                    # Tansu's end offset can lag by a batch: one quiet poll confirms the end.
+                    empty = 0 if recs else empty + 1
+                    if empty >= 1:
+                        return
+
+        swaps = self.store.catch_up(messages())
+        log.info("model-updates: caught up on %d messages in %.2f s (%d swaps), serving version %s",
+                 count[0], time.perf_counter() - t0, swaps, self.store.version)
+
+    def _follow(self, consumer: Any, tp: Any) -> None:
+        while not self._stop.is_set():
+            batch = consumer.poll(timeout_ms=self.poll_ms, max_records=50)
+            recs = [r for part in batch.values() for r in part]
+            for r in recs:
+                self.store.apply(r.value)
+                self._next_offset = r.offset + 1
+            if recs:
+                self._mark_ok()
+            elif time.monotonic() - self._last_ok > 2.0:
+                try:  # a cheap broker round trip tells whether Kafka is still reachable
+                    consumer.end_offsets([tp], timeout_ms=2000)
+                    self._mark_ok()
+                except Exception:  # noqa: BLE001
+                    self.connected = False
+
+    def _mark_ok(self) -> None:
+        self.connected = True
+        self._last_ok = time.monotonic()
+
+
+class Pusher(threading.Thread):
+    """Pushes a user's refreshed top-k after their feedback becomes visible (daemon thread).
+
+    At most one push per user per ``settings.push_min_interval_s``: a user with newer feedback
+    inside the interval is pushed when it ends, with the model current at that moment.
+
+    Parameters
+    ----------
+    send
+        Called with a list of ``(key, value, headers)`` messages; must be thread-safe.
+    """
+
+    def __init__(self, settings: Settings, store: ModelStore, send: Callable[[list[Message]], None],
+                 metrics: ServingMetrics, *, k: int = 10) -> None:
+        super().__init__(name="push", daemon=True)
+        self.settings, self.store, self.send, self.metrics, self.k = settings, store, send, metrics, k
+        self._queue: queue.SimpleQueue[list[str] | None] = queue.SimpleQueue()
+        self._due: dict[str, float] = {}
+        self._last: dict[str, float] = {}
+        self._stop = threading.Event()
+
+    def on_swap(self, model: ServingModel, update: ModelUpdate) -> None:
+        """Store listener: queue the users named in the update's ``published`` list."""
+        users = list(dict.fromkeys(str(e[0]) for e in update.header.get("published") or () if isinstance(e, (list, tuple)) and e))
+        if users:
+            self._queue.put(users)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._queue.put(None)
+
+    def run(self) -> None:
+        interval = self.settings.push_min_interval_s
+        while not self._stop.is_set():
+            now = time.monotonic()
+            timeout = max(0.0, min(self._due.values()) - now) if self._due else 1.0
+            try:
+                item = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                item = []
+            while item is not None:
+                now = time.monotonic()
+                for u in item:
+                    self._due.setdefault(u, max(now, self._last.get(u, -1e18) + interval))
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if item is None:
+                break
+            now = time.monotonic()
+            ready = [u for u, t in self._due.items() if t <= now]
+            if ready:
+                self._push(ready, now)
+            if len(self._last) > 100_000:  # bounded memory: forget users outside the interval
+                self._last = {u: t for u, t in self._last.items() if now - t < interval}
+
+    def _push(self, users: list[str], now: float) -> None:
+        model = self.store.current
+        if model is None:
+            return
+        msgs: list[Message] = []
+        created = time.time()
+        for u in users:
+            del self._due[u]
+            self._last[u] = now
+            rec = model.recommend(u, self.k, True).to_dict()
+            rec["reason"] = "push"
+            rec["created"] = created
+            msgs.append((u.encode(), json.dumps(rec).encode(), []))
+        try:
+            self.send(msgs)
+            self.metrics.push_messages.inc(len(msgs))
+        except Exception as exc:  # noqa: BLE001 - a failed push is logged, never retried forever
+            log.warning("push of %d messages failed: %s", len(msgs), exc)
+
+
+def answer_request(raw: bytes | None, store: ModelStore, settings: Settings) -> tuple[Message, str]:
+    """Answer one message of the requests topic: ``((key, value, headers), status)``.
+
+    ``status`` is ``ok``, ``invalid`` (bad request; the reply carries ``error``) or ``error``
+    (no model yet). A request without a usable ``request_id`` gets no reply (``key`` None and
+    empty value).
+
+    Examples
+    --------
+    >>> (key, value, headers), status = answer_request(b'{"request_id": "r1", "user_id": "u", "k": 0}',
+    ...                                                ModelStore(), Settings())
+    >>> status, json.loads(value)["error"], headers
+    ('invalid', 'invalid_k', [('correlation_id', b'r1')])
+    """
+    try:
+        req = json.loads(raw) if raw is not None else None
+    except (ValueError, UnicodeDecodeError):
+        req = None
+    if not isinstance(req, dict):
+        return (None, b"", []), "invalid"
+    rid = req.get("request_id")
+    if not isinstance(rid, str) or not rid or len(rid) > 256:
+        return (None, b"", []), "invalid"
+    headers = [("correlation_id", rid.encode())]
+    user = req.get("user_id")
+    key = user.encode() if isinstance(user, str) and user else None
+
+    def error(code: str, message: str, status: str = "invalid") -> tuple[Message, str]:
+        body = {"request_id": rid, "user_id": user if isinstance(user, str) else None, "error": code, "message": message}
+        return (key, json.dumps(body).encode(), headers), status
+
+    if not isinstance(user, str) or not user or len(user) > 256:
+        return error("invalid_user_id", "user_id must be a non-empty string of at most 256 characters")
+    k = req.get("k", 10)
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= settings.max_k:
+        return error("invalid_k", f"k must be an integer between 1 and {settings.max_k}")
+    exclude = req.get("exclude_seen", True)
+    if not isinstance(exclude, bool):
+        return error("invalid_exclude_seen", "exclude_seen must be true or false")
+    model = store.current
+    if model is None:
+        return error("no_model", "no model loaded yet", "error")
+    body = model.recommend(user, k, exclude).to_dict()
+    body["request_id"] = rid
+    body["reason"] = "request"
+    return (key, json.dumps(body).encode(), headers), "ok"
+
+
+class KafkaIO:
+    """The serving role's Kafka clients, started and stopped with the app (see ``create_app``)."""
+
+    def __init__(self, settings: Settings, store: ModelStore, metrics: ServingMetrics) -> None:
+        self.settings, self.store, self.metrics = settings, store, metrics
+        self.topics = Topics.from_settings(settings)
+        self.follower = UpdateFollower(settings, store)
+        self.pusher: Pusher | None = None
+        self._producer: Any = None
+        self._requests_task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.producer_ok = False
+        self.requests_ok = False
+
+    @property
+    def connected(self) -> bool:
+        return self.follower.connected and self.producer_ok
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.follower.start()
+        if self.settings.push_enabled:
+            self.pusher = Pusher(self.settings, self.store, self._send_threadsafe, self.metrics)
+            self.store.listeners.append(self.pusher.on_swap)
+            self.pusher.start()
+        asyncio.create_task(self._start_producer())
+        self._requests_task = asyncio.create_task(self._serve_requests())
+
+    async def _start_producer(self) -> None:
+        from aiokafka import AIOKafkaProducer
+
+        backoff = 0.5
+        while True:
+            producer = AIOKafkaProducer(linger_ms=2, acks=1, max_request_size=self.settings.max_message_bytes,
+                                        **client_config(self.settings, aio=True))
+            try:
+                await producer.start()
+                self._producer = producer
+                self.producer_ok = True
+                return
+            except Exception as exc:  # noqa: BLE001
+                log.warning("producer: Kafka not reachable (%s); retrying", exc)
+                await producer.stop()
+                await asyncio.sleep(backoff)
+                backoff = min(2 * backoff, 5.0)
+
+    async def publish(self, topic: str, messages: list[Message]) -> None:
+        """Send and wait for the broker's acknowledgement of every message."""
+        if self._producer is None:
+            from streamproc.errors import BrokerUnavailable
+
+            raise BrokerUnavailable("Kafka producer not connected")
+        futs = [await self._producer.send(topic, value=v, key=k, headers=h or None) for k, v, h in messages]
+        try:
+            await asyncio.gather(*futs)
+            self.producer_ok = True
+        except Exception:
+            self.producer_ok = False
+            raise
+
+    def _send_threadsafe(self, messages: list[Message]) -> None:
+        assert self._loop is not None
+        fut = asyncio.run_coroutine_threadsafe(self.publish(self.topics.recommendations, messages), self._loop)
+        fut.result(timeout=30)
+
+    async def _serve_requests(self) -> None:
+        from aiokafka import AIOKafkaConsumer
+
+        while True:
+            consumer = AIOKafkaConsumer(
+                self.topics.requests,
+                group_id=f"{self.settings.topic_prefix}serving",
+                auto_offset_reset="earliest",
+                **GROUP_TIMEOUTS,
+                **client_config(self.settings, aio=True),
+            )
+            try:
+                await consumer.start()
+                self.requests_ok = True
+                while True:
+                    batches = await consumer.getmany(timeout_ms=500, max_records=200)
+                    raws = [r.value for part in batches.values() for r in part]
+                    if not raws:
+                        continue
+                    # Scoring a burst off the loop keeps HTTP latency flat.
+                    answers = await asyncio.to_thread(lambda: [answer_request(r, self.store, self.settings) for r in raws])
+                    for _, status in answers:
+                        self.metrics.kafka_requests.labels(status).inc()
+                    replies = [msg for msg, _ in answers if msg[1]]
+                    while self._producer is None:
+                        await asyncio.sleep(0.1)
+                    if replies:
+                        await self.publish(self.topics.recommendations, replies)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                self.requests_ok = False
+                log.warning("requests consumer failed (%s); restarting", exc)
+                await asyncio.sleep(1.0)
+            finally:
+                try:
+                    await consumer.stop()
+                except Exception:  # noqa: BLE001
+                    pass
+
+    async def stop(self) -> None:
+        if self._requests_task is not None:
+            self._requests_task.cancel()
+            try:
+                await self._requests_task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+        if self.pusher is not None:
+            self.pusher.stop()
+            await asyncio.to_thread(self.pusher.join, 5)
+        self.follower.stop()
+        await asyncio.to_thread(self.follower.join, 5)
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+        self.producer_ok = False

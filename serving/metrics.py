@@ -1,0 +1,58 @@
+"""Prometheus metrics of the serving role (one place, one ``registry`` parameter).
+
+Examples
+--------
+>>> from prometheus_client import CollectorRegistry
+>>> m = ServingMetrics(CollectorRegistry())
+>>> m.fallbacks.inc()
+>>> m.registry.get_sample_value("reco_serving_fallbacks_total")
+1.0
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["ServingMetrics", "FEEDBACK_LATENCY_BUCKETS", "REQUEST_BUCKETS"]
+
+# Feedback latency spans milliseconds (hot path) to minutes (a stalled trainer).
+FEEDBACK_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+# Requests: sub-millisecond top-k up to a second.
+REQUEST_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+SWAP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class ServingMetrics:
+    """Every ``reco_serving_*`` metric, registered on ``registry``.
+
+    Parameters
+    ----------
+    registry
+        Where the metrics are registered; tests pass a fresh ``CollectorRegistry``.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("reco_serving_requests", "HTTP requests by route and status", ["route", "status"], registry=r)
+        self.request_duration = Histogram(
+            "reco_serving_request_duration_seconds", "HTTP request latency by route", ["route"], buckets=REQUEST_BUCKETS, registry=r
+        )
+        self.model_version = Gauge("reco_serving_model_version", "Version of the model being served", registry=r)
+        self.swaps = Counter("reco_serving_model_swaps", "Model versions swapped in", registry=r)
+        self.swap_duration = Histogram(
+            "reco_serving_swap_duration_seconds", "Time to build the next model from an update (off the request path)", buckets=SWAP_BUCKETS, registry=r
+        )
+        self.updates_rejected = Counter("reco_serving_updates_rejected", "Model updates rejected, by reason", ["reason"], registry=r)
+        self.feedback_latency = Histogram(
+            "reco_serving_feedback_latency_seconds",
+            "Kafka publish time of a feedback event to the model that learned from it being served",
+            buckets=FEEDBACK_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.fallbacks = Counter("reco_serving_fallbacks", "Recommendations answered by the popularity fallback", registry=r)
+        self.push_messages = Counter("reco_serving_push_messages", "Refreshed top-k pushed after feedback", registry=r)
+        # Extra label (bounded): status = ok | invalid | error.
+        self.kafka_requests = Counter("reco_serving_kafka_requests", "Recommendation requests read from Kafka, by status", ["status"], registry=r)
+        self.ready = Gauge("reco_serving_ready", "1 when a model is loaded and Kafka is reachable", registry=r)
+        self.kafka_connected = Gauge("reco_serving_kafka_connected", "1 while the Kafka clients are connected", registry=r)
