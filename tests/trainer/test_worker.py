@@ -1,0 +1,277 @@
+"""The trainer worker without a broker: update contents and versions, chunking, checkpoint/restore,
+drift reaction, metrics. A tiny fake model stands in for HybridMF (same interface)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from streamproc.examples import KIND_CLICK, KIND_RATING, ExampleBatch
+from streamproc.settings import Settings
+from trainer.updates import ModelUpdate
+from trainer.worker import TrainerWorker, peek_header, split_rows
+
+K = 2
+
+
+class FakeModel:
+    def __init__(self) -> None:
+        self.users: dict[str, int] = {}
+        self.items: dict[str, int] = {}
+        self.total, self.count = 0.0, 0
+        self.touched_u: set[str] = set()
+        self.touched_i: set[str] = set()
+        self.drifts = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "FakeModel":
+        return cls()
+
+    @property
+    def n_users(self) -> int:
+        return len(self.users)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items)
+
+    def learn_batch(self, batch: ExampleBatch) -> np.ndarray:
+        preds = np.full(len(batch), self.total / max(self.count, 1), np.float32)
+        for u, i, t in zip(batch.user_ids, batch.item_ids, batch.records["target"]):
+            self.users.setdefault(u, len(self.users))
+            self.items.setdefault(i, len(self.items))
+            self.touched_u.add(u)
+            self.touched_i.add(i)
+            if t == t:
+                self.total += float(t)
+                self.count += 1
+        return preds
+
+    def export(self, full: bool) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        us = sorted(self.users, key=self.users.get) if full else sorted(self.touched_u)
+        its = sorted(self.items, key=self.items.get) if full else sorted(self.touched_i)
+        self.touched_u, self.touched_i = set(), set()
+        head = {"global_mean": self.total / max(self.count, 1), "user_ids": us, "item_ids": its}
+        tensors = {"user_factors": np.ones((len(us), K), np.float32), "user_bias": np.zeros(len(us), np.float32),
+                   "item_factors": np.ones((len(its), K), np.float32), "item_bias": np.zeros(len(its), np.float32),
+                   "item_popularity": np.ones(len(its), np.float32)}
+        return head, tensors
+
+    def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        return {"users": list(self.users), "items": list(self.items), "total": self.total, "count": self.count}, {
+            "dummy": np.arange(3, dtype=np.float32)}
+
+    @classmethod
+    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> "FakeModel":
+        m = cls()
+        m.users = {u: n for n, u in enumerate(meta["users"])}
+        m.items = {i: n for n, i in enumerate(meta["items"])}
+        m.total, m.count = meta["total"], meta["count"]
+        assert arrays["dummy"].tolist() == [0.0, 1.0, 2.0]
+        return m
+
+    def on_drift(self) -> None:
+        self.drifts += 1
+
+
+class FakePrequential:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def update_batch(self, batch: ExampleBatch, preds: np.ndarray) -> None:
+        self.n += len(batch)
+
+    def get(self) -> dict[str, float]:
+        return {"n": self.n, "rmse": 1.5, "rmse_recent": 1.25, "mae": 1.0, "mae_recent": 0.5,
+                "ndcg_at_10": 0.2, "ndcg_at_10_recent": 0.3, "hit_rate_at_10": 0.4, "hit_rate_at_10_recent": float("nan")}
+
+    def state(self) -> dict[str, Any]:
+        return {"n": self.n}
+
+    @classmethod
+    def from_state(cls, d: dict[str, Any]) -> "FakePrequential":
+        p = cls()
+        p.n = d["n"]
+        return p
+
+
+class FakeDrift:
+    def __init__(self, detector: str = "adwin") -> None:
+        self.detector = detector
+
+    def update_batch(self, batch: ExampleBatch, preds: np.ndarray) -> list[dict[str, Any]]:
+        if "drifty" in batch.user_ids:
+            return [{"signal": "rating", "index": 3, "evidence": {"mean_before": 4.0, "mean_after": 2.0}}]
+        return []
+
+    def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        return {"detector": self.detector}, {}
+
+    @classmethod
+    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> "FakeDrift":
+        return cls(meta["detector"])
+
+
+FAKES = (FakeModel, FakePrequential, FakeDrift)
+
+
+class _Future:
+    def get(self, timeout: float | None = None) -> None:
+        return None
+
+
+class FakeProducer:
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def send(self, topic: str, value: bytes) -> _Future:
+        self.sent.append(value)
+        return _Future()
+
+    def flush(self, timeout: float | None = None) -> None:
+        pass
+
+    def updates(self) -> list[ModelUpdate]:
+        return [ModelUpdate.decode(v) for v in self.sent]
+
+
+class FakeConsumer:
+    def __init__(self) -> None:
+        self.seeks: dict[Any, Any] = {}
+
+    def seek(self, tp: Any, offset: int) -> None:
+        self.seeks[tp] = offset
+
+    def seek_to_beginning(self, *tps: Any) -> None:
+        for tp in tps:
+            self.seeks[tp] = "beginning"
+
+    def commit_async(self, offsets: Any) -> None:
+        self.committed = offsets
+
+
+def batch(n: int, *, start: int = 0, users: int = 3, items: int = 5, user: str | None = None) -> ExampleBatch:
+    ids = range(start, start + n)
+    return ExampleBatch.build(
+        event_ids=[f"e{j}" for j in ids], user_ids=[user or f"u{j % users}" for j in ids],
+        item_ids=[f"i{j % items}" for j in ids], kinds=[KIND_RATING if j % 2 else KIND_CLICK for j in ids],
+        targets=[4.0 if j % 2 else float("nan") for j in ids], event_times=[1000.0 + j for j in ids],
+        published=[2000.0 + j for j in ids], processed=[3000.0 + j for j in ids])
+
+
+def make_worker(tmp_path: Path, **over: Any) -> tuple[TrainerWorker, FakeProducer, CollectorRegistry]:
+    s = Settings(kafka_bootstrap="127.0.0.1:1", topic_prefix="t.", checkpoint_dir=str(tmp_path / "ck"), **over)
+    reg = CollectorRegistry()
+    w = TrainerWorker(s, registry=reg, classes=FAKES)
+    prod = FakeProducer()
+    w._producer = prod
+    w._consumer = FakeConsumer()
+    w.active = True
+    return w, prod, reg
+
+
+def test_delta_carries_touched_rows_published_and_versions(tmp_path: Path) -> None:
+    w, prod, reg = make_worker(tmp_path)
+    w.learn(batch(4))
+    w._offsets = {"t.examples:0": 1}
+    assert w.publish_delta() == 1
+    w.learn(batch(1, start=10, users=100))
+    w.publish_delta()
+    d1, d2 = prod.updates()
+    assert (d1.header["version"], d1.header["base_version"], d1.header["kind"]) == (1, 0, "delta")
+    assert (d2.header["version"], d2.header["base_version"]) == (2, 1)
+    assert d1.header["published"] == [["u0", "i0", 2000.0], ["u1", "i1", 2001.0], ["u2", "i2", 2002.0], ["u0", "i3", 2003.0]]
+    assert d1.header["newest_published"] == 2003.0 and d1.header["newest_event_time"] == 1003.0
+    assert d1.header["offsets"] == {"t.examples:0": 1} and d1.header["created"] > 0
+    assert d2.header["user_ids"] == ["u10"] and d2.header["item_ids"] == ["i0"]  # only the rows touched since
+    assert d2.tensors["user_factors"].shape == (1, K)
+    assert w.publish_delta() == 0  # nothing new: nothing sent
+    assert reg.get_sample_value("reco_trainer_updates_published_total", {"kind": "delta"}) == 2
+    assert reg.get_sample_value("reco_trainer_model_version") == 2
+    assert reg.get_sample_value("reco_trainer_examples_learned_total", {"kind": "rating"}) == 2
+    assert reg.get_sample_value("reco_trainer_examples_learned_total", {"kind": "click"}) == 3
+    assert reg.get_sample_value("reco_trainer_prequential_rmse", {"window": "recent"}) == 1.25
+    assert reg.get_sample_value("reco_trainer_rows", {"table": "users"}) == 4
+
+
+def test_delta_is_due_by_interval_or_example_count(tmp_path: Path) -> None:
+    w, prod, _ = make_worker(tmp_path, update_interval_ms=60_000, update_max_examples=10)
+    w._last_delta = float("inf")  # interval not yet passed
+    w.learn(batch(9))
+    assert not w._delta_due()
+    w.learn(batch(1, start=9))
+    assert w._delta_due()
+    w2, _, _ = make_worker(tmp_path, update_interval_ms=1)
+    assert not w2._delta_due()  # nothing pending
+    w2.learn(batch(1))
+    assert w2._delta_due()  # the interval has long passed: publish at once
+
+
+def test_snapshot_is_chunked_to_fit_and_shares_one_version(tmp_path: Path) -> None:
+    w, prod, reg = make_worker(tmp_path, max_message_bytes=10_000)
+    w.learn(batch(3000, users=1500, items=900))
+    w.publish_snapshot()
+    ups = prod.updates()
+    deltas = [u for u in ups if u.header["kind"] == "delta"]
+    snaps = [u for u in ups if u.header["kind"] == "snapshot"]
+    assert len(deltas) >= 2  # the pending delta went first, split into consecutive versions
+    assert [d.header["version"] for d in deltas] == list(range(1, len(deltas) + 1))
+    assert [d.header["base_version"] for d in deltas] == list(range(0, len(deltas)))
+    assert sum(len(d.header["published"]) for d in deltas) == 3000
+    assert len(snaps) > 2 and all(len(v) <= 10_000 for v in prod.sent)
+    assert {s.header["version"] for s in snaps} == {len(deltas) + 1}
+    assert [s.header["chunk"] for s in snaps] == list(range(len(snaps))) and {s.header["chunks"] for s in snaps} == {len(snaps)}
+    assert sum(len(s.header["user_ids"]) for s in snaps) == 1500 and sum(len(s.header["item_ids"]) for s in snaps) == 900
+    assert reg.get_sample_value("reco_trainer_updates_published_total", {"kind": "snapshot"}) == len(snaps)
+
+
+def test_checkpoint_restore_continues_versions_offsets_and_counts(tmp_path: Path) -> None:
+    from kafka import TopicPartition
+
+    w, prod, reg = make_worker(tmp_path)
+    w.learn(batch(6))
+    w._offsets = {"t.examples:0": 3}
+    w.publish_delta()
+    ck = w.checkpoint()
+    assert ck is not None and ck.version == 1 and ck.info["examples_in_checkpoint"] == 6
+    assert reg.get_sample_value("reco_trainer_last_checkpoint_timestamp_seconds") > 0
+    assert w.store.learned_ids() == [f"e{j}" for j in range(6)]
+    w.learn(batch(2, start=6))  # learned after the checkpoint: lost in a crash, re-learned later
+
+    w2, prod2, reg2 = make_worker(tmp_path)
+    w2.active = False
+    w2._published_version = lambda: 5  # type: ignore[method-assign]  # the old one published up to v5
+    tp = TopicPartition("t.examples", 0)
+    w2._on_assigned([tp])
+    assert w2.active and w2._consumer.seeks == {tp: 3}
+    assert w2.version == 5 and w2.examples_learned == 6 and w2.prequential.n == 6
+    assert w2.model.n_users == 3 and w2._need_snapshot
+    assert reg2.get_sample_value("reco_trainer_active") == 1
+    w2.publish_snapshot()
+    assert prod2.updates()[0].header["version"] == 6  # never reuses a version
+
+    w3, _, _ = make_worker(tmp_path / "empty")
+    w3.active = False
+    w3._published_version = lambda: 0  # type: ignore[method-assign]
+    w3._on_assigned([tp])
+    assert w3._consumer.seeks == {tp: "beginning"} and w3.model is None
+
+
+def test_drift_counts_logs_and_reacts(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    w, _, reg = make_worker(tmp_path)
+    w.learn(batch(2))
+    w.learn(batch(2, user="drifty"))
+    assert reg.get_sample_value("reco_trainer_drift_detections_total", {"signal": "rating"}) == 1
+    assert w.model.drifts == 1
+    assert any("drift detected: signal=rating" in r.message and "mean_after" in r.message for r in caplog.records)
+
+
+def test_split_rows_and_peek_header() -> None:
+    assert len(split_rows([], [], [], 100)) == 1
+    parts = split_rows([60, 60], [60], [10, 10], 100)
+    assert [(p[0].stop - p[0].start, p[1].stop - p[1].start, p[2].stop - p[2].start) for p in parts] == [(1, 0, 0), (1, 0, 0), (0, 1, 2)]
+    assert peek_header(ModelUpdate({"version": 3, "kind": "snapshot"}).encode())["kind"] == "snapshot"

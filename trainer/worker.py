@@ -1,0 +1,569 @@
+"""The trainer role: examples in, online learning, versioned model updates out, checkpoints.
+
+One active trainer per model. The examples topic has one partition and every trainer joins the
+consumer group ``{topic_prefix}trainer``: the member that gets the partition is active
+(``reco_trainer_active`` 1), any other member waits as standby (0) and takes over when the active
+one leaves or dies (after the group session timeout, 6 s). On every assignment the trainer loads the
+newest checkpoint and seeks the partition to the checkpoint's offsets: the checkpoint, not Kafka's
+committed offsets, says where learning resumes (see :mod:`trainer.checkpoint` for the guarantee).
+
+Model updates (:class:`trainer.updates.ModelUpdate`) go to the model-updates topic:
+
+* a **delta** (rows touched since the previous update) as soon as ``update_interval_ms`` has passed
+  since the previous one, or after ``update_max_examples`` examples, carrying ``published`` =
+  ``[[user_id, item_id, published_s], ...]`` for every example it covers; a delta larger than
+  ``max_message_bytes`` is sent as several consecutive deltas (each its own version);
+* a **snapshot** (all rows, chunked by rows to fit ``max_message_bytes``, every chunk the same
+  version) right after the first examples or a restore, then every ``snapshot_interval_s``.
+
+Versions only move forward, also across restarts and take-overs: on assignment the trainer reads
+the tail of the model-updates topic and continues after the highest version found there.
+
+Examples
+--------
+>>> from streamproc.settings import Settings
+>>> w = TrainerWorker(Settings(kafka_bootstrap="127.0.0.1:1", checkpoint_dir="/tmp/reco-doctest-ckpt"))
+>>> w.group_id, w.active
+('reco.trainer', False)
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from streamproc.errors import RecoError
+from streamproc.examples import KIND_NAMES, ExampleBatch, InvalidExampleBatch
+from streamproc.kafka import GROUP_TIMEOUTS, client_config
+from streamproc.settings import Settings
+from streamproc.topics import Topics
+from trainer.checkpoint import Checkpoint, CheckpointError, CheckpointStore
+from trainer.metrics import TrainerMetrics
+from trainer.updates import ModelUpdate
+
+__all__ = ["TrainerWorker", "split_rows", "peek_header"]
+
+log = logging.getLogger(__name__)
+
+POLL_TIMEOUT_MS = 50  # the consume loop never blocks longer than this while idle (freshness)
+MAX_POLL_RECORDS = 8  # example batches per poll: keeps the loop (and publishing) responsive
+_LAG_EVERY_S = 1.0
+_HEADER_SLACK = 2048  # bytes reserved for the fixed header fields and safetensors framing
+
+
+def peek_header(data: bytes) -> dict[str, Any]:
+    """The JSON header of an encoded :class:`ModelUpdate`, without loading its tensors.
+
+    Examples
+    --------
+    >>> peek_header(ModelUpdate({"version": 7, "kind": "delta"}).encode())["version"]
+    7
+    """
+    hlen = int.from_bytes(data[:8], "little")
+    return json.loads(json.loads(data[8 : 8 + hlen])["__metadata__"]["reco"])
+
+
+def split_rows(user_cost: list[int], item_cost: list[int], extra_cost: list[int], budget: int) -> list[tuple[slice, slice, slice]]:
+    """Pack user rows, item rows and ``published`` entries, in order, into parts of at most
+    ``budget`` estimated bytes (a single oversized unit still gets its own part).
+
+    Returns one ``(users, items, extras)`` slice triple per part; always at least one part.
+
+    Examples
+    --------
+    >>> split_rows([10, 10], [10], [], 25)
+    [(slice(0, 2, None), slice(0, 0, None), slice(0, 0, None)), (slice(2, 2, None), slice(0, 1, None), slice(0, 0, None))]
+    """
+    parts: list[tuple[slice, slice, slice]] = []
+    starts = [0, 0, 0]
+    pos = [0, 0, 0]
+    used = 0
+    for table, costs in enumerate((user_cost, item_cost, extra_cost)):
+        for c in costs:
+            if used and used + c > budget:
+                parts.append(tuple(slice(starts[t], pos[t]) for t in range(3)))  # type: ignore[arg-type]
+                starts = list(pos)
+                used = 0
+            pos[table] += 1
+            used += c
+    parts.append(tuple(slice(starts[t], pos[t]) for t in range(3)))  # type: ignore[arg-type]
+    return parts
+
+
+def _state_of(obj: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """``obj.state()`` as ``(meta, arrays)``; a plain-dict state is wrapped (and unwrapped on restore)."""
+    s = obj.state()
+    if isinstance(s, tuple) and len(s) == 2 and isinstance(s[1], dict):
+        return {"form": "pair", "meta": s[0]}, s[1]
+    return {"form": "dict", "meta": s}, {}
+
+
+def _restore(cls: Any, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Any:
+    if meta.get("form") == "pair":
+        return cls.from_state(meta["meta"], arrays)
+    return cls.from_state(meta["meta"])
+
+
+def _default_classes() -> tuple[Any, Any, Any]:
+    from trainer.drift import DriftMonitor
+    from trainer.model import HybridMF
+    from trainer.prequential import Prequential
+
+    return HybridMF, Prequential, DriftMonitor
+
+
+class TrainerWorker:
+    """The trainer role, usable in-process: ``TrainerWorker(settings).run(stop_event)``.
+
+    Parameters
+    ----------
+    settings
+        Service settings (Kafka, topics, trainer and checkpoint settings).
+    registry
+        Prometheus registry for the metrics (default: the process-wide one).
+    classes
+        ``(model_cls, prequential_cls, drift_cls)``; default ``HybridMF, Prequential, DriftMonitor``.
+        Tests inject small fakes with the same interface.
+    """
+
+    def __init__(self, settings: Settings, *, registry: Any = None, classes: tuple[Any, Any, Any] | None = None) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.classes = classes
+        self.metrics = TrainerMetrics(registry)
+        self.topics = Topics.from_settings(settings)
+        self.group_id = f"{settings.topic_prefix}trainer"
+        self.store = CheckpointStore(settings.checkpoint_dir)
+        self.active = False
+        self.version = 0  # last version published (or restored)
+        self.examples_learned = 0
+        self.model: Any = None
+        self.prequential: Any = None
+        self.drift: Any = None
+        self.last_checkpoint: Checkpoint | None = None
+        self._offsets: dict[str, int] = {}
+        self._consumer: Any = None
+        self._producer: Any = None
+        self._fatal: BaseException | None = None
+        self._mem_seq: int | None = None  # checkpoint seq the in-memory state equals (skip reloads)
+        self._reset_pending()
+        self._ids_since_ckpt: list[str] = []
+        self._learned_at_ckpt = 0
+        self._newest_event_time = 0.0
+        self._newest_published = 0.0
+        self._last_delta = 0.0
+        self._last_snapshot = 0.0
+        self._need_snapshot = False
+        self._last_ckpt = time.monotonic()
+        self._last_lag = 0.0
+        self.metrics.active.set(0)
+
+    # ------------------------------------------------------------------ lifecycle
+    def run(self, stop_event: threading.Event | None = None) -> int:
+        """Consume, learn and publish until ``stop_event`` is set; then finish cleanly
+        (final delta, checkpoint, leave the group). Returns 0."""
+        stop = stop_event or threading.Event()
+        self.open()
+        try:
+            while not stop.is_set():
+                self.step()
+            self._deactivate("shutdown")
+        finally:
+            self.close()
+        return 0
+
+    def open(self) -> None:
+        from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+
+        cfg = client_config(self.settings)
+        worker = self
+
+        class _Listener(ConsumerRebalanceListener):
+            def on_partitions_revoked(self, revoked: Any) -> None:
+                worker._guard(worker._on_revoked, revoked)
+
+            def on_partitions_assigned(self, assigned: Any) -> None:
+                worker._guard(worker._on_assigned, assigned)
+
+        self._producer = KafkaProducer(
+            linger_ms=0, acks=1, max_request_size=max(2 * self.settings.max_message_bytes, 1_048_576), **cfg)
+        self._consumer = KafkaConsumer(
+            group_id=self.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
+            max_poll_records=MAX_POLL_RECORDS, fetch_max_wait_ms=POLL_TIMEOUT_MS, **GROUP_TIMEOUTS, **cfg)
+        self._consumer.subscribe([self.topics.examples], listener=_Listener())
+        log.info("trainer joined group %s on %s (standby until assigned)", self.group_id, self.topics.examples)
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            try:
+                self._consumer.close(autocommit=False)  # LeaveGroup: a standby takes over at once
+            except Exception as exc:  # noqa: BLE001 - closing is best effort
+                log.warning("closing the consumer: %s", exc)
+            self._consumer = None
+        if self._producer is not None:
+            try:
+                self._producer.flush(10)
+                self._producer.close(10)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("closing the producer: %s", exc)
+            self._producer = None
+        self.metrics.active.set(0)
+
+    def _guard(self, fn: Callable[[Any], None], arg: Any) -> None:
+        # kafka-python logs and swallows listener exceptions; keep them and fail the loop instead
+        try:
+            fn(arg)
+        except BaseException as exc:  # noqa: BLE001
+            log.exception("rebalance handling failed")
+            self._fatal = exc
+
+    # ------------------------------------------------------------------ one loop turn
+    def step(self) -> None:
+        """Poll once (≤ 50 ms when idle), learn what came, publish/checkpoint what is due."""
+        records = self._consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
+        if self._fatal is not None:
+            raise RecoError(f"trainer cannot continue: {self._fatal}") from self._fatal
+        if not self.active:
+            return
+        for tp, msgs in records.items():
+            for msg in msgs:
+                self._learn_message(tp, msg)
+                if self._delta_due():
+                    self.publish_delta()
+        if self._delta_due():
+            self.publish_delta()
+        if self._need_snapshot or (self.examples_learned or self._mem_seq is not None) and self._snapshot_due():
+            self.publish_snapshot()
+        now = time.monotonic()
+        if now - self._last_ckpt >= self.settings.checkpoint_interval_s:
+            self.checkpoint()
+        if now - self._last_lag >= _LAG_EVERY_S:
+            self._update_lag()
+
+    # ------------------------------------------------------------------ learning
+    def _learn_message(self, tp: Any, msg: Any) -> None:
+        key = f"{tp.topic}:{tp.partition}"
+        try:
+            batch = ExampleBatch.decode(msg.value)
+        except InvalidExampleBatch as exc:
+            self.metrics.invalid_batches.inc()
+            log.warning("skipping examples message %s@%d: %s", key, msg.offset, exc)
+            self._offsets[key] = msg.offset + 1
+            return
+        self.learn(batch)
+        self._offsets[key] = msg.offset + 1
+
+    def learn(self, batch: ExampleBatch) -> np.ndarray:
+        """Test-then-train one batch: predictions, prequential metrics, drift, pending update."""
+        if self.model is None:
+            self._fresh_components()
+        n = len(batch)
+        if n == 0:
+            return np.zeros(0, np.float32)
+        t0 = time.perf_counter()
+        preds = self.model.learn_batch(batch)
+        self.metrics.learn_duration.observe(time.perf_counter() - t0)
+        self.prequential.update_batch(batch, preds)
+        for signal in self.drift.update_batch(batch, preds) or ():
+            self._on_drift(signal)
+        rec = batch.records
+        for kind, count in enumerate(np.bincount(rec["kind"], minlength=len(KIND_NAMES))[: len(KIND_NAMES)]):
+            if count:
+                self.metrics.examples_learned.labels(kind=KIND_NAMES[kind]).inc(int(count))
+        self.examples_learned += n
+        self._ids_since_ckpt.extend(batch.event_ids)
+        pub = rec["published"]
+        self._pending_users.extend(batch.user_ids)
+        self._pending_items.extend(batch.item_ids)
+        self._pending_published.extend(pub.tolist())
+        self._pending_event_time = max(self._pending_event_time, float(rec["event_time"].max()))
+        self._pending_newest_published = max(self._pending_newest_published, float(pub.max()))
+        self._newest_event_time = max(self._newest_event_time, self._pending_event_time)
+        self._newest_published = max(self._newest_published, self._pending_newest_published)
+        self.metrics.set_prequential(self.prequential.get())
+        self._update_model_gauges()
+        return preds
+
+    def _on_drift(self, signal: dict[str, Any]) -> None:
+        name = str(signal.get("signal", "error"))
+        self.metrics.drift_detections.labels(signal=name).inc()
+        log.warning("drift detected: signal=%s index=%s evidence=%s", name, signal.get("index"),
+                    json.dumps(signal.get("evidence"), default=str))
+        react = getattr(self.model, "on_drift", None)
+        if react is None:
+            return
+        try:
+            takes_arg = len(inspect.signature(react).parameters) > 0
+        except (TypeError, ValueError):
+            takes_arg = False
+        react(name) if takes_arg else react()
+
+    def _update_model_gauges(self) -> None:
+        replay = getattr(self.model, "replay", None)
+        if replay is None:
+            replay = getattr(self.model, "_replay", None)
+        if replay is not None:
+            self.metrics.replay_buffer.set(len(replay))
+        for table in ("users", "items"):
+            n = getattr(self.model, f"n_{table}", None)
+            if n is not None and not callable(n):
+                self.metrics.rows.labels(table=table).set(int(n))
+
+    # ------------------------------------------------------------------ publishing
+    def _reset_pending(self) -> None:
+        self._pending_users: list[str] = []
+        self._pending_items: list[str] = []
+        self._pending_published: list[float] = []
+        self._pending_event_time = 0.0
+        self._pending_newest_published = 0.0
+
+    def _delta_due(self) -> bool:
+        n = len(self._pending_published)
+        if not n:
+            return False
+        return n >= self.settings.update_max_examples or (time.monotonic() - self._last_delta) * 1000 >= self.settings.update_interval_ms
+
+    def _snapshot_due(self) -> bool:
+        return time.monotonic() - self._last_snapshot >= self.settings.snapshot_interval_s
+
+    def publish_delta(self) -> int:
+        """Publish the rows touched since the previous update; returns messages sent."""
+        if self.model is None:
+            return 0
+        t0 = time.perf_counter()
+        head, tensors = self.model.export(full=False)
+        published = [[u, i, p] for u, i, p in zip(self._pending_users, self._pending_items, self._pending_published)]
+        if not published and not head.get("user_ids") and not head.get("item_ids"):
+            return 0
+        extra = {"newest_event_time": self._pending_event_time or self._newest_event_time,
+                 "newest_published": self._pending_newest_published or self._newest_published}
+        sent = self._send(head, tensors, "delta", published, extra)
+        self._reset_pending()
+        self._last_delta = time.monotonic()
+        self.metrics.publish_duration.observe(time.perf_counter() - t0)
+        return sent
+
+    def publish_snapshot(self) -> int:
+        """Publish every row (chunked to fit ``max_message_bytes``), after any pending delta."""
+        if self.model is None:
+            return 0
+        if self._pending_published:
+            self.publish_delta()
+        t0 = time.perf_counter()
+        head, tensors = self.model.export(full=True)
+        extra = {"newest_event_time": self._newest_event_time, "newest_published": self._newest_published}
+        sent = self._send(head, tensors, "snapshot", [], extra)
+        self.metrics.rows.labels(table="users").set(len(head.get("user_ids", [])))
+        self.metrics.rows.labels(table="items").set(len(head.get("item_ids", [])))
+        self._need_snapshot = False
+        self._last_snapshot = time.monotonic()
+        self.metrics.publish_duration.observe(time.perf_counter() - t0)
+        return sent
+
+    def _send(self, head: dict[str, Any], tensors: dict[str, np.ndarray], kind: str,
+              published: list[list[Any]], extra: dict[str, Any]) -> int:
+        users, items = list(head.get("user_ids", [])), list(head.get("item_ids", []))
+        row_bytes = {name: int(np.asarray(t).itemsize * (np.prod(np.asarray(t).shape[1:]) if np.asarray(t).ndim > 1 else 1))
+                     for name, t in tensors.items()}
+        u_fixed = sum(v for k, v in row_bytes.items() if k.startswith("user"))
+        i_fixed = sum(v for k, v in row_bytes.items() if not k.startswith("user"))
+        u_cost = [u_fixed + len(json.dumps(x)) + 1 for x in users]
+        i_cost = [i_fixed + len(json.dumps(x)) + 1 for x in items]
+        p_cost = [len(json.dumps(p)) + 1 for p in published]
+        budget = max(self.settings.max_message_bytes - _HEADER_SLACK - len(json.dumps(self._offsets)), 1024)
+        parts = split_rows(u_cost, i_cost, p_cost, budget)
+        base = self.version
+        snapshot_version = self.version + 1
+        futures = []
+        for n, (us, its, ps) in enumerate(parts):
+            version = snapshot_version if kind == "snapshot" else self.version + 1
+            header = {
+                "version": version,
+                "kind": kind,
+                "base_version": base if kind == "snapshot" else version - 1,
+                "chunk": n if kind == "snapshot" else 0,
+                "chunks": len(parts) if kind == "snapshot" else 1,
+                "global_mean": float(head.get("global_mean", 0.0)),
+                "user_ids": users[us],
+                "item_ids": items[its],
+                **extra,
+                "published": published[ps],
+                "offsets": dict(self._offsets),
+                "created": time.time(),
+            }
+            part = {name: np.ascontiguousarray(t[us] if name.startswith("user") else t[its]) for name, t in tensors.items()}
+            data = ModelUpdate(header, part).encode()
+            if len(data) > self.settings.max_message_bytes:
+                log.warning("model update v%d part %d is %d bytes, above max_message_bytes=%d (one row too large?)",
+                            version, n, len(data), self.settings.max_message_bytes)
+            futures.append(self._producer.send(self.topics.model_updates, value=data))
+            self.version = version
+            self.metrics.update_size.observe(len(data))
+            self.metrics.updates_published.labels(kind=kind).inc()
+        self._producer.flush()
+        for f in futures:
+            f.get(timeout=30)  # raise if the broker refused one
+        self.metrics.model_version.set(self.version)
+        return len(parts)
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint(self) -> Checkpoint | None:
+        """Write model, prequential and drift state with the consumed offsets (atomic)."""
+        self._last_ckpt = time.monotonic()
+        if self.model is None:
+            return None
+        components = {"model": _state_of(self.model), "prequential": _state_of(self.prequential), "drift": _state_of(self.drift)}
+        info = {
+            "examples_learned": self.examples_learned,
+            "examples_in_checkpoint": self.examples_learned - self._learned_at_ckpt,
+            "newest_event_time": self._newest_event_time,
+            "newest_published": self._newest_published,
+            "prequential": self.prequential.get(),
+        }
+        try:
+            ck = self.store.save(version=self.version, offsets=self._offsets, components=components, info=info,
+                                 learned_ids=self._ids_since_ckpt)
+        except CheckpointError as exc:
+            log.error("%s", exc)
+            return None
+        self._ids_since_ckpt = []
+        self._learned_at_ckpt = self.examples_learned
+        self._mem_seq = ck.seq
+        self.last_checkpoint = ck
+        self.metrics.last_checkpoint.set(time.time())
+        self._commit_hint()
+        return ck
+
+    def _commit_hint(self) -> None:
+        """Commit the checkpoint's offsets to Kafka: a hint for lag tools, never read back."""
+        from kafka import TopicPartition
+        from kafka.structs import OffsetAndMetadata
+
+        if self._consumer is None or not self._offsets:
+            return
+        offsets = {}
+        for key, off in self._offsets.items():
+            topic, part = key.rsplit(":", 1)
+            offsets[TopicPartition(topic, int(part))] = OffsetAndMetadata(off, "", -1)
+        try:
+            self._consumer.commit_async(offsets)
+        except Exception as exc:  # noqa: BLE001 - a hint only
+            log.debug("offset commit hint failed: %s", exc)
+
+    # ------------------------------------------------------------------ rebalance
+    def _fresh_components(self) -> None:
+        model_cls, preq_cls, drift_cls = self.classes or _default_classes()
+        self.model = model_cls.from_settings(self.settings)
+        self.prequential = preq_cls()
+        self.drift = drift_cls(detector=self.settings.drift_detector)
+
+    def _on_revoked(self, revoked: Any) -> None:
+        if self.active:
+            self._deactivate("partition revoked")
+
+    def _deactivate(self, why: str) -> None:
+        if not self.active:
+            return
+        if self._pending_published:
+            self.publish_delta()
+        self.checkpoint()
+        self.active = False
+        self.metrics.active.set(0)
+        log.info("trainer standing by (%s) at version %d after %d examples", why, self.version, self.examples_learned)
+
+    def _on_assigned(self, assigned: Any) -> None:
+        mine = [tp for tp in assigned if tp.topic == self.topics.examples]
+        if not mine:
+            self.metrics.active.set(0)
+            log.info("no examples partition assigned: standby")
+            return
+        ck = self.store.latest()
+        if ck is not None and ck.seq == self._mem_seq and self.model is not None:
+            log.info("assignment: in-memory state equals checkpoint %d", ck.seq)
+        elif ck is not None:
+            self._load(ck)
+        else:
+            self.model = None
+            self._offsets = {}
+            self.examples_learned = 0
+            self._learned_at_ckpt = 0
+        topic_version = self._published_version()
+        self.version = max(self.version, topic_version, ck.version if ck else 0)
+        self.metrics.model_version.set(self.version)
+        for tp in mine:
+            key = f"{tp.topic}:{tp.partition}"
+            if key in self._offsets:
+                self._consumer.seek(tp, self._offsets[key])
+            else:
+                self._consumer.seek_to_beginning(tp)
+        self._reset_pending()
+        self._ids_since_ckpt = []
+        self._need_snapshot = self.model is not None
+        self._last_ckpt = time.monotonic()
+        self.active = True
+        self.metrics.active.set(1)
+        log.info("trainer active: checkpoint %s, offsets %s, continuing after version %d",
+                 ck.seq if ck else None, self._offsets or "beginning", self.version)
+
+    def _load(self, ck: Checkpoint) -> None:
+        model_cls, preq_cls, drift_cls = self.classes or _default_classes()
+        self.model = _restore(model_cls, *ck.components["model"])
+        self.prequential = _restore(preq_cls, *ck.components["prequential"])
+        self.drift = _restore(drift_cls, *ck.components["drift"])
+        self._offsets = dict(ck.offsets)
+        self.examples_learned = int(ck.info.get("examples_learned", 0))
+        self._learned_at_ckpt = self.examples_learned
+        self._newest_event_time = float(ck.info.get("newest_event_time", 0.0))
+        self._newest_published = float(ck.info.get("newest_published", 0.0))
+        self._mem_seq = ck.seq
+        self.last_checkpoint = ck
+        self.metrics.set_prequential(self.prequential.get())
+        self._update_model_gauges()
+        log.info("restored checkpoint %d (version %d, %d examples learned, offsets %s)",
+                 ck.seq, ck.version, self.examples_learned, ck.offsets)
+
+    def _published_version(self, idle_polls: int = 2) -> int:
+        """Highest version on the model-updates topic (reads only its tail)."""
+        from kafka import KafkaConsumer, TopicPartition
+
+        tp = TopicPartition(self.topics.model_updates, 0)
+        c = KafkaConsumer(enable_auto_commit=False, fetch_max_wait_ms=100, **client_config(self.settings))
+        best = 0
+        try:
+            c.assign([tp])
+            end = c.end_offsets([tp]).get(tp, 0) or 0
+            c.seek(tp, max(0, end - 4))  # the last messages hold the highest version; read on to the real end
+            empty = 0
+            deadline = time.monotonic() + 10
+            while empty < idle_polls and time.monotonic() < deadline:
+                recs = c.poll(timeout_ms=150)
+                if not recs:
+                    empty += 1
+                    continue
+                empty = 0
+                for msgs in recs.values():
+                    for m in msgs:
+                        try:
+                            best = max(best, int(peek_header(m.value)["version"]))
+                        except (ValueError, KeyError, TypeError):
+                            log.warning("unreadable model update at offset %d", m.offset)
+        finally:
+            c.close()
+        return best
+
+    def _update_lag(self) -> None:
+        self._last_lag = time.monotonic()
+        if self._consumer is None:
+            return
+        for tp in self._consumer.assignment():
+            hw = self._consumer.highwater(tp)
+            if hw is None:
+                continue
+            done = self._offsets.get(f"{tp.topic}:{tp.partition}", 0)
+            self.metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(max(0, hw - done))
