@@ -1,0 +1,528 @@
+"""The stream worker: events in, training examples (and dead letters) out.
+
+One :class:`StreamWorker` is one member of the ``{topic_prefix}streamproc`` consumer group on the
+events topic: starting a second one splits the partitions between them, stopping one hands its
+partitions back (Kafka group rebalance, ``GROUP_TIMEOUTS`` for fast joins on Tansu).
+
+Per fetched batch and partition the worker
+
+1. parses every message with :class:`~streamproc.events.EventValidator`; an invalid one goes to the
+   dead-letter topic with its original bytes and key and headers ``reason``, ``message``,
+   ``field``, ``source_topic``, ``source_partition``, ``source_offset`` (counted by reason);
+2. drops events whose ``event_id`` is in the de-duplication window;
+3. hands comment texts to the :class:`~streamproc.encoder.MicroBatcher` (encoded on its own
+   thread);
+4. queues the partition's examples as a *chunk*; chunks are emitted per partition in offset order
+   as soon as their comments are encoded, so ratings/clicks only wait behind comments of the same
+   partition that came before them;
+5. after the broker acknowledged the examples and dead letters of a chunk, its offsets become
+   committable (committed every ``commit_interval_s`` and before giving partitions away):
+   at-least-once, nothing lost on a crash.
+
+Client choice (measured, see the report in ``reco bench ingest``): aiokafka for both consuming
+and producing; faust-streaming's agent loop was slower than the 20k events/s target on 2 cores.
+
+Examples
+--------
+>>> import threading
+>>> w = StreamWorker(settings, encode_fn=fake_encode)          # doctest: +SKIP
+>>> stop = threading.Event()
+>>> t = threading.Thread(target=w.run, args=(stop,)); t.start()  # doctest: +SKIP
+>>> stop.set(); t.join()                                        # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from aiokafka.abc import ConsumerRebalanceListener
+from prometheus_client import CollectorRegistry
+
+from streamproc.dedupe import Deduper
+from streamproc.encoder import EncodeFn, MicroBatcher
+from streamproc.errors import InvalidEvent, RecoError
+from streamproc.events import EventValidator
+from streamproc.examples import KIND_CLICK, KIND_COMMENT, KIND_RATING, RECORD_DTYPE, ExampleBatch
+from streamproc.kafka import GROUP_TIMEOUTS, client_config
+from streamproc.metrics import StreamMetrics
+from streamproc.settings import Settings
+from streamproc.topics import Topics
+
+__all__ = ["StreamWorker", "group_id"]
+
+log = logging.getLogger(__name__)
+
+_NAN = math.nan
+# Bytes per example in an ExampleBatch message, beyond its ids (records + JSON quoting).
+_RECORD_BYTES = RECORD_DTYPE.itemsize + 12
+
+
+def group_id(settings: Settings) -> str:
+    """Consumer group of the stream workers."""
+    return f"{settings.topic_prefix}streamproc"
+
+
+@dataclass
+class _Chunk:
+    """Consecutive valid events of one partition, emitted together once their comments are encoded."""
+
+    tp: Any
+    next_offset: int = 0
+    event_ids: list[str] = field(default_factory=list)
+    user_ids: list[str] = field(default_factory=list)
+    item_ids: list[str] = field(default_factory=list)
+    kinds: list[int] = field(default_factory=list)
+    targets: list[float] = field(default_factory=list)
+    event_times: list[float] = field(default_factory=list)
+    published: list[float] = field(default_factory=list)
+    comments: list[tuple[int, Future]] = field(default_factory=list)  # (position in chunk, embedding future)
+    dead_letters: list[Any] = field(default_factory=list)  # tasks resolving to delivery futures
+    id_bytes: int = 0
+
+    def ready(self) -> bool:
+        return all(f.done() for _, f in self.comments)
+
+
+@dataclass
+class _Ack:
+    """What must be acknowledged before ``offsets`` may be committed."""
+
+    futures: list[Any]
+    offsets: dict[Any, int]
+    kinds: np.ndarray | None
+    dead_letters: int
+
+
+class _Columns:
+    """Examples of one outgoing ExampleBatch message, column by column."""
+
+    def __init__(self) -> None:
+        self.event_ids: list[str] = []
+        self.user_ids: list[str] = []
+        self.item_ids: list[str] = []
+        self.kinds: list[int] = []
+        self.targets: list[float] = []
+        self.event_times: list[float] = []
+        self.published: list[float] = []
+        self.emb_rows: list[int] = []
+        self.embs: list[np.ndarray] = []
+        self.rows = 0
+        self.bytes = 0.0
+
+    def add(self, chunk: _Chunk, start: int, end: int, vectors: list[tuple[int, np.ndarray]], est: float) -> None:
+        self.event_ids += chunk.event_ids[start:end]
+        self.user_ids += chunk.user_ids[start:end]
+        self.item_ids += chunk.item_ids[start:end]
+        self.kinds += chunk.kinds[start:end]
+        self.targets += chunk.targets[start:end]
+        self.event_times += chunk.event_times[start:end]
+        self.published += chunk.published[start:end]
+        rows = [-1] * (end - start)
+        for pos, vec in vectors:
+            rows[pos - start] = len(self.embs)
+            self.embs.append(vec)
+        self.emb_rows += rows
+        self.rows += end - start
+        self.bytes += est
+
+
+class StreamWorker:
+    """A stream worker, usable in-process (``run(stop_event)`` in a thread) or as ``reco streamproc``.
+
+    Parameters
+    ----------
+    settings
+        Kafka, topic, encoder and dedupe settings.
+    registry
+        Prometheus registry for the metrics (default: the process registry); ignored if
+        ``metrics`` is given.
+    metrics
+        Pre-built :class:`~streamproc.metrics.StreamMetrics`.
+    encode_fn
+        ``texts -> float32 [n, dim]``; default: the real encoder (loaded once per process, in the
+        constructor so the first comment does not wait for it).
+    max_poll_records
+        Most records taken from the consumer per fetch.
+    commit_interval_s
+        How often acknowledged offsets are committed.
+    fetch_max_wait_ms
+        Longest the broker holds a fetch when there is no data (bounds latency on brokers that
+        do not wake long polls early).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        registry: CollectorRegistry | None = None,
+        metrics: StreamMetrics | None = None,
+        encode_fn: EncodeFn | None = None,
+        max_poll_records: int = 4000,
+        commit_interval_s: float = 0.2,
+        fetch_max_wait_ms: int = 20,
+    ) -> None:
+        if max_poll_records < 1:
+            raise ValueError(f"max_poll_records: {max_poll_records} must be >= 1")
+        if commit_interval_s < 0:
+            raise ValueError(f"commit_interval_s: {commit_interval_s} must be >= 0")
+        self.settings = settings
+        self.registry = registry
+        self.max_poll_records = max_poll_records
+        self.commit_interval_s = commit_interval_s
+        self.fetch_max_wait_ms = fetch_max_wait_ms
+        self.topics = Topics.from_settings(settings)
+        self.group_id = group_id(settings)
+        self.metrics = metrics if metrics is not None else StreamMetrics(registry)
+        self._validator = EventValidator(settings)
+        self._dedupe = Deduper(settings.dedupe_window)
+        m = self.metrics
+        self._batcher = MicroBatcher.from_settings(
+            settings, encode_fn, on_batch=lambda n, s: (m.encode_batch_size.observe(n), m.encode_duration.observe(s))
+        )
+        self._stop = threading.Event()
+        self._pending: dict[Any, deque[_Chunk]] = {}
+        self._committable: dict[Any, int] = {}
+        self._committed: dict[Any, int] = {}
+        self._positions: dict[Any, int] = {}
+        self._rebalancing = False
+        self._failure: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._consumer: Any = None
+        self._producer: Any = None
+        self._lag_children: dict[Any, Any] = {}
+        # Progress, for benchmarks and tests.
+        self.assigned: set[Any] = set()
+        self.consumed = 0
+        self.examples_acked = 0
+        self.dead_letters_acked = 0
+        self.duplicates = 0
+        self.first_consumed_at: float | None = None
+        self.last_acked_at: float | None = None
+
+    # ------------------------------------------------------------------ public API
+    def run(self, stop_event: threading.Event | None = None) -> None:
+        """Consume until ``stop_event`` (or :meth:`close`) is set; then finish in-flight work,
+        commit and return. Raises :class:`~streamproc.errors.RecoError` if Kafka fails for good."""
+        try:
+            asyncio.run(self._main(stop_event or threading.Event()))
+        finally:
+            self._batcher.close()
+        if self._failure is not None:
+            raise RecoError(f"stream worker stopped: {self._failure}") from self._failure
+
+    def close(self) -> None:
+        """Ask :meth:`run` to finish (thread-safe)."""
+        self._stop.set()
+
+    # ------------------------------------------------------------------ main loop
+    async def _main(self, stop_event: threading.Event) -> None:
+        from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+        s = self.settings
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._ack_q: asyncio.Queue[_Ack] = asyncio.Queue()
+        self._producer = AIOKafkaProducer(
+            acks="all", linger_ms=1, max_batch_size=s.max_message_bytes, max_request_size=s.max_message_bytes,
+            **client_config(s, aio=True),
+        )
+        self._consumer = AIOKafkaConsumer(
+            group_id=self.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
+            fetch_max_wait_ms=self.fetch_max_wait_ms, max_partition_fetch_bytes=4 * 1024 * 1024,
+            **GROUP_TIMEOUTS, **client_config(s, aio=True),
+        )
+        await self._producer.start()
+        try:
+            self._consumer.subscribe([self.topics.events], listener=_Listener(self))
+            await self._consumer.start()
+            tasks = [asyncio.ensure_future(c) for c in (self._emitter(), self._acker(), self._lag_updater())]
+            log.info("stream worker joined group %s on %s", self.group_id, self.topics.events)
+            try:
+                while not (stop_event.is_set() or self._stop.is_set() or self._failure):
+                    data = await self._consumer.getmany(timeout_ms=100, max_records=self.max_poll_records)
+                    if data and not self._rebalancing:
+                        self._process(data)
+                if not self._failure:
+                    await self._drain()
+            finally:
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                await self._consumer.stop()
+        finally:
+            await self._producer.stop()
+        log.info("stream worker stopped: %d consumed, %d examples, %d dead letters, %d duplicates",
+                 self.consumed, self.examples_acked, self.dead_letters_acked, self.duplicates)
+
+    def _process(self, data: dict[Any, list[Any]]) -> None:
+        """Validate, de-duplicate and queue one fetch. Synchronous on purpose: nothing else runs
+        on the loop meanwhile, so a rebalance never sees half a fetch."""
+        parse = self._validator.parse
+        seen = self._dedupe.seen
+        submit = self._batcher.submit
+        n_rating = n_click = n_comment = n_invalid = n_dup = 0
+        if self.first_consumed_at is None:
+            self.first_consumed_at = time.perf_counter()
+        for tp, records in data.items():
+            if not records:
+                continue
+            chunk = _Chunk(tp)
+            ids, users, items, kinds, targets, times, pub = (
+                chunk.event_ids, chunk.user_ids, chunk.item_ids, chunk.kinds, chunk.targets, chunk.event_times, chunk.published)
+            id_bytes = 0
+            for rec in records:
+                try:
+                    ev = parse(rec.value)
+                except InvalidEvent as exc:
+                    n_invalid += 1
+                    self._dead_letter(chunk, rec, exc)
+                    continue
+                if seen(ev.event_id):
+                    n_dup += 1
+                    continue
+                t = ev.type
+                if t == "rating":
+                    n_rating += 1
+                    kinds.append(KIND_RATING)
+                    targets.append(ev.rating)
+                elif t == "click":
+                    n_click += 1
+                    kinds.append(KIND_CLICK)
+                    targets.append(_NAN)
+                else:
+                    n_comment += 1
+                    chunk.comments.append((len(kinds), submit(ev.text)))
+                    kinds.append(KIND_COMMENT)
+                    targets.append(_NAN if ev.rating is None else ev.rating)
+                ids.append(ev.event_id)
+                users.append(ev.user_id)
+                items.append(ev.item_id)
+                times.append(ev.event_time)
+                pub.append(rec.timestamp / 1000.0)
+                id_bytes += len(ev.event_id) + len(ev.user_id) + len(ev.item_id)
+            chunk.id_bytes = id_bytes
+            chunk.next_offset = records[-1].offset + 1
+            self._positions[tp] = chunk.next_offset
+            if chunk.comments:  # wake the emitter when the last comment of the chunk is encoded
+                chunk.comments[-1][1].add_done_callback(self._wake_threadsafe)
+            self._pending.setdefault(tp, deque()).append(chunk)
+        m = self.metrics.consumed_by_type
+        for label, n in (("rating", n_rating), ("click", n_click), ("comment", n_comment), ("invalid", n_invalid)):
+            if n:
+                m[label].inc(n)
+        if n_dup:
+            self.metrics.duplicates.inc(n_dup)
+            self.duplicates += n_dup
+        self.consumed += n_rating + n_click + n_comment + n_invalid + n_dup
+        assert self._wake is not None
+        self._wake.set()
+
+    def _dead_letter(self, chunk: _Chunk, rec: Any, exc: InvalidEvent, *, reason: str | None = None) -> None:
+        reason = reason or exc.reason
+        self.metrics.invalid(reason)
+        headers = [
+            ("reason", reason.encode()),
+            ("message", str(exc).encode("utf-8", "replace")[:1000]),
+            ("field", (exc.field or "").encode()),
+            ("source_topic", rec.topic.encode()),
+            ("source_partition", str(rec.partition).encode()),
+            ("source_offset", str(rec.offset).encode()),
+        ]
+        value = rec.value if rec.value is not None else b""
+        send = self._producer.send(self.topics.dead_letters, value=value, key=rec.key, headers=headers)
+        chunk.dead_letters.append(asyncio.ensure_future(send))
+
+    def _wake_threadsafe(self, _fut: Any = None) -> None:
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(wake.set)
+            except RuntimeError:  # loop closed meanwhile
+                pass
+
+    # ------------------------------------------------------------------ emitting
+    async def _emitter(self) -> None:
+        assert self._wake is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self._emit_ready()
+            except Exception as exc:  # noqa: BLE001 - a producer failure stops the worker, uncommitted
+                log.exception("emitting examples failed")
+                self._failure = exc
+                return
+
+    async def _emit_ready(self) -> None:
+        ready: list[_Chunk] = []
+        for q in self._pending.values():
+            while q and q[0].ready():
+                ready.append(q.popleft())
+        if not ready:
+            return
+        limit = int(self.settings.max_message_bytes * 0.9) - 4096
+        futures: list[Any] = []
+        offsets: dict[Any, int] = {}
+        out = _Columns()
+        for chunk in ready:
+            offsets[chunk.tp] = chunk.next_offset
+            futures.extend(chunk.dead_letters)
+            n = len(chunk.kinds)
+            if not n:
+                continue
+            vectors = []
+            for pos, fut in chunk.comments:
+                try:
+                    vectors.append((pos, fut.result()))
+                except Exception as exc:  # noqa: BLE001 - the encoder failed: the example goes out without an embedding
+                    log.warning("encoder failed on comment %s: %s", chunk.event_ids[pos], exc)
+            per_row = _RECORD_BYTES + 9 + chunk.id_bytes / n
+            step = max(1, min(n if not vectors else 128, int(limit // per_row)))
+            j = 0
+            for start in range(0, n, step):
+                end = min(n, start + step)
+                k = j
+                while k < len(vectors) and vectors[k][0] < end:
+                    k += 1
+                est = (end - start) * per_row + sum(4 * v.size for _, v in vectors[j:k])
+                if out.rows and out.bytes + est > limit:
+                    futures.append(await self._send(out))
+                    out = _Columns()
+                out.add(chunk, start, end, vectors[j:k], est)
+                j = k
+        if out.rows:
+            futures.append(await self._send(out))
+        n_dead = sum(len(c.dead_letters) for c in ready)
+        kinds_list = [c.kinds for c in ready if c.kinds]
+        kinds = np.concatenate([np.asarray(k, np.uint8) for k in kinds_list]) if kinds_list else None
+        await self._ack_q.put(_Ack(futures, offsets, kinds, n_dead))
+
+    async def _send(self, out: "_Columns") -> Any:
+        """Send one ExampleBatch message; returns the delivery future."""
+        now = time.time()
+        batch = ExampleBatch.build(
+            event_ids=out.event_ids, user_ids=out.user_ids, item_ids=out.item_ids, kinds=out.kinds,
+            targets=out.targets, event_times=out.event_times, published=out.published,
+            processed=np.full(out.rows, now), emb_rows=out.emb_rows,
+            embeddings=np.stack(out.embs).astype(np.float32, copy=False) if out.embs else None,
+        )
+        fut = await self._producer.send(self.topics.examples, value=batch.encode())
+        observe = self.metrics.stage_latency.observe
+        for p in out.published:
+            observe(now - p)
+        return fut
+
+    async def _acker(self) -> None:
+        """Await acknowledgements in emission order; advance the committable offsets."""
+        last_commit = time.monotonic()
+        by_kind = self.metrics.examples_by_kind
+        while True:
+            ack = await self._ack_q.get()
+            try:
+                for f in ack.futures:
+                    r = await f
+                    if isinstance(r, asyncio.Future):  # a dead-letter send task resolves to its delivery future
+                        await r
+            except Exception as exc:  # noqa: BLE001 - not acknowledged: stop without committing
+                log.error("the broker did not acknowledge examples/dead letters: %s", exc)
+                self._failure = exc
+                self._ack_q.task_done()
+                return
+            self._committable.update(ack.offsets)
+            if ack.kinds is not None:
+                counts = np.bincount(ack.kinds, minlength=3)
+                for k in (KIND_RATING, KIND_CLICK, KIND_COMMENT):
+                    if counts[k]:
+                        by_kind[k].inc(int(counts[k]))
+                self.examples_acked += len(ack.kinds)
+            if ack.dead_letters:
+                self.metrics.dead_letters.inc(ack.dead_letters)
+                self.dead_letters_acked += ack.dead_letters
+            self.last_acked_at = time.perf_counter()
+            self._ack_q.task_done()
+            if time.monotonic() - last_commit >= self.commit_interval_s and self._ack_q.empty():
+                await self._commit()
+                last_commit = time.monotonic()
+
+    async def _commit(self) -> None:
+        todo = {tp: off for tp, off in self._committable.items() if self._committed.get(tp) != off and tp in self.assigned}
+        if not todo:
+            return
+        try:
+            await self._consumer.commit(todo)
+            self._committed.update(todo)
+        except Exception as exc:  # noqa: BLE001 - rebalance in progress etc.; committed again later
+            log.warning("offset commit failed (will retry): %s", exc)
+
+    async def _drain(self) -> None:
+        """Emit everything fetched so far, wait for its acknowledgements, commit."""
+        assert self._wake is not None
+        while any(self._pending.values()) and not self._failure:
+            self._wake.set()
+            await asyncio.sleep(0.005)
+        if not self._failure:
+            await self._ack_q.join()
+        if not self._failure:
+            await self._commit()
+
+    async def _lag_updater(self) -> None:
+        gauge = self.metrics.consumer_lag
+        while True:
+            for tp in list(self.assigned):
+                hw = self._consumer.highwater(tp)
+                pos = self._positions.get(tp)
+                if hw is None or pos is None:
+                    continue
+                child = self._lag_children.get(tp)
+                if child is None:
+                    child = self._lag_children[tp] = gauge.labels(topic=tp.topic, partition=str(tp.partition))
+                child.set(max(0, hw - pos))
+            await asyncio.sleep(1.0)
+
+    # ------------------------------------------------------------------ rebalance
+    async def _on_revoked(self, revoked: set[Any]) -> None:
+        self._rebalancing = True
+        if revoked:
+            await self._drain()
+        for tp in revoked:
+            self._pending.pop(tp, None)
+            self._positions.pop(tp, None)
+            self._committable.pop(tp, None)
+            self._committed.pop(tp, None)
+            child = self._lag_children.pop(tp, None)
+            if child is not None:
+                try:
+                    self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+                except KeyError:
+                    pass
+        self.assigned -= set(revoked)
+        if revoked:
+            log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
+
+    async def _on_assigned(self, assigned: set[Any]) -> None:
+        self.assigned = set(assigned)
+        self._rebalancing = False
+        log.info("partitions assigned: %s", sorted(tp.partition for tp in assigned))
+
+
+class _Listener(ConsumerRebalanceListener):
+    """aiokafka rebalance listener: drain and commit before giving partitions away."""
+
+    def __init__(self, worker: StreamWorker) -> None:
+        self.worker = worker
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self.worker._on_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        await self.worker._on_assigned(set(assigned))
