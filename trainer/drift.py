@@ -1,0 +1,156 @@
+"""Drift detection on the prequential stream with river detectors (ADWIN default, Page-Hinkley).
+
+Three signals, one detector each:
+
+``error``      absolute prequential error of rated examples; only *increases* are reported (the model
+               getting better as it learns is not a drift).
+``rating``     the rating level (targets of ratings and rated comments), both directions.
+``sentiment``  the comment sentiment level: the rating of rated comments, and the sentiment head's
+               estimate (the prediction) for unrated ones, both directions.
+
+A detection is ``{"signal", "index", "evidence"}`` where ``index`` counts the examples this monitor
+has seen (0-based, the example that triggered it) and ``evidence`` holds the detector, the value, and
+the signal's mean before/after (ADWIN: estimation and window width).
+
+Checkpoints: river's ADWIN keeps its buckets in a Rust object that has no public, JSON-able state,
+so :meth:`DriftMonitor.state` stores the last ``history`` values of each signal and
+:meth:`DriftMonitor.from_state` rebuilds the detectors by feeding them those values again (detections
+during the rebuild are discarded). The rebuilt detector sees the same recent window, not the exact
+same buckets.
+
+Examples
+--------
+>>> import numpy as np
+>>> from streamproc.examples import ExampleBatch, KIND_RATING
+>>> rng = np.random.default_rng(0)
+>>> y = np.r_[rng.normal(4, 0.3, 2000), rng.normal(2, 0.3, 2000)].clip(0.5, 5)
+>>> b = ExampleBatch.build(event_ids=[""] * 4000, user_ids=["u"] * 4000, item_ids=["i"] * 4000,
+...     kinds=[KIND_RATING] * 4000, targets=y, event_times=[0.0] * 4000, published=[0.0] * 4000,
+...     processed=[0.0] * 4000)
+>>> found = DriftMonitor().update_batch(b, np.full(4000, 3.5))
+>>> sorted({d["signal"] for d in found}), 2000 <= min(d["index"] for d in found) < 2200
+(['error', 'rating'], True)
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+from streamproc.examples import KIND_COMMENT, KIND_RATING, ExampleBatch
+
+__all__ = ["DriftMonitor", "SIGNALS", "DETECTORS"]
+
+SIGNALS = ("error", "rating", "sentiment")
+DETECTORS = ("adwin", "page_hinkley")
+
+
+class DriftMonitor:
+    """Watch prequential error, rating level and sentiment level for abrupt changes.
+
+    Parameters
+    ----------
+    detector
+        ``adwin`` (river ``drift.ADWIN``) or ``page_hinkley`` (river ``drift.PageHinkley``).
+    delta
+        ADWIN confidence (smaller = fewer false alarms, slower); Page-Hinkley's ``delta`` if set.
+    threshold
+        Page-Hinkley threshold (ignored by ADWIN).
+    history
+        Values per signal kept to rebuild the detectors from a checkpoint.
+    seed
+        Accepted for the common interface; the river detectors used are deterministic.
+    """
+
+    def __init__(self, detector: str = "adwin", delta: float | None = None, threshold: float = 50.0,
+                 history: int = 5000, seed: int = 42) -> None:
+        if detector not in DETECTORS:
+            raise ValueError(f"detector={detector!r}: must be one of {', '.join(DETECTORS)}")
+        if delta is not None and not 0 < delta < 1:
+            raise ValueError(f"delta={delta!r}: must be in (0, 1)")
+        if history < 0:
+            raise ValueError(f"history={history!r}: must be >= 0")
+        self.detector = detector
+        self.delta = delta
+        self.threshold = threshold
+        self.history = history
+        self.seed = seed
+        self._det = {s: self._make() for s in SIGNALS}
+        self._hist: dict[str, deque[float]] = {s: deque(maxlen=history) for s in SIGNALS}
+        self._mean = {s: [0.0, 0] for s in SIGNALS}  # running mean of each signal since its last drift
+        self._index = 0
+        self.detections = dict.fromkeys(SIGNALS, 0)
+
+    def _make(self) -> Any:
+        from river import drift
+
+        if self.detector == "adwin":
+            return drift.ADWIN(delta=self.delta if self.delta is not None else 0.002)
+        return drift.PageHinkley(threshold=self.threshold, delta=self.delta if self.delta is not None else 0.005)
+
+    def update_batch(self, batch: ExampleBatch, predictions: np.ndarray) -> list[dict[str, Any]]:
+        """Feed one batch (and ``learn_batch``'s predictions); returns the detections in it."""
+        rec = batch.records
+        kinds, targets = rec["kind"], rec["target"].astype(np.float64)
+        predictions = np.asarray(predictions, np.float64)
+        rated = ((kinds == KIND_RATING) | (kinds == KIND_COMMENT)) & ~np.isnan(targets)
+        comment = kinds == KIND_COMMENT
+        err = np.abs(predictions - targets)
+        sentiment = np.where(np.isnan(targets), predictions, targets)
+        found: list[dict[str, Any]] = []
+        base = self._index
+        for n in np.flatnonzero(rated | comment).tolist():
+            if rated[n]:
+                self._feed("error", float(err[n]), base + n, found)
+                self._feed("rating", float(targets[n]), base + n, found)
+            if comment[n] and not np.isnan(sentiment[n]):
+                self._feed("sentiment", float(sentiment[n]), base + n, found)
+        self._index += len(kinds)
+        return found
+
+    def _feed(self, signal: str, value: float, index: int, found: list[dict[str, Any]] | None) -> None:
+        det = self._det[signal]
+        acc = self._mean[signal]
+        before = acc[0] / acc[1] if acc[1] else None
+        est_before = getattr(det, "estimation", None)
+        det.update(value)
+        self._hist[signal].append(value)
+        acc[0] += value
+        acc[1] += 1
+        if not det.drift_detected:
+            return
+        if self.detector == "adwin":
+            after = float(det.estimation)
+            evidence = {"detector": "adwin", "value": value, "mean_before": est_before, "mean_after": after,
+                        "width": float(det.width)}
+        else:
+            after = value
+            evidence = {"detector": "page_hinkley", "value": value, "mean_before": before}
+        self._mean[signal] = [0.0, 0]
+        if signal == "error" and est_before is not None and after <= est_before:
+            return  # the error went down: learning, not drift
+        if signal == "error" and self.detector == "page_hinkley" and before is not None and value <= before:
+            return
+        if found is not None:
+            self.detections[signal] += 1
+            found.append({"signal": signal, "index": index, "evidence": evidence})
+
+    # ------------------------------------------------------------------ checkpoints
+    def state(self) -> dict[str, Any]:
+        """JSON-able state: parameters, counters and the recent values of each signal."""
+        return {"detector": self.detector, "delta": self.delta, "threshold": self.threshold, "history": self.history,
+                "seed": self.seed, "index": self._index, "detections": self.detections,
+                "values": {s: list(h) for s, h in self._hist.items()}}
+
+    @classmethod
+    def from_state(cls, s: dict[str, Any]) -> "DriftMonitor":
+        """Rebuild (see the module docstring): detectors re-fed with the stored recent values."""
+        m = cls(s["detector"], s["delta"], s["threshold"], s["history"], s["seed"])
+        for signal, values in s["values"].items():
+            for v in values:
+                m._feed(signal, float(v), 0, None)
+        m._index = int(s["index"])
+        m.detections = {k: int(v) for k, v in s["detections"].items()}
+        return m

@@ -1,0 +1,698 @@
+"""The trainer's online model: a hybrid factorization with text, learned by per-event SGD.
+
+Score of user ``u`` for item ``i``::
+
+    global_mean + b_u + b_i + (p_u + t_u) · (q_i + x_i W)
+
+``p_u``/``q_i`` are latent factors, ``b_u``/``b_i`` biases, ``x_i`` the running mean of the
+comment embeddings of item ``i`` (384-d, L2-normalised), ``W`` a learned projection of text into
+the factor space and ``t_u`` the running mean of the user's projected comment embeddings. An item
+known only from comments therefore still has a vector (``x_i W``) and a bias (its comments train it
+through the sentiment head), so it can be recommended.
+
+Signals
+-------
+* explicit ratings, and comments that carry a rating: squared loss (also train the sentiment head,
+  a linear head on the comment embedding that predicts the rating);
+* comments without a rating: target = the sentiment head's rating estimate, at reduced weight
+  (``sentiment_weight``), once the head has seen ``sentiment_min`` rated comments;
+* clicks: BPR (pairwise logistic) against ``n_negatives`` items sampled uniformly.
+
+Every example is predicted before it is learned, in stream order: ids are mapped to rows in Python
+(dict lookups, arrays grown by doubling), then one compiled (numba) call per batch runs the
+sequential predict-then-learn loop, replayed examples interleaved per ``replay_ratio``.
+
+Predictions returned by :meth:`HybridMF.learn_batch`: the clipped rating-scale prediction for
+ratings and rated comments; the sentiment head's clipped estimate for unrated comments; for clicks a
+score in [0, 1], the fraction of ``RANK_CANDIDATES`` sampled items the clicked item outscores
+(``rank = round((1 - score) * RANK_CANDIDATES)``, see :mod:`trainer.prequential`).
+
+Examples
+--------
+>>> m = HybridMF(n_factors=4, seed=1)
+>>> for _ in range(20):
+...     m.learn_one("alice", "matrix", 5.0)
+...     m.learn_one("alice", "notebook", 1.0)
+>>> m.predict_one("alice", "matrix") > m.predict_one("alice", "notebook")
+True
+>>> m.n_users, m.n_items
+(1, 2)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+from numba import njit
+
+from streamproc.examples import KIND_CLICK, KIND_COMMENT, KIND_RATING, ExampleBatch
+from trainer.replay import POLICIES, ReplayBuffer
+
+__all__ = ["HybridMF", "RANK_CANDIDATES"]
+
+RANK_CANDIDATES = 99  # sampled non-clicked items a click is ranked against (prequential hit/NDCG@10)
+_STATE_VERSION = 1
+
+# parameter vector handed to the kernel
+_P_LR, _P_BLR, _P_L2, _P_L2B, _P_RMIN, _P_RMAX, _P_MULT, _P_TLR, _P_SLR, _P_SW, _P_CLR, _P_TAU, _P_SMIN, _P_NNEG, _P_NRANK = range(15)
+
+
+# ---------------------------------------------------------------------------------- kernel
+@njit(cache=True)
+def _rand(state: np.ndarray) -> np.uint64:
+    """splitmix64: a tiny PRNG whose whole state is one uint64 (checkpointable)."""
+    z = state[0] + np.uint64(0x9E3779B97F4A7C15)
+    state[0] = z
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+@njit(cache=True)
+def _clip(x: float, lo: float, hi: float) -> float:
+    return lo if x < lo else (hi if x > hi else x)
+
+
+@njit(cache=True)
+def _sample_item(rng: np.ndarray, n_items: int, alive: np.ndarray, avoid: int) -> int:
+    for _ in range(32):
+        j = np.int64(_rand(rng) % np.uint64(n_items))
+        if j != avoid and alive[j]:
+            return j
+    return np.int64(-1)
+
+
+@njit(cache=True)
+def _learn(u_rows, i_rows, kinds, targets, weights, emb_rows, fresh, times, emb,
+           P, BU, TU, TUN, Q, BI, X, XN, XW, W, SW, SST, GM, POP, SEEN_U, SEEN_I, ALIVE_I,
+           TOUCH_U, TOUCH_I, par, n_items, rng, out, stored_targets):  # pragma: no cover - compiled
+    k = P.shape[1]
+    dim = X.shape[1]
+    lr = par[_P_LR] * par[_P_MULT]
+    blr = par[_P_BLR] * par[_P_MULT]
+    l2 = par[_P_L2]
+    l2b = par[_P_L2B]
+    rmin = par[_P_RMIN]
+    rmax = par[_P_RMAX]
+    tlr = par[_P_TLR] * par[_P_MULT]
+    slr = par[_P_SLR]
+    clr = par[_P_CLR] * par[_P_MULT]
+    tau = par[_P_TAU]
+    n_neg = int(par[_P_NNEG])
+    n_rank = int(par[_P_NRANK])
+    pu = np.empty(k, np.float32)
+    qi = np.empty(k, np.float32)
+    qj = np.empty(k, np.float32)
+    n_out = 0
+    for n in range(len(u_rows)):
+        u = u_rows[n]
+        i = i_rows[n]
+        kd = kinds[n]
+        y = targets[n]
+        w = weights[n]
+        is_fresh = fresh[n]
+        # effective vectors
+        for f in range(k):
+            pu[f] = P[u, f] + TU[u, f]
+        if XN[i] > 0:
+            for f in range(k):
+                s = 0.0
+                for d in range(dim):
+                    s += X[i, d] * W[d, f]
+                XW[i, f] = s
+                qi[f] = Q[i, f] + s
+        else:
+            for f in range(k):
+                qi[f] = Q[i, f]
+        mean = GM[0] / GM[1] if GM[1] > 0 else 0.5 * (rmin + rmax)
+        dot = 0.0
+        for f in range(k):
+            dot += pu[f] * qi[f]
+        raw = mean + float(BU[u]) + float(BI[i]) + dot
+        pred = _clip(raw, rmin, rmax)
+        er = emb_rows[n]
+        # ---- comments: the sentiment head
+        if kd == 2 and er >= 0:
+            s_raw = mean + SST[0]
+            for d in range(dim):
+                s_raw += SW[d] * emb[er, d]
+            if math.isnan(y):
+                if is_fresh:
+                    pred = _clip(s_raw, rmin, rmax)
+                if SST[1] >= par[_P_SMIN]:
+                    y = _clip(s_raw, rmin, rmax)
+                    w = w * par[_P_SW]
+            else:
+                g = s_raw - y
+                for d in range(dim):
+                    SW[d] -= slr * (g * emb[er, d] + l2 * SW[d])
+                SST[0] -= slr * g
+                SST[1] += 1.0
+        if is_fresh:
+            if kd == 1:
+                # rank of the clicked item among sampled candidates (before learning)
+                s_i = float(BI[i]) + dot
+                beaten = 0
+                drawn = 0
+                for _ in range(n_rank):
+                    j = _sample_item(rng, n_items, ALIVE_I, i)
+                    if j < 0:
+                        continue
+                    drawn += 1
+                    s_j = float(BI[j])
+                    for f in range(k):
+                        s_j += pu[f] * (Q[j, f] + XW[j, f])
+                    if s_j < s_i:
+                        beaten += 1
+                # unseen candidates count as beaten; no candidates at all -> score 1 (top)
+                pred = (beaten + (n_rank - drawn)) / n_rank if n_rank > 0 else 1.0
+            out[n_out] = pred
+            stored_targets[n_out] = y
+            n_out += 1
+        # ---- learning
+        if (kd == 0 or kd == 2) and not math.isnan(y):
+            if is_fresh:
+                GM[0] += y
+                GM[1] += 1.0
+            g = w * (raw - y)
+            BU[u] -= blr * (g + l2b * BU[u])
+            BI[i] -= blr * (g + l2b * BI[i])
+            for f in range(k):
+                puf = P[u, f]
+                P[u, f] -= lr * (g * qi[f] + l2 * puf)
+                Q[i, f] -= lr * (g * pu[f] + l2 * Q[i, f])
+            if XN[i] > 0 and tlr > 0:
+                for d in range(dim):
+                    xd = X[i, d] * g * tlr
+                    if xd != 0.0:
+                        for f in range(k):
+                            W[d, f] -= xd * pu[f]
+        elif kd == 1:
+            for _ in range(n_neg):
+                j = _sample_item(rng, n_items, ALIVE_I, i)
+                if j < 0:
+                    break
+                x = float(BI[i]) - float(BI[j])
+                for f in range(k):
+                    qj[f] = Q[j, f] + XW[j, f]
+                    x += pu[f] * (qi[f] - qj[f])
+                gg = clr * w / (1.0 + math.exp(x)) if x > -30.0 else clr * w
+                BI[i] += gg - clr * l2b * BI[i]
+                BI[j] -= gg + clr * l2b * BI[j]
+                for f in range(k):
+                    puf = P[u, f]
+                    P[u, f] += gg * (qi[f] - qj[f]) - clr * l2 * puf
+                    Q[i, f] += gg * pu[f] - clr * l2 * Q[i, f]
+                    Q[j, f] -= gg * pu[f] + clr * l2 * Q[j, f]
+                TOUCH_I[j] = True
+        # ---- text profiles (fresh comments only)
+        if kd == 2 and er >= 0 and is_fresh:
+            XN[i] += 1.0
+            a = 1.0 / XN[i]
+            for d in range(dim):
+                X[i, d] += a * (emb[er, d] - X[i, d])
+            TUN[u] += 1.0
+            b = 1.0 / TUN[u]
+            for f in range(k):
+                s = 0.0
+                for d in range(dim):
+                    s += emb[er, d] * W[d, f]
+                TU[u, f] += b * (s - TU[u, f])
+        if is_fresh:
+            t = times[n]
+            if SEEN_I[i] > 0.0 and t > SEEN_I[i]:
+                POP[i] *= math.exp(-(t - SEEN_I[i]) / tau)
+            POP[i] += 1.0
+            if t > SEEN_I[i]:
+                SEEN_I[i] = t
+            if t > SEEN_U[u]:
+                SEEN_U[u] = t
+        TOUCH_U[u] = True
+        TOUCH_I[i] = True
+    return n_out
+
+
+# ---------------------------------------------------------------------------------- model
+class HybridMF:
+    """Hybrid factorization (biases, factors, text projection) learned online, event by event.
+
+    Parameters
+    ----------
+    n_factors
+        Latent factors per user/item.
+    lr, bias_lr
+        SGD learning rates of the factors and of the biases.
+    l2
+        L2 regularisation of the factors (``l2_bias`` for the biases).
+    text_dim
+        Dimension of the comment embeddings.
+    rating_min, rating_max
+        Rating scale: predictions are clipped to it.
+    replay_size, replay_ratio, replay_policy
+        Replay buffer capacity, replayed examples learned per fresh example, and sampling policy
+        (see :mod:`trainer.replay`).
+    n_negatives
+        Sampled negative items per click (BPR).
+    row_ttl_s
+        Users/items not seen for this long (event time, seconds) are expired; 0 = never.
+    seed
+        Seeds the factor initialisation, negative sampling and replay.
+    """
+
+    def __init__(self, n_factors: int = 32, lr: float = 0.05, bias_lr: float = 0.025, l2: float = 0.02,
+                 text_dim: int = 384, rating_min: float = 0.5, rating_max: float = 5.0, replay_size: int = 50_000,
+                 replay_ratio: float = 0.0, replay_policy: str = "reservoir", n_negatives: int = 4,
+                 row_ttl_s: float = 0.0, seed: int = 42, *, l2_bias: float = 0.0, init_std: float = 0.1,
+                 text_lr: float = 0.01, sentiment_lr: float = 0.05, sentiment_weight: float = 0.5,
+                 sentiment_min: int = 5, implicit_lr: float = 0.02, popularity_half_life_s: float = 7 * 86_400.0,
+                 drift_lr_boost: float = 2.0, drift_boost_events: int = 5_000, drift_replay_recent: bool = True) -> None:
+        for name, value in (("n_factors", n_factors), ("text_dim", text_dim)):
+            if int(value) < 1:
+                raise ValueError(f"{name}={value!r}: must be >= 1")
+        for name, value in (("lr", lr), ("bias_lr", bias_lr), ("l2", l2), ("l2_bias", l2_bias), ("replay_ratio", replay_ratio),
+                            ("row_ttl_s", row_ttl_s), ("init_std", init_std), ("text_lr", text_lr),
+                            ("sentiment_lr", sentiment_lr), ("sentiment_weight", sentiment_weight),
+                            ("implicit_lr", implicit_lr), ("n_negatives", n_negatives), ("replay_size", replay_size),
+                            ("drift_boost_events", drift_boost_events), ("sentiment_min", sentiment_min)):
+            if not (value >= 0 and math.isfinite(value)):
+                raise ValueError(f"{name}={value!r}: must be a finite number >= 0")
+        if rating_min >= rating_max:
+            raise ValueError(f"rating_min={rating_min!r} must be below rating_max={rating_max!r}")
+        if replay_policy not in POLICIES:
+            raise ValueError(f"replay_policy={replay_policy!r}: must be one of {', '.join(POLICIES)}")
+        if popularity_half_life_s <= 0 or drift_lr_boost <= 0:
+            raise ValueError("popularity_half_life_s and drift_lr_boost must be > 0")
+        self.n_factors = int(n_factors)
+        self.lr = float(lr)
+        self.bias_lr = float(bias_lr)
+        self.l2 = float(l2)
+        self.text_dim = int(text_dim)
+        self.rating_min = float(rating_min)
+        self.rating_max = float(rating_max)
+        self.replay_size = int(replay_size)
+        self.replay_ratio = float(replay_ratio)
+        self.replay_policy = replay_policy
+        self.n_negatives = int(n_negatives)
+        self.row_ttl_s = float(row_ttl_s)
+        self.seed = int(seed)
+        self.l2_bias = float(l2_bias)
+        self.init_std = float(init_std)
+        self.text_lr = float(text_lr)
+        self.sentiment_lr = float(sentiment_lr)
+        self.sentiment_weight = float(sentiment_weight)
+        self.sentiment_min = int(sentiment_min)
+        self.implicit_lr = float(implicit_lr)
+        self.popularity_half_life_s = float(popularity_half_life_s)
+        self.drift_lr_boost = float(drift_lr_boost)
+        self.drift_boost_events = int(drift_boost_events)
+        self.drift_replay_recent = bool(drift_replay_recent)
+        self._init_state()
+
+    # ------------------------------------------------------------------ construction
+    _PARAM_NAMES = ("n_factors", "lr", "bias_lr", "l2", "text_dim", "rating_min", "rating_max", "replay_size",
+                    "replay_ratio", "replay_policy", "n_negatives", "row_ttl_s", "seed", "l2_bias", "init_std",
+                    "text_lr", "sentiment_lr", "sentiment_weight", "sentiment_min", "implicit_lr",
+                    "popularity_half_life_s", "drift_lr_boost", "drift_boost_events", "drift_replay_recent")
+
+    def get_params(self) -> dict[str, Any]:
+        """Constructor arguments (JSON-able)."""
+        return {name: getattr(self, name) for name in self._PARAM_NAMES}
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> "HybridMF":
+        """Build from :class:`streamproc.settings.Settings` (factors, rates, replay, TTL, seed)."""
+        return cls(n_factors=settings.factors, lr=settings.learning_rate, bias_lr=settings.bias_learning_rate,
+                   l2=settings.l2, rating_min=settings.rating_min, rating_max=settings.rating_max,
+                   replay_size=settings.replay_size, replay_ratio=settings.replay_ratio,
+                   replay_policy=settings.replay_policy, row_ttl_s=settings.row_ttl_s, seed=settings.seed)
+
+    def clone(self) -> "HybridMF":
+        """A fresh, unfitted model with the same parameters."""
+        return type(self)(**self.get_params())
+
+    def _init_state(self, cap_u: int = 256, cap_i: int = 256) -> None:
+        k, dim = self.n_factors, self.text_dim
+        self._rng = np.random.default_rng(self.seed)
+        self._krng = np.array([(self.seed * 0x2545F4914F6CDD1D + 1) % 2**64], np.uint64)
+        self._umap: dict[str, int] = {}
+        self._imap: dict[str, int] = {}
+        self._uids: list[str | None] = []
+        self._iids: list[str | None] = []
+        self._free_u: list[int] = []
+        self._free_i: list[int] = []
+        self._P = np.zeros((cap_u, k), np.float32)
+        self._BU = np.zeros(cap_u, np.float32)
+        self._TU = np.zeros((cap_u, k), np.float32)
+        self._TUN = np.zeros(cap_u, np.float32)
+        self._SEEN_U = np.zeros(cap_u, np.float64)
+        self._TOUCH_U = np.zeros(cap_u, np.bool_)
+        self._Q = np.zeros((cap_i, k), np.float32)
+        self._BI = np.zeros(cap_i, np.float32)
+        self._X = np.zeros((cap_i, dim), np.float32)
+        self._XN = np.zeros(cap_i, np.float32)
+        self._XW = np.zeros((cap_i, k), np.float32)
+        self._POP = np.zeros(cap_i, np.float32)
+        self._SEEN_I = np.zeros(cap_i, np.float64)
+        self._ALIVE_I = np.zeros(cap_i, np.bool_)
+        self._TOUCH_I = np.zeros(cap_i, np.bool_)
+        self._W = (self._rng.standard_normal((dim, k)) * (self.init_std / math.sqrt(dim))).astype(np.float32)
+        self._SW = np.zeros(dim, np.float32)
+        self._SST = np.zeros(2, np.float64)  # sentiment head bias, rated comments seen
+        self._GM = np.zeros(2, np.float64)  # sum, count of explicit targets
+        self._lr_mult = 1.0
+        self._boost_left = 0
+        self._drifts = 0
+        self._newest_time = 0.0
+        self._last_expiry = 0.0
+        self._expired_u: list[str] = []
+        self._expired_i: list[str] = []
+        self._replay = ReplayBuffer(self.replay_size, self.replay_policy, self.seed + 1)
+        self._replay_credit = 0.0
+        self._empty_emb = np.zeros((0, dim), np.float32)
+        self._par = np.zeros(15, np.float64)
+
+    @property
+    def n_users(self) -> int:
+        return len(self._umap)
+
+    @property
+    def n_items(self) -> int:
+        return len(self._imap)
+
+    @property
+    def replay(self) -> ReplayBuffer:
+        return self._replay
+
+    # ------------------------------------------------------------------ rows
+    _USER_ARRAYS = ("_P", "_BU", "_TU", "_TUN", "_SEEN_U", "_TOUCH_U")
+    _ITEM_ARRAYS = ("_Q", "_BI", "_X", "_XN", "_XW", "_POP", "_SEEN_I", "_ALIVE_I", "_TOUCH_I")
+
+    def _grow(self, names: tuple[str, ...], need: int) -> None:
+        cap = len(getattr(self, names[0]))
+        if need <= cap:
+            return
+        new_cap = max(need, 2 * cap)
+        for name in names:
+            old = getattr(self, name)
+            arr = np.zeros((new_cap,) + old.shape[1:], old.dtype)
+            arr[:cap] = old
+            setattr(self, name, arr)
+
+    def _new_user(self, uid: str) -> int:
+        if self._free_u:
+            r = self._free_u.pop()
+            self._uids[r] = uid
+        else:
+            r = len(self._uids)
+            self._uids.append(uid)
+            self._grow(self._USER_ARRAYS, r + 1)
+        self._P[r] = self._rng.standard_normal(self.n_factors) * self.init_std
+        self._BU[r] = self._TUN[r] = self._SEEN_U[r] = 0
+        self._TU[r] = 0
+        self._umap[uid] = r
+        return r
+
+    def _new_item(self, iid: str) -> int:
+        if self._free_i:
+            r = self._free_i.pop()
+            self._iids[r] = iid
+        else:
+            r = len(self._iids)
+            self._iids.append(iid)
+            self._grow(self._ITEM_ARRAYS, r + 1)
+        self._Q[r] = self._rng.standard_normal(self.n_factors) * self.init_std
+        self._BI[r] = self._XN[r] = self._POP[r] = self._SEEN_I[r] = 0
+        self._X[r] = 0
+        self._XW[r] = 0
+        self._ALIVE_I[r] = True
+        self._imap[iid] = r
+        return r
+
+    def _rows(self, ids: list[str], users: bool) -> np.ndarray:
+        table = self._umap if users else self._imap
+        get = table.get
+        rows = [get(x) for x in ids]
+        if None in rows:
+            new = self._new_user if users else self._new_item
+            for n, r in enumerate(rows):
+                if r is None:
+                    r = get(ids[n])
+                    rows[n] = r if r is not None else new(ids[n])
+        return np.array(rows, np.int32)
+
+    # ------------------------------------------------------------------ learning
+    def _params(self) -> np.ndarray:
+        p = self._par
+        p[_P_LR], p[_P_BLR], p[_P_L2], p[_P_L2B] = self.lr, self.bias_lr, self.l2, self.l2_bias
+        p[_P_RMIN], p[_P_RMAX], p[_P_MULT], p[_P_TLR] = self.rating_min, self.rating_max, self._lr_mult, self.text_lr
+        p[_P_SLR], p[_P_SW], p[_P_CLR] = self.sentiment_lr, self.sentiment_weight, self.implicit_lr
+        p[_P_TAU] = self.popularity_half_life_s / math.log(2.0)
+        p[_P_SMIN], p[_P_NNEG], p[_P_NRANK] = self.sentiment_min, self.n_negatives, RANK_CANDIDATES
+        return p
+
+    def learn_batch(self, batch: ExampleBatch) -> np.ndarray:
+        """Predict then learn each example in order; returns one float64 prediction per example.
+
+        Replayed examples (``replay_ratio``) are interleaved at random positions; they are learned
+        but not predicted or returned.
+        """
+        n = len(batch)
+        if n == 0:
+            return np.zeros(0, np.float64)
+        rec = batch.records
+        emb = batch.embeddings
+        if emb.size == 0:
+            emb = self._empty_emb
+        elif emb.shape[1] != self.text_dim:
+            raise ValueError(f"embeddings have dimension {emb.shape[1]}, the model expects text_dim={self.text_dim}")
+        u_rows = self._rows(batch.user_ids, True)
+        i_rows = self._rows(batch.item_ids, False)
+        kinds = np.ascontiguousarray(rec["kind"], np.uint8)
+        targets = np.ascontiguousarray(rec["target"], np.float64)
+        weights = np.ascontiguousarray(rec["weight"], np.float64)
+        emb_rows = np.ascontiguousarray(rec["emb_row"], np.int32)
+        times = np.ascontiguousarray(rec["event_time"], np.float64)
+        fresh = np.ones(n, np.bool_)
+        n_rep = 0
+        if self.replay_ratio > 0 and len(self._replay):
+            self._replay_credit += n * self.replay_ratio
+            n_rep = int(self._replay_credit)
+            self._replay_credit -= n_rep
+        if n_rep:
+            rep = self._replay.sample(n_rep)
+            n_rep = len(rep)
+        if n_rep:
+            # replayed example r is learned right after fresh example pos[r]
+            pos = np.sort(self._rng.integers(0, n, n_rep))
+            order = np.argsort(np.concatenate([np.arange(n) * 2, pos * 2 + 1]), kind="stable")
+            cat = lambda a, b: np.concatenate([a, b.astype(a.dtype)])[order]  # noqa: E731
+            u_all, i_all = cat(u_rows, rep["user"]), cat(i_rows, rep["item"])
+            k_all, t_all, w_all = cat(kinds, rep["kind"]), cat(targets, rep["target"]), cat(weights, rep["weight"])
+            e_all = cat(emb_rows, np.full(n_rep, -1, np.int32))
+            f_all = cat(fresh, np.zeros(n_rep, np.bool_))
+            tm_all = cat(times, rep["time"])
+        else:
+            u_all, i_all, k_all, t_all, w_all, e_all, f_all, tm_all = u_rows, i_rows, kinds, targets, weights, emb_rows, fresh, times
+        out = np.empty(n, np.float64)
+        stored = np.empty(n, np.float64)
+        n_items = len(self._iids)
+        _learn(u_all, i_all, k_all, t_all, w_all, e_all, f_all, tm_all, emb,
+               self._P, self._BU, self._TU, self._TUN, self._Q, self._BI, self._X, self._XN, self._XW, self._W,
+               self._SW, self._SST, self._GM, self._POP, self._SEEN_U, self._SEEN_I, self._ALIVE_I,
+               self._TOUCH_U, self._TOUCH_I, self._params(), n_items, self._krng, out, stored)
+        if self.replay_size:
+            keep = ~np.isnan(stored) | (kinds == KIND_CLICK)
+            if not keep.all():
+                u_rows, i_rows, kinds, stored, weights, times = (a[keep] for a in (u_rows, i_rows, kinds, stored, weights, times))
+            self._replay.add_many(users=u_rows, items=i_rows, kinds=kinds, targets=stored, weights=weights, times=times)
+        if self._boost_left > 0:
+            self._boost_left -= n
+            if self._boost_left <= 0:
+                self._lr_mult = 1.0
+        newest = float(times.max())
+        if newest > self._newest_time:
+            self._newest_time = newest
+        if self.row_ttl_s > 0 and self._newest_time - self._last_expiry >= self.row_ttl_s / 10:
+            self.expire(self._newest_time)
+        return out
+
+    def learn_one(self, user_id: str, item_id: str, rating: float | None = None, *, kind: int | None = None,
+                  event_time: float | None = None, embedding: np.ndarray | None = None, weight: float = 1.0) -> None:
+        """Learn one example (river-style): a rating, or a click (``kind=KIND_CLICK``), or a comment
+        (``embedding`` given, ``rating`` optional)."""
+        self.learn_batch(_one_batch(user_id, item_id, rating, kind, event_time, embedding, weight))
+
+    def predict_one(self, user_id: str, item_id: str) -> float:
+        """Clipped rating-scale prediction; unknown users/items contribute nothing but the mean."""
+        mean = self._GM[0] / self._GM[1] if self._GM[1] > 0 else 0.5 * (self.rating_min + self.rating_max)
+        u, i = self._umap.get(user_id), self._imap.get(item_id)
+        score = mean
+        if u is not None:
+            score += float(self._BU[u])
+        if i is not None:
+            score += float(self._BI[i])
+        if u is not None and i is not None:
+            score += float(np.dot(self._P[u] + self._TU[u], self._item_vectors(np.array([i]))[0]))
+        return float(min(max(score, self.rating_min), self.rating_max))
+
+    def _item_vectors(self, rows: np.ndarray) -> np.ndarray:
+        q = self._Q[rows].astype(np.float32, copy=True)
+        has = self._XN[rows] > 0
+        if has.any():
+            q[has] += self._X[rows[has]] @ self._W
+        return q
+
+    # ------------------------------------------------------------------ drift, expiry
+    def on_drift(self) -> None:
+        """React to a detected drift: raise the learning rates by ``drift_lr_boost`` for the next
+        ``drift_boost_events`` examples and (``drift_replay_recent``) replay only post-drift examples."""
+        self._drifts += 1
+        self._lr_mult = self.drift_lr_boost
+        self._boost_left = self.drift_boost_events
+        if self.drift_replay_recent:
+            self._replay.favour_recent(self.drift_boost_events)
+
+    def expire(self, now: float | None = None) -> tuple[list[str], list[str]]:
+        """Drop users/items not seen since ``now - row_ttl_s`` (event time); returns their ids.
+        Their rows are reused by new ids; the next :meth:`export` lists them as expired."""
+        self._last_expiry = now = self._newest_time if now is None else now
+        if self.row_ttl_s <= 0:
+            return [], []
+        cut = now - self.row_ttl_s
+        nu, ni = len(self._uids), len(self._iids)
+        alive_u = np.array([x is not None for x in self._uids], bool)
+        dead_u = np.flatnonzero(alive_u & (self._SEEN_U[:nu] < cut))
+        dead_i = np.flatnonzero(self._ALIVE_I[:ni] & (self._SEEN_I[:ni] < cut))
+        users = [self._uids[r] for r in dead_u]
+        items = [self._iids[r] for r in dead_i]
+        for r, uid in zip(dead_u.tolist(), users):
+            del self._umap[uid]
+            self._uids[r] = None
+            self._free_u.append(r)
+        for r, iid in zip(dead_i.tolist(), items):
+            del self._imap[iid]
+            self._iids[r] = None
+            self._free_i.append(r)
+        self._ALIVE_I[dead_i] = False
+        self._TOUCH_U[dead_u] = False
+        self._TOUCH_I[dead_i] = False
+        if len(dead_u) or len(dead_i):
+            self._replay.drop_rows(users=dead_u, items=dead_i)
+        self._expired_u += users  # type: ignore[arg-type]
+        self._expired_i += items  # type: ignore[arg-type]
+        return users, items  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ export
+    def export(self, full: bool) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Header part and tensors of a model update (see :mod:`trainer.updates`).
+
+        ``full=False``: rows touched since the previous delta export (then forgotten), plus
+        ``expired_user_ids``/``expired_item_ids`` removed since. ``full=True``: every live row.
+        """
+        nu, ni = len(self._uids), len(self._iids)
+        alive_u = np.array([x is not None for x in self._uids], bool)
+        alive_i = self._ALIVE_I[:ni]
+        if full:
+            ur, ir = np.flatnonzero(alive_u), np.flatnonzero(alive_i)
+        else:
+            ur = np.flatnonzero(alive_u & self._TOUCH_U[:nu])
+            ir = np.flatnonzero(alive_i & self._TOUCH_I[:ni])
+            self._TOUCH_U[:nu] = False
+            self._TOUCH_I[:ni] = False
+        now = self._newest_time
+        tau = self.popularity_half_life_s / math.log(2.0)
+        seen = self._SEEN_I[ir]
+        pop = self._POP[ir] * np.exp(-np.clip(now - seen, 0, None) / tau)
+        header: dict[str, Any] = {
+            "global_mean": self.global_mean,
+            "user_ids": [self._uids[r] for r in ur],
+            "item_ids": [self._iids[r] for r in ir],
+        }
+        if not full:
+            header["expired_user_ids"], header["expired_item_ids"] = self._expired_u, self._expired_i
+            self._expired_u, self._expired_i = [], []
+        tensors = {
+            "user_factors": np.ascontiguousarray(self._P[ur] + self._TU[ur], np.float32),
+            "user_bias": np.ascontiguousarray(self._BU[ur], np.float32),
+            "item_factors": np.ascontiguousarray(self._item_vectors(ir), np.float32),
+            "item_bias": np.ascontiguousarray(self._BI[ir], np.float32),
+            "item_popularity": np.ascontiguousarray(pop, np.float32),
+        }
+        return header, tensors
+
+    @property
+    def global_mean(self) -> float:
+        return float(self._GM[0] / self._GM[1]) if self._GM[1] > 0 else 0.5 * (self.rating_min + self.rating_max)
+
+    def memory_bytes_per_row(self) -> dict[str, float]:
+        """Bytes held per user row and per item row (arrays + id-map entry estimate)."""
+        import sys
+
+        per_u = sum(getattr(self, a)[0:1].nbytes for a in self._USER_ARRAYS)
+        per_i = sum(getattr(self, a)[0:1].nbytes for a in self._ITEM_ARRAYS)
+        uid = next(iter(self._umap), "123456")
+        map_entry = sys.getsizeof(uid) + 8 * 3 + 8  # key object + dict slot (hash, key, value) + list slot
+        return {"user": float(per_u + map_entry), "item": float(per_i + map_entry)}
+
+    # ------------------------------------------------------------------ checkpoints
+    def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """All learned state as JSON-able meta plus numpy arrays (for safetensors; no pickle)."""
+        nu, ni = len(self._uids), len(self._iids)
+        rmeta, rarrays = self._replay.state()
+        meta = {
+            "state_version": _STATE_VERSION,
+            "params": self.get_params(),
+            "user_ids": self._uids, "item_ids": self._iids,
+            "free_u": self._free_u, "free_i": self._free_i,
+            "rng": self._rng.bit_generator.state, "krng": int(self._krng[0]),
+            "lr_mult": self._lr_mult, "boost_left": self._boost_left, "drifts": self._drifts,
+            "newest_time": self._newest_time, "last_expiry": self._last_expiry,
+            "expired_u": self._expired_u, "expired_i": self._expired_i,
+            "replay_credit": self._replay_credit, "replay": rmeta,
+        }
+        arrays = {name.lstrip("_"): np.ascontiguousarray(getattr(self, name)[:nu]) for name in self._USER_ARRAYS}
+        arrays.update({name.lstrip("_"): np.ascontiguousarray(getattr(self, name)[:ni]) for name in self._ITEM_ARRAYS})
+        for name in ("_W", "_SW", "_SST", "_GM"):
+            arrays[name.lstrip("_")] = np.ascontiguousarray(getattr(self, name))
+        arrays.update(rarrays)
+        return meta, arrays
+
+    @classmethod
+    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> "HybridMF":
+        """Rebuild a model from :meth:`state` output (e.g. after safetensors/JSON round trips)."""
+        if meta.get("state_version") != _STATE_VERSION:
+            raise ValueError(f"unsupported model state version {meta.get('state_version')!r}")
+        m = cls(**meta["params"])
+        nu, ni = len(meta["user_ids"]), len(meta["item_ids"])
+        m._init_state(max(nu, 256), max(ni, 256))
+        for name in cls._USER_ARRAYS + cls._ITEM_ARRAYS:
+            getattr(m, name)[: len(arrays[name.lstrip("_")])] = arrays[name.lstrip("_")]
+        for name in ("_W", "_SW", "_SST", "_GM"):
+            getattr(m, name)[...] = arrays[name.lstrip("_")]
+        m._uids, m._iids = list(meta["user_ids"]), list(meta["item_ids"])
+        m._umap = {x: r for r, x in enumerate(m._uids) if x is not None}
+        m._imap = {x: r for r, x in enumerate(m._iids) if x is not None}
+        m._free_u, m._free_i = list(meta["free_u"]), list(meta["free_i"])
+        m._rng.bit_generator.state = meta["rng"]
+        m._krng[0] = np.uint64(meta["krng"])
+        m._lr_mult, m._boost_left, m._drifts = float(meta["lr_mult"]), int(meta["boost_left"]), int(meta["drifts"])
+        m._newest_time, m._last_expiry = float(meta["newest_time"]), float(meta["last_expiry"])
+        m._expired_u, m._expired_i = list(meta["expired_u"]), list(meta["expired_i"])
+        m._replay_credit = float(meta["replay_credit"])
+        m._replay = ReplayBuffer.from_state(meta["replay"], arrays)
+        return m
+
+
+def _one_batch(user_id: str, item_id: str, rating: float | None, kind: int | None, event_time: float | None,
+               embedding: np.ndarray | None, weight: float) -> ExampleBatch:
+    if kind is None:
+        kind = KIND_COMMENT if embedding is not None else KIND_RATING
+    t = time.time() if event_time is None else event_time
+    emb = None if embedding is None else np.asarray(embedding, np.float32).reshape(1, -1)
+    return ExampleBatch.build(
+        event_ids=[""], user_ids=[user_id], item_ids=[item_id], kinds=[kind],
+        targets=[math.nan if rating is None else rating], event_times=[t], published=[t], processed=[t],
+        weights=[weight], emb_rows=[0 if emb is not None else -1], embeddings=emb)

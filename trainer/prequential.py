@@ -1,0 +1,147 @@
+"""Prequential (test-then-train) metrics over the predictions :meth:`HybridMF.learn_batch` returns.
+
+Ratings (and comments that carry a rating): RMSE and MAE of the clipped prediction against the
+target. Clicks: the prediction is the fraction of ``RANK_CANDIDATES`` sampled items the clicked item
+outscores, so its rank is ``round((1 - score) * RANK_CANDIDATES)`` (0 = top); hit-rate@10 counts
+ranks below 10 and NDCG@10 is ``1 / log2(rank + 2)`` for those (one relevant item). Each metric is
+kept running (since start) and over the most recent ``window`` examples of its kind.
+Metrics with no data yet are ``None``.
+
+Examples
+--------
+>>> import numpy as np
+>>> from streamproc.examples import ExampleBatch, KIND_RATING, KIND_CLICK
+>>> b = ExampleBatch.build(event_ids=["a", "b", "c"], user_ids=["u"] * 3, item_ids=["i", "j", "k"],
+...     kinds=[KIND_RATING, KIND_RATING, KIND_CLICK], targets=[4.0, 2.0, float("nan")],
+...     event_times=[0.0] * 3, published=[0.0] * 3, processed=[0.0] * 3)
+>>> p = Prequential(window=10)
+>>> p.update_batch(b, np.array([3.0, 2.0, 1.0]))
+>>> m = p.get()
+>>> round(m["rmse"], 4), m["mae"], m["hit_rate_at_10"], m["ndcg_at_10"]
+(0.7071, 0.5, 1.0, 1.0)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from streamproc.examples import KIND_CLICK, KIND_COMMENT, KIND_RATING, ExampleBatch
+from trainer.model import RANK_CANDIDATES
+
+__all__ = ["Prequential", "click_ranks"]
+
+
+def click_ranks(scores: np.ndarray) -> np.ndarray:
+    """0-based rank of the clicked item among ``RANK_CANDIDATES + 1`` from a click score."""
+    return np.rint((1.0 - np.asarray(scores, np.float64)) * RANK_CANDIDATES).astype(np.int64)
+
+
+class _Window:
+    """Sum over the last ``size`` values (ring buffer)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._buf = np.zeros(size, np.float64)
+        self._n = 0
+
+    def extend(self, values: np.ndarray) -> None:
+        values = values[-self.size :]
+        m = len(values)
+        if not m:
+            return
+        idx = (self._n + np.arange(m)) % self.size
+        self._buf[idx] = values
+        self._n += m
+
+    def mean(self) -> float | None:
+        k = min(self._n, self.size)
+        return float(self._buf[:k].mean()) if k else None if k == 0 else None
+
+    def state(self) -> dict[str, Any]:
+        return {"size": self.size, "n": self._n, "buf": self._buf[: min(self._n, self.size)].tolist()}
+
+    @classmethod
+    def from_state(cls, s: dict[str, Any]) -> "_Window":
+        w = cls(s["size"])
+        w._n = int(s["n"])
+        w._buf[: len(s["buf"])] = s["buf"]
+        return w
+
+
+class Prequential:
+    """Running and windowed rating error and click ranking quality.
+
+    Parameters
+    ----------
+    window
+        Examples (per kind) in the ``*_recent`` metrics.
+    """
+
+    _KEYS = ("se", "ae", "hit", "ndcg")
+
+    def __init__(self, window: int = 1000) -> None:
+        if window < 1:
+            raise ValueError(f"window={window!r}: must be >= 1")
+        self.window = window
+        self._sum = dict.fromkeys(self._KEYS, 0.0)
+        self._n_ratings = 0
+        self._n_clicks = 0
+        self._win = {k: _Window(window) for k in self._KEYS}
+
+    def update_batch(self, batch: ExampleBatch, predictions: np.ndarray) -> None:
+        """Score one batch of predictions (as returned by ``learn_batch``) against its targets."""
+        rec = batch.records
+        kinds, targets = rec["kind"], rec["target"].astype(np.float64)
+        predictions = np.asarray(predictions, np.float64)
+        rated = ((kinds == KIND_RATING) | (kinds == KIND_COMMENT)) & ~np.isnan(targets)
+        if rated.any():
+            err = predictions[rated] - targets[rated]
+            se, ae = err * err, np.abs(err)
+            self._sum["se"] += float(se.sum())
+            self._sum["ae"] += float(ae.sum())
+            self._n_ratings += len(err)
+            self._win["se"].extend(se)
+            self._win["ae"].extend(ae)
+        clicks = kinds == KIND_CLICK
+        if clicks.any():
+            ranks = click_ranks(predictions[clicks])
+            hit = (ranks < 10).astype(np.float64)
+            ndcg = np.where(ranks < 10, 1.0 / np.log2(ranks + 2.0), 0.0)
+            self._sum["hit"] += float(hit.sum())
+            self._sum["ndcg"] += float(ndcg.sum())
+            self._n_clicks += len(hit)
+            self._win["hit"].extend(hit)
+            self._win["ndcg"].extend(ndcg)
+
+    def get(self) -> dict[str, float | None]:
+        """``rmse``, ``mae``, ``ndcg_at_10``, ``hit_rate_at_10`` and their ``*_recent``, plus counts."""
+        nr, nc = self._n_ratings, self._n_clicks
+        w = {k: v.mean() for k, v in self._win.items()}
+        return {
+            "rmse": math.sqrt(self._sum["se"] / nr) if nr else None,
+            "mae": self._sum["ae"] / nr if nr else None,
+            "rmse_recent": math.sqrt(w["se"]) if w["se"] is not None else None,
+            "mae_recent": w["ae"],
+            "ndcg_at_10": self._sum["ndcg"] / nc if nc else None,
+            "hit_rate_at_10": self._sum["hit"] / nc if nc else None,
+            "ndcg_at_10_recent": w["ndcg"],
+            "hit_rate_at_10_recent": w["hit"],
+            "n_ratings": nr,
+            "n_clicks": nc,
+        }
+
+    def state(self) -> dict[str, Any]:
+        """JSON-able state for checkpoints."""
+        return {"window": self.window, "sum": self._sum, "n_ratings": self._n_ratings, "n_clicks": self._n_clicks,
+                "win": {k: v.state() for k, v in self._win.items()}}
+
+    @classmethod
+    def from_state(cls, s: dict[str, Any]) -> "Prequential":
+        p = cls(s["window"])
+        p._sum = {k: float(v) for k, v in s["sum"].items()}
+        p._n_ratings, p._n_clicks = int(s["n_ratings"]), int(s["n_clicks"])
+        p._win = {k: _Window.from_state(v) for k, v in s["win"].items()}
+        return p
