@@ -85,6 +85,7 @@ from urllib.parse import urlparse
 import httpx
 import prometheus_client
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse
 from starlette.routing import BaseRoute, Mount, Route
@@ -101,17 +102,54 @@ Key = tuple[str, tuple[tuple[str, str], ...]]
 """A sample's identity: (sample name, sorted label pairs)."""
 
 
-def parse_metrics(text: str) -> dict[Key, float]:
+#: Metric families the page uses (names without ``_total``/``_bucket``/``_count``/``_sum``);
+#: lines of other families are dropped before parsing, which is most of a scrape's cost.
+WANTED = frozenset({
+    "reco_streamproc_events_consumed", "reco_streamproc_events_invalid", "reco_streamproc_dead_letters",
+    "reco_streamproc_duplicates", "reco_streamproc_examples_produced", "reco_trainer_examples_learned",
+    "reco_serving_feedback_latency_seconds", "reco_serving_model_version", "reco_trainer_model_version",
+    "reco_trainer_updates_published", "reco_serving_model_swaps", "reco_trainer_prequential_rmse",
+    "reco_trainer_prequential_mae", "reco_trainer_prequential_ndcg_at_10", "reco_trainer_prequential_hit_rate_at_10",
+    "reco_trainer_drift_detections", "reco_serving_requests", "reco_serving_request_duration_seconds",
+    "reco_trainer_active", "reco_serving_ready",
+})
+_SUFFIXES = ("_total", "_bucket", "_count", "_sum", "_created")
+
+
+def _family(name: str) -> str:
+    for suffix in _SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _keep_lines(text: str, only: frozenset[str] | set[str]) -> str:
+    keep = []
+    for line in text.splitlines():
+        if line.startswith("#"):
+            parts = line.split(None, 3)
+            name = parts[2] if len(parts) > 2 else ""
+        else:
+            name = line.split("{", 1)[0].split(None, 1)[0] if line.strip() else ""
+        if name and (_family(name) in only or name in only):
+            keep.append(line)
+    return "\n".join(keep) + "\n"
+
+
+def parse_metrics(text: str, only: frozenset[str] | set[str] | None = None) -> dict[Key, float]:
     """Parse a Prometheus text exposition into ``{(sample name, labels): value}``.
 
-    ``_created`` samples are dropped (they are timestamps, not values).
+    ``_created`` samples are dropped (they are timestamps, not values). With ``only``, just the
+    families named there (without ``_total``/``_bucket``/``_count``/``_sum``) are parsed.
 
     Examples
     --------
-    >>> text = 'x_total{type="a"} 3.0\\nx_created{type="a"} 1.7e9\\n'
-    >>> parse_metrics("# TYPE x counter\\n" + text)
+    >>> text = 'x_total{type="a"} 3.0\\nx_created{type="a"} 1.7e9\\ny 1\\n'
+    >>> parse_metrics("# TYPE x counter\\n" + text, only={"x"})
     {('x_total', (('type', 'a'),)): 3.0}
     """
+    if only is not None:
+        text = _keep_lines(text, only)
     out: dict[Key, float] = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
@@ -417,7 +455,7 @@ class Dashboard:
                 errs.setdefault(src, "down")
                 continue
             try:
-                parsed[src] = parse_metrics(text)
+                parsed[src] = parse_metrics(text, WANTED)
                 errs[src] = None
             except Exception as exc:  # a garbled exposition is a source that is down, not a 500
                 parsed[src] = None
@@ -465,9 +503,14 @@ class Dashboard:
                     results = await asyncio.gather(*(self._fetch(client, u) for u in self.sources))
                 for url, (text, err) in zip(self.sources, results):
                     texts[url], errors[url] = text, err
-            if self.registry is not False:
-                texts[SELF] = self._self_text()
-            return self.record(texts, time.time(), errors)
+            now = time.time()
+
+            def work() -> dict[str, float | None]:  # parsing is CPU work: off the event loop
+                if self.registry is not False:
+                    texts[SELF] = self._self_text()
+                return self.record(texts, now, errors)
+
+            return await run_in_threadpool(work)
         finally:
             with self._lock:
                 self._busy = False

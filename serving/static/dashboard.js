@@ -176,18 +176,24 @@ function drawChart(name, panel, pts) {
     if (!r) return;
     ctx.strokeStyle = COLORS[i % COLORS.length]; ctx.lineWidth = s.axis === "r" ? 1.2 : 1.8;
     if (s.axis === "r") ctx.setLineDash([5, 3]);
-    ctx.beginPath();
-    let pen = false, prevT = null;
+    // runs of consecutive values; a null or missed polls (> 5 s apart) break the line
+    const runs = [];
+    let run = null, prevT = null;
     for (const p of pts) {
       const v = p[s.key];
-      const gap = prevT !== null && p.t - prevT > 5;  // missed polls: do not join across
-      if (v === null || v === undefined || !isFinite(v) || gap) { pen = false; }
-      if (v !== null && v !== undefined && isFinite(v)) {
-        if (pen) ctx.lineTo(x(p.t), y(v, r)); else { ctx.moveTo(x(p.t), y(v, r)); pen = true; }
-      }
+      const ok = v !== null && v !== undefined && isFinite(v);
+      if (!ok || (prevT !== null && p.t - prevT > 5)) run = null;
+      if (ok) { if (!run) { run = []; runs.push(run); } run.push([x(p.t), y(v, r)]); }
       prevT = p.t;
     }
-    ctx.stroke(); ctx.setLineDash([]);
+    ctx.fillStyle = ctx.strokeStyle;
+    for (const seg of runs) {
+      if (seg.length === 1) { ctx.fillRect(seg[0][0] - 1.5, seg[0][1] - 1.5, 3, 3); continue; }
+      ctx.beginPath(); ctx.moveTo(seg[0][0], seg[0][1]);
+      for (let k = 1; k < seg.length; k++) ctx.lineTo(seg[k][0], seg[k][1]);
+      ctx.stroke();
+    }
+    ctx.setLineDash([]);
   });
   ctx.restore();
   let lx = m.l + 4;

@@ -10,10 +10,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from starlette.applications import Starlette
 
 with warnings.catch_warnings():  # starlette nags about httpx vs httpx2 in its test client; not ours
-    warnings.simplefilter("ignore", DeprecationWarning)
+    warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
-from serving.dashboard import Dashboard, histogram_quantile, parse_metrics, routes
+from serving.dashboard import WANTED, Dashboard, histogram_quantile, parse_metrics, routes
 from streamproc.broker import free_port
 from streamproc.settings import Settings
 
@@ -41,6 +41,16 @@ def test_parse_metrics_keys_samples_by_name_and_labels() -> None:
     assert samples[("reco_serving_feedback_latency_seconds_bucket", (("le", "1.0"),))] == 1.0
     assert samples[("reco_serving_feedback_latency_seconds_bucket", (("le", "+Inf"),))] == 1.0
     assert not any(name.endswith("_created") for name, _ in samples)
+
+
+def test_only_the_families_the_page_uses_are_parsed() -> None:
+    reg = CollectorRegistry()
+    Histogram("reco_serving_request_duration_seconds", "x", ["route"], buckets=(0.1,), registry=reg).labels("/r").observe(1)
+    Gauge("reco_streamproc_consumer_lag_messages", "x", ["topic", "partition"], registry=reg).labels("t", "0").set(5)
+    Counter("reco_serving_requests_total", "x", ["route", "status"], registry=reg).labels("/r", "200").inc()
+    names = {name for name, _ in parse_metrics(generate_latest(reg).decode(), WANTED)}
+    assert names == {"reco_serving_request_duration_seconds_bucket", "reco_serving_request_duration_seconds_count",
+                     "reco_serving_request_duration_seconds_sum", "reco_serving_requests_total"}
 
 
 def test_two_scrapes_of_a_counter_give_exact_rates_by_type() -> None:
@@ -142,7 +152,7 @@ def test_gauges_versions_quality_drift_and_down_sources() -> None:
     srcs = {s["name"]: s for s in d.data()["sources"]}
     assert srcs["streamproc"]["up"] and srcs["trainer"]["up"]
     # a garbled exposition is a source that is down, with the reason
-    d.record({SP: "this is { not metrics", tr: text}, now=3.0)
+    d.record({SP: "reco_streamproc_dead_letters_total{ not metrics", tr: text}, now=3.0)
     srcs = {s["name"]: s for s in d.data()["sources"]}
     assert not srcs["streamproc"]["up"] and "unparsable" in srcs["streamproc"]["error"]
 
