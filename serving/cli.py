@@ -1,9 +1,59 @@
-"""``reco`` commands contributed by the serving package."""
+"""``reco`` commands contributed by the serving package: ``reco serve``, ``reco bench serving``."""
 
 from __future__ import annotations
 
 import argparse
+import logging
+
+from streamproc.cli import client_settings, print_json
+from streamproc.settings import Settings
+
+log = logging.getLogger("reco.serve")
+
+
+def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from serving.app import create_app
+
+    settings = client_settings(settings)
+    host = args.host or settings.http_host
+    port = settings.http_port if args.port is None else args.port
+    if not settings.api_key and not settings.auth_disabled:
+        log.warning("RECO_API_KEY is empty: POST /v1/events is refused")
+    log.info("serving on http://%s:%s (Kafka %s, topics %s*)", host, port, settings.kafka_bootstrap, settings.topic_prefix)
+    config = uvicorn.Config(create_app(settings), host=host, port=port, log_level="warning", access_log=False,
+                            lifespan="on", timeout_graceful_shutdown=10)
+    # uvicorn handles SIGINT/SIGTERM: stops accepting, finishes in-flight requests, runs shutdown.
+    uvicorn.Server(config).run()
+    return 0
+
+
+def _cmd_bench_serving(args: argparse.Namespace, settings: Settings) -> int:
+    from serving.bench import run_bench
+
+    out = run_bench(settings, items=args.items, users=args.users, concurrency=args.concurrency,
+                    duration=args.duration, swap_rate=args.swap_rate)
+    if args.json:
+        print_json(out)
+    else:
+        print(f"steady p50 {out['p50_ms']} ms p99 {out['p99_ms']} ms {out['rps']} req/s; during swaps "
+              f"p99 {out['p99_ms_during_swaps']} ms, {out['errors_during_swaps']} errors, {out['swaps_observed']} swaps")
+    return 0
 
 
 def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
     """Add this package's commands to ``reco``."""
+    p = commands.add_parser("serve", help="HTTP + Kafka recommendation API with hot model swaps")
+    p.add_argument("--host", default=None, help="bind address (default RECO_HTTP_HOST)")
+    p.add_argument("--port", type=int, default=None, help="port (default RECO_HTTP_PORT)")
+    p.set_defaults(func=_cmd_serve)
+
+    p = bench.add_parser("serving", help="HTTP top-k latency, steady and during model swaps")
+    p.add_argument("--items", type=int, default=10_000)
+    p.add_argument("--users", type=int, default=1000)
+    p.add_argument("--concurrency", type=int, default=6, help="concurrent HTTP clients (second process)")
+    p.add_argument("--duration", type=float, default=8.0, help="seconds per phase")
+    p.add_argument("--swap-rate", type=float, default=4.0, help="model updates per second during the swap phase")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_bench_serving)

@@ -49,12 +49,12 @@ class UpdateFollower(threading.Thread):
         self.topic = Topics.from_settings(settings).model_updates
         self.connected = False
         self.caught_up = threading.Event()
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._last_ok = 0.0
         self._next_offset = 0
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
 
     def _consumer(self) -> Any:
         from kafka import KafkaConsumer
@@ -73,13 +73,13 @@ class UpdateFollower(threading.Thread):
         from kafka import TopicPartition
 
         backoff = 0.5
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             try:
                 consumer = self._consumer()
             except Exception as exc:  # noqa: BLE001 - broker down at start: retry
                 self.connected = False
                 log.warning("model-updates: Kafka not reachable (%s); retrying", exc)
-                self._stop.wait(backoff)
+                self._halt.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
             try:
@@ -96,7 +96,7 @@ class UpdateFollower(threading.Thread):
             except Exception as exc:  # noqa: BLE001
                 self.connected = False
                 log.warning("model-updates consumer failed (%s); reconnecting", exc)
-                self._stop.wait(backoff)
+                self._halt.wait(backoff)
             finally:
                 try:
                     consumer.close()
@@ -111,7 +111,7 @@ class UpdateFollower(threading.Thread):
 
         def messages() -> Any:
             empty = 0
-            while not self._stop.is_set():
+            while not self._halt.is_set():
                 batch = consumer.poll(timeout_ms=300, max_records=200)
                 recs = [r for part in batch.values() for r in part]
                 for r in recs:
@@ -129,7 +129,7 @@ class UpdateFollower(threading.Thread):
                  count[0], time.perf_counter() - t0, swaps, self.store.version)
 
     def _follow(self, consumer: Any, tp: Any) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             batch = consumer.poll(timeout_ms=self.poll_ms, max_records=50)
             recs = [r for part in batch.values() for r in part]
             for r in recs:
@@ -168,7 +168,7 @@ class Pusher(threading.Thread):
         self._queue: queue.SimpleQueue[list[str] | None] = queue.SimpleQueue()
         self._due: dict[str, float] = {}
         self._last: dict[str, float] = {}
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def on_swap(self, model: ServingModel, update: ModelUpdate) -> None:
         """Store listener: queue the users named in the update's ``published`` list."""
@@ -177,12 +177,12 @@ class Pusher(threading.Thread):
             self._queue.put(users)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self._queue.put(None)
 
     def run(self) -> None:
         interval = self.settings.push_min_interval_s
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             now = time.monotonic()
             timeout = max(0.0, min(self._due.values()) - now) if self._due else 1.0
             try:

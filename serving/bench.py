@@ -1,0 +1,303 @@
+"""``reco bench serving``: HTTP top-k latency of ``reco serve``, steady and during model swaps.
+
+The bench publishes a synthetic model (≥ 9,000 items, ≥ 600 users) as a snapshot to the broker,
+runs ``reco serve`` (uvicorn) as a subprocess, and drives it from a second process with
+``concurrency`` async HTTP clients: first steady, then while deltas (~200 rows) and full
+snapshots arrive through Kafka at ``swap_rate`` updates per second.
+
+:class:`SyntheticModel` is also the update generator of the serving tests.
+
+Examples
+--------
+>>> m = SyntheticModel(n_users=3, n_items=5, factors=2)
+>>> [u.header["kind"] for u in m.snapshot(max_bytes=10_000)]
+['snapshot']
+>>> d = m.delta(rows=2)
+>>> d.header["version"], d.header["base_version"], len(d.header["item_ids"])
+(2, 1, 2)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from streamproc.settings import Settings
+from trainer.updates import ModelUpdate
+
+__all__ = ["SyntheticModel", "run_bench", "percentile"]
+
+
+class SyntheticModel:
+    """A random factor model that emits snapshots and chained deltas (the trainer's contract).
+
+    Parameters
+    ----------
+    n_users, n_items, factors
+        Table sizes.
+    seed
+        Seed of every random draw.
+    """
+
+    def __init__(self, n_users: int = 600, n_items: int = 9000, factors: int = 32, seed: int = 0) -> None:
+        self.n_users, self.n_items, self.factors, self.seed = n_users, n_items, factors, seed
+        self._rng = np.random.default_rng(seed)
+        r = self._rng
+        self.user_ids = [f"u{i}" for i in range(n_users)]
+        self.item_ids = [f"i{i}" for i in range(n_items)]
+        self.user_factors = (r.normal(size=(n_users, factors)) * 0.3).astype(np.float32)
+        self.user_bias = (r.normal(size=n_users) * 0.1).astype(np.float32)
+        self.item_factors = (r.normal(size=(n_items, factors)) * 0.3).astype(np.float32)
+        self.item_bias = (r.normal(size=n_items) * 0.1).astype(np.float32)
+        self.item_popularity = np.sort(r.exponential(size=n_items).astype(np.float32))[::-1].copy()
+        self.version = 0
+        self.global_mean = 3.5
+
+    def snapshot(self, *, max_bytes: int = 1_000_000, published: list[list[Any]] | None = None) -> list[ModelUpdate]:
+        """The whole model as a new version, chunked by rows so each message fits ``max_bytes``."""
+        self.version += 1
+        row_bytes = 4 * (self.factors + 2) + 16
+        per_chunk = max(1, int(max_bytes * 0.8) // row_bytes)
+        rows = [("user", i) for i in range(self.n_users)] + [("item", i) for i in range(self.n_items)]
+        parts = [rows[s : s + per_chunk] for s in range(0, len(rows), per_chunk)]
+        out = []
+        for c, part in enumerate(parts):
+            ui = np.array([i for t, i in part if t == "user"], np.int64)
+            ii = np.array([i for t, i in part if t == "item"], np.int64)
+            header = {"version": self.version, "kind": "snapshot", "chunk": c, "chunks": len(parts),
+                      "global_mean": self.global_mean, "user_ids": [self.user_ids[i] for i in ui],
+                      "item_ids": [self.item_ids[i] for i in ii], "published": (published or []) if c == 0 else [],
+                      "created": time.time()}
+            tensors = {"user_factors": self.user_factors[ui], "user_bias": self.user_bias[ui],
+                       "item_factors": self.item_factors[ii], "item_bias": self.item_bias[ii],
+                       "item_popularity": self.item_popularity[ii]}
+            out.append(ModelUpdate(header, tensors))
+        return out
+
+    def delta(self, rows: int = 200, *, published: list[list[Any]] | None = None, new_items: int = 0) -> ModelUpdate:
+        """A delta touching ``rows`` random item rows and ``rows // 10`` user rows (+ new items)."""
+        r = self._rng
+        for _ in range(new_items):
+            self.item_ids.append(f"i{len(self.item_ids)}")
+        if new_items:
+            self.item_factors = np.vstack([self.item_factors, (r.normal(size=(new_items, self.factors)) * 0.3).astype(np.float32)])
+            self.item_bias = np.concatenate([self.item_bias, np.zeros(new_items, np.float32)])
+            self.item_popularity = np.concatenate([self.item_popularity, np.zeros(new_items, np.float32)])
+            self.n_items += new_items
+        ii = np.unique(np.concatenate([r.choice(self.n_items, min(rows, self.n_items), replace=False),
+                                       np.arange(self.n_items - new_items, self.n_items)]))
+        ui = np.unique(r.choice(self.n_users, max(1, min(rows // 10, self.n_users)), replace=False))
+        self.item_factors[ii] += (r.normal(size=(len(ii), self.factors)) * 0.05).astype(np.float32)
+        self.user_factors[ui] += (r.normal(size=(len(ui), self.factors)) * 0.05).astype(np.float32)
+        self.version += 1
+        now = time.time()
+        header = {"version": self.version, "kind": "delta", "base_version": self.version - 1, "global_mean": self.global_mean,
+                  "user_ids": [self.user_ids[i] for i in ui], "item_ids": [self.item_ids[i] for i in ii],
+                  "published": published if published is not None else [[self.user_ids[i], self.item_ids[ii[0]], now] for i in ui[:5]],
+                  "newest_published": now, "created": now}
+        tensors = {"user_factors": self.user_factors[ui], "user_bias": self.user_bias[ui],
+                   "item_factors": self.item_factors[ii], "item_bias": self.item_bias[ii]}
+        return ModelUpdate(header, tensors)
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+# ---------------------------------------------------------------------------------- client
+async def _client(url: str, users: list[str], concurrency: int, duration: float, k: int) -> dict[str, Any]:
+    import httpx
+
+    lat: list[float] = []
+    errors = [0]
+    stop_at = time.perf_counter() + duration
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=10.0) as client:
+
+        async def worker(n: int) -> None:
+            rng = np.random.default_rng(n)
+            while time.perf_counter() < stop_at:
+                user = users[int(rng.integers(len(users)))]
+                t0 = time.perf_counter()
+                try:
+                    r = await client.get(f"/v1/users/{user}/recommendations", params={"k": k})
+                    ok = r.status_code == 200 and len(r.json()["items"]) > 0
+                except Exception:  # noqa: BLE001 - every failure is an error of the run
+                    ok = False
+                lat.append(time.perf_counter() - t0)
+                if not ok:
+                    errors[0] += 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(n) for n in range(concurrency)))
+        wall = time.perf_counter() - t0
+    return {"requests": len(lat), "errors": errors[0], "seconds": wall,
+            "p50_ms": percentile(lat, 50) * 1000, "p99_ms": percentile(lat, 99) * 1000, "rps": len(lat) / wall}
+
+
+def _client_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--url", required=True)
+    p.add_argument("--users", type=int, required=True)
+    p.add_argument("--concurrency", type=int, default=6)
+    p.add_argument("--duration", type=float, default=8.0)
+    p.add_argument("--k", type=int, default=10)
+    a = p.parse_args(argv)
+    # ~5% unknown users exercise the fallback path too.
+    users = [f"u{i}" for i in range(a.users)] + [f"new{i}" for i in range(max(1, a.users // 20))]
+    print(json.dumps(asyncio.run(_client(a.url, users, a.concurrency, a.duration, a.k))), flush=True)
+    return 0
+
+
+def _run_client(url: str, users: int, concurrency: int, duration: float) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "serving.bench", "--url", url, "--users", str(users),
+         "--concurrency", str(concurrency), "--duration", str(duration)],
+        stdout=subprocess.PIPE, text=True,
+    )
+
+
+# ---------------------------------------------------------------------------------- bench
+def _get_json(url: str) -> tuple[int, Any]:
+    import httpx
+
+    try:
+        r = httpx.get(url, timeout=2.0)
+        return r.status_code, r.json()
+    except Exception:  # noqa: BLE001
+        return 0, None
+
+
+def _swaps(url: str) -> float:
+    import httpx
+
+    for line in httpx.get(url + "/metrics", timeout=5.0).text.splitlines():
+        if line.startswith("reco_serving_model_swaps_total "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def _anchors(model: SyntheticModel) -> dict[str, float]:
+    """In-process numbers of the same run: top-k without HTTP, delta build, full-copy cost."""
+    from serving.model import ServingModel
+
+    base = ServingModel.build(None, model.snapshot(max_bytes=1 << 40))
+    times = []
+    for n in range(2000):
+        t0 = time.perf_counter()
+        base.recommend(f"u{n % model.n_users}", 10, True)
+        times.append(time.perf_counter() - t0)
+    build = []
+    m = base
+    for _ in range(30):
+        d = model.delta(200, published=[])
+        t0 = time.perf_counter()
+        m = ServingModel.build(m, [d])
+        build.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for _ in range(10):
+        _ = (model.item_factors.copy(), model.user_factors.copy(), model.item_bias.copy(), model.item_popularity.copy())
+    full_copy = (time.perf_counter() - t0) / 10
+    return {"inproc_topk_p50_us": round(percentile(times, 50) * 1e6, 1), "inproc_topk_p99_us": round(percentile(times, 99) * 1e6, 1),
+            "delta_build_p50_ms": round(percentile(build, 50) * 1000, 3), "full_copy_ms": round(full_copy * 1000, 3)}
+
+
+def run_bench(settings: Settings, *, items: int = 10_000, users: int = 1000, factors: int = 32, concurrency: int = 6,
+              duration: float = 8.0, swap_rate: float = 4.0, snapshot_every: int = 8) -> dict[str, Any]:
+    from kafka import KafkaProducer
+
+    from streamproc.broker import free_port
+    from streamproc.cli import embedded_or_configured
+    from streamproc.kafka import client_config
+    from streamproc.topics import Topics
+
+    model = SyntheticModel(users, items, factors, seed=settings.seed)
+    anchors = _anchors(SyntheticModel(users, items, factors, seed=settings.seed + 1))
+    with embedded_or_configured(settings) as s:
+        topic = Topics.from_settings(s).model_updates
+        producer = KafkaProducer(max_request_size=s.max_message_bytes * 2, acks=1, linger_ms=0, **client_config(s))
+
+        def publish(updates: list[ModelUpdate]) -> None:
+            for u in updates:
+                producer.send(topic, u.encode())
+            producer.flush()
+
+        publish(model.snapshot(max_bytes=s.max_message_bytes))
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        env = {**os.environ, "RECO_KAFKA_BOOTSTRAP": s.kafka_bootstrap, "RECO_TOPIC_PREFIX": s.topic_prefix,
+               "RECO_HTTP_PORT": str(port), "RECO_HTTP_HOST": "127.0.0.1"}
+        server = subprocess.Popen([sys.executable, "-m", "streamproc.cli", "--log-level", "WARNING", "serve"], env=env)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                code, body = _get_json(url + "/readyz")
+                if code == 200 and body["version"] == model.version:
+                    break
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError(f"reco serve did not become ready: {code} {body}")
+                time.sleep(0.2)
+            # warm-up
+            _run_client(url, users, concurrency, 1.0).communicate()
+            steady = json.loads(_run_client(url, users, concurrency, duration).communicate()[0])
+
+            swaps_before = _swaps(url)
+            stop = threading.Event()
+            published = [0]
+
+            def swapper() -> None:
+                n = 0
+                while not stop.is_set():
+                    t0 = time.perf_counter()
+                    n += 1
+                    if n % snapshot_every == 0:
+                        publish(model.snapshot(max_bytes=s.max_message_bytes))
+                    else:
+                        publish([model.delta(200)])
+                    published[0] += 1
+                    stop.wait(max(0.0, 1.0 / swap_rate - (time.perf_counter() - t0)))
+
+            client = _run_client(url, users, concurrency, duration)
+            t_swap0 = time.perf_counter()
+            th = threading.Thread(target=swapper, daemon=True)
+            th.start()
+            during = json.loads(client.communicate()[0])
+            stop.set()
+            th.join()
+            swap_seconds = time.perf_counter() - t_swap0
+            final = model.version
+            deadline = time.monotonic() + 30
+            while _get_json(url + "/readyz")[1]["version"] != final and time.monotonic() < deadline:
+                time.sleep(0.1)
+            swaps = _swaps(url) - swaps_before
+            _, ready = _get_json(url + "/readyz")
+        finally:
+            server.terminate()
+            server.wait(30)
+            producer.close()
+    return {
+        "items": items, "users": users, "factors": factors, "concurrency": concurrency, "duration_s": duration,
+        "p50_ms": round(steady["p50_ms"], 3), "p99_ms": round(steady["p99_ms"], 3), "rps": round(steady["rps"], 1),
+        "requests": steady["requests"], "errors": steady["errors"],
+        "p50_ms_during_swaps": round(during["p50_ms"], 3), "p99_ms_during_swaps": round(during["p99_ms"], 3),
+        "rps_during_swaps": round(during["rps"], 1), "requests_during_swaps": during["requests"],
+        "errors_during_swaps": during["errors"], "updates_published": published[0],
+        "updates_per_s": round(published[0] / swap_seconds, 2), "swaps_observed": int(swaps),
+        "final_version_served": ready["version"], "final_version_published": final,
+        "delta_rows": 200, "snapshot_every_n_updates": snapshot_every, **anchors,
+        "targets": {"p99_ms": 10.0, "p99_ms_during_swaps": "<= 2 x p99_ms", "errors_during_swaps": 0},
+        "note": "client and server share the machine's cores (and other engineers' work)",
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(_client_main(sys.argv[1:]))

@@ -1,0 +1,112 @@
+"""The immutable served model: top-k, exclusion, fallback, copy-on-write versions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from serving.bench import SyntheticModel
+from serving.model import RejectedUpdate, ServingModel
+from trainer.updates import ModelUpdate
+
+
+def _brute_topk(sm: SyntheticModel, user: int, k: int) -> list[str]:
+    scores = sm.global_mean + sm.user_bias[user] + sm.item_bias + sm.item_factors @ sm.user_factors[user]
+    return [sm.item_ids[i] for i in np.argsort(-scores, kind="stable")[:k]]
+
+
+def test_topk_matches_brute_force_scores() -> None:
+    sm = SyntheticModel(n_users=30, n_items=400, factors=8)
+    m = ServingModel.build(None, sm.snapshot())
+    for u in range(0, 30, 7):
+        rec = m.recommend(f"u{u}", 15)
+        assert [i for i, _ in rec.items] == _brute_topk(sm, u, 15)
+        assert not rec.fallback and rec.version == 1
+        assert [s for _, s in rec.items] == sorted((s for _, s in rec.items), reverse=True)
+
+
+def test_k_larger_than_catalog_returns_every_item() -> None:
+    m = ServingModel.build(None, SyntheticModel(n_users=2, n_items=5, factors=2).snapshot())
+    assert len(m.recommend("u0", 50).items) == 5
+    with pytest.raises(ValueError, match="k"):
+        m.recommend("u0", 0)
+
+
+def test_unknown_user_gets_popularity_fallback() -> None:
+    sm = SyntheticModel(n_users=5, n_items=50, factors=4)
+    m = ServingModel.build(None, sm.snapshot())
+    rec = m.recommend("stranger", 3)
+    assert rec.fallback
+    assert [i for i, _ in rec.items] == [sm.item_ids[i] for i in np.argsort(-sm.item_popularity, kind="stable")[:3]]
+
+
+def test_seen_items_are_excluded_and_unknown_items_ignored() -> None:
+    sm = SyntheticModel(n_users=5, n_items=50, factors=4)
+    m = ServingModel.build(None, sm.snapshot())
+    best = [i for i, _ in m.recommend("u1", 3).items]
+    d = sm.delta(1, published=[["u1", best[0], 1.0], ["u1", "no-such-item", 1.0], ["stranger", "i0", 1.0]])
+    m2 = ServingModel.build(m, [d])
+    got = [i for i, _ in m2.recommend("u1", 3).items]
+    assert best[0] not in got
+    assert best[0] in [i for i, _ in m2.recommend("u1", 3, exclude_seen=False).items]
+    assert "i0" not in [i for i, _ in m2.recommend("stranger", 3).items]  # fallback excludes too
+    assert m.seen == {}  # the old version is untouched
+
+
+def test_seen_memory_is_bounded_per_user() -> None:
+    sm = SyntheticModel(n_users=2, n_items=20, factors=2)
+    m = ServingModel.build(None, sm.snapshot())
+    pub = [["u0", f"i{i}", 1.0] for i in range(10)]
+    m2 = ServingModel.build(m, [sm.delta(1, published=pub)], seen_per_user=3)
+    assert m2.seen["u0"] == ("i7", "i8", "i9")
+
+
+def test_delta_leaves_the_previous_version_unchanged() -> None:
+    sm = SyntheticModel(n_users=10, n_items=100, factors=4)
+    m1 = ServingModel.build(None, sm.snapshot())
+    before = {u: m1.recommend(f"u{u}", 10) for u in range(10)}
+    m2 = ServingModel.build(m1, [sm.delta(30, new_items=5)])
+    assert m2.version == 2 and m2.n_items == 105 and m1.n_items == 100
+    assert all(m1.recommend(f"u{u}", 10) == before[u] for u in range(10))
+    assert not m1.has_user("nobody") and m1.score("u0", ["i104"]) == [None]
+    for u in range(10):  # the new version equals a model built from scratch
+        assert [i for i, _ in m2.recommend(f"u{u}", 10).items] == _brute_topk(sm, u, 10)
+
+
+def test_many_deltas_with_growth_stay_consistent() -> None:
+    sm = SyntheticModel(n_users=20, n_items=30, factors=4)
+    models = [ServingModel.build(None, sm.snapshot())]
+    for _ in range(40):  # forces several doublings of the item table
+        models.append(ServingModel.build(models[-1], [sm.delta(5, new_items=3)]))
+    fresh = ServingModel.build(None, sm.snapshot())
+    last = models[-1]
+    assert last.item_ids() == fresh.item_ids()
+    for u in range(20):
+        assert last.recommend(f"u{u}", 10, False).items == fresh.recommend(f"u{u}", 10, False).items
+    assert models[0].n_items == 30 and len(models[0].recommend("u0", 100).items) == 30
+
+
+def test_chunked_snapshot_equals_single_message() -> None:
+    sm = SyntheticModel(n_users=50, n_items=300, factors=8)
+    one = ServingModel.build(None, sm.snapshot(max_bytes=1 << 30))
+    chunks = sm.snapshot(max_bytes=2000)
+    assert len(chunks) > 3
+    many = ServingModel.build(None, chunks)
+    assert many.recommend("u3", 10).items == one.recommend("u3", 10).items
+
+
+def test_gap_and_no_base_and_shape_are_rejected() -> None:
+    sm = SyntheticModel(n_users=3, n_items=10, factors=4)
+    m = ServingModel.build(None, sm.snapshot())
+    with pytest.raises(RejectedUpdate) as e:
+        ServingModel.build(None, [sm.delta(2)])
+    assert e.value.reason == "no_base"
+    bad = ModelUpdate({"version": 9, "kind": "delta", "base_version": 5, "item_ids": []}, {})
+    with pytest.raises(RejectedUpdate) as e:
+        ServingModel.build(m, [bad])
+    assert e.value.reason == "gap"
+    wrong = ModelUpdate({"version": 2, "kind": "delta", "base_version": 1, "item_ids": ["i1"]},
+                        {"item_factors": np.zeros((1, 7), np.float32)})
+    with pytest.raises(RejectedUpdate) as e:
+        ServingModel.build(m, [wrong])
+    assert e.value.reason == "shape"
