@@ -57,7 +57,7 @@ RANK_CANDIDATES = 99  # sampled non-clicked items a click is ranked against (pre
 _STATE_VERSION = 1
 
 # parameter vector handed to the kernel
-_P_LR, _P_BLR, _P_L2, _P_L2B, _P_RMIN, _P_RMAX, _P_MULT, _P_TLR, _P_SLR, _P_SW, _P_CLR, _P_TAU, _P_SMIN, _P_NNEG, _P_NRANK = range(15)
+_P_LR, _P_BLR, _P_L2, _P_L2B, _P_RMIN, _P_RMAX, _P_MULT, _P_TLR, _P_SLR, _P_SW, _P_CLR, _P_TAU, _P_SMIN, _P_NNEG, _P_NRANK, _P_SHR, _P_FSHR = range(17)
 
 
 # ---------------------------------------------------------------------------------- kernel
@@ -87,14 +87,16 @@ def _sample_item(rng: np.ndarray, n_items: int, alive: np.ndarray, avoid: int) -
 
 @njit(cache=True)
 def _learn(u_rows, i_rows, kinds, targets, weights, emb_rows, fresh, times, emb,
-           P, BU, TU, TUN, Q, BI, X, XN, XW, W, SW, SST, GM, POP, SEEN_U, SEEN_I, ALIVE_I,
+           P, BU, TU, TUN, Q, BI, X, XN, XW, W, SW, SST, GM, POP, SEEN_U, SEEN_I, ALIVE_I, CNT_U, CNT_I,
            TOUCH_U, TOUCH_I, par, n_items, rng, out, stored_targets):  # pragma: no cover - compiled
     k = P.shape[1]
     dim = X.shape[1]
-    lr = par[_P_LR] * par[_P_MULT]
-    blr = par[_P_BLR] * par[_P_MULT]
-    l2 = par[_P_L2]
-    l2b = par[_P_L2B]
+    # river's convention: squared-loss gradient 2 (y_hat - y), L2 term l2 * w; below, the factor 2
+    # is folded into the step sizes (lr, blr) and halved into the L2 terms
+    lr = 2.0 * par[_P_LR] * par[_P_MULT]
+    blr = 2.0 * par[_P_BLR] * par[_P_MULT]
+    l2 = 0.5 * par[_P_L2]
+    l2b = 0.5 * par[_P_L2B]
     rmin = par[_P_RMIN]
     rmax = par[_P_RMAX]
     tlr = par[_P_TLR] * par[_P_MULT]
@@ -103,6 +105,8 @@ def _learn(u_rows, i_rows, kinds, targets, weights, emb_rows, fresh, times, emb,
     tau = par[_P_TAU]
     n_neg = int(par[_P_NNEG])
     n_rank = int(par[_P_NRANK])
+    shr = par[_P_SHR]
+    fshr = par[_P_FSHR]
     pu = np.empty(k, np.float32)
     qi = np.empty(k, np.float32)
     qj = np.empty(k, np.float32)
@@ -177,13 +181,28 @@ def _learn(u_rows, i_rows, kinds, targets, weights, emb_rows, fresh, times, emb,
             if is_fresh:
                 GM[0] += y
                 GM[1] += 1.0
-            g = w * (raw - y)
-            BU[u] -= blr * (g + l2b * BU[u])
-            BI[i] -= blr * (g + l2b * BI[i])
+            g = w * (_clip(raw, rmin, rmax) - y)
+            # young rows learn their bias as a shrunk running mean of residuals (step 1/(n+shrink)),
+            # then settle to the constant SGD step
+            blr_u = blr
+            blr_i = blr
+            lr_u = lr
+            lr_i = lr
+            if shr > 0:
+                blr_u = max(blr, 1.0 / (CNT_U[u] + shr))
+                blr_i = max(blr, 1.0 / (CNT_I[i] + shr))
+            if fshr > 0:
+                lr_u = lr * (1.0 + fshr / math.sqrt(CNT_U[u] + 1.0))
+                lr_i = lr * (1.0 + fshr / math.sqrt(CNT_I[i] + 1.0))
+            if is_fresh:
+                CNT_U[u] += 1.0
+                CNT_I[i] += 1.0
+            BU[u] -= blr_u * (g + l2b * BU[u])
+            BI[i] -= blr_i * (g + l2b * BI[i])
             for f in range(k):
                 puf = P[u, f]
-                P[u, f] -= lr * (g * qi[f] + l2 * puf)
-                Q[i, f] -= lr * (g * pu[f] + l2 * Q[i, f])
+                P[u, f] -= lr_u * (g * qi[f] + l2 * puf)
+                Q[i, f] -= lr_i * (g * pu[f] + l2 * Q[i, f])
             if XN[i] > 0 and tlr > 0:
                 for d in range(dim):
                     xd = X[i, d] * g * tlr
@@ -265,10 +284,10 @@ class HybridMF:
     def __init__(self, n_factors: int = 32, lr: float = 0.05, bias_lr: float = 0.025, l2: float = 0.02,
                  text_dim: int = 384, rating_min: float = 0.5, rating_max: float = 5.0, replay_size: int = 50_000,
                  replay_ratio: float = 0.0, replay_policy: str = "reservoir", n_negatives: int = 4,
-                 row_ttl_s: float = 0.0, seed: int = 42, *, l2_bias: float = 0.0, init_std: float = 0.1,
+                 row_ttl_s: float = 0.0, seed: int = 42, *, l2_bias: float = 0.0, init_std: float = 0.05,
                  text_lr: float = 0.01, sentiment_lr: float = 0.05, sentiment_weight: float = 0.5,
                  sentiment_min: int = 5, implicit_lr: float = 0.02, popularity_half_life_s: float = 7 * 86_400.0,
-                 drift_lr_boost: float = 2.0, drift_boost_events: int = 5_000, drift_replay_recent: bool = True) -> None:
+                 bias_shrink: float = 5.0, factor_boost: float = 2.0, drift_lr_boost: float = 2.0, drift_boost_events: int = 5_000, drift_replay_recent: bool = True) -> None:
         for name, value in (("n_factors", n_factors), ("text_dim", text_dim)):
             if int(value) < 1:
                 raise ValueError(f"{name}={value!r}: must be >= 1")
@@ -306,6 +325,8 @@ class HybridMF:
         self.sentiment_min = int(sentiment_min)
         self.implicit_lr = float(implicit_lr)
         self.popularity_half_life_s = float(popularity_half_life_s)
+        self.bias_shrink = float(bias_shrink)
+        self.factor_boost = float(factor_boost)
         self.drift_lr_boost = float(drift_lr_boost)
         self.drift_boost_events = int(drift_boost_events)
         self.drift_replay_recent = bool(drift_replay_recent)
@@ -315,7 +336,7 @@ class HybridMF:
     _PARAM_NAMES = ("n_factors", "lr", "bias_lr", "l2", "text_dim", "rating_min", "rating_max", "replay_size",
                     "replay_ratio", "replay_policy", "n_negatives", "row_ttl_s", "seed", "l2_bias", "init_std",
                     "text_lr", "sentiment_lr", "sentiment_weight", "sentiment_min", "implicit_lr",
-                    "popularity_half_life_s", "drift_lr_boost", "drift_boost_events", "drift_replay_recent")
+                    "popularity_half_life_s", "bias_shrink", "factor_boost", "drift_lr_boost", "drift_boost_events", "drift_replay_recent")
 
     def get_params(self) -> dict[str, Any]:
         """Constructor arguments (JSON-able)."""
@@ -349,6 +370,7 @@ class HybridMF:
         self._TUN = np.zeros(cap_u, np.float32)
         self._SEEN_U = np.zeros(cap_u, np.float64)
         self._TOUCH_U = np.zeros(cap_u, np.bool_)
+        self._CNT_U = np.zeros(cap_u, np.float32)
         self._Q = np.zeros((cap_i, k), np.float32)
         self._BI = np.zeros(cap_i, np.float32)
         self._X = np.zeros((cap_i, dim), np.float32)
@@ -358,6 +380,7 @@ class HybridMF:
         self._SEEN_I = np.zeros(cap_i, np.float64)
         self._ALIVE_I = np.zeros(cap_i, np.bool_)
         self._TOUCH_I = np.zeros(cap_i, np.bool_)
+        self._CNT_I = np.zeros(cap_i, np.float32)
         self._W = (self._rng.standard_normal((dim, k)) * (self.init_std / math.sqrt(dim))).astype(np.float32)
         self._SW = np.zeros(dim, np.float32)
         self._SST = np.zeros(2, np.float64)  # sentiment head bias, rated comments seen
@@ -372,7 +395,7 @@ class HybridMF:
         self._replay = ReplayBuffer(self.replay_size, self.replay_policy, self.seed + 1)
         self._replay_credit = 0.0
         self._empty_emb = np.zeros((0, dim), np.float32)
-        self._par = np.zeros(15, np.float64)
+        self._par = np.zeros(17, np.float64)
 
     @property
     def n_users(self) -> int:
@@ -387,8 +410,8 @@ class HybridMF:
         return self._replay
 
     # ------------------------------------------------------------------ rows
-    _USER_ARRAYS = ("_P", "_BU", "_TU", "_TUN", "_SEEN_U", "_TOUCH_U")
-    _ITEM_ARRAYS = ("_Q", "_BI", "_X", "_XN", "_XW", "_POP", "_SEEN_I", "_ALIVE_I", "_TOUCH_I")
+    _USER_ARRAYS = ("_P", "_BU", "_TU", "_TUN", "_SEEN_U", "_TOUCH_U", "_CNT_U")
+    _ITEM_ARRAYS = ("_Q", "_BI", "_X", "_XN", "_XW", "_POP", "_SEEN_I", "_ALIVE_I", "_TOUCH_I", "_CNT_I")
 
     def _grow(self, names: tuple[str, ...], need: int) -> None:
         cap = len(getattr(self, names[0]))
@@ -410,7 +433,7 @@ class HybridMF:
             self._uids.append(uid)
             self._grow(self._USER_ARRAYS, r + 1)
         self._P[r] = self._rng.standard_normal(self.n_factors) * self.init_std
-        self._BU[r] = self._TUN[r] = self._SEEN_U[r] = 0
+        self._BU[r] = self._TUN[r] = self._SEEN_U[r] = self._CNT_U[r] = 0
         self._TU[r] = 0
         self._umap[uid] = r
         return r
@@ -424,7 +447,7 @@ class HybridMF:
             self._iids.append(iid)
             self._grow(self._ITEM_ARRAYS, r + 1)
         self._Q[r] = self._rng.standard_normal(self.n_factors) * self.init_std
-        self._BI[r] = self._XN[r] = self._POP[r] = self._SEEN_I[r] = 0
+        self._BI[r] = self._XN[r] = self._POP[r] = self._SEEN_I[r] = self._CNT_I[r] = 0
         self._X[r] = 0
         self._XW[r] = 0
         self._ALIVE_I[r] = True
@@ -451,6 +474,7 @@ class HybridMF:
         p[_P_SLR], p[_P_SW], p[_P_CLR] = self.sentiment_lr, self.sentiment_weight, self.implicit_lr
         p[_P_TAU] = self.popularity_half_life_s / math.log(2.0)
         p[_P_SMIN], p[_P_NNEG], p[_P_NRANK] = self.sentiment_min, self.n_negatives, RANK_CANDIDATES
+        p[_P_SHR], p[_P_FSHR] = self.bias_shrink, self.factor_boost
         return p
 
     def learn_batch(self, batch: ExampleBatch) -> np.ndarray:
@@ -501,7 +525,7 @@ class HybridMF:
         n_items = len(self._iids)
         _learn(u_all, i_all, k_all, t_all, w_all, e_all, f_all, tm_all, emb,
                self._P, self._BU, self._TU, self._TUN, self._Q, self._BI, self._X, self._XN, self._XW, self._W,
-               self._SW, self._SST, self._GM, self._POP, self._SEEN_U, self._SEEN_I, self._ALIVE_I,
+               self._SW, self._SST, self._GM, self._POP, self._SEEN_U, self._SEEN_I, self._ALIVE_I, self._CNT_U, self._CNT_I,
                self._TOUCH_U, self._TOUCH_I, self._params(), n_items, self._krng, out, stored)
         if self.replay_size:
             keep = ~np.isnan(stored) | (kinds == KIND_CLICK)
