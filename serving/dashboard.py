@@ -26,6 +26,11 @@ JSON keys of ``/dashboard/data``::
     sources    [{"name": "streamproc"|"trainer"|url|"serving", "url": str, "up": bool,
                  "error": str | null}]   (the newest scrape; "serving" is this process)
     latest     the newest point (below) or null before the first scrape
+    summary    headline numbers of ``latest`` (all null before it), printed by ``reco demo``:
+               events_per_s, examples_per_s, model_version, feedback_latency_p50_s,
+               feedback_latency_p99_s, prequential_rmse (= rmse_running), prequential_rmse_recent,
+               prequential_ndcg_at_10 (= ndcg_running), drift_detections (= drift_total),
+               dead_letters (= dead_letters_total), requests_per_s, request_p99_s
     history    points with t > since (all kept points without ``since``), oldest first
 
 A point is a flat object; every value is a number or null (null = no data yet: a metric not
@@ -51,8 +56,8 @@ exposed yet, a source down, fewer than two scrapes, or no observation in the win
     drift_total, drift_error_total / _rating_total / _sentiment_total
                                           reco_trainer_drift_detections_total{signal}
     requests_per_s                        reco_serving_requests_total, all statuses
-    request_p50_s / request_p99_s         reco_serving_request_duration_seconds
-                                          (both without the /dashboard and /metrics routes)
+    request_p50_s / request_p99_s         reco_serving_request_duration_seconds (both leave out
+                                          the routes dashboard, metrics, healthz, readyz)
     trainer_active, serving_ready         gauges (1/0)
 
 DOM of the page (stable, for tests and people): ``<body data-state="nodata|live|error">``;
@@ -95,8 +100,10 @@ from streamproc.settings import Settings
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 SELF = "serving"
-#: Routes left out of the serving request rate / latency (the dashboard's own polling).
-EXCLUDED_ROUTE_PREFIXES = ("/dashboard", "/metrics")
+#: ``route`` labels left out of the serving request rate / latency: the dashboard's own polling,
+#: scrapes and probes (serving.app names routes; path-style labels are matched by prefix too).
+EXCLUDED_ROUTES = frozenset({"dashboard", "metrics", "healthz", "readyz"})
+EXCLUDED_ROUTE_PREFIXES = ("/dashboard", "/metrics", "/healthz", "/readyz")
 
 Key = tuple[str, tuple[tuple[str, str], ...]]
 """A sample's identity: (sample name, sorted label pairs)."""
@@ -221,8 +228,10 @@ def _select(samples: dict[Key, float], name: str, match: Mapping[str, str] | Non
         labels = dict(key[1])
         if match and any(labels.get(k) != want for k, want in match.items()):
             continue
-        if exclude_routes and labels.get("route", "").startswith(EXCLUDED_ROUTE_PREFIXES):
-            continue
+        if exclude_routes:
+            route = labels.get("route", "")
+            if route in EXCLUDED_ROUTES or route.startswith(EXCLUDED_ROUTE_PREFIXES):
+                continue
         out[key] = v
     return out
 
@@ -374,6 +383,31 @@ def compute_point(old: Scrape | None, new: Scrape) -> dict[str, float | None]:
     p["trainer_active"] = gauge(new, "reco_trainer_active")
     p["serving_ready"] = gauge(new, "reco_serving_ready")
     return {k: _finite(v) for k, v in p.items()}
+
+
+def summary(point: Mapping[str, float | None] | None) -> dict[str, float | None]:
+    """The few headline numbers of a point (``reco demo`` prints them); all ``None`` without one.
+
+    Examples
+    --------
+    >>> summary(None)["events_per_s"] is None
+    True
+    """
+    p = point or {}
+    return {
+        "events_per_s": p.get("events_per_s"),
+        "examples_per_s": p.get("examples_per_s"),
+        "model_version": p.get("model_version"),
+        "feedback_latency_p50_s": p.get("feedback_latency_p50_s"),
+        "feedback_latency_p99_s": p.get("feedback_latency_p99_s"),
+        "prequential_rmse": p.get("rmse_running"),
+        "prequential_rmse_recent": p.get("rmse_recent"),
+        "prequential_ndcg_at_10": p.get("ndcg_running"),
+        "drift_detections": p.get("drift_total"),
+        "dead_letters": p.get("dead_letters_total"),
+        "requests_per_s": p.get("requests_per_s"),
+        "request_p99_s": p.get("request_p99_s"),
+    }
 
 
 def source_name(url: str) -> str:
@@ -532,13 +566,15 @@ class Dashboard:
         else:
             sources = [{"name": source_name(u), "url": u, "up": False, "error": "not scraped yet"} for u in self.sources]
         history = points if since is None else [p for p in points if (p["t"] or 0) > since]
+        latest = points[-1] if points else None
         return {
             "time": time.time(),
             "interval_s": self.interval_s,
             "window_s": self.window_s,
             "scrapes": len(points),
             "sources": sources,
-            "latest": points[-1] if points else None,
+            "latest": latest,
+            "summary": summary(latest),
             "history": history,
         }
 

@@ -98,20 +98,24 @@ def browser() -> Iterator[object]:
 def test_dashboard_shows_live_numbers(fake_streamproc, dashboard_server, browser) -> None:  # type: ignore[no-untyped-def]
     _, consumed, dead = fake_streamproc
     base, serving_reg = dashboard_server
-    feedback = Histogram("reco_serving_feedback_latency_seconds", "Feedback latency", registry=serving_reg,
-                         buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600))
-    version = Gauge("reco_serving_model_version", "Model version", registry=serving_reg)
-
     driver = browser
     driver.get(base + "/dashboard")
     body = driver.find_element("tag name", "body")
-    # before any event: the page says so instead of breaking
-    status = driver.find_element("id", "status").text
-    assert "no data yet" in status or body.get_attribute("data-state") in ("nodata", "live")
 
     def value(key: str) -> float | None:
         raw = driver.find_element("id", f"val-{key}").get_attribute("data-value")
         return float(raw) if raw else None
+
+    # sources answer but expose no numbers yet: the page says so instead of breaking
+    wait_for(lambda: len(driver.find_elements("css selector", "#sources li")) == 3, 30, "the first scrape")
+    assert body.get_attribute("data-state") == "nodata"
+    assert driver.find_element("id", "status").text.startswith("no data yet")
+    assert driver.find_element("id", "val-events_per_s").text == "—" and value("events_per_s") is None
+    assert driver.find_element("id", "chart-events").get_attribute("data-points") == "0"
+
+    feedback = Histogram("reco_serving_feedback_latency_seconds", "Feedback latency", registry=serving_reg,
+                         buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600))
+    version = Gauge("reco_serving_model_version", "Model version", registry=serving_reg)
 
     stop = threading.Event()
 

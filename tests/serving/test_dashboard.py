@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import re
 import warnings
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -112,18 +114,19 @@ def test_histogram_quantile_edges() -> None:
         histogram_quantile(1.5, [(1.0, 1), (math.inf, 1)])
 
 
-def test_serving_requests_leave_out_dashboard_and_metrics_routes() -> None:
+def test_serving_requests_leave_out_dashboard_metrics_and_probe_routes() -> None:
     reg = CollectorRegistry()
     req = Counter("reco_serving_requests_total", "x", ["route", "status"], registry=reg)
     dur = Histogram("reco_serving_request_duration_seconds", "x", ["route"], buckets=(0.001, 0.01, 0.1), registry=reg)
     d = Dashboard([], registry=reg)
     d.record({"serving": generate_latest(reg).decode()}, now=0.0)
-    req.labels("/recommend", "200").inc(20)
-    req.labels("/dashboard/data", "200").inc(1000)
-    req.labels("/metrics", "200").inc(1000)
+    req.labels("recommendations", "200").inc(12)
+    req.labels("events", "202").inc(8)
+    for probe in ("dashboard", "metrics", "healthz", "readyz", "/dashboard/data"):  # names as serving.app labels them
+        req.labels(probe, "200").inc(1000)
+        dur.labels(probe).observe(0.09)
     for _ in range(10):
-        dur.labels("/recommend").observe(0.005)
-        dur.labels("/dashboard/data").observe(0.09)
+        dur.labels("recommendations").observe(0.005)
     p = d.record({"serving": generate_latest(reg).decode()}, now=4.0)
     assert p["requests_per_s"] == pytest.approx(5.0)
     assert p["request_p50_s"] == pytest.approx(0.0055)  # (0.001, 0.01], rank 5 of 10
@@ -197,11 +200,21 @@ def test_data_endpoint_reports_down_sources_and_own_registry(client: TestClient)
     resp = client.get("/dashboard/data")
     assert resp.status_code == 200
     doc = resp.json()
-    assert set(doc) >= {"time", "interval_s", "window_s", "scrapes", "sources", "latest", "history"}
+    assert set(doc) >= {"time", "interval_s", "window_s", "scrapes", "sources", "latest", "summary", "history"}
     by_name = {s["name"]: s for s in doc["sources"]}
     assert by_name["serving"]["up"] is True
     (down,) = [s for s in doc["sources"] if s["name"] != "serving"]
     assert down["up"] is False and down["error"]
     assert doc["latest"]["serving_model_version"] == 7.0
     assert doc["latest"]["events_per_s"] is None
+    assert doc["summary"]["model_version"] == 7.0 and doc["summary"]["events_per_s"] is None
     assert client.get("/dashboard/data?since=abc").status_code == 400
+
+
+def test_every_metric_the_page_reads_is_in_the_catalog() -> None:
+    catalog = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
+    if not catalog.exists():
+        pytest.skip("docs/metrics.md (the metrics catalog) is not there")
+    names = set(re.findall(r"`(reco_[a-z0-9_]+)`", catalog.read_text()))
+    families = {n.removesuffix("_total") for n in names} | names
+    assert sorted(WANTED - families) == []
