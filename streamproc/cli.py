@@ -132,6 +132,208 @@ def _cmd_bench_publish(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_streamproc(args: argparse.Namespace, settings: Settings) -> int:
+    """``reco streamproc``: one stream worker until SIGTERM/SIGINT, then finish, commit, exit 0."""
+    import threading
+
+    from prometheus_client import start_http_server
+
+    from streamproc.worker import StreamWorker
+
+    s = client_settings(settings)
+    port = settings.metrics_port or 9101
+    stop = threading.Event()
+
+    def handler(signum: int, frame: Any) -> None:
+        log.info("signal %s: finishing in-flight work", signum)
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    worker = StreamWorker(s)
+    if not args.no_metrics:
+        start_http_server(port, addr=settings.metrics_host)
+        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, port)
+    worker.run(stop)
+    return 0
+
+
+def _bench_texts(n: int) -> list[str]:
+    import csv
+
+    from streamproc.replay import DEFAULT_DATASET
+
+    with open(DEFAULT_DATASET / "tags.csv", newline="", encoding="utf-8") as f:
+        texts = [row["tag"] for row in csv.DictReader(f) if row["tag"].strip()]
+    if not texts:
+        raise RecoError(f"{DEFAULT_DATASET}/tags.csv: no tags")
+    return (texts * (n // len(texts) + 1))[:n]
+
+
+def _cmd_bench_encoder(args: argparse.Namespace, settings: Settings) -> int:
+    import numpy as np
+
+    from streamproc.encoder import MicroBatcher, TextEncoder, get_encoder
+
+    texts = _bench_texts(args.n)
+    t0 = time.perf_counter()
+    enc = get_encoder(settings)
+    load_s = time.perf_counter() - t0
+    bs = settings.encode_batch_size
+    enc.encode(texts[:bs])  # warm-up
+    # Anchor: the plain batched model, same texts, same batch size, submission order.
+    t0 = time.perf_counter()
+    raw = np.concatenate([enc.encode(texts[i : i + bs], sort=False) for i in range(0, len(texts), bs)])
+    raw_s = time.perf_counter() - t0
+    # The worker's path: every text submitted to the micro-batcher (as the worker does), wait for all.
+    mb = MicroBatcher.from_settings(settings, enc.encode)
+    t0 = time.perf_counter()
+    futs = mb.submit_many(texts)
+    emb = np.stack([f.result() for f in futs])
+    mb_s = time.perf_counter() - t0
+    mb.close()
+    # One at a time (low load), on a sample.
+    single = texts[: args.single]
+    t0 = time.perf_counter()
+    for t in single:
+        enc.encode([t])
+    single_s = time.perf_counter() - t0
+    out: dict[str, Any] = {
+        "texts": len(texts), "dataset": "ml-latest-small tags.csv", "model": settings.encoder_dir,
+        "batch_size": bs, "max_wait_ms": settings.encode_max_wait_ms, "torch_threads": settings.torch_threads,
+        "load_s": round(load_s, 2),
+        "comments_per_s": round(len(texts) / mb_s, 1),
+        "raw_model_comments_per_s": round(len(texts) / raw_s, 1),
+        "ratio": round(raw_s / mb_s, 3),
+        "single_comments_per_s": round(len(single) / single_s, 1),
+        "max_abs_diff_vs_raw": float(np.abs(emb - raw).max()),
+        "target_comments_per_s": 250, "target_ratio": 0.8,
+    }
+    if not args.no_quantize:
+        q = TextEncoder(settings.encoder_dir, threads=settings.torch_threads, quantize=True)
+        q.encode(texts[:bs])
+        t0 = time.perf_counter()
+        qemb = np.concatenate([q.encode(texts[i : i + bs]) for i in range(0, len(texts), bs)])
+        q_s = time.perf_counter() - t0
+        cos = (qemb * raw).sum(axis=1)
+        out["int8_comments_per_s"] = round(len(texts) / q_s, 1)
+        out["int8_cosine_mean"] = round(float(cos.mean()), 4)
+        out["int8_cosine_p05"] = round(float(np.quantile(cos, 0.05)), 4)
+        out["int8_cosine_min"] = round(float(cos.min()), 4)
+    if args.json:
+        print_json(out)
+    else:
+        print(f"{out['comments_per_s']:.0f} comments/s through the micro-batcher, raw model {out['raw_model_comments_per_s']:.0f}/s (ratio {out['ratio']})")
+    return 0
+
+
+def _bench_events(n: int, comments: int, invalid: int, *, duplicates: int = 0) -> tuple[list[tuple[float, str, bytes]], set[str]]:
+    """Synthetic rating/click events (+ comments from real tags, + invalid messages), and the
+    event_ids a worker must account for."""
+    dumps = json.JSONEncoder(separators=(",", ":")).encode
+    total = n + comments + invalid
+    t0 = time.time() - total - 3600  # one event per second, all in the past
+    texts = _bench_texts(comments) if comments else []
+    events: list[tuple[float, str, bytes]] = []
+    ids: set[str] = set()
+    every_comment = total // comments if comments else 0
+    every_invalid = total // invalid if invalid else 0
+    c = v = 0
+    for i in range(total):
+        u = f"u{i % 5000}"
+        eid = f"b{i}"
+        if every_invalid and i % every_invalid == every_invalid - 1 and v < invalid:
+            v += 1
+            bad = [b"{not json", dumps({"schema_version": 1, "type": "rating", "event_id": eid, "user_id": u, "item_id": "m1",
+                                         "event_time": t0 + i, "rating": 99}).encode(),
+                   dumps({"schema_version": 1, "type": "like", "event_id": eid, "user_id": u, "item_id": "m1", "event_time": t0 + i}).encode()]
+            events.append((t0 + i, u, bad[v % 3]))
+            ids.add(eid)
+            continue
+        if every_comment and i % every_comment == 0 and c < comments:
+            ev: dict[str, Any] = {"schema_version": 1, "type": "comment", "event_id": eid, "user_id": u, "item_id": f"m{i % 9000}",
+                                  "event_time": t0 + i, "text": texts[c]}
+            c += 1
+        elif i % 2:
+            ev = {"schema_version": 1, "type": "rating", "event_id": eid, "user_id": u, "item_id": f"m{i % 9000}",
+                  "event_time": t0 + i, "rating": float(1 + i % 9) / 2}
+        else:
+            ev = {"schema_version": 1, "type": "click", "event_id": eid, "user_id": u, "item_id": f"m{i % 9000}", "event_time": t0 + i}
+        events.append((t0 + i, u, dumps(ev).encode()))
+        ids.add(eid)
+    return events, ids
+
+
+def _cmd_bench_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    import threading
+
+    from prometheus_client import CollectorRegistry
+
+    from streamproc.examples import ExampleBatch
+    from streamproc.kafka import read_all
+    from streamproc.replay import replay
+    from streamproc.topics import Topics
+    from streamproc.worker import StreamWorker
+
+    events, ids = _bench_events(args.n, args.comments, args.invalid)
+    settings = Settings(**{**settings.__dict__, "topic_prefix": f"{settings.topic_prefix}bench{int(time.time())}."})
+    with embedded_or_configured(settings) as s:
+        pub = replay(s, events, progress=False)
+        log.info("published %d events at %.0f/s", pub.events, pub.events_per_s)
+        registry = CollectorRegistry()
+        worker = StreamWorker(s, registry=registry)  # loads the encoder before the clock starts
+        stop = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                worker.run(stop)
+            except BaseException as exc:  # noqa: BLE001
+                failure.append(exc)
+
+        thread = threading.Thread(target=run, name="stream-worker")
+        thread.start()
+        deadline = time.monotonic() + args.timeout
+        while (worker.examples_acked + worker.dead_letters_acked < len(events) and time.monotonic() < deadline
+               and thread.is_alive()):
+            time.sleep(0.02)
+        stop.set()
+        thread.join()
+        if failure:
+            raise RecoError(f"stream worker failed: {failure[0]}")
+        elapsed = (worker.last_acked_at or 0) - (worker.first_consumed_at or 0)
+        topics = Topics.from_settings(s)
+        got: list[str] = []
+        for m in read_all(s, topics.examples):
+            got.extend(ExampleBatch.decode(m.value).event_ids)
+        dead = read_all(s, topics.dead_letters)
+        dead_ids: set[str] = set()
+        reasons: dict[str, int] = {}
+        for m in dead:
+            h = {k: v.decode() for k, v in m.headers}
+            reasons[h["reason"]] = reasons.get(h["reason"], 0) + 1
+            try:
+                dead_ids.add(json.loads(m.value)["event_id"])
+            except (ValueError, KeyError, TypeError):
+                pass
+        # non-JSON dead letters carry no event_id: account for them by count
+        accounted = set(got) | dead_ids
+        unparsable = len(dead) - len(dead_ids)
+        lost = max(0, len(ids - accounted) - unparsable)
+    out = {
+        "events": len(events), "rating_click_events": args.n, "comments": args.comments, "invalid": len(dead),
+        "invalid_by_reason": reasons, "examples": len(got), "duplicates_in_examples": len(got) - len(set(got)),
+        "lost": lost, "seconds": round(elapsed, 3), "events_per_s": round(len(events) / elapsed, 1) if elapsed > 0 else None,
+        "publish_events_per_s": round(pub.events_per_s, 1),
+        "target_events_per_s": 20000, "client": "aiokafka (consumer group + producer)",
+    }
+    if args.json:
+        print_json(out)
+    else:
+        print(f"{out['events_per_s']} events/s, {lost} lost, {len(dead)} dead letters")
+    return 0
+
+
 def _stop_on_signals() -> dict[str, bool]:
     state = {"now": False}
 
@@ -172,6 +374,25 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     p.add_argument("--embedded", action="store_true", help="start an embedded broker for the replay (when RECO_KAFKA_BOOTSTRAP is unset)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_replay)
+
+    p = commands.add_parser("streamproc", help="run a stream worker (events -> training examples) until SIGTERM/SIGINT")
+    p.add_argument("--no-metrics", action="store_true", help="do not serve /metrics")
+    p.set_defaults(func=_cmd_streamproc)
+
+    p = bench.add_parser("encoder", help="comment encoder throughput: micro-batcher vs the plain batched model")
+    p.add_argument("--n", type=int, default=2000, help="texts (real ml-latest-small tags)")
+    p.add_argument("--single", type=int, default=100, help="texts encoded one at a time for the low-load number")
+    p.add_argument("--no-quantize", action="store_true", help="skip the int8 comparison")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_bench_encoder)
+
+    p = bench.add_parser("ingest", help="stream worker throughput on the embedded broker (publish, then consume)")
+    p.add_argument("--n", type=int, default=200_000, help="rating/click events")
+    p.add_argument("--comments", type=int, default=200, help="comment events (real tags) mixed in")
+    p.add_argument("--invalid", type=int, default=1000, help="invalid messages mixed in")
+    p.add_argument("--timeout", type=float, default=300.0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_bench_ingest)
 
     p = bench.add_parser("publish", help="replay ml-latest-small ratings to the embedded broker")
     p.add_argument("--dataset", help="dataset directory")
