@@ -86,8 +86,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 from urllib.parse import urlparse
+from urllib.request import ProxyHandler, build_opener
 
-import httpx
 import prometheus_client
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.concurrency import run_in_threadpool
@@ -104,6 +104,8 @@ SELF = "serving"
 #: scrapes and probes (serving.app names routes; path-style labels are matched by prefix too).
 EXCLUDED_ROUTES = frozenset({"dashboard", "metrics", "healthz", "readyz"})
 EXCLUDED_ROUTE_PREFIXES = ("/dashboard", "/metrics", "/healthz", "/readyz")
+
+_OPENER = build_opener(ProxyHandler({}))  # sources are the service's own roles: never via a proxy
 
 Key = tuple[str, tuple[tuple[str, str], ...]]
 """A sample's identity: (sample name, sorted label pairs)."""
@@ -509,11 +511,11 @@ class Dashboard:
         before = [s for s in older if s.t <= new.t - self.window_s]
         return before[-1] if before else older[0]
 
-    async def _fetch(self, client: httpx.AsyncClient, url: str) -> tuple[str | None, str | None]:
+    def _fetch(self, url: str) -> tuple[str | None, str | None]:
+        # urllib, not httpx: httpx logs every request at INFO, twice a second in serve's log.
         try:
-            resp = await client.get(url)
-            resp.raise_for_status()
-            return resp.text, None
+            with _OPENER.open(url, timeout=self.timeout_s) as resp:
+                return resp.read().decode("utf-8", "replace"), None
         except Exception as exc:  # any failure means "down" on the page, with the reason
             return None, f"{type(exc).__name__}: {exc}"[:200]
 
@@ -533,8 +535,7 @@ class Dashboard:
             texts: dict[str, str | None] = {}
             errors: dict[str, str | None] = {}
             if self.sources:
-                async with httpx.AsyncClient(timeout=self.timeout_s) as client:
-                    results = await asyncio.gather(*(self._fetch(client, u) for u in self.sources))
+                results = await asyncio.gather(*(run_in_threadpool(self._fetch, u) for u in self.sources))
                 for url, (text, err) in zip(self.sources, results):
                     texts[url], errors[url] = text, err
             now = time.time()

@@ -16,7 +16,7 @@ const PANELS = {
   deadletters: { unit: "rate", series: [{ key: "dead_letters_per_s", label: "dead letters / s" }] },
   feedback: { unit: "seconds", series: [
     { key: "feedback_latency_p50_s", label: "p50" }, { key: "feedback_latency_p99_s", label: "p99" }] },
-  model: { unit: "int", zero: false, series: [
+  model: { unit: "int", series: [
     { key: "model_version", label: "version" },
     { key: "updates_per_s", label: "updates / s", axis: "r", unit: "rate" }] },
   quality: { unit: "ratio", zero: false, drift: true, series: [
@@ -56,7 +56,8 @@ function tickFmt(v, unit) {
   if (unit === "seconds") return fmt(v, "seconds");
   const a = Math.abs(v);
   if (a >= 10000) return (v / 1000).toFixed(0) + "k";
-  if (a >= 100 || (unit === "int" || unit === "count")) return Math.round(v).toString();
+  if (a >= 100) return Math.round(v).toString();
+  if (unit === "int" || unit === "count") return Math.abs(v - Math.round(v)) < 1e-9 ? Math.round(v).toString() : v.toFixed(1);
   if (a >= 1) return v.toFixed(1);
   return v.toFixed(a === 0 ? 0 : 3);
 }
@@ -108,7 +109,16 @@ function drawChart(name, panel, pts) {
   ctx.font = "11px system-ui, sans-serif";
 
   const hasRight = panel.series.some(s => s.axis === "r");
-  const m = { l: 52, r: hasRight ? 52 : 10, t: 18, b: 18 };
+  // legend first: it wraps onto as many rows as the width needs, the plot starts below it
+  const legend = [];
+  let lx = 56, row = 0;
+  panel.series.forEach((s, i) => {
+    const lw = ctx.measureText(s.label).width + 26;
+    if (lx + lw > w && lx > 56) { lx = 56; row++; }
+    legend.push([s.label, COLORS[i % COLORS.length], lx, 1 + row * 13]);
+    lx += lw;
+  });
+  const m = { l: 52, r: hasRight ? 52 : 10, t: 18 + row * 13, b: 18 };
   const pw = w - m.l - m.r, ph = h - m.t - m.b;
   const zero = panel.zero !== false;
   const vals = { l: [], r: [] };
@@ -138,6 +148,7 @@ function drawChart(name, panel, pts) {
   if (drawn === 0) {
     ctx.textAlign = "center"; ctx.textBaseline = "middle"; ctx.fillStyle = "#7d8a99"; ctx.font = "13px system-ui, sans-serif";
     ctx.fillText("no data yet", m.l + pw / 2, m.t + ph / 2);
+    drawLegend(ctx, legend);
     return;
   }
   const rl = range(vals.l, zero), rr = range(vals.r, zero);
@@ -196,15 +207,15 @@ function drawChart(name, panel, pts) {
     ctx.setLineDash([]);
   });
   ctx.restore();
-  let lx = m.l + 4;
-  ctx.textAlign = "left"; ctx.textBaseline = "top";
-  panel.series.forEach((s, i) => {
-    ctx.fillStyle = COLORS[i % COLORS.length];
-    ctx.fillRect(lx, 5, 10, 3);
-    ctx.fillStyle = "#d8dee6";
-    ctx.fillText(s.label, lx + 13, 1);
-    lx += ctx.measureText(s.label).width + 26;
-  });
+  drawLegend(ctx, legend);
+}
+
+function drawLegend(ctx, legend) {
+  ctx.textAlign = "left"; ctx.textBaseline = "top"; ctx.font = "11px system-ui, sans-serif";
+  for (const [label, color, lx, ly] of legend) {
+    ctx.fillStyle = color; ctx.fillRect(lx, ly + 4, 10, 3);
+    ctx.fillStyle = "#d8dee6"; ctx.fillText(label, lx + 13, ly);
+  }
 }
 
 function drawAll() {
