@@ -1,4 +1,5 @@
-// reco live dashboard: polls /dashboard/data once a second and draws canvas time series.
+// reco live dashboard: polls dashboard/data once a second and draws canvas time series.
+// URLs are relative to the page (/dashboard), so the page also works behind a path prefix.
 // Plain JS, no libraries. DOM contract (ids, data attributes) is documented in serving/dashboard.py.
 "use strict";
 
@@ -251,7 +252,7 @@ function render(doc) {
 
 async function poll() {
   try {
-    const url = "/dashboard/data" + (lastT !== null ? "?since=" + lastT : "");
+    const url = "dashboard/data" + (lastT !== null ? "?since=" + lastT : "");
     const resp = await fetch(url, { cache: "no-store" });
     if (!resp.ok) throw new Error("HTTP " + resp.status);
     const doc = await resp.json();
