@@ -287,7 +287,7 @@ class HybridMF:
                  row_ttl_s: float = 0.0, seed: int = 42, *, l2_bias: float = 0.0, init_std: float = 0.05,
                  text_lr: float = 0.01, sentiment_lr: float = 0.05, sentiment_weight: float = 0.5,
                  sentiment_min: int = 5, implicit_lr: float = 0.02, popularity_half_life_s: float = 7 * 86_400.0,
-                 bias_shrink: float = 5.0, factor_boost: float = 2.0, drift_lr_boost: float = 2.0, drift_boost_events: int = 5_000, drift_replay_recent: bool = True) -> None:
+                 bias_shrink: float = 5.0, factor_boost: float = 2.0, drift_forget: float = 0.0, drift_lr_boost: float = 1.0, drift_boost_events: int = 5_000, drift_replay_recent: bool = True) -> None:
         for name, value in (("n_factors", n_factors), ("text_dim", text_dim)):
             if int(value) < 1:
                 raise ValueError(f"{name}={value!r}: must be >= 1")
@@ -302,6 +302,8 @@ class HybridMF:
             raise ValueError(f"rating_min={rating_min!r} must be below rating_max={rating_max!r}")
         if replay_policy not in POLICIES:
             raise ValueError(f"replay_policy={replay_policy!r}: must be one of {', '.join(POLICIES)}")
+        if not 0 <= drift_forget <= 1:
+            raise ValueError(f"drift_forget={drift_forget!r}: must be in [0, 1]")
         if popularity_half_life_s <= 0 or drift_lr_boost <= 0:
             raise ValueError("popularity_half_life_s and drift_lr_boost must be > 0")
         self.n_factors = int(n_factors)
@@ -327,6 +329,7 @@ class HybridMF:
         self.popularity_half_life_s = float(popularity_half_life_s)
         self.bias_shrink = float(bias_shrink)
         self.factor_boost = float(factor_boost)
+        self.drift_forget = float(drift_forget)
         self.drift_lr_boost = float(drift_lr_boost)
         self.drift_boost_events = int(drift_boost_events)
         self.drift_replay_recent = bool(drift_replay_recent)
@@ -336,7 +339,7 @@ class HybridMF:
     _PARAM_NAMES = ("n_factors", "lr", "bias_lr", "l2", "text_dim", "rating_min", "rating_max", "replay_size",
                     "replay_ratio", "replay_policy", "n_negatives", "row_ttl_s", "seed", "l2_bias", "init_std",
                     "text_lr", "sentiment_lr", "sentiment_weight", "sentiment_min", "implicit_lr",
-                    "popularity_half_life_s", "bias_shrink", "factor_boost", "drift_lr_boost", "drift_boost_events", "drift_replay_recent")
+                    "popularity_half_life_s", "bias_shrink", "factor_boost", "drift_forget", "drift_lr_boost", "drift_boost_events", "drift_replay_recent")
 
     def get_params(self) -> dict[str, Any]:
         """Constructor arguments (JSON-able)."""
@@ -571,9 +574,17 @@ class HybridMF:
 
     # ------------------------------------------------------------------ drift, expiry
     def on_drift(self) -> None:
-        """React to a detected drift: raise the learning rates by ``drift_lr_boost`` for the next
-        ``drift_boost_events`` examples and (``drift_replay_recent``) replay only post-drift examples."""
+        """React to a detected drift.
+
+        Every row's example count is multiplied by ``drift_forget`` (0 = all rows young again), so
+        biases and factors take the larger young-row steps (``bias_shrink``, ``factor_boost``) and
+        re-estimate quickly; learning rates are multiplied by ``drift_lr_boost`` (1 = off) for the
+        next ``drift_boost_events`` examples; with ``drift_replay_recent`` only post-drift examples
+        are replayed for that long.
+        """
         self._drifts += 1
+        self._CNT_U *= self.drift_forget
+        self._CNT_I *= self.drift_forget
         self._lr_mult = self.drift_lr_boost
         self._boost_left = self.drift_boost_events
         if self.drift_replay_recent:
