@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
+import sys
 
 from streamproc.cli import client_settings, print_json
 from streamproc.settings import Settings
@@ -17,15 +19,24 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from serving.app import create_app
 
     settings = client_settings(settings)
+    # Models are built on the update thread; a 1 ms GIL switch interval (default 5 ms) bounds how
+    # long a build can hold up the event loop between two requests.
+    sys.setswitchinterval(0.001)
     host = args.host or settings.http_host
     port = settings.http_port if args.port is None else args.port
     if not settings.api_key and not settings.auth_disabled:
         log.warning("RECO_API_KEY is empty: POST /v1/events is refused")
     log.info("serving on http://%s:%s (Kafka %s, topics %s*)", host, port, settings.kafka_bootstrap, settings.topic_prefix)
     config = uvicorn.Config(create_app(settings), host=host, port=port, log_level="warning", access_log=False,
-                            lifespan="on", timeout_graceful_shutdown=10)
-    # uvicorn handles SIGINT/SIGTERM: stops accepting, finishes in-flight requests, runs shutdown.
+                            lifespan="on", timeout_graceful_shutdown=10, http=args.http)
+    # uvicorn handles SIGINT/SIGTERM: stops accepting, finishes in-flight requests, runs the
+    # lifespan shutdown (Kafka clients), then re-raises the signal; these handlers turn that
+    # re-raise into a clean exit status 0.
+    stopped: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: stopped.append(signum))
     uvicorn.Server(config).run()
+    log.info("serving stopped%s", f" on signal {stopped[0]}" if stopped else "")
     return 0
 
 
@@ -33,7 +44,7 @@ def _cmd_bench_serving(args: argparse.Namespace, settings: Settings) -> int:
     from serving.bench import run_bench
 
     out = run_bench(settings, items=args.items, users=args.users, concurrency=args.concurrency,
-                    duration=args.duration, swap_rate=args.swap_rate)
+                    duration=args.duration, swap_rate=args.swap_rate, http=args.server_http)
     if args.json:
         print_json(out)
     else:
@@ -47,6 +58,7 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     p = commands.add_parser("serve", help="HTTP + Kafka recommendation API with hot model swaps")
     p.add_argument("--host", default=None, help="bind address (default RECO_HTTP_HOST)")
     p.add_argument("--port", type=int, default=None, help="port (default RECO_HTTP_PORT)")
+    p.add_argument("--http", default="auto", choices=["auto", "h11", "httptools"], help="uvicorn HTTP implementation")
     p.set_defaults(func=_cmd_serve)
 
     p = bench.add_parser("serving", help="HTTP top-k latency, steady and during model swaps")
@@ -55,5 +67,6 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     p.add_argument("--concurrency", type=int, default=6, help="concurrent HTTP clients (second process)")
     p.add_argument("--duration", type=float, default=8.0, help="seconds per phase")
     p.add_argument("--swap-rate", type=float, default=4.0, help="model updates per second during the swap phase")
+    p.add_argument("--server-http", default="auto", choices=["auto", "h11", "httptools"], help="uvicorn HTTP implementation of the server")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_bench_serving)
