@@ -360,6 +360,10 @@ class HybridMF:
     def _init_state(self, cap_u: int = 256, cap_i: int = 256) -> None:
         k, dim = self.n_factors, self.text_dim
         self._rng = np.random.default_rng(self.seed)
+        # separate streams for new user and new item rows: a row's initial factors depend only on
+        # the order ids first appear in their own table, so any batching gives the same model
+        self._rng_u = np.random.default_rng([self.seed, 1])
+        self._rng_i = np.random.default_rng([self.seed, 2])
         self._krng = np.array([(self.seed * 0x2545F4914F6CDD1D + 1) % 2**64], np.uint64)
         self._umap: dict[str, int] = {}
         self._imap: dict[str, int] = {}
@@ -435,7 +439,7 @@ class HybridMF:
             r = len(self._uids)
             self._uids.append(uid)
             self._grow(self._USER_ARRAYS, r + 1)
-        self._P[r] = self._rng.standard_normal(self.n_factors) * self.init_std
+        self._P[r] = self._rng_u.standard_normal(self.n_factors) * self.init_std
         self._BU[r] = self._TUN[r] = self._SEEN_U[r] = self._CNT_U[r] = 0
         self._TU[r] = 0
         self._umap[uid] = r
@@ -449,7 +453,7 @@ class HybridMF:
             r = len(self._iids)
             self._iids.append(iid)
             self._grow(self._ITEM_ARRAYS, r + 1)
-        self._Q[r] = self._rng.standard_normal(self.n_factors) * self.init_std
+        self._Q[r] = self._rng_i.standard_normal(self.n_factors) * self.init_std
         self._BI[r] = self._XN[r] = self._POP[r] = self._SEEN_I[r] = self._CNT_I[r] = 0
         self._X[r] = 0
         self._XW[r] = 0
@@ -530,6 +534,7 @@ class HybridMF:
                self._P, self._BU, self._TU, self._TUN, self._Q, self._BI, self._X, self._XN, self._XW, self._W,
                self._SW, self._SST, self._GM, self._POP, self._SEEN_U, self._SEEN_I, self._ALIVE_I, self._CNT_U, self._CNT_I,
                self._TOUCH_U, self._TOUCH_I, self._params(), n_items, self._krng, out, stored)
+        newest = float(times.max())
         if self.replay_size:
             keep = ~np.isnan(stored) | (kinds == KIND_CLICK)
             if not keep.all():
@@ -539,7 +544,6 @@ class HybridMF:
             self._boost_left -= n
             if self._boost_left <= 0:
                 self._lr_mult = 1.0
-        newest = float(times.max())
         if newest > self._newest_time:
             self._newest_time = newest
         if self.row_ttl_s > 0 and self._newest_time - self._last_expiry >= self.row_ttl_s / 10:
@@ -682,7 +686,8 @@ class HybridMF:
             "params": self.get_params(),
             "user_ids": self._uids, "item_ids": self._iids,
             "free_u": self._free_u, "free_i": self._free_i,
-            "rng": self._rng.bit_generator.state, "krng": int(self._krng[0]),
+            "rng": self._rng.bit_generator.state, "rng_u": self._rng_u.bit_generator.state,
+            "rng_i": self._rng_i.bit_generator.state, "krng": int(self._krng[0]),
             "lr_mult": self._lr_mult, "boost_left": self._boost_left, "drifts": self._drifts,
             "newest_time": self._newest_time, "last_expiry": self._last_expiry,
             "expired_u": self._expired_u, "expired_i": self._expired_i,
@@ -712,6 +717,8 @@ class HybridMF:
         m._imap = {x: r for r, x in enumerate(m._iids) if x is not None}
         m._free_u, m._free_i = list(meta["free_u"]), list(meta["free_i"])
         m._rng.bit_generator.state = meta["rng"]
+        m._rng_u.bit_generator.state = meta["rng_u"]
+        m._rng_i.bit_generator.state = meta["rng_i"]
         m._krng[0] = np.uint64(meta["krng"])
         m._lr_mult, m._boost_left, m._drifts = float(meta["lr_mult"]), int(meta["boost_left"]), int(meta["drifts"])
         m._newest_time, m._last_expiry = float(meta["newest_time"]), float(meta["last_expiry"])

@@ -1,0 +1,148 @@
+"""HybridMF behaviours: text, sentiment head, clicks, TTL, deltas, batching = sequential."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from streamproc.examples import KIND_CLICK, KIND_COMMENT, KIND_RATING, ExampleBatch
+from trainer.model import HybridMF
+
+
+def unit(v: np.ndarray) -> np.ndarray:
+    return (v / np.linalg.norm(v, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def topic_embeddings(rng: np.random.Generator, centre: np.ndarray, n: int, noise: float = 0.02) -> np.ndarray:
+    return unit(centre + noise * rng.standard_normal((n, centre.shape[0])))
+
+
+def comments(users: list[str], items: list[str], emb: np.ndarray, ratings: list[float] | np.ndarray, t0: float = 1e9) -> ExampleBatch:
+    n = len(users)
+    t = t0 + np.arange(n, dtype=float)
+    return ExampleBatch.build(event_ids=[""] * n, user_ids=users, item_ids=items, kinds=[KIND_COMMENT] * n,
+                              targets=ratings, event_times=t, published=t, processed=t, embeddings=emb,
+                              emb_rows=list(range(n)))
+
+
+def test_sentiment_head_learns_from_rated_comments() -> None:
+    rng = np.random.default_rng(0)
+    pos, neg = unit(rng.standard_normal(384)), unit(rng.standard_normal(384))
+    m = HybridMF(n_factors=8, seed=0)
+    for _ in range(30):
+        emb = np.vstack([topic_embeddings(rng, pos, 10), topic_embeddings(rng, neg, 10)])
+        m.learn_batch(comments([f"u{k}" for k in range(20)], [f"i{k}" for k in range(20)], emb, [5.0] * 10 + [1.0] * 10))
+    probe = np.vstack([topic_embeddings(rng, pos, 1), topic_embeddings(rng, neg, 1)])
+    est = m.learn_batch(comments(["x", "y"], ["new1", "new2"], probe, [np.nan, np.nan]))
+    assert est[0] > 4.0 and est[1] < 2.0
+
+
+def test_item_known_only_from_comments_can_be_recommended() -> None:
+    rng = np.random.default_rng(1)
+    liked, disliked = unit(rng.standard_normal(384)), unit(rng.standard_normal(384))
+    m = HybridMF(n_factors=8, seed=1)
+    users = [f"u{k}" for k in range(20)]
+    for rnd in range(20):
+        # rated items with comments: "liked"-text items get 5, "disliked"-text items get 1
+        emb = np.vstack([topic_embeddings(rng, liked, 20), topic_embeddings(rng, disliked, 20)])
+        items = [f"good{k % 5}" for k in range(20)] + [f"bad{k % 5}" for k in range(20)]
+        m.learn_batch(comments(users + users, items, emb, [5.0] * 20 + [1.0] * 20, t0=1e9 + rnd * 100))
+    # two new items with unrated comments only
+    emb = np.vstack([topic_embeddings(rng, liked, 3), topic_embeddings(rng, disliked, 3)])
+    m.learn_batch(comments(["v1", "v2", "v3"] * 2, ["fresh_good"] * 3 + ["fresh_bad"] * 3, emb, [np.nan] * 6, t0=2e9))
+    header, tensors = m.export(full=True)
+    i_good, i_bad = header["item_ids"].index("fresh_good"), header["item_ids"].index("fresh_bad")
+    u = header["user_ids"].index("u0")
+    score = lambda i: header["global_mean"] + tensors["user_bias"][u] + tensors["item_bias"][i] + tensors["user_factors"][u] @ tensors["item_factors"][i]  # noqa: E731
+    assert score(i_good) > score(i_bad) + 1.0
+    assert m.predict_one("u0", "fresh_good") > m.global_mean
+
+
+def clicks(user: str, items: list[str], t0: float) -> ExampleBatch:
+    n = len(items)
+    t = t0 + np.arange(n, dtype=float)
+    return ExampleBatch.build(event_ids=[""] * n, user_ids=[user] * n, item_ids=items, kinds=[KIND_CLICK] * n,
+                              targets=[np.nan] * n, event_times=t, published=t, processed=t)
+
+
+def test_clicks_with_negatives_raise_the_clicked_item() -> None:
+    m = HybridMF(n_factors=8, seed=2, n_negatives=4)
+    m.learn_batch(clicks("other", [f"i{k}" for k in range(50)], 1e9))  # 50 known items
+    others = [f"i{k}" for k in range(1, 50)]
+    before = m.predict_one("u", "i0") - np.mean([m.predict_one("u", x) for x in others])
+    scores = np.concatenate([m.learn_batch(clicks("u", ["i0"] * 10, 1e9 + 100 * r)) for r in range(5)])
+    after = m.predict_one("u", "i0") - np.mean([m.predict_one("u", x) for x in others])
+    assert after > before + 0.1
+    # prequential click score: the clicked item ends up ranked above most sampled candidates
+    assert scores[-10:].mean() > 0.9 and 0.0 <= scores.min() <= scores.max() <= 1.0
+
+
+def ratings(users: list[str], items: list[str], r: list[float], t: list[float]) -> ExampleBatch:
+    n = len(users)
+    return ExampleBatch.build(event_ids=[""] * n, user_ids=users, item_ids=items, kinds=[KIND_RATING] * n,
+                              targets=r, event_times=t, published=t, processed=t)
+
+
+def test_rows_expire_after_ttl_and_are_reused() -> None:
+    m = HybridMF(n_factors=4, row_ttl_s=100.0, replay_size=10, replay_ratio=0.0)
+    m.learn_batch(ratings(["old"], ["stale"], [4.0], [1000.0]))
+    m.export(full=False)
+    m.learn_batch(ratings(["new"], ["fresh"], [2.0], [1200.0]))
+    assert m.n_users == 1 and m.n_items == 1
+    header, tensors = m.export(full=False)
+    assert header["expired_user_ids"] == ["old"] and header["expired_item_ids"] == ["stale"]
+    assert header["user_ids"] == ["new"] and len(m.replay.entries) == 1
+    m.learn_batch(ratings(["newer"], ["fresher"], [3.0], [1250.0]))
+    assert len(m._uids) == 2  # the expired row was reused
+    assert m.predict_one("old", "stale") == m.predict_one("nobody", "nothing")
+
+
+def test_delta_export_has_touched_rows_only() -> None:
+    m = HybridMF(n_factors=4)
+    m.learn_batch(ratings(["a", "b"], ["x", "y"], [4.0, 3.0], [1.0, 2.0]))
+    assert sorted(m.export(full=False)[0]["user_ids"]) == ["a", "b"]
+    m.learn_batch(ratings(["a"], ["z"], [5.0], [3.0]))
+    header, tensors = m.export(full=False)
+    assert header["user_ids"] == ["a"] and header["item_ids"] == ["z"]
+    assert tensors["user_factors"].shape == (1, 4)
+    assert m.export(full=False)[0]["user_ids"] == []
+    assert sorted(m.export(full=True)[0]["item_ids"]) == ["x", "y", "z"]
+
+
+def test_batching_is_sequential_inside() -> None:
+    rng = np.random.default_rng(3)
+    n = 700  # also grows the tables past their initial capacity
+    users = [f"u{x}" for x in rng.integers(0, 300, n)]
+    items = [f"i{x}" for x in rng.integers(0, 400, n)]
+    r = list(rng.integers(1, 11, n) / 2.0)
+    t = list(np.arange(n, dtype=float) + 1e9)
+    one = HybridMF(n_factors=8)
+    seq = np.concatenate([one.learn_batch(ratings(users[k : k + 1], items[k : k + 1], r[k : k + 1], t[k : k + 1])) for k in range(n)])
+    big = HybridMF(n_factors=8).learn_batch(ratings(users, items, r, t))
+    assert np.array_equal(seq, big)
+
+
+def test_each_example_is_predicted_before_it_is_learned() -> None:
+    m = HybridMF(n_factors=4)
+    p = m.learn_batch(ratings(["a", "a"], ["x", "x"], [5.0, 5.0], [1.0, 2.0]))
+    assert abs(p[0] - (m.rating_min + m.rating_max) / 2) < 0.05  # nothing known yet (tiny random factors)
+    assert p[1] > p[0]  # learned from the first example
+
+
+def test_on_drift_makes_rows_learn_fast_again() -> None:
+    m = HybridMF(n_factors=4)
+    for k in range(20):
+        m.learn_batch(ratings(["a"] * 10, ["x"] * 10, [4.0] * 10, list(np.arange(10.0) + 10 * k)))
+    slow = m.clone()
+    meta, arrays = m.state()
+    slow = HybridMF.from_state(meta, arrays)
+    m.on_drift()
+    flip = ratings(["a"] * 5, ["x"] * 5, [1.0] * 5, list(np.arange(5.0) + 500))
+    assert m.learn_batch(flip)[-1] < slow.learn_batch(flip)[-1]
+
+
+def test_learn_one_river_style() -> None:
+    m = HybridMF(n_factors=4)
+    m.learn_one("a", "x", 4.5)
+    m.learn_one("a", "y", kind=KIND_CLICK)
+    m.learn_one("a", "z", embedding=np.ones(384, np.float32) / np.sqrt(384))
+    assert (m.n_users, m.n_items) == (1, 3)
