@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import re
 import shlex
@@ -27,8 +28,14 @@ SETTINGS = {name for name, *_ in Settings.describe()}
 SECRET_SETTINGS = {"RECO_" + f.name.upper() for f in dataclasses.fields(Settings) if f.metadata.get("secret")}
 
 
+@functools.cache
+def _k8s_parsed() -> tuple[tuple[str, dict], ...]:
+    return tuple((p.name, d) for p in sorted((DEPLOY / "k8s").glob("*.yaml")) for d in yaml.safe_load_all(p.read_text()) if d)
+
+
 def _k8s_docs() -> list[tuple[str, dict]]:
-    return [(p.name, d) for p in sorted((DEPLOY / "k8s").glob("*.yaml")) for d in yaml.safe_load_all(p.read_text()) if d]
+    """(file name, document) for every manifest; fresh copies each call (tests mutate them)."""
+    return copy.deepcopy(list(_k8s_parsed()))
 
 
 def _by_kind(kind: str) -> dict[str, dict]:
