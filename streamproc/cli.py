@@ -181,17 +181,25 @@ def _cmd_bench_encoder(args: argparse.Namespace, settings: Settings) -> int:
     load_s = time.perf_counter() - t0
     bs = settings.encode_batch_size
     enc.encode(texts[:bs])  # warm-up
-    # Anchor: the plain batched model, same texts, same batch size, submission order.
-    t0 = time.perf_counter()
-    raw = np.concatenate([enc.encode(texts[i : i + bs], sort=False) for i in range(0, len(texts), bs)])
-    raw_s = time.perf_counter() - t0
-    # The worker's path: every text submitted to the micro-batcher (as the worker does), wait for all.
+    # Anchor: the plain batched model (same texts, same batch size, submission order) against the
+    # worker's path (every text submitted to the micro-batcher, then wait for all). Interleaved in
+    # rounds so that load from other processes disturbs both alike.
     mb = MicroBatcher.from_settings(settings, enc.encode)
-    t0 = time.perf_counter()
-    futs = mb.submit_many(texts)
-    emb = np.stack([f.result() for f in futs])
-    mb_s = time.perf_counter() - t0
+    raw_s = mb_s = 0.0
+    raw_parts, emb_parts = [], []
+    rounds = max(1, args.rounds)
+    step = -(-len(texts) // rounds)
+    for r in range(0, len(texts), step):
+        part = texts[r : r + step]
+        t0 = time.perf_counter()
+        raw_parts.append(np.concatenate([enc.encode(part[i : i + bs], sort=False) for i in range(0, len(part), bs)]))
+        raw_s += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        futs = mb.submit_many(part)
+        emb_parts.append(np.stack([f.result() for f in futs]))
+        mb_s += time.perf_counter() - t0
     mb.close()
+    raw, emb = np.concatenate(raw_parts), np.concatenate(emb_parts)
     # One at a time (low load), on a sample.
     single = texts[: args.single]
     t0 = time.perf_counter()
@@ -382,6 +390,7 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     p = bench.add_parser("encoder", help="comment encoder throughput: micro-batcher vs the plain batched model")
     p.add_argument("--n", type=int, default=2000, help="texts (real ml-latest-small tags)")
     p.add_argument("--single", type=int, default=100, help="texts encoded one at a time for the low-load number")
+    p.add_argument("--rounds", type=int, default=4, help="interleaved rounds of raw model vs micro-batcher")
     p.add_argument("--no-quantize", action="store_true", help="skip the int8 comparison")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_bench_encoder)

@@ -1,0 +1,283 @@
+"""Stream workers against the real embedded broker: examples out, dead letters, dedupe, groups."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from streamproc.broker import free_port
+from streamproc.examples import KIND_CLICK, KIND_COMMENT, KIND_RATING, ExampleBatch
+from streamproc.kafka import client_config, read_all
+from streamproc.publisher import EventPublisher
+from streamproc.settings import Settings
+from streamproc.topics import Topics
+from streamproc.worker import StreamWorker
+
+pytestmark = pytest.mark.integration
+
+
+def fake_encode(texts: list[str]) -> np.ndarray:
+    """Deterministic unit vectors, so tests do not wait for the real model."""
+    out = np.zeros((len(texts), 384), np.float32)
+    for i, t in enumerate(texts):
+        out[i, len(t) % 384] = 1.0
+    return out
+
+
+class Running:
+    """A worker running in a thread; ``stop()`` finishes in-flight work and joins."""
+
+    def __init__(self, settings: Settings, **kw: Any) -> None:
+        self.registry = CollectorRegistry()
+        self.worker = StreamWorker(settings, registry=self.registry, **kw)
+        self.stop_event = threading.Event()
+        self.error: list[BaseException] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.worker.run(self.stop_event)
+        except BaseException as exc:  # noqa: BLE001
+            self.error.append(exc)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join(60)
+        assert not self.thread.is_alive()
+        assert not self.error, self.error
+
+    def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
+        return self.registry.get_sample_value(name, labels or {}) or 0.0
+
+
+@pytest.fixture
+def start(settings: Settings) -> Iterator[Callable[..., Running]]:
+    running: list[Running] = []
+
+    def _start(**kw: Any) -> Running:
+        kw.setdefault("encode_fn", fake_encode)
+        r = Running(settings, **kw)
+        running.append(r)
+        return r
+
+    yield _start
+    for r in running:
+        if r.thread.is_alive():
+            r.stop()
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+class Examples:
+    """Reads the examples topic as it fills."""
+
+    def __init__(self, settings: Settings) -> None:
+        from kafka import KafkaConsumer, TopicPartition
+
+        self.consumer = KafkaConsumer(auto_offset_reset="earliest", enable_auto_commit=False, **client_config(settings))
+        tp = TopicPartition(Topics.from_settings(settings).examples, 0)
+        self.consumer.assign([tp])
+        self.consumer.seek_to_beginning(tp)
+        self.batches: list[ExampleBatch] = []
+
+    def until(self, n: int, timeout: float = 60.0) -> list[ExampleBatch]:
+        deadline = time.monotonic() + timeout
+        while self.count() < n and time.monotonic() < deadline:
+            for msgs in self.consumer.poll(timeout_ms=200).values():
+                self.batches.extend(ExampleBatch.decode(m.value) for m in msgs)
+        assert self.count() >= n, f"{self.count()} examples, expected {n}"
+        return self.batches
+
+    def count(self) -> int:
+        return sum(len(b) for b in self.batches)
+
+    def ids(self) -> list[str]:
+        return [e for b in self.batches for e in b.event_ids]
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def raw_event(type_: str, eid: str, user: str, item: str, **kw: Any) -> bytes:
+    ev = {"schema_version": 1, "type": type_, "event_id": eid, "user_id": user, "item_id": item, "event_time": time.time() - 10, **kw}
+    return json.dumps(ev).encode()
+
+
+def send_raw(settings: Settings, messages: list[tuple[bytes | None, bytes]]) -> None:
+    with EventPublisher(settings) as pub:
+        for key, value in messages:
+            pub._producer.send(pub.topic, key=key, value=value)
+
+
+def test_valid_events_become_examples_with_the_real_encoder(settings: Settings, start) -> None:
+    w = start(encode_fn=None)  # the real model
+    with EventPublisher(settings) as pub:
+        r = pub.rating(user_id="u1", item_id="m1", rating=4.5)
+        c = pub.click(user_id="u1", item_id="m2")
+        k = pub.comment(user_id="u1", item_id="m3", text="a hilarious comedy, very funny", rating=5.0)
+        k2 = pub.comment(user_id="u2", item_id="m3", text="funny movie that made me laugh")
+    t_sent = time.time()
+    ex = Examples(settings)
+    batches = ex.until(4)
+    ex.close()
+    by_id = {}
+    for b in batches:
+        for i, eid in enumerate(b.event_ids):
+            by_id[eid] = (b, i)
+    b, i = by_id[r]
+    rec = b.records[i]
+    assert rec["kind"] == KIND_RATING and rec["target"] == 4.5 and rec["emb_row"] == -1
+    assert b.user_ids[i] == "u1" and b.item_ids[i] == "m1"
+    assert rec["published"] <= rec["processed"] <= time.time() and rec["published"] > t_sent - 60
+    b, i = by_id[c]
+    assert b.records[i]["kind"] == KIND_CLICK and math.isnan(b.records[i]["target"])
+    (b1, i1), (b2, i2) = by_id[k], by_id[k2]
+    assert b1.records[i1]["kind"] == KIND_COMMENT and b1.records[i1]["target"] == 5.0 and math.isnan(b2.records[i2]["target"])
+    e1, e2 = b1.embeddings[b1.records[i1]["emb_row"]], b2.embeddings[b2.records[i2]["emb_row"]]
+    assert e1.shape == (384,) and abs(float(np.linalg.norm(e1)) - 1) < 1e-4
+    assert float(e1 @ e2) > 0.4  # both about a funny film
+    wait_for(lambda: w.metric("reco_streamproc_examples_produced_total", {"kind": "comment"}) == 2, what="metrics")
+    assert w.metric("reco_streamproc_events_consumed_total", {"type": "rating"}) == 1
+    assert w.metric("reco_streamproc_encode_batch_size_count") >= 1
+    assert w.metric("reco_streamproc_stage_latency_seconds_count") == 4
+    w.stop()
+
+
+def test_malformed_messages_go_to_dead_letters_and_valid_ones_arrive_in_order(settings: Settings, start) -> None:
+    bad_kinds: list[tuple[str, bytes]] = [
+        ("invalid_json", b"{not json"),
+        ("too_large", b'{"x":"' + b"a" * 70_000 + b'"}'),
+        ("wrong_type", raw_event("rating", "X", "u", "m", rating="four")),
+        ("unknown_type", raw_event("like", "X", "u", "m")),
+        ("out_of_range", raw_event("rating", "X", "u", "m", rating=42)),
+        ("invalid_utf8", b'{"a":"\xff\xfe"}'),
+        ("missing_field", json.dumps({"schema_version": 1, "type": "click", "event_id": "X"}).encode()),
+    ]
+    messages: list[tuple[bytes | None, bytes]] = []
+    valid: dict[str, list[str]] = {}
+    n_bad = 0
+    for i in range(3000):
+        user = f"u{i % 7}"
+        if i % 3 == 1:
+            reason, value = bad_kinds[n_bad % len(bad_kinds)]
+            messages.append((f"bad{n_bad}".encode(), value))
+            n_bad += 1
+        else:
+            eid = f"ok{i}"
+            valid.setdefault(user, []).append(eid)
+            messages.append((user.encode(), raw_event("rating" if i % 2 else "click", eid, user, f"m{i}", **({"rating": 3.0} if i % 2 else {}))))
+    assert n_bad == 1000
+    send_raw(settings, messages)
+    w = start()
+    ex = Examples(settings)
+    ex.until(2000)
+    wait_for(lambda: w.worker.dead_letters_acked == 1000, what="dead letters acknowledged")
+    ids = ex.ids()
+    ex.close()
+    assert len(ids) == 2000 and set(ids) == {e for v in valid.values() for e in v}
+    for user, expected in valid.items():  # per user (= per partition) order is event order
+        assert [e for e in ids if e in set(expected)] == expected
+    dead = read_all(settings, Topics.from_settings(settings).dead_letters)
+    assert len(dead) == 1000
+    by_key = {m.key: m for m in dead}
+    for n in range(1000):
+        m = by_key[f"bad{n}".encode()]
+        reason, value = bad_kinds[n % len(bad_kinds)]
+        h = {k: v.decode() for k, v in m.headers}
+        assert m.value == value, "dead letters carry the original bytes"
+        assert h["reason"] == reason and h["message"] and h["source_topic"] == Topics.from_settings(settings).events
+        assert int(h["source_offset"]) >= 0 and 0 <= int(h["source_partition"]) < 4
+    assert {k for k, v in by_key.items() if {a: b.decode() for a, b in v.headers}["reason"] == "wrong_type"}
+    assert w.metric("reco_streamproc_events_invalid_total", {"reason": "too_large"}) == sum(
+        1 for n in range(1000) if bad_kinds[n % len(bad_kinds)][0] == "too_large")
+    assert w.metric("reco_streamproc_dead_letters_total") == 1000
+    assert w.metric("reco_streamproc_events_consumed_total", {"type": "invalid"}) == 1000
+    w.stop()
+
+
+def test_duplicates_are_dropped(settings: Settings, start) -> None:
+    msgs = [(b"u1", raw_event("rating", f"e{i % 50}", "u1", f"m{i % 50}", rating=4.0)) for i in range(150)]
+    send_raw(settings, msgs)
+    w = start()
+    wait_for(lambda: w.worker.consumed == 150, what="all consumed")
+    ex = Examples(settings)
+    ex.until(50)
+    wait_for(lambda: w.metric("reco_streamproc_duplicates_total") == 100, what="duplicates counted")
+    w.stop()
+    ex.until(50)
+    assert sorted(ex.ids()) == sorted(f"e{i}" for i in range(50))
+    ex.close()
+
+
+def test_two_workers_share_the_partitions_and_produce_each_example_once(settings: Settings, start) -> None:
+    a = start()
+    wait_for(lambda: len(a.worker.assigned) == 4, what="first worker owns every partition")
+    send_raw(settings, [(f"u{i % 40}".encode(), raw_event("click", f"a{i}", f"u{i % 40}", "m")) for i in range(2000)])
+    b = start()
+    wait_for(lambda: len(a.worker.assigned) + len(b.worker.assigned) == 4 and a.worker.assigned and b.worker.assigned,
+             what="partitions split between the two workers")
+    assert not (a.worker.assigned & b.worker.assigned)
+    send_raw(settings, [(f"u{i % 40}".encode(), raw_event("click", f"b{i}", f"u{i % 40}", "m")) for i in range(2000)])
+    ex = Examples(settings)
+    ex.until(4000)
+    assert a.worker.examples_acked > 0 and b.worker.examples_acked > 0
+    # stopping one hands its partitions back to the other
+    b.stop()
+    wait_for(lambda: len(a.worker.assigned) == 4, what="partitions handed back")
+    send_raw(settings, [(f"u{i % 40}".encode(), raw_event("click", f"c{i}", f"u{i % 40}", "m")) for i in range(1000)])
+    ex.until(5000)
+    a.stop()
+    time.sleep(0)  # nothing more may arrive: both workers stopped and committed
+    ids = ex.ids()
+    ex.close()
+    assert len(ids) == 5000 and len(set(ids)) == 5000
+
+
+def test_reco_streamproc_serves_metrics_and_exits_cleanly_on_sigterm(settings: Settings) -> None:
+    port = free_port()
+    env = {**os.environ, "RECO_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "RECO_TOPIC_PREFIX": settings.topic_prefix,
+           "RECO_METRICS_PORT": str(port), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "streamproc.cli", "streamproc"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        with EventPublisher(settings) as pub:
+            for i in range(20):
+                pub.rating(user_id=f"u{i}", item_id="m1", rating=3.0)
+        ex = Examples(settings)
+        ex.until(20, timeout=90)
+        ex.close()
+
+        def scraped() -> str:
+            try:
+                return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+            except OSError:
+                return ""
+
+        wait_for(lambda: 'reco_streamproc_examples_produced_total{kind="rating"} 20.0' in scraped(), what="/metrics")
+        assert "reco_streamproc_consumer_lag_messages" in scraped()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
