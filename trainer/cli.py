@@ -1,12 +1,53 @@
-"""``reco`` commands contributed by the trainer package."""
+"""``reco`` commands contributed by the trainer package: ``reco trainer`` and ``reco bench trainer``."""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
+import threading
+from typing import Any
 
+from streamproc.settings import Settings
 from trainer.bench import register_bench
+
+__all__ = ["register"]
+
+log = logging.getLogger("reco.trainer")
+DEFAULT_METRICS_PORT = 9102
+
+
+def _cmd_trainer(args: argparse.Namespace, settings: Settings) -> int:
+    from prometheus_client import start_http_server
+
+    from streamproc.broker import wait_for_kafka
+    from streamproc.cli import client_settings
+    from streamproc.kafka import create_topics
+    from trainer.worker import TrainerWorker
+
+    settings = client_settings(settings)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        log.info("signal %d: finishing the batch, publishing a final delta, checkpointing", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    wait_for_kafka(settings.kafka_bootstrap, 30, **settings.kafka_client_config())
+    create_topics(settings)  # idempotent; the trainer may start before the stream workers
+    port = settings.metrics_port or DEFAULT_METRICS_PORT
+    server, _ = start_http_server(port, addr=settings.metrics_host)
+    log.info("trainer /metrics on http://%s:%d/metrics, checkpoints in %s", settings.metrics_host, port, settings.checkpoint_dir)
+    try:
+        return TrainerWorker(settings).run(stop)
+    finally:
+        server.shutdown()
 
 
 def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
     """Add ``reco trainer`` and ``reco bench trainer``."""
+    p = commands.add_parser(
+        "trainer", help="learn from the examples topic and publish model updates (one active per group, others stand by)")
+    p.set_defaults(func=_cmd_trainer)
     register_bench(bench)

@@ -143,6 +143,7 @@ class TrainerWorker:
         self.active = False
         self.version = 0  # last version published (or restored)
         self.examples_learned = 0
+        self.assignments = 0  # completed group joins (an empty assignment counts: standby)
         self.model: Any = None
         self.prequential: Any = None
         self.drift: Any = None
@@ -151,6 +152,8 @@ class TrainerWorker:
         self._consumer: Any = None
         self._producer: Any = None
         self._fatal: BaseException | None = None
+        self._lock = threading.RLock()  # the poll loop vs. rebalance callbacks (kafka-python I/O thread)
+        self._commit_due = False
         self._mem_seq: int | None = None  # checkpoint seq the in-memory state equals (skip reloads)
         self._reset_pending()
         self._ids_since_ckpt: list[str] = []
@@ -173,7 +176,8 @@ class TrainerWorker:
         try:
             while not stop.is_set():
                 self.step()
-            self._deactivate("shutdown")
+            with self._lock:
+                self._deactivate("shutdown")
         finally:
             self.close()
         return 0
@@ -218,7 +222,8 @@ class TrainerWorker:
     def _guard(self, fn: Callable[[Any], None], arg: Any) -> None:
         # kafka-python logs and swallows listener exceptions; keep them and fail the loop instead
         try:
-            fn(arg)
+            with self._lock:
+                fn(arg)
         except BaseException as exc:  # noqa: BLE001
             log.exception("rebalance handling failed")
             self._fatal = exc
@@ -229,26 +234,35 @@ class TrainerWorker:
         records = self._consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
         if self._fatal is not None:
             raise RecoError(f"trainer cannot continue: {self._fatal}") from self._fatal
-        if not self.active:
-            return
-        for tp, msgs in records.items():
-            for msg in msgs:
-                self._learn_message(tp, msg)
-                if self._delta_due():
-                    self.publish_delta()
-        if self._delta_due():
-            self.publish_delta()
-        if self._need_snapshot or (self.examples_learned or self._mem_seq is not None) and self._snapshot_due():
-            self.publish_snapshot()
-        now = time.monotonic()
-        if now - self._last_ckpt >= self.settings.checkpoint_interval_s:
-            self.checkpoint()
-        if now - self._last_lag >= _LAG_EVERY_S:
-            self._update_lag()
+        with self._lock:  # kafka-python runs rebalance callbacks on its I/O thread
+            if not self.active:
+                return
+            for tp, msgs in records.items():
+                for msg in msgs:
+                    self._learn_message(tp, msg)
+                    if self._delta_due():
+                        self.publish_delta()
+            if self._delta_due():
+                self.publish_delta()
+            if self._need_snapshot or (self.examples_learned or self._mem_seq is not None) and self._snapshot_due():
+                self.publish_snapshot()
+            now = time.monotonic()
+            if now - self._last_ckpt >= self.settings.checkpoint_interval_s:
+                self.checkpoint()
+            if now - self._last_lag >= _LAG_EVERY_S:
+                self._update_lag()
+        if self._commit_due:
+            self._commit_due = False
+            self._commit_hint()
 
     # ------------------------------------------------------------------ learning
     def _learn_message(self, tp: Any, msg: Any) -> None:
         key = f"{tp.topic}:{tp.partition}"
+        expected = self._offsets.get(key)
+        if expected is not None and msg.offset < expected:  # already learned (a fetch that raced a seek)
+            return
+        if expected is not None and msg.offset > expected:
+            log.warning("examples %s: offset jumped from %d to %d", key, expected, msg.offset)
         try:
             batch = ExampleBatch.decode(msg.value)
         except InvalidExampleBatch as exc:
@@ -437,7 +451,7 @@ class TrainerWorker:
         self._mem_seq = ck.seq
         self.last_checkpoint = ck
         self.metrics.last_checkpoint.set(time.time())
-        self._commit_hint()
+        self._commit_due = True  # sent from the poll thread, outside the lock
         return ck
 
     def _commit_hint(self) -> None:
@@ -478,6 +492,7 @@ class TrainerWorker:
         log.info("trainer standing by (%s) at version %d after %d examples", why, self.version, self.examples_learned)
 
     def _on_assigned(self, assigned: Any) -> None:
+        self.assignments += 1
         mine = [tp for tp in assigned if tp.topic == self.topics.examples]
         if not mine:
             self.metrics.active.set(0)
