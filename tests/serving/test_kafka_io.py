@@ -45,21 +45,29 @@ def test_invalid_requests_get_error_replies_when_they_have_an_id() -> None:
 
 def test_push_after_feedback_is_rate_limited_per_user() -> None:
     store, sm = _store()
-    sent: list[Any] = []
-    pusher = Pusher(Settings(push_min_interval_s=0.3), store, sent.extend, store.metrics)
+    sent: list[tuple[float, Any]] = []
+    pusher = Pusher(Settings(push_min_interval_s=0.3), store, lambda msgs: sent.extend((time.monotonic(), m) for m in msgs), store.metrics)
     store.listeners.append(pusher.on_swap)
+
+    def wait_for(cond: Any) -> None:
+        deadline = time.monotonic() + 10
+        while not cond() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
     pusher.start()
     try:
-        for _ in range(3):  # three deltas naming u1 in quick succession
+        store.apply(sm.delta(2, published=[["u1", "i1", time.time()]]).encode())
+        wait_for(lambda: len(sent) >= 1)
+        for _ in range(2):  # more feedback from u1 inside the interval
             store.apply(sm.delta(2, published=[["u1", "i1", time.time()]]).encode())
-        deadline = time.monotonic() + 5
-        while len(sent) < 2 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for(lambda: sent and json.loads(sent[-1][1][1])["version"] == 4)
     finally:
         pusher.stop()
         pusher.join()
-    assert len(sent) == 2  # one at once, one when the interval ended (with the newest model)
-    first, last = (json.loads(v) for _, v, _ in sent)
-    assert first["reason"] == "push" and sent[0][0] == b"u1"
-    assert last["version"] == 4
-    assert store.metrics.registry.get_sample_value("reco_serving_push_messages_total") == 2
+    bodies = [json.loads(m[1]) for _, m in sent]
+    assert bodies[0]["version"] == 2 and bodies[-1]["version"] == 4  # the newest model is pushed in the end
+    assert all(m[0] == b"u1" and b["reason"] == "push" for (_, m), b in zip(sent, bodies))
+    assert len(sent) < 4  # three updates for u1 inside one interval were coalesced
+    times = [t for t, _ in sent]
+    assert all(b - a >= 0.25 for a, b in zip(times, times[1:]))  # never more often than the 0.3 s interval
+    assert store.metrics.registry.get_sample_value("reco_serving_push_messages_total") == len(sent)
