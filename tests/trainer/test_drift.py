@@ -1,0 +1,85 @@
+"""Drift monitor: fires on an abrupt shift, stays quiet on a stationary stream (seeded)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from streamproc.examples import KIND_COMMENT, KIND_RATING, ExampleBatch
+from trainer.drift import DriftMonitor
+
+
+def batch(kinds: np.ndarray, targets: np.ndarray) -> ExampleBatch:
+    n = len(kinds)
+    return ExampleBatch.build(event_ids=[""] * n, user_ids=["u"] * n, item_ids=["i"] * n, kinds=kinds, targets=targets,
+                              event_times=np.zeros(n), published=np.zeros(n), processed=np.zeros(n))
+
+
+def ratings(rng: np.random.Generator, n: int, mean: float) -> np.ndarray:
+    return np.clip(np.round(rng.normal(mean, 1.0, n) * 2) / 2, 0.5, 5.0)
+
+
+def feed(mon: DriftMonitor, kinds: np.ndarray, targets: np.ndarray, preds: np.ndarray, size: int = 500) -> list[dict]:
+    found = []
+    for s in range(0, len(kinds), size):
+        found += mon.update_batch(batch(kinds[s : s + size], targets[s : s + size]), preds[s : s + size])
+    return found
+
+
+@pytest.mark.parametrize("detector", ["adwin", "page_hinkley"])
+def test_quiet_on_a_stationary_stream(detector: str) -> None:
+    rng = np.random.default_rng(0)
+    y = ratings(rng, 20_000, 3.5)
+    preds = np.clip(y + rng.normal(0, 0.8, len(y)), 0.5, 5.0)
+    assert feed(DriftMonitor(detector), np.zeros(len(y), np.uint8), y, preds) == []
+
+
+@pytest.mark.parametrize("detector", ["adwin", "page_hinkley"])
+def test_fires_soon_after_an_abrupt_shift(detector: str) -> None:
+    rng = np.random.default_rng(1)
+    y = np.r_[ratings(rng, 10_000, 3.8), ratings(rng, 5_000, 1.7)]
+    preds = np.clip(np.r_[y[:10_000] + rng.normal(0, 0.8, 10_000), np.full(5_000, 3.8)], 0.5, 5.0)  # stale model after
+    found = feed(DriftMonitor(detector), np.zeros(len(y), np.uint8), y, preds)
+    err = [d for d in found if d["signal"] == "error"]
+    assert err and all(10_000 <= d["index"] < 12_000 for d in err[:1])
+    assert all(d["index"] >= 10_000 for d in found)
+    assert err[0]["evidence"]["detector"] == detector
+
+
+def test_falling_error_is_not_a_drift() -> None:
+    rng = np.random.default_rng(2)
+    y = ratings(rng, 10_000, 3.5)
+    noise = np.r_[np.full(5_000, 1.5), np.full(5_000, 0.3)] * rng.standard_normal(10_000)
+    found = feed(DriftMonitor(), np.zeros(len(y), np.uint8), y, np.clip(y + noise, 0.5, 5.0))
+    assert [d for d in found if d["signal"] == "error"] == []
+
+
+def test_sentiment_signal_on_unrated_comments() -> None:
+    rng = np.random.default_rng(3)
+    n = 8_000
+    kinds = np.full(n, KIND_COMMENT, np.uint8)
+    sentiment = np.r_[rng.normal(4.0, 0.5, n // 2), rng.normal(2.0, 0.5, n // 2)]
+    found = feed(DriftMonitor(), kinds, np.full(n, np.nan), sentiment)
+    assert [d["signal"] for d in found] == ["sentiment"] and found[0]["index"] >= n // 2
+
+
+def test_state_is_json_and_rebuilds() -> None:
+    rng = np.random.default_rng(4)
+    y = ratings(rng, 3_000, 3.5)
+    mon = DriftMonitor(history=1000)
+    feed(mon, np.full(len(y), KIND_RATING, np.uint8), y, np.full(len(y), 3.5))
+    copy = DriftMonitor.from_state(json.loads(json.dumps(mon.state())))
+    assert copy.detections == mon.detections and copy.state()["index"] == mon.state()["index"]
+    shifted = ratings(rng, 3_000, 1.0)
+    a = feed(mon, np.zeros(3_000, np.uint8), shifted, np.full(3_000, 3.5))
+    b = feed(copy, np.zeros(3_000, np.uint8), shifted, np.full(3_000, 3.5))
+    assert {d["signal"] for d in a} == {d["signal"] for d in b} == {"error", "rating"}
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="detector"):
+        DriftMonitor("ddm")
+    with pytest.raises(ValueError, match="block"):
+        DriftMonitor(block=0)
