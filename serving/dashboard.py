@@ -34,7 +34,8 @@ JSON keys of ``/dashboard/data``::
     history    points with t > since (all kept points without ``since``), oldest first
 
 A point is a flat object; every value is a number or null (null = no data yet: a metric not
-exposed yet, a source down, fewer than two scrapes, or no observation in the window):
+exposed yet, a source down, fewer than two scrapes, or no observation in the window; a counter
+that is declared but has not counted yet reads 0):
 
     t                                     scrape time (unix s)
     sources_up, sources_total             how many sources answered
@@ -82,6 +83,7 @@ import collections
 import math
 import threading
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -157,15 +159,30 @@ def parse_metrics(text: str, only: frozenset[str] | set[str] | None = None) -> d
     >>> parse_metrics("# TYPE x counter\\n" + text, only={"x"})
     {('x_total', (('type', 'a'),)): 3.0}
     """
+    return parse_exposition(text, only)[0]
+
+
+def parse_exposition(text: str, only: frozenset[str] | set[str] | None = None) -> tuple[dict[Key, float], frozenset[str]]:
+    """:func:`parse_metrics` plus the names of the families declared (with or without samples).
+
+    A labelled counter that never counted is declared without samples: it reads as 0, not "no data".
+
+    Examples
+    --------
+    >>> parse_exposition("# TYPE x_total counter\\n")
+    ({}, frozenset({'x'}))
+    """
     if only is not None:
         text = _keep_lines(text, only)
     out: dict[Key, float] = {}
+    families = set()
     for family in text_string_to_metric_families(text):
+        families.add(_family(family.name))
         for s in family.samples:
             if s.name.endswith("_created"):
                 continue
             out[(s.name, tuple(sorted(s.labels.items())))] = float(s.value)
-    return out
+    return out, frozenset(families)
 
 
 def histogram_quantile(q: float, buckets: Iterable[tuple[float, float]]) -> float | None:
@@ -220,6 +237,12 @@ class Scrape:
     t: float
     sources: Mapping[str, dict[Key, float] | None]
     errors: Mapping[str, str | None]
+    families: Mapping[str, frozenset[str]] = dataclasses.field(default_factory=dict)
+    """Per source, the families declared (a declared counter without series reads as 0)."""
+
+    def declared(self, src: str, name: str) -> bool:
+        """Whether ``src`` was up and declared the family of sample ``name``."""
+        return self.sources.get(src) is not None and _family(name) in self.families.get(src, frozenset())
 
 
 def _select(samples: dict[Key, float], name: str, match: Mapping[str, str] | None, exclude_routes: bool) -> dict[Key, float]:
@@ -253,6 +276,25 @@ def gauge(new: Scrape, name: str, match: Mapping[str, str] | None = None, agg: s
     return max(values) if agg == "max" else sum(values)
 
 
+def counter_value(new: Scrape, name: str, match: Mapping[str, str] | None = None) -> float | None:
+    """Current value of a counter, matching series summed; 0 when declared without series.
+
+    Examples
+    --------
+    >>> s = Scrape(1.0, {"a": {}}, {"a": None}, {"a": frozenset({"c"})})
+    >>> counter_value(s, "c_total"), counter_value(s, "d_total")
+    (0.0, None)
+    """
+    total, seen = 0.0, False
+    for src, samples in new.sources.items():
+        if not samples and not new.declared(src, name):
+            continue
+        seen = seen or new.declared(src, name)
+        for v in _select(samples or {}, name, match, False).values():
+            total, seen = total + v, True
+    return total if seen else None
+
+
 def increase(old: Scrape, new: Scrape, name: str, match: Mapping[str, str] | None = None,
              exclude_routes: bool = False) -> float | None:
     """Increase of a counter (all matching series summed) from ``old`` to ``new``.
@@ -271,8 +313,9 @@ def increase(old: Scrape, new: Scrape, name: str, match: Mapping[str, str] | Non
     total, seen = 0.0, False
     for src, new_samples in new.sources.items():
         old_samples = old.sources.get(src)
-        if not new_samples or old_samples is None:
+        if new_samples is None or old_samples is None:
             continue
+        seen = seen or new.declared(src, name)  # declared, nothing counted yet: 0
         for key, v in _select(new_samples, name, match, exclude_routes).items():
             seen = True
             before = old_samples.get(key, 0.0)
@@ -351,10 +394,10 @@ def compute_point(old: Scrape | None, new: Scrape) -> dict[str, float | None]:
     p["events_per_s"] = r(ev)
     for t in ("click", "rating", "comment", "invalid"):
         p[f"events_per_s_{t}"] = r(ev, {"type": t})
-    p["invalid_total"] = gauge(new, "reco_streamproc_events_invalid_total", agg="sum")
+    p["invalid_total"] = counter_value(new, "reco_streamproc_events_invalid_total")
     p["dead_letters_per_s"] = r("reco_streamproc_dead_letters_total")
-    p["dead_letters_total"] = gauge(new, "reco_streamproc_dead_letters_total", agg="sum")
-    p["duplicates_total"] = gauge(new, "reco_streamproc_duplicates_total", agg="sum")
+    p["dead_letters_total"] = counter_value(new, "reco_streamproc_dead_letters_total")
+    p["duplicates_total"] = counter_value(new, "reco_streamproc_duplicates_total")
     p["examples_per_s"] = r("reco_streamproc_examples_produced_total")
     p["learned_per_s"] = r("reco_trainer_examples_learned_total")
 
@@ -373,9 +416,9 @@ def compute_point(old: Scrape | None, new: Scrape) -> dict[str, float | None]:
             p[f"{key}_{window}"] = gauge(new, f"reco_trainer_prequential_{metric}", {"window": window})
 
     dr = "reco_trainer_drift_detections_total"
-    p["drift_total"] = gauge(new, dr, agg="sum")
+    p["drift_total"] = counter_value(new, dr)
     for signal in ("error", "rating", "sentiment"):
-        p[f"drift_{signal}_total"] = gauge(new, dr, {"signal": signal}, agg="sum")
+        p[f"drift_{signal}_total"] = counter_value(new, dr, {"signal": signal})
 
     p["requests_per_s"] = r("reco_serving_requests_total", exclude_routes=True)
     rd = "reco_serving_request_duration_seconds"
@@ -485,18 +528,19 @@ class Dashboard:
         now = time.time() if now is None else now
         errs: dict[str, str | None] = dict(errors or {})
         parsed: dict[str, dict[Key, float] | None] = {}
+        families: dict[str, frozenset[str]] = {}
         for src, text in texts.items():
             if text is None:
                 parsed[src] = None
                 errs.setdefault(src, "down")
                 continue
             try:
-                parsed[src] = parse_metrics(text, WANTED)
+                parsed[src], families[src] = parse_exposition(text, WANTED)
                 errs[src] = None
             except Exception as exc:  # a garbled exposition is a source that is down, not a 500
                 parsed[src] = None
                 errs[src] = f"unparsable metrics: {exc}"[:200]
-        new = Scrape(now, parsed, errs)
+        new = Scrape(now, parsed, errs, families)
         with self._lock:
             old = self._window_start(new)
             point = compute_point(old, new)

@@ -64,7 +64,8 @@ def test_two_scrapes_of_a_counter_give_exact_rates_by_type() -> None:
     assert p["events_per_s_click"] == pytest.approx(10.0)
     assert p["events_per_s_rating"] == pytest.approx(1.0)
     assert p["events_per_s_comment"] == pytest.approx(1.0)  # new series on an up source counts from 0
-    assert p["events_per_s_invalid"] is None  # never exposed: unknown, not 0
+    assert p["events_per_s_invalid"] == 0.0  # declared family, no series yet: 0
+    assert p["learned_per_s"] is None  # no trainer exposition at all: unknown, not 0
 
 
 def test_counter_reset_counts_the_new_value() -> None:
@@ -146,7 +147,8 @@ def test_gauges_versions_quality_drift_and_down_sources() -> None:
     p = d.record({SP: None, tr: text}, now=1.0)
     assert (p["model_version"], p["trainer_model_version"], p["serving_model_version"]) == (41.0, 41.0, None)
     assert p["rmse_running"] == 0.95 and p["rmse_recent"] is None  # NaN is "no data", valid JSON
-    assert (p["drift_total"], p["drift_error_total"], p["drift_sentiment_total"]) == (3.0, 2.0, None)
+    assert (p["drift_total"], p["drift_error_total"], p["drift_sentiment_total"]) == (3.0, 2.0, 0.0)
+    assert p["dead_letters_total"] is None  # streamproc is down: unknown
     assert (p["sources_up"], p["sources_total"]) == (1.0, 2.0)
     assert p["events_per_s"] is None
     # streamproc comes up: its first scrape cannot make a rate (it was down before)
@@ -218,3 +220,15 @@ def test_every_metric_the_page_reads_is_in_the_catalog() -> None:
     names = set(re.findall(r"`(reco_[a-z0-9_]+)`", catalog.read_text()))
     families = {n.removesuffix("_total") for n in names} | names
     assert sorted(WANTED - families) == []
+
+
+def test_a_declared_counter_that_never_counted_reads_zero() -> None:
+    reg = CollectorRegistry()
+    drift = Counter("reco_trainer_drift_detections_total", "x", ["signal"], registry=reg)
+    d = Dashboard([], registry=reg)
+    d.record({"serving": generate_latest(reg).decode()}, now=0.0)
+    p = d.record({"serving": generate_latest(reg).decode()}, now=1.0)
+    assert (p["drift_total"], p["drift_error_total"]) == (0.0, 0.0)
+    drift.labels("error").inc()
+    p = d.record({"serving": generate_latest(reg).decode()}, now=2.0)
+    assert (p["drift_total"], p["drift_error_total"], p["drift_rating_total"]) == (1.0, 1.0, 0.0)
