@@ -276,7 +276,7 @@ class ServingModel:
         if len(excluded):
             scores[excluded] = -np.inf
         kk = min(k, n)
-        top = np.argpartition(-scores, kk - 1)[:kk] if kk < n else np.arange(n)
+        top = np.argpartition(scores, n - kk)[n - kk :] if kk < n else np.arange(n)
         top = top[np.argsort(-scores[top], kind="stable")]
         ids = self._items.ids
         items = [(ids[c], float(scores[c])) for c in top.tolist() if scores[c] != -np.inf]
