@@ -140,6 +140,24 @@ def wait_for(url: str, expr: str, timeout: float = 30.0, interval: float = 0.25)
     raise TimeoutError(f"no result for {expr!r} within {timeout} s")
 
 
+def _get(url: str, path: str, timeout: float = 5.0) -> Any:
+    with urllib.request.urlopen(f"{url.rstrip('/')}{path}", timeout=timeout) as r:
+        body = json.load(r)
+    if body.get("status") != "success":
+        raise RuntimeError(f"{path}: {body}")
+    return body["data"]
+
+
+def rules(url: str) -> dict[str, dict[str, Any]]:
+    """Alerting and recording rules the server loaded: rule name -> rule (``health``, ``state``, ``query`` …)."""
+    return {r["name"]: r for g in _get(url, "/api/v1/rules")["groups"] for r in g["rules"]}
+
+
+def alerts(url: str) -> list[dict[str, Any]]:
+    """Active alerts (pending and firing), each with ``labels``, ``annotations`` and ``state``."""
+    return _get(url, "/api/v1/alerts")["alerts"]
+
+
 def values(result: list[dict[str, Any]]) -> dict[tuple[tuple[str, str], ...], float]:
     """Vector result → {sorted label items: float value}, handy for assertions."""
     return {tuple(sorted(r["metric"].items())): float(r["value"][1]) for r in result}

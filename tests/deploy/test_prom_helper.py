@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
+import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 import prom
+from conftest import DEPLOY
 
 
 @pytest.fixture
@@ -51,3 +55,25 @@ def test_start_prometheus_fails_loudly_on_a_bad_config(prometheus_bin, tmp_path)
     bad.write_text("scrape_configs: [{job_name: 1, static_configs: nope}]\n")
     with pytest.raises(RuntimeError, match="did not become ready"):
         prom.start_prometheus(bad, prom.free_port(), tmp_path / "data", timeout=10)
+
+
+def test_real_prometheus_loads_and_evaluates_the_alert_rules(prometheus, target) -> None:
+    address, _, _ = target
+    config = prom.scrape_config("reco-test", [address])
+    config["rule_files"] = [str(DEPLOY / "prometheus" / "rules.yml")]
+    url = prometheus(config)
+    expected = {r["alert"] for g in yaml.safe_load((DEPLOY / "prometheus" / "rules.yml").read_text())["groups"] for r in g["rules"]}
+    loaded = prom.rules(url)
+    assert set(loaded) == expected
+    # No trainer target exists here, so RecoTrainerDown (absent(up{job="reco-trainer"})) goes pending
+    # on the first evaluation; every other rule evaluates cleanly.
+    deadline = time.monotonic() + 30
+    while True:
+        active = [a for a in prom.alerts(url) if a["labels"]["alertname"] == "RecoTrainerDown"]
+        if active or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    loaded = prom.rules(url)
+    assert all(r["health"] == "ok" for r in loaded.values()), {n: r.get("lastError") for n, r in loaded.items()}
+    (down,) = active
+    assert down["state"] == "pending" and down["labels"]["job"] == "reco-trainer"
