@@ -431,46 +431,36 @@ class HybridMF:
             arr[:cap] = old
             setattr(self, name, arr)
 
-    def _new_user(self, uid: str) -> int:
-        if self._free_u:
-            r = self._free_u.pop()
-            self._uids[r] = uid
+    def _alloc(self, ids: list[str], users: bool) -> None:
+        """Give rows to new ids (reusing expired rows first), initialised in first-appearance order."""
+        m = len(ids)
+        free, names = (self._free_u, self._uids) if users else (self._free_i, self._iids)
+        n_reuse = min(m, len(free))
+        rows = [free.pop() for _ in range(n_reuse)] + list(range(len(names), len(names) + m - n_reuse))
+        names.extend([None] * (m - n_reuse))
+        for r, x in zip(rows, ids):
+            names[r] = x
+        self._grow(self._USER_ARRAYS if users else self._ITEM_ARRAYS, len(names))
+        idx = np.array(rows, np.intp)
+        if users:
+            for a in (self._BU, self._TUN, self._SEEN_U, self._CNT_U, self._TU):
+                a[idx] = 0
+            self._P[idx] = self._rng_u.standard_normal((m, self.n_factors)) * self.init_std
+            self._umap.update(zip(ids, rows))
         else:
-            r = len(self._uids)
-            self._uids.append(uid)
-            self._grow(self._USER_ARRAYS, r + 1)
-        self._P[r] = self._rng_u.standard_normal(self.n_factors) * self.init_std
-        self._BU[r] = self._TUN[r] = self._SEEN_U[r] = self._CNT_U[r] = 0
-        self._TU[r] = 0
-        self._umap[uid] = r
-        return r
-
-    def _new_item(self, iid: str) -> int:
-        if self._free_i:
-            r = self._free_i.pop()
-            self._iids[r] = iid
-        else:
-            r = len(self._iids)
-            self._iids.append(iid)
-            self._grow(self._ITEM_ARRAYS, r + 1)
-        self._Q[r] = self._rng_i.standard_normal(self.n_factors) * self.init_std
-        self._BI[r] = self._XN[r] = self._POP[r] = self._SEEN_I[r] = self._CNT_I[r] = 0
-        self._X[r] = 0
-        self._XW[r] = 0
-        self._ALIVE_I[r] = True
-        self._imap[iid] = r
-        return r
+            for a in (self._BI, self._XN, self._POP, self._SEEN_I, self._CNT_I, self._X, self._XW):
+                a[idx] = 0
+            self._Q[idx] = self._rng_i.standard_normal((m, self.n_factors)) * self.init_std
+            self._ALIVE_I[idx] = True
+            self._imap.update(zip(ids, rows))
 
     def _rows(self, ids: list[str], users: bool) -> np.ndarray:
-        table = self._umap if users else self._imap
-        get = table.get
-        rows = [get(x) for x in ids]
+        get = (self._umap if users else self._imap).get
+        rows = list(map(get, ids))
         if None in rows:
-            new = self._new_user if users else self._new_item
-            for n, r in enumerate(rows):
-                if r is None:
-                    r = get(ids[n])
-                    rows[n] = r if r is not None else new(ids[n])
+            new = dict.fromkeys(x for x, r in zip(ids, rows) if r is None)  # unique, in order
+            self._alloc(list(new), users)
+            rows = list(map(get, ids))
         return np.array(rows, np.int32)
 
     # ------------------------------------------------------------------ learning
