@@ -12,9 +12,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import prom  # noqa: E402
-from metrics_catalog import ROOT, Metric, load_catalog  # noqa: E402
+from metrics_catalog import DEPLOY, ROOT, Metric, load_catalog  # noqa: E402,F401
 
-DEPLOY = ROOT / "deploy"
+
 SKIP_NO_PROMTOOL = "promtool not installed (run `bash deploy/system-deps.sh`: Debian package `prometheus`)"
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 CATALOG = ROOT / "docs" / "metrics.md"
+DEPLOY = ROOT / "deploy"
 COLUMNS = ["Metric", "Type", "Unit", "Labels", "Role", "Meaning"]
 TYPES = {"counter", "gauge", "histogram"}
 ROLES = {"streamproc", "trainer", "serving"}

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import yaml
-from conftest import DEPLOY
+from metrics_catalog import DEPLOY
 from metrics_catalog import base_metric, promql_metric_names
 
 GRAFANA = DEPLOY / "grafana"

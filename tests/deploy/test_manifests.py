@@ -13,7 +13,7 @@ import shlex
 import jsonschema
 import pytest
 import yaml
-from conftest import DEPLOY
+from metrics_catalog import DEPLOY
 from metrics_catalog import ROOT
 
 from streamproc.cli import build_parser

@@ -9,7 +9,7 @@ import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 import prom
-from conftest import DEPLOY
+from metrics_catalog import DEPLOY
 
 
 @pytest.fixture
