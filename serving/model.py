@@ -159,10 +159,12 @@ class ServingModel:
     for ``exclude_seen``.
     """
 
-    __slots__ = ("version", "global_mean", "factors", "_users", "_items", "seen", "_popular", "header", "_if", "_ib", "_uf", "_ub")
+    __slots__ = ("version", "global_mean", "factors", "_users", "_items", "seen", "_popular", "header", "_if", "_ib", "_uf", "_ub",
+                 "_dead_users", "_dead_items")
 
     def __init__(self, version: int, global_mean: float, factors: int, users: _Table, items: _Table,
-                 seen: dict[str, tuple[str, ...]], header: dict[str, Any], popular: np.ndarray | None = None) -> None:
+                 seen: dict[str, tuple[str, ...]], header: dict[str, Any], popular: np.ndarray | None = None,
+                 dead_users: frozenset[str] = frozenset(), dead_items: np.ndarray | None = None) -> None:
         self.version = version
         self.global_mean = float(global_mean)
         self.factors = factors
@@ -174,6 +176,8 @@ class ServingModel:
         if popular is None:
             popular = np.argsort(-items.view("item_popularity"), kind="stable")
         self._popular = popular
+        self._dead_users = dead_users  # expired by the trainer (row TTL): unknown again
+        self._dead_items = np.empty(0, np.int64) if dead_items is None else dead_items  # never recommended
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -195,6 +199,8 @@ class ServingModel:
             items = _Table.empty({"item_factors": (factors,), "item_bias": (), "item_popularity": ()})
             seen = dict(base.seen) if base is not None else {}
             seen_copied = True
+            dead_users: set[str] = set()
+            dead_items: set[int] = set()
         else:
             if base is None:
                 raise RejectedUpdate(f"delta {version} arrived before any snapshot", reason="no_base")
@@ -206,11 +212,22 @@ class ServingModel:
             _check_shapes(updates[0].tensors, factors if factors else None)
             users, items, seen = base._users, base._items, base.seen
             seen_copied = False
+            dead_users, dead_items = set(base._dead_users), set(base._dead_items.tolist())
         global_mean = float(head.get("global_mean", base.global_mean if base is not None else 0.0))
         for u in updates:
             uid, iid = list(map(str, u.header.get("user_ids", []))), list(map(str, u.header.get("item_ids", [])))
             users = users.upsert(uid, u.tensors, USER_TENSORS)
             items = items.upsert(iid, u.tensors, ITEM_TENSORS)
+            # Rows the trainer expired (row TTL) are dead until a later update brings them back.
+            dead_users.update(map(str, u.header.get("expired_user_ids") or ()))
+            for key in map(str, u.header.get("expired_item_ids") or ()):
+                r = items.index.get(key)
+                if r is not None and r < items.n:
+                    dead_items.add(r)
+            if dead_users and uid:
+                dead_users.difference_update(uid)
+            if dead_items and iid:
+                dead_items.difference_update(items.index[key] for key in iid)
             published = u.header.get("published") or []
             if published and seen_per_user > 0:
                 if not seen_copied:
@@ -219,7 +236,8 @@ class ServingModel:
         popular = None
         if kind == "delta" and items.n == base._items.n and not any("item_popularity" in u.tensors for u in updates):
             popular = base._popular  # ranking unchanged: skip the argsort
-        return cls(version, global_mean, int(factors), users, items, seen, head, popular)
+        dead = np.array(sorted(dead_items), np.int64)
+        return cls(version, global_mean, int(factors), users, items, seen, head, popular, frozenset(dead_users), dead)
 
     # ------------------------------------------------------------------ reading
     @property
@@ -230,24 +248,29 @@ class ServingModel:
     def n_items(self) -> int:
         return self._items.n
 
-    def has_user(self, user_id: str) -> bool:
+    def _user_row(self, user_id: str) -> int | None:
         r = self._users.index.get(user_id)
-        return r is not None and r < self._users.n
+        if r is None or r >= self._users.n or (self._dead_users and user_id in self._dead_users):
+            return None
+        return r
+
+    def has_user(self, user_id: str) -> bool:
+        return self._user_row(user_id) is not None
 
     def item_ids(self) -> list[str]:
         return self._items.ids[: self._items.n]
 
     def user_vector(self, user_id: str) -> np.ndarray | None:
-        r = self._users.index.get(user_id)
-        return None if r is None or r >= self._users.n else self._uf[r]
+        r = self._user_row(user_id)
+        return None if r is None else self._uf[r]
 
     def score(self, user_id: str, item_ids: Iterable[str]) -> list[float | None]:
         """Scores of the given items for the user (None for unknown items or users)."""
-        r = self._users.index.get(user_id)
+        r = self._user_row(user_id)
         out: list[float | None] = []
         for i in item_ids:
             c = self._items.index.get(i)
-            if r is None or r >= self._users.n or c is None or c >= self._items.n:
+            if r is None or c is None or c >= self._items.n:
                 out.append(None)
             else:
                 out.append(float(self.global_mean + self._ub[r] + self._ib[c] + self._uf[r] @ self._if[c]))
@@ -267,8 +290,10 @@ class ServingModel:
             raise ValueError(f"k: must be >= 1, got {k}")
         n = self._items.n
         excluded = self._seen_rows(user_id) if exclude_seen else np.empty(0, np.int64)
-        r = self._users.index.get(user_id)
-        if r is None or r >= self._users.n or n == 0:
+        if len(self._dead_items):
+            excluded = np.concatenate([excluded, self._dead_items])
+        r = self._user_row(user_id)
+        if r is None or n == 0:
             return self._fallback(user_id, k, excluded)
         scores = self._if @ self._uf[r]
         scores += self._ib
