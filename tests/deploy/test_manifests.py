@@ -13,8 +13,7 @@ import shlex
 import jsonschema
 import pytest
 import yaml
-from metrics_catalog import DEPLOY
-from metrics_catalog import ROOT
+from metrics_catalog import DEPLOY, ROOT
 
 from streamproc.cli import build_parser
 from streamproc.settings import Settings
