@@ -157,8 +157,7 @@ async def _client(url: str, users: list[str], concurrency: int, duration: float,
     t0 = time.perf_counter()
     await asyncio.gather(*(worker(n) for n in range(concurrency)))
     wall = time.perf_counter() - t0
-    return {"requests": len(lat), "errors": errors[0], "seconds": wall,
-            "p50_ms": percentile(lat, 50) * 1000, "p99_ms": percentile(lat, 99) * 1000, "rps": len(lat) / wall}
+    return {"requests": len(lat), "errors": errors[0], "seconds": wall, "latencies_ms": [round(x * 1000, 4) for x in lat]}
 
 
 def _client_main(argv: list[str]) -> int:
@@ -234,7 +233,7 @@ def _anchors(model: SyntheticModel) -> dict[str, float]:
 
 
 def run_bench(settings: Settings, *, items: int = 10_000, users: int = 1000, factors: int = 32, concurrency: int = 6,
-              duration: float = 8.0, swap_rate: float = 4.0, snapshot_every: int = 8, http: str = "auto") -> dict[str, Any]:
+              duration: float = 8.0, swap_rate: float = 4.0, snapshot_every: int = 8, http: str = "auto", rounds: int = 4) -> dict[str, Any]:
     from kafka import KafkaProducer
 
     from streamproc.broker import free_port
@@ -271,7 +270,6 @@ def run_bench(settings: Settings, *, items: int = 10_000, users: int = 1000, fac
                 time.sleep(0.2)
             # warm-up
             _run_client(url, users, concurrency, 1.0).communicate()
-            steady = json.loads(_run_client(url, users, concurrency, duration).communicate()[0])
 
             # Updates are encoded up front so the bench's own CPU does not compete with the server.
             planned = []
@@ -281,32 +279,63 @@ def run_bench(settings: Settings, *, items: int = 10_000, users: int = 1000, fac
                 else:
                     planned.append([model.delta(200).encode()])
             swaps_before = _swaps(url)
-            stop = threading.Event()
+            swapping = threading.Event()
+            done = threading.Event()
             published = [0]
+            last_version = [model_version0]
+            pub_lock = threading.Lock()
 
             def swapper() -> None:
                 for msgs in planned:
-                    if stop.is_set():
-                        break
+                    while not swapping.wait(0.05):
+                        if done.is_set():
+                            return
+                    if done.is_set():
+                        return
                     t0 = time.perf_counter()
-                    publish(msgs)
-                    published[0] += 1
-                    stop.wait(max(0.0, 1.0 / swap_rate - (time.perf_counter() - t0)))
+                    with pub_lock:
+                        if not swapping.is_set():
+                            continue
+                        publish(msgs)
+                        published[0] += 1
+                        last_version[0] = _version_of(msgs[-1])
+                    done.wait(max(0.0, 1.0 / swap_rate - (time.perf_counter() - t0)))
 
-            client = _run_client(url, users, concurrency, duration)
-            t_swap0 = time.perf_counter()
             th = threading.Thread(target=swapper, daemon=True)
             th.start()
-            during = json.loads(client.communicate()[0])
-            stop.set()
+            # Steady and swap windows alternate, so load from outside the bench hits both alike.
+            phases: dict[str, dict[str, Any]] = {p: {"lat": [], "errors": 0, "seconds": 0.0} for p in ("steady", "swaps")}
+            window = duration / rounds
+            swap_wall = 0.0
+            for _ in range(rounds):
+                for phase in ("steady", "swaps"):
+                    client = _run_client(url, users, concurrency, window)
+                    if phase == "swaps":
+                        swapping.set()
+                        t_set = time.perf_counter()
+                    res = json.loads(client.communicate()[0])
+                    if phase == "swaps":
+                        swapping.clear()
+                        swap_wall += time.perf_counter() - t_set
+                    if phase == "swaps":  # let the last update land before the next steady window
+                        with pub_lock:
+                            target = last_version[0]
+                        settle = time.monotonic() + 10
+                        while _get_json(url + "/readyz")[1]["version"] != target and time.monotonic() < settle:
+                            time.sleep(0.05)
+                    ph = phases[phase]
+                    ph["lat"] += res["latencies_ms"]
+                    ph["errors"] += res["errors"]
+                    ph["seconds"] += res["seconds"]
+            done.set()
             th.join()
-            swap_seconds = time.perf_counter() - t_swap0
-            final = _version_of(planned[published[0] - 1][-1]) if published[0] else model_version0
+            final = last_version[0]
             deadline = time.monotonic() + 30
             while _get_json(url + "/readyz")[1]["version"] != final and time.monotonic() < deadline:
                 time.sleep(0.1)
             swaps = _swaps(url) - swaps_before
             _, ready = _get_json(url + "/readyz")
+            st, sw = phases["steady"], phases["swaps"]
         finally:
             t_stop = time.perf_counter()
             server.terminate()  # SIGTERM: graceful shutdown
@@ -314,13 +343,13 @@ def run_bench(settings: Settings, *, items: int = 10_000, users: int = 1000, fac
             stop_s = time.perf_counter() - t_stop
             producer.close()
     return {
-        "items": items, "users": users, "factors": factors, "concurrency": concurrency, "duration_s": duration,
-        "p50_ms": round(steady["p50_ms"], 3), "p99_ms": round(steady["p99_ms"], 3), "rps": round(steady["rps"], 1),
-        "requests": steady["requests"], "errors": steady["errors"],
-        "p50_ms_during_swaps": round(during["p50_ms"], 3), "p99_ms_during_swaps": round(during["p99_ms"], 3),
-        "rps_during_swaps": round(during["rps"], 1), "requests_during_swaps": during["requests"],
-        "errors_during_swaps": during["errors"], "updates_published": published[0],
-        "updates_per_s": round(published[0] / swap_seconds, 2), "swaps_observed": int(swaps),
+        "items": items, "users": users, "factors": factors, "concurrency": concurrency, "seconds_per_phase": duration,
+        "p50_ms": round(percentile(st["lat"], 50), 3), "p99_ms": round(percentile(st["lat"], 99), 3),
+        "rps": round(len(st["lat"]) / st["seconds"], 1), "requests": len(st["lat"]), "errors": st["errors"],
+        "p50_ms_during_swaps": round(percentile(sw["lat"], 50), 3), "p99_ms_during_swaps": round(percentile(sw["lat"], 99), 3),
+        "rps_during_swaps": round(len(sw["lat"]) / sw["seconds"], 1), "requests_during_swaps": len(sw["lat"]),
+        "errors_during_swaps": sw["errors"], "updates_published": published[0],
+        "updates_per_s": round(published[0] / swap_wall, 2), "swaps_observed": int(swaps), "rounds": rounds,
         "final_version_served": ready["version"], "final_version_published": final,
         "delta_rows": 200, "snapshot_every_n_updates": snapshot_every, **anchors,
         "targets": {"p99_ms": 10.0, "p99_ms_during_swaps": "<= 2 x p99_ms", "errors_during_swaps": 0},

@@ -44,7 +44,7 @@ def _cmd_bench_serving(args: argparse.Namespace, settings: Settings) -> int:
     from serving.bench import run_bench
 
     out = run_bench(settings, items=args.items, users=args.users, concurrency=args.concurrency,
-                    duration=args.duration, swap_rate=args.swap_rate, http=args.server_http)
+                    duration=args.duration, swap_rate=args.swap_rate, http=args.server_http, rounds=args.rounds)
     if args.json:
         print_json(out)
     else:
@@ -65,7 +65,8 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     p.add_argument("--items", type=int, default=10_000)
     p.add_argument("--users", type=int, default=1000)
     p.add_argument("--concurrency", type=int, default=6, help="concurrent HTTP clients (second process)")
-    p.add_argument("--duration", type=float, default=8.0, help="seconds per phase")
+    p.add_argument("--duration", type=float, default=8.0, help="seconds per phase (steady, swaps)")
+    p.add_argument("--rounds", type=int, default=4, help="alternating steady/swap windows the phases are split into")
     p.add_argument("--swap-rate", type=float, default=4.0, help="model updates per second during the swap phase")
     p.add_argument("--server-http", default="auto", choices=["auto", "h11", "httptools"], help="uvicorn HTTP implementation of the server")
     p.add_argument("--json", action="store_true")
