@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import importlib
+import json
+import re
+import subprocess
 
 import pytest
+from metrics_catalog import CATALOG, ROLES, TYPES, base_metric, load_catalog, promql_metric_names
 from prometheus_client import CollectorRegistry
-from metrics_catalog import ROLES, TYPES, load_catalog
 
 # role -> (module, class) declaring every metric of that role on a given registry
 DECLARED_IN = {
@@ -88,3 +91,17 @@ def test_code_and_catalog_agree(role: str, catalog) -> None:
     for name, (kind, labels) in code.items():
         assert documented[name][0] == kind, f"{name}: code says {kind}, catalog {documented[name][0]}"
         assert set(documented[name][1]) == set(labels), f"{name}: code labels {labels}, catalog {documented[name][1]}"
+
+
+def test_derived_signals_in_the_catalog_are_valid_promql(catalog, promtool, tmp_path) -> None:
+    section = CATALOG.read_text().split("## Derived signals", 1)[1]
+    exprs = re.findall(r"(?m)^\| [^|`]+ \| `(.+?)`(?: \(.*\))? \|$", section)
+    assert len(exprs) >= 7
+    for e in exprs:
+        for series in promql_metric_names(e):
+            assert base_metric(series, catalog), f"{series} in {e!r}"
+    rules = {"groups": [{"name": "derived", "rules": [{"record": f"reco:derived_{i}", "expr": e} for i, e in enumerate(exprs)]}]}
+    path = tmp_path / "derived.yml"
+    path.write_text(json.dumps(rules))
+    r = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
