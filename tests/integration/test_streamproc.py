@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from streamproc.broker import free_port
 from streamproc.examples import KIND_CLICK, KIND_COMMENT, KIND_RATING, ExampleBatch
 from streamproc.kafka import client_config, read_all
 from streamproc.publisher import EventPublisher
@@ -128,6 +122,7 @@ def send_raw(settings: Settings, messages: list[tuple[bytes | None, bytes]]) -> 
             pub._producer.send(pub.topic, key=key, value=value)
 
 
+@pytest.mark.slow
 def test_valid_events_become_examples_with_the_real_encoder(settings: Settings, start) -> None:
     w = start(encode_fn=None)  # the real model
     with EventPublisher(settings) as pub:
@@ -226,58 +221,3 @@ def test_duplicates_are_dropped(settings: Settings, start) -> None:
     ex.until(50)
     assert sorted(ex.ids()) == sorted(f"e{i}" for i in range(50))
     ex.close()
-
-
-def test_two_workers_share_the_partitions_and_produce_each_example_once(settings: Settings, start) -> None:
-    a = start()
-    wait_for(lambda: len(a.worker.assigned) == 4, what="first worker owns every partition")
-    send_raw(settings, [(f"u{i % 40}".encode(), raw_event("click", f"a{i}", f"u{i % 40}", "m")) for i in range(2000)])
-    b = start()
-    wait_for(lambda: len(a.worker.assigned) + len(b.worker.assigned) == 4 and a.worker.assigned and b.worker.assigned,
-             what="partitions split between the two workers")
-    assert not (a.worker.assigned & b.worker.assigned)
-    send_raw(settings, [(f"u{i % 40}".encode(), raw_event("click", f"b{i}", f"u{i % 40}", "m")) for i in range(2000)])
-    ex = Examples(settings)
-    ex.until(4000)
-    assert a.worker.examples_acked > 0 and b.worker.examples_acked > 0
-    # stopping one hands its partitions back to the other
-    b.stop()
-    wait_for(lambda: len(a.worker.assigned) == 4, what="partitions handed back")
-    send_raw(settings, [(f"u{i % 40}".encode(), raw_event("click", f"c{i}", f"u{i % 40}", "m")) for i in range(1000)])
-    ex.until(5000)
-    a.stop()
-    time.sleep(0)  # nothing more may arrive: both workers stopped and committed
-    ids = ex.ids()
-    ex.close()
-    assert len(ids) == 5000 and len(set(ids)) == 5000
-
-
-def test_reco_streamproc_serves_metrics_and_exits_cleanly_on_sigterm(settings: Settings) -> None:
-    port = free_port()
-    env = {**os.environ, "RECO_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "RECO_TOPIC_PREFIX": settings.topic_prefix,
-           "RECO_METRICS_PORT": str(port), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "streamproc.cli", "streamproc"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        with EventPublisher(settings) as pub:
-            for i in range(20):
-                pub.rating(user_id=f"u{i}", item_id="m1", rating=3.0)
-        ex = Examples(settings)
-        ex.until(20, timeout=90)
-        ex.close()
-
-        def scraped() -> str:
-            try:
-                return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
-            except OSError:
-                return ""
-
-        wait_for(lambda: 'reco_streamproc_examples_produced_total{kind="rating"} 20.0' in scraped(), what="/metrics")
-        assert "reco_streamproc_consumer_lag_messages" in scraped()
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
-        assert proc.returncode == 0, err
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
