@@ -284,6 +284,7 @@ class KafkaIO:
         self.pusher: Pusher | None = None
         self._producer: Any = None
         self._requests_task: asyncio.Task[None] | None = None
+        self._producer_task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.producer_ok = False
         self.requests_ok = False
@@ -299,7 +300,7 @@ class KafkaIO:
             self.pusher = Pusher(self.settings, self.store, self._send_threadsafe, self.metrics)
             self.store.listeners.append(self.pusher.on_swap)
             self.pusher.start()
-        asyncio.create_task(self._start_producer())
+        self._producer_task = asyncio.create_task(self._start_producer())
         self._requests_task = asyncio.create_task(self._serve_requests())
 
     async def _start_producer(self) -> None:
@@ -380,12 +381,13 @@ class KafkaIO:
                     pass
 
     async def stop(self) -> None:
-        if self._requests_task is not None:
-            self._requests_task.cancel()
-            try:
-                await self._requests_task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
-                pass
+        for task in (self._requests_task, self._producer_task):
+            if task is not None and not task.done():
+                task.cancel()
+                try:
+                    await task
+                except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                    pass
         if self.pusher is not None:
             self.pusher.stop()
             await asyncio.to_thread(self.pusher.join, 5)

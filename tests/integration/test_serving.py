@@ -189,3 +189,36 @@ def test_corrupt_update_rejected_last_good_keeps_serving(s: Settings, producer: 
         assert client.get("/v1/users/u1/recommendations").json()["version"] == 1
         _publish(producer, s, [sm.delta(5)])
         _wait(lambda: _version(client) == 2, "next good delta")
+
+
+def test_reco_serve_process_serves_and_exits_cleanly_on_sigterm(s: Settings, producer: KafkaProducer) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+
+    from streamproc.broker import free_port
+
+    _publish(producer, s, SyntheticModel(10, 50, 4).snapshot())
+    port = free_port()
+    env = {**os.environ, "RECO_KAFKA_BOOTSTRAP": s.kafka_bootstrap, "RECO_TOPIC_PREFIX": s.topic_prefix, "RECO_HTTP_PORT": str(port)}
+    proc = subprocess.Popen([sys.executable, "-m", "streamproc.cli", "serve"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        def ready() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        _wait(ready, "reco serve ready")
+        body = httpx.get(f"http://127.0.0.1:{port}/v1/users/u1/recommendations?k=3").json()
+        assert body["version"] == 1 and len(body["items"]) == 3
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        err = proc.communicate()[1]
+    assert "Traceback" not in err
