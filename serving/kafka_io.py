@@ -10,6 +10,15 @@ Threads and the event loop:
   their refreshed top-k (rate-limited per user) and hands the messages to the loop's producer.
 - :class:`KafkaIO` (event loop, aiokafka): one producer (events from ``POST /v1/events``,
   request replies, pushes) and the ``{prefix}serving`` consumer group on the requests topic.
+
+Messages (JSON):
+
+- request (``rec-requests``, key: user_id): ``{"request_id", "user_id", "k": 10, "exclude_seen": true}``
+- reply (``recommendations``, key: user_id, header ``correlation_id`` = request_id):
+  ``{"request_id", "user_id", "items": [{"item_id", "score"}], "version", "fallback", "reason": "request"}``,
+  or ``{"request_id", "user_id", "error": <code>, "message"}`` for an invalid request (no reply
+  when the request has no usable ``request_id``; counted as ``status="invalid"`` either way)
+- push (``recommendations``, key: user_id): as a reply, with ``"reason": "push"`` and ``"created"``
 """
 
 from __future__ import annotations
