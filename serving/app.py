@@ -24,6 +24,7 @@ Examples
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import json
@@ -55,6 +56,8 @@ log = logging.getLogger(__name__)
 
 # (topic, [(key, value, headers)]) → awaitable; replaces Kafka in unit tests.
 EventSink = Callable[[str, list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]], Awaitable[None]]
+
+PUBLISH_TIMEOUT_S = 10.0  # a write waits at most this long for Kafka, then gets a 503
 
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
@@ -210,9 +213,9 @@ def create_app(
         if messages:
             try:
                 if state["kafka"] is not None:
-                    await state["kafka"].publish(topics.events, messages)
+                    await asyncio.wait_for(state["kafka"].publish(topics.events, messages), PUBLISH_TIMEOUT_S)
                 elif event_sink is not None:
-                    await event_sink(topics.events, messages)
+                    await asyncio.wait_for(event_sink(topics.events, messages), PUBLISH_TIMEOUT_S)
                 else:
                     return _error(503, "kafka_unavailable", "no Kafka producer")
             except Exception as exc:  # noqa: BLE001 - broker trouble is the client's 503, not a 500

@@ -160,3 +160,14 @@ def test_swap_is_visible_to_the_next_request() -> None:
         assert client.get("/v1/users/u1/recommendations").json()["version"] == 1
         store.apply(sm.delta(10).encode())
         assert client.get("/v1/users/u1/recommendations").json()["version"] == 2
+
+
+def test_events_get_503_when_kafka_refuses() -> None:
+    async def broken(topic: str, messages: list[Any]) -> None:
+        raise ConnectionError("broker down")
+
+    settings = Settings(api_key=KEY)
+    app = create_app(settings, start_kafka=False, registry=CollectorRegistry(), event_sink=broken)
+    with TestClient(app) as client:
+        r = client.post("/v1/events", json=[_event()], headers={"X-API-Key": KEY})
+    assert r.status_code == 503 and r.json()["detail"] == "kafka_unavailable"
