@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 POLL_TIMEOUT_MS = 50  # the consume loop never blocks longer than this while idle (freshness)
 MAX_POLL_RECORDS = 8  # example batches per poll: keeps the loop (and publishing) responsive
 _LAG_EVERY_S = 1.0
+SETTLE_MIN_S, SETTLE_MAX_S = 1.2, 15.0  # before leaving the group: see _settle_group
 _HEADER_SLACK = 2048  # bytes reserved for the fixed header fields and safetensors framing
 
 
@@ -154,6 +155,7 @@ class TrainerWorker:
         self._fatal: BaseException | None = None
         self._lock = threading.RLock()  # the poll loop vs. rebalance callbacks (kafka-python I/O thread)
         self._commit_due = False
+        self._stopping = False
         self._mem_seq: int | None = None  # checkpoint seq the in-memory state equals (skip reloads)
         self._reset_pending()
         self._ids_since_ckpt: list[str] = []
@@ -177,13 +179,15 @@ class TrainerWorker:
             while not stop.is_set():
                 self.step()
             with self._lock:
+                self._stopping = True
                 self._deactivate("shutdown")
+            self._settle_group()
         finally:
             self.close()
         return 0
 
     def open(self) -> None:
-        from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+        from kafka import ConsumerRebalanceListener, KafkaProducer
 
         cfg = client_config(self.settings)
         worker = self
@@ -196,12 +200,38 @@ class TrainerWorker:
                 worker._guard(worker._on_assigned, assigned)
 
         self._producer = KafkaProducer(
-            linger_ms=0, acks=1, max_request_size=max(2 * self.settings.max_message_bytes, 1_048_576), **cfg)
+            linger_ms=0, acks=1, enable_idempotence=False, max_request_size=max(2 * self.settings.max_message_bytes, 1_048_576), **cfg)
+        self._listener = _Listener()
+        self._open_consumer()
+
+    def _open_consumer(self) -> None:
+        from kafka import KafkaConsumer
+
         self._consumer = KafkaConsumer(
             group_id=self.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
-            max_poll_records=MAX_POLL_RECORDS, fetch_max_wait_ms=POLL_TIMEOUT_MS, **GROUP_TIMEOUTS, **cfg)
-        self._consumer.subscribe([self.topics.examples], listener=_Listener())
+            max_poll_records=MAX_POLL_RECORDS, fetch_max_wait_ms=POLL_TIMEOUT_MS, **GROUP_TIMEOUTS,
+            **client_config(self.settings))
+        self._consumer.subscribe([self.topics.examples], listener=self._listener)
         log.info("trainer joined group %s on %s (standby until assigned)", self.group_id, self.topics.examples)
+
+    def _settle_group(self) -> None:
+        """Before leaving the group, let any rebalance in progress complete (records are ignored).
+
+        Tansu elects a member that leaves during a rebalance as the group's leader anyway and the
+        group then never completes a join: a standby that started joining just before this trainer
+        stopped (a rolling update) would wait for ever. Leaving from a stable group hands the
+        partition over at once. Polls for at least one heartbeat interval to learn of a rebalance.
+        """
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        if coordinator is None or not hasattr(coordinator, "stable"):
+            return
+        start = time.monotonic()
+        while time.monotonic() - start < SETTLE_MAX_S:
+            settled = coordinator.stable() and not coordinator.need_rejoin()
+            if settled and time.monotonic() - start >= SETTLE_MIN_S:
+                return
+            self._consumer.poll(timeout_ms=100)
+        log.warning("leaving group %s while a rebalance is still in progress", self.group_id)
 
     def close(self) -> None:
         if self._consumer is not None:
@@ -235,25 +265,27 @@ class TrainerWorker:
         if self._fatal is not None:
             raise RecoError(f"trainer cannot continue: {self._fatal}") from self._fatal
         with self._lock:  # kafka-python runs rebalance callbacks on its I/O thread
-            if not self.active:
-                return
-            for tp, msgs in records.items():
-                for msg in msgs:
-                    self._learn_message(tp, msg)
-                    if self._delta_due():
-                        self.publish_delta()
-            if self._delta_due():
-                self.publish_delta()
-            if self._need_snapshot or (self.examples_learned or self._mem_seq is not None) and self._snapshot_due():
-                self.publish_snapshot()
-            now = time.monotonic()
-            if now - self._last_ckpt >= self.settings.checkpoint_interval_s:
-                self.checkpoint()
-            if now - self._last_lag >= _LAG_EVERY_S:
-                self._update_lag()
+            if self.active:
+                self._learn_and_publish(records)
         if self._commit_due:
             self._commit_due = False
             self._commit_hint()
+
+    def _learn_and_publish(self, records: dict[Any, list[Any]]) -> None:
+        for tp, msgs in records.items():
+            for msg in msgs:
+                self._learn_message(tp, msg)
+                if self._delta_due():
+                    self.publish_delta()
+        if self._delta_due():
+            self.publish_delta()
+        if self._need_snapshot or (self.examples_learned or self._mem_seq is not None) and self._snapshot_due():
+            self.publish_snapshot()
+        now = time.monotonic()
+        if now - self._last_ckpt >= self.settings.checkpoint_interval_s:
+            self.checkpoint()
+        if now - self._last_lag >= _LAG_EVERY_S:
+            self._update_lag()
 
     # ------------------------------------------------------------------ learning
     def _learn_message(self, tp: Any, msg: Any) -> None:
@@ -494,6 +526,9 @@ class TrainerWorker:
     def _on_assigned(self, assigned: Any) -> None:
         self.assignments += 1
         mine = [tp for tp in assigned if tp.topic == self.topics.examples]
+        if self._stopping:
+            log.info("assignment while stopping: not taking it (leaving the group)")
+            return
         if not mine:
             self.metrics.active.set(0)
             log.info("no examples partition assigned: standby")

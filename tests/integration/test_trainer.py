@@ -121,9 +121,10 @@ def test_standby_takes_over_when_the_active_trainer_stops(settings: Settings, tm
     try:
         produce(s, [make_batch(0, 50)])
         wait_for(lambda: a.worker.examples_learned + b.worker.examples_learned >= 50, "first examples learned")
+        # the group is stable: both joined, exactly one owns the partition (either may, after the join)
+        wait_for(lambda: a.worker.assignments and b.worker.assignments and a.worker.active != b.worker.active,
+                 "one active trainer and one standby")
         first, standby = (a, b) if a.worker.active else (b, a)
-        # the group is stable (the standby completed its join with no partition) before the first stops
-        wait_for(lambda: standby.worker.assignments and first.worker.active, "the second trainer on standby")
         assert standby.registry.get_sample_value("reco_trainer_active") == 0
         v_before = first.worker.version
         first.close()  # clean stop: final delta + checkpoint, leaves the group
