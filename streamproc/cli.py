@@ -390,7 +390,7 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     p = bench.add_parser("encoder", help="comment encoder throughput: micro-batcher vs the plain batched model")
     p.add_argument("--n", type=int, default=2000, help="texts (real ml-latest-small tags)")
     p.add_argument("--single", type=int, default=100, help="texts encoded one at a time for the low-load number")
-    p.add_argument("--rounds", type=int, default=4, help="interleaved rounds of raw model vs micro-batcher")
+    p.add_argument("--rounds", type=int, default=10, help="interleaved rounds of raw model vs micro-batcher")
     p.add_argument("--no-quantize", action="store_true", help="skip the int8 comparison")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_bench_encoder)

@@ -52,7 +52,7 @@ class TextEncoder:
     threads
         ``torch.set_num_threads`` for inference.
     quantize
-        Apply int8 dynamic quantization to the ``Linear`` layers.
+        Apply int8 dynamic quantization (per-channel weights) to the ``Linear`` layers.
 
     Examples
     --------
@@ -85,7 +85,11 @@ class TextEncoder:
             raise RecoError(f"could not load the encoder from {model_dir}: {exc}") from exc
         model.eval()
         if quantize:
-            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+            # Per-channel weights: on 2,000 real tags cosine to fp32 is 0.966 mean / 0.86 min,
+            # against 0.929 / 0.77 per-tensor; still not close enough to be the default.
+            from torch.ao.quantization import per_channel_dynamic_qconfig
+
+            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
         self._model = model
         self._torch = torch
         self.max_tokens = _max_tokens(model_dir, self._tokenizer, model)
