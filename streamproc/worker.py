@@ -51,7 +51,7 @@ from prometheus_client import CollectorRegistry
 
 from streamproc.dedupe import Deduper
 from streamproc.encoder import EncodeFn, MicroBatcher
-from streamproc.errors import InvalidEvent, RecoError
+from streamproc.errors import BrokerUnavailable, InvalidEvent, RecoError
 from streamproc.events import EventValidator
 from streamproc.examples import KIND_CLICK, KIND_COMMENT, KIND_RATING, RECORD_DTYPE, ExampleBatch
 from streamproc.kafka import GROUP_TIMEOUTS, client_config
@@ -196,6 +196,7 @@ class StreamWorker:
         self._committed: dict[Any, int] = {}
         self._positions: dict[Any, int] = {}
         self._rebalancing = False
+        self._unacked = 0
         self._failure: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
@@ -220,6 +221,8 @@ class StreamWorker:
         finally:
             self._batcher.close()
         if self._failure is not None:
+            if isinstance(self._failure, RecoError):
+                raise self._failure
             raise RecoError(f"stream worker stopped: {self._failure}") from self._failure
 
     def close(self) -> None:
@@ -243,10 +246,18 @@ class StreamWorker:
             fetch_max_wait_ms=self.fetch_max_wait_ms, max_partition_fetch_bytes=4 * 1024 * 1024,
             **GROUP_TIMEOUTS, **client_config(s, aio=True),
         )
-        await self._producer.start()
+        from aiokafka.errors import KafkaError
+
+        try:
+            await self._producer.start()
+        except KafkaError as exc:
+            raise BrokerUnavailable(f"no Kafka broker reachable at {s.kafka_bootstrap} ({exc})") from exc
         try:
             self._consumer.subscribe([self.topics.events], listener=_Listener(self))
-            await self._consumer.start()
+            try:
+                await self._consumer.start()
+            except KafkaError as exc:
+                raise BrokerUnavailable(f"no Kafka broker reachable at {s.kafka_bootstrap} ({exc})") from exc
             tasks = [asyncio.ensure_future(c) for c in (self._emitter(), self._acker(), self._lag_updater())]
             log.info("stream worker joined group %s on %s", self.group_id, self.topics.events)
             try:
@@ -407,6 +418,7 @@ class StreamWorker:
         n_dead = sum(len(c.dead_letters) for c in ready)
         kinds_list = [c.kinds for c in ready if c.kinds]
         kinds = np.concatenate([np.asarray(k, np.uint8) for k in kinds_list]) if kinds_list else None
+        self._unacked += 1
         await self._ack_q.put(_Ack(futures, offsets, kinds, n_dead))
 
     async def _send(self, out: "_Columns") -> Any:
@@ -438,7 +450,6 @@ class StreamWorker:
             except Exception as exc:  # noqa: BLE001 - not acknowledged: stop without committing
                 log.error("the broker did not acknowledge examples/dead letters: %s", exc)
                 self._failure = exc
-                self._ack_q.task_done()
                 return
             self._committable.update(ack.offsets)
             if ack.kinds is not None:
@@ -451,7 +462,7 @@ class StreamWorker:
                 self.metrics.dead_letters.inc(ack.dead_letters)
                 self.dead_letters_acked += ack.dead_letters
             self.last_acked_at = time.perf_counter()
-            self._ack_q.task_done()
+            self._unacked -= 1
             if time.monotonic() - last_commit >= self.commit_interval_s and self._ack_q.empty():
                 await self._commit()
                 last_commit = time.monotonic()
@@ -472,8 +483,8 @@ class StreamWorker:
         while any(self._pending.values()) and not self._failure:
             self._wake.set()
             await asyncio.sleep(0.005)
-        if not self._failure:
-            await self._ack_q.join()
+        while self._unacked and not self._failure:
+            await asyncio.sleep(0.002)
         if not self._failure:
             await self._commit()
 

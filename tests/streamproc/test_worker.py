@@ -1,0 +1,53 @@
+"""Stream worker pieces that need no broker: arguments, group id, metrics, unreachable Kafka."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from streamproc.broker import free_port
+from streamproc.errors import BrokerUnavailable
+from streamproc.metrics import StreamMetrics
+from streamproc.settings import Settings
+from streamproc.worker import StreamWorker, group_id
+
+
+def fake_encode(texts):
+    return np.zeros((len(texts), 384), np.float32)
+
+
+def test_group_id_follows_the_topic_prefix() -> None:
+    assert group_id(Settings(topic_prefix="app.")) == "app.streamproc"
+
+
+def test_arguments_are_checked() -> None:
+    with pytest.raises(ValueError, match="max_poll_records"):
+        StreamWorker(Settings(), registry=CollectorRegistry(), encode_fn=fake_encode, max_poll_records=0)
+    with pytest.raises(ValueError, match="commit_interval_s"):
+        StreamWorker(Settings(), registry=CollectorRegistry(), encode_fn=fake_encode, commit_interval_s=-1)
+
+
+def test_metric_names_match_the_catalog() -> None:
+    reg = CollectorRegistry()
+    m = StreamMetrics(reg)
+    m.consumed_by_type["invalid"].inc()
+    m.invalid("too_large", 2)
+    m.examples_by_kind[2].inc()
+    m.consumer_lag.labels(topic="t", partition="0").set(5)
+    m.stage_latency.observe(0.01)
+    assert reg.get_sample_value("reco_streamproc_events_invalid_total", {"reason": "too_large"}) == 2
+    assert reg.get_sample_value("reco_streamproc_examples_produced_total", {"kind": "comment"}) == 1
+    assert reg.get_sample_value("reco_streamproc_consumer_lag_messages", {"topic": "t", "partition": "0"}) == 5
+    names = {metric.name for metric in reg.collect()}
+    assert names == {
+        "reco_streamproc_events_consumed", "reco_streamproc_events_invalid", "reco_streamproc_dead_letters",
+        "reco_streamproc_duplicates", "reco_streamproc_examples_produced", "reco_streamproc_encode_batch_size",
+        "reco_streamproc_encode_duration_seconds", "reco_streamproc_stage_latency_seconds", "reco_streamproc_consumer_lag_messages",
+    }
+
+
+def test_unreachable_kafka_is_a_clear_error() -> None:
+    w = StreamWorker(Settings(kafka_bootstrap=f"127.0.0.1:{free_port()}"), registry=CollectorRegistry(), encode_fn=fake_encode)
+    with pytest.raises(BrokerUnavailable, match="no Kafka broker reachable"):
+        w.run()
