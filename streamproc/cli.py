@@ -272,8 +272,64 @@ def _bench_events(n: int, comments: int, invalid: int, *, duplicates: int = 0) -
     return events, ids
 
 
+def _publish_slowly(settings: Settings, n: int, rate: float) -> dict[str, str]:
+    """Publish ``n`` events at ``rate``/s (every 10th a comment), each sent on its own; event_id -> kind."""
+    from streamproc.publisher import EventPublisher
+
+    texts = _bench_texts(n // 10 + 1)
+    out: dict[str, str] = {}
+    with EventPublisher(settings, linger_ms=0) as pub:
+        t0 = time.perf_counter()
+        for i in range(n):
+            ahead = i / rate - (time.perf_counter() - t0)
+            if ahead > 0:
+                time.sleep(ahead)
+            eid = f"low{i}"
+            if i % 10 == 9:
+                pub.comment(user_id=f"lu{i}", item_id="m1", text=texts[i // 10], event_id=eid)
+                out[eid] = "comment"
+            else:
+                pub.rating(user_id=f"lu{i}", item_id="m1", rating=4.0, event_id=eid)
+                out[eid] = "rating"
+            pub.flush()
+    return out
+
+
+def _raw_consume_rate(settings: Settings, topic: str, n: int) -> float:
+    """Anchor: a plain aiokafka consumer (no group, no parsing) reading the same topic."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from streamproc.kafka import client_config
+
+    async def go() -> float:
+        c = AIOKafkaConsumer(enable_auto_commit=False, auto_offset_reset="earliest", fetch_max_wait_ms=20,
+                             max_partition_fetch_bytes=4 * 1024 * 1024, **client_config(settings, aio=True))
+        await c.start()
+        try:
+            parts = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or [])]
+            c.assign(parts)
+            await c.seek_to_beginning(*parts)
+            got, t0, t1 = 0, None, time.perf_counter()
+            deadline = time.monotonic() + 120
+            while got < n and time.monotonic() < deadline:
+                for recs in (await c.getmany(timeout_ms=500, max_records=4000)).values():
+                    if t0 is None:
+                        t0 = time.perf_counter()
+                    got += len(recs)
+                    t1 = time.perf_counter()
+            return got / (t1 - t0) if t0 is not None and t1 > t0 else 0.0
+        finally:
+            await c.stop()
+
+    return asyncio.run(go())
+
+
 def _cmd_bench_ingest(args: argparse.Namespace, settings: Settings) -> int:
     import threading
+
+    import numpy as np
 
     from prometheus_client import CollectorRegistry
 
@@ -305,15 +361,27 @@ def _cmd_bench_ingest(args: argparse.Namespace, settings: Settings) -> int:
         while (worker.examples_acked + worker.dead_letters_acked < len(events) and time.monotonic() < deadline
                and thread.is_alive()):
             time.sleep(0.02)
+        elapsed = (worker.last_acked_at or 0) - (worker.first_consumed_at or 0)
+        # Low load: the same worker, events published one by one at a steady rate.
+        latency_ids = _publish_slowly(s, args.latency_events, args.latency_rate) if args.latency_events and thread.is_alive() else {}
+        target = len(events) + len(latency_ids)
+        while worker.examples_acked + worker.dead_letters_acked < target and time.monotonic() < deadline and thread.is_alive():
+            time.sleep(0.02)
         stop.set()
         thread.join()
         if failure:
             raise RecoError(f"stream worker failed: {failure[0]}")
-        elapsed = (worker.last_acked_at or 0) - (worker.first_consumed_at or 0)
         topics = Topics.from_settings(s)
         got: list[str] = []
+        lat: dict[str, list[float]] = {"rating": [], "comment": []}
         for m in read_all(s, topics.examples):
-            got.extend(ExampleBatch.decode(m.value).event_ids)
+            b = ExampleBatch.decode(m.value)
+            got.extend(b.event_ids)
+            for eid, rec in zip(b.event_ids, b.records):
+                kind = latency_ids.get(eid)
+                if kind:
+                    lat[kind].append(float(rec["processed"] - rec["published"]))
+        got_bench = [e for e in got if e not in latency_ids]
         dead = read_all(s, topics.dead_letters)
         dead_ids: set[str] = set()
         reasons: dict[str, int] = {}
@@ -327,12 +395,20 @@ def _cmd_bench_ingest(args: argparse.Namespace, settings: Settings) -> int:
         # non-JSON dead letters carry no event_id: account for them by count
         accounted = set(got) | dead_ids
         unparsable = len(dead) - len(dead_ids)
-        lost = max(0, len(ids - accounted) - unparsable)
+        lost = max(0, len(ids - accounted) - unparsable) + len(set(latency_ids) - set(got))
+        raw_consume = _raw_consume_rate(s, topics.events, len(events) + len(latency_ids))
     out = {
         "events": len(events), "rating_click_events": args.n, "comments": args.comments, "invalid": len(dead),
-        "invalid_by_reason": reasons, "examples": len(got), "duplicates_in_examples": len(got) - len(set(got)),
+        "invalid_by_reason": reasons, "examples": len(got_bench), "duplicates_in_examples": len(got) - len(set(got)),
         "lost": lost, "seconds": round(elapsed, 3), "events_per_s": round(len(events) / elapsed, 1) if elapsed > 0 else None,
         "publish_events_per_s": round(pub.events_per_s, 1),
+        "raw_consume_events_per_s": round(raw_consume, 1),
+        "low_load": {
+            "rate_per_s": args.latency_rate,
+            **{f"{k}_latency_ms_{q}": round(1000 * float(np.quantile(v, p)), 1)
+               for k, v in lat.items() if v for q, p in (("p50", 0.5), ("p99", 0.99))},
+            "note": "Kafka record timestamp of the event -> example emitted (examples.processed - published)",
+        },
         "target_events_per_s": 20000, "client": "aiokafka (consumer group + producer)",
     }
     if args.json:
@@ -400,6 +476,8 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     p.add_argument("--comments", type=int, default=200, help="comment events (real tags) mixed in")
     p.add_argument("--invalid", type=int, default=1000, help="invalid messages mixed in")
     p.add_argument("--timeout", type=float, default=300.0)
+    p.add_argument("--latency-events", type=int, default=200, help="events published one by one afterwards (low-load latency)")
+    p.add_argument("--latency-rate", type=float, default=50.0, help="their rate, events/s")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_bench_ingest)
 
