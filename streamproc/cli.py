@@ -152,7 +152,10 @@ def _cmd_streamproc(args: argparse.Namespace, settings: Settings) -> int:
     signal.signal(signal.SIGTERM, handler)
     worker = StreamWorker(s)
     if not args.no_metrics:
-        start_http_server(port, addr=settings.metrics_host)
+        try:
+            start_http_server(port, addr=settings.metrics_host)
+        except OSError as exc:
+            raise RecoError(f"RECO_METRICS_PORT={port}: cannot serve /metrics on {settings.metrics_host}:{port} ({exc})") from exc
         log.info("metrics on http://%s:%d/metrics", settings.metrics_host, port)
     worker.run(stop)
     return 0

@@ -321,7 +321,8 @@ class StreamWorker:
                 users.append(ev.user_id)
                 items.append(ev.item_id)
                 times.append(ev.event_time)
-                pub.append(rec.timestamp / 1000.0)
+                ts = rec.timestamp
+                pub.append(ts / 1000.0 if ts > 0 else time.time())  # no timestamp (old formats): now
                 id_bytes += len(ev.event_id) + len(ev.user_id) + len(ev.item_id)
             chunk.id_bytes = id_bytes
             chunk.next_offset = records[-1].offset + 1
