@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -50,7 +52,6 @@ class Supervisor:
     settings: Settings
     roles: dict[str, list[str]] = field(default_factory=lambda: {r: [r] for r in ROLES})
     role_env: dict[str, dict[str, str]] = field(default_factory=dict)
-    config_file: str | None = None
     restart: bool = True
     log: Any = sys.stderr
     _roles: dict[str, Role] = field(default_factory=dict, init=False)
@@ -58,16 +59,11 @@ class Supervisor:
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     def base_env(self) -> dict[str, str]:
+        """The children run with exactly the supervisor's settings (not just its environment)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("RECO_")}
         env["HF_HUB_OFFLINE"] = "1"
         env["PYTHONUNBUFFERED"] = "1"
-        for k, v in os.environ.items():
-            if k.startswith("RECO_"):
-                env[k] = v
-        if self.config_file:
-            env["RECO_CONFIG"] = self.config_file
-        env["RECO_KAFKA_BOOTSTRAP"] = self.settings.kafka_bootstrap
-        env["RECO_TOPIC_PREFIX"] = self.settings.topic_prefix
+        env.update(self.settings.to_env())
         return env
 
     def start(self) -> "Supervisor":
@@ -151,13 +147,18 @@ class Supervisor:
 
 
 @contextlib.contextmanager
-def running_loop(settings: Settings, *, config_file: str | None = None, log: Any = sys.stderr,
+def running_loop(settings: Settings, *, log: Any = sys.stderr,
                  roles: dict[str, list[str]] | None = None) -> Iterator[tuple[Settings, Supervisor]]:
     """Broker (embedded unless configured) + topics + supervised roles, torn down on exit."""
-    with embedded_or_configured(settings) as s:
-        sup = Supervisor(s, config_file=config_file, log=log, **({"roles": roles} if roles else {}))
-        with sup:
-            yield s, sup
+    with contextlib.ExitStack() as stack:
+        s = stack.enter_context(embedded_or_configured(settings))
+        if not settings.kafka_bootstrap:
+            # The embedded broker keeps nothing across runs, so checkpoints of an earlier run would
+            # point at offsets that no longer exist: each embedded run checkpoints afresh.
+            ckpt = stack.enter_context(tempfile.TemporaryDirectory(prefix="reco-checkpoints-"))
+            s = dataclasses.replace(s, checkpoint_dir=ckpt)
+        sup = stack.enter_context(Supervisor(s, log=log, **({"roles": roles} if roles else {})))
+        yield s, sup
 
 
 def _stop_flag() -> threading.Event:
@@ -187,7 +188,7 @@ def wait_http(url: str, timeout: float = 120.0, stop: threading.Event | None = N
 
 def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     stop = _stop_flag()
-    with running_loop(settings, config_file=args.config) as (s, sup):
+    with running_loop(settings) as (s, sup):
         base = f"http://{s.http_host}:{s.http_port}"
         print(f"reco up: broker {s.kafka_bootstrap}; API {base}/v1/users/<id>/recommendations; "
               f"dashboard {base}/dashboard; metrics {base}/metrics, :9101/metrics, :9102/metrics (Ctrl-C to stop)",
@@ -220,7 +221,7 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     events = load_events(args.dataset or DEFAULT_DATASET)[: args.limit]
     rate = None if args.speed == "max" else float(args.speed)
     log = open(args.log_file, "a") if args.log_file else sys.stderr
-    with running_loop(settings, config_file=args.config, log=log) as (s, sup):
+    with running_loop(settings, log=log) as (s, sup):
         base = f"http://{s.http_host}:{s.http_port}"
         if not wait_http(f"{base}/healthz", 180, stop):
             print("reco demo: serving did not come up; see the log above", file=sys.stderr)

@@ -166,6 +166,15 @@ class Settings:
             cfg["ssl_cafile"] = self.kafka_ssl_cafile
         return cfg
 
+    def to_env(self) -> dict[str, str]:
+        """``RECO_*`` variables reproducing every non-default setting (for child processes)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value != f.default:
+                out["RECO_" + f.name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
+        return out
+
     def redacted(self) -> dict[str, Any]:
         """All settings with secrets masked: safe to log."""
         return {
