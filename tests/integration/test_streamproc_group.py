@@ -35,3 +35,33 @@ def test_two_workers_share_the_partitions_and_produce_each_example_once(settings
     # both workers stopped and committed: read the whole topic, nothing may be duplicated
     ids = [e for m in read_all(settings, Topics.from_settings(settings).examples) for e in ExampleBatch.decode(m.value).event_ids]
     assert len(ids) == 5000 and len(set(ids)) == 5000
+
+
+def test_rebalances_while_events_flow_lose_and_duplicate_nothing(settings: Settings, start) -> None:
+    import threading
+
+    from streamproc.publisher import EventPublisher
+
+    n = 20_000
+    published = threading.Event()
+
+    def publish() -> None:
+        with EventPublisher(settings) as pub:
+            for i in range(n):
+                pub.click(user_id=f"u{i % 100}", item_id="m", event_id=f"f{i}")
+                if i % 200 == 0:
+                    pub.flush()
+        published.set()
+
+    a = start()
+    wait_for(lambda: len(a.worker.assigned) == 4, what="first worker owns every partition")
+    threading.Thread(target=publish, daemon=True).start()
+    wait_for(lambda: a.worker.examples_acked > 0, what="first examples")
+    b = start()  # joins mid-stream: a drains and commits what it gives away
+    wait_for(lambda: b.worker.examples_acked > 0 or published.is_set(), what="second worker working")
+    b.stop()  # leaves mid-stream (if the publisher is still going): hands its partitions back
+    wait_for(published.is_set, what="publisher done")
+    wait_for(lambda: a.worker.examples_acked + b.worker.examples_acked >= n, what="every event processed")
+    a.stop()
+    ids = [e for m in read_all(settings, Topics.from_settings(settings).examples) for e in ExampleBatch.decode(m.value).event_ids]
+    assert len(ids) == n and len(set(ids)) == n
