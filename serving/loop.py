@@ -147,8 +147,8 @@ class Supervisor:
 
 
 @contextlib.contextmanager
-def running_loop(settings: Settings, *, log: Any = sys.stderr,
-                 roles: dict[str, list[str]] | None = None) -> Iterator[tuple[Settings, Supervisor]]:
+def running_loop(settings: Settings, *, log: Any = sys.stderr, roles: dict[str, list[str]] | None = None,
+                 role_env: dict[str, dict[str, str]] | None = None) -> Iterator[tuple[Settings, Supervisor]]:
     """Broker (embedded unless configured) + topics + supervised roles, torn down on exit."""
     with contextlib.ExitStack() as stack:
         s = stack.enter_context(embedded_or_configured(settings))
@@ -157,7 +157,7 @@ def running_loop(settings: Settings, *, log: Any = sys.stderr,
             # point at offsets that no longer exist: each embedded run checkpoints afresh.
             ckpt = stack.enter_context(tempfile.TemporaryDirectory(prefix="reco-checkpoints-"))
             s = dataclasses.replace(s, checkpoint_dir=ckpt)
-        sup = stack.enter_context(Supervisor(s, log=log, **({"roles": roles} if roles else {})))
+        sup = stack.enter_context(Supervisor(s, log=log, role_env=role_env or {}, **({"roles": roles} if roles else {})))
         yield s, sup
 
 

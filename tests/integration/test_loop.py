@@ -1,0 +1,213 @@
+"""The closed loop as users meet it: ``reco up``'s supervisor running the real roles as processes
+on the embedded broker; feedback changes a user's recommendations over HTTP and on the topic; a
+real Prometheus scrapes every role; two streamproc workers and two serving replicas scale out."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import pytest
+
+from serving.loop import running_loop
+from streamproc.broker import free_port
+from streamproc.examples import ExampleBatch
+from streamproc.kafka import client_config, read_all
+from streamproc.publisher import EventPublisher
+from streamproc.settings import Settings
+from streamproc.topics import Topics
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+_spec = importlib.util.spec_from_file_location("prom", Path(__file__).resolve().parents[1] / "deploy" / "prom.py")
+prom = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(prom)  # type: ignore[union-attr]
+
+
+def poll(fn: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+
+
+def _settings(**kw: Any) -> tuple[Settings, dict[str, int]]:
+    ports = {"http": free_port(), "streamproc": free_port(), "trainer": free_port()}
+    s = Settings(
+        http_port=ports["http"],
+        topic_prefix=f"loop{uuid.uuid4().hex[:6]}.",
+        dashboard_sources=f"http://127.0.0.1:{ports['streamproc']}/metrics,http://127.0.0.1:{ports['trainer']}/metrics",
+        snapshot_interval_s=5.0,
+        **kw,
+    )
+    return s, ports
+
+
+def _rating(user: str, item: str, rating: float) -> dict[str, Any]:
+    return {"type": "rating", "user_id": user, "item_id": item, "rating": rating}
+
+
+def _seed_events(n_users: int = 40, n_items: int = 60) -> list[dict[str, Any]]:
+    import random
+
+    rng = random.Random(7)
+    return [_rating(f"u{rng.randrange(n_users)}", f"i{rng.randrange(n_items)}", rng.choice([1.0, 2.0, 3.0, 4.0, 5.0]))
+            for _ in range(1500)]
+
+
+@pytest.fixture(scope="module")
+def loop() -> Iterator[tuple[Settings, dict[str, int], io.StringIO]]:
+    settings, ports = _settings()
+    log = io.StringIO()
+    role_env = {"streamproc": {"RECO_METRICS_PORT": str(ports["streamproc"])}, "trainer": {"RECO_METRICS_PORT": str(ports["trainer"])}}
+    with running_loop(settings, log=log, role_env=role_env) as (s, sup):
+        base = f"http://127.0.0.1:{ports['http']}"
+        poll(lambda: _ok(f"{base}/healthz"), 120, "serving /healthz", 0.3)
+        with EventPublisher(s) as pub:
+            for ev in _seed_events():
+                pub.publish(ev)
+        try:
+            poll(lambda: _ok(f"{base}/readyz"), 120, "serving /readyz (a model loaded)", 0.3)
+        except AssertionError:
+            print(log.getvalue()[-5000:])
+            raise
+        yield s, ports, log
+        codes = sup.stop()
+    assert all(c == 0 for c in codes.values()), (codes, log.getvalue()[-3000:])
+
+
+def _ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_feedback_changes_recommendations_over_http_and_topic(loop: tuple[Settings, dict[str, int], io.StringIO]) -> None:
+    s, ports, log = loop
+    base = f"http://127.0.0.1:{ports['http']}"
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(Topics.from_settings(s).recommendations, auto_offset_reset="latest", **client_config(s))
+    consumer.poll(200)
+    user = f"new-{uuid.uuid4().hex[:6]}"
+    before = httpx.get(f"{base}/v1/users/{user}/recommendations", params={"k": 5}).json()
+    assert before["fallback"] is True
+    liked = before["items"][0]["item_id"]
+    with EventPublisher(s) as pub:
+        pub.rating(user_id=user, item_id=liked, rating=5.0)
+        pub.comment(user_id=user, item_id="i1", text="an absolute delight, loved every minute")
+
+    def personalised() -> dict | None:
+        body = httpx.get(f"{base}/v1/users/{user}/recommendations", params={"k": 5}).json()
+        return body if not body["fallback"] else None
+
+    after = poll(personalised, 30, "the user's own recommendations")
+    assert after["version"] > before["version"]
+    assert liked not in [i["item_id"] for i in after["items"]]  # exclude_seen: the rated item is gone
+
+    def pushed() -> dict | None:
+        for msgs in consumer.poll(200).values():
+            for m in msgs:
+                if m.key == user.encode():
+                    return json.loads(m.value)
+        return None
+
+    push = poll(pushed, 30, "a push of the user's refreshed top-k on the recommendations topic", 0)
+    consumer.close()
+    assert push["user_id"] == user and push["items"]
+
+
+def test_dashboard_data_sees_every_role(loop: tuple[Settings, dict[str, int], io.StringIO]) -> None:
+    s, ports, _ = loop
+    data = httpx.get(f"http://127.0.0.1:{ports['http']}/dashboard/data", timeout=5).json()
+    assert all(src["up"] for src in data["sources"]), data["sources"]
+
+
+@pytest.mark.skipif(shutil.which("prometheus") is None, reason="Debian prometheus not installed (deploy/system-deps.sh)")
+def test_real_prometheus_scrapes_all_roles(loop: tuple[Settings, dict[str, int], io.StringIO], tmp_path: Path) -> None:
+    s, ports, _ = loop
+    targets = [f"127.0.0.1:{ports[r]}" for r in ("http", "streamproc", "trainer")]
+    port = prom.free_port()
+    config = prom.write_config(prom.scrape_config("reco", targets, interval="1s"), tmp_path / "prometheus.yml")
+    proc = prom.start_prometheus(config, port, tmp_path / "tsdb")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        up = prom.wait_for(url, "sum(up) == 3", timeout=60)
+        assert up
+        with EventPublisher(s) as pub:  # fresh feedback while Prometheus watches
+            for n in range(50):
+                pub.rating(user_id=f"u{n % 7}", item_id=f"i{n % 11}", rating=4.0)
+        q = prom.wait_for(url, "histogram_quantile(0.99, sum by (le) (rate(reco_serving_feedback_latency_seconds_bucket[30s]))) > 0", timeout=60)
+        p99 = float(q[0]["value"][1])
+        assert 0 < p99 < 600
+        for expr in ["reco_trainer_drift_detections_total", "reco_streamproc_events_consumed_total",
+                     "reco_trainer_prequential_rmse", "reco_serving_model_version"]:
+            assert prom.wait_for(url, expr, timeout=30), expr
+        jobs = {r["metric"]["instance"] for r in prom.query(url, "up == 1")}
+        assert jobs == set(targets)
+    finally:
+        prom.stop(proc)
+
+
+def test_two_streamproc_workers_and_two_replicas() -> None:
+    settings, ports = _settings()
+    p2, h2 = free_port(), free_port()
+    roles = {"streamproc-1": ["streamproc"], "streamproc-2": ["streamproc"], "trainer": ["trainer"], "serve-1": ["serve"], "serve-2": ["serve"]}
+    role_env = {"streamproc-1": {"RECO_METRICS_PORT": str(ports["streamproc"])}, "streamproc-2": {"RECO_METRICS_PORT": str(p2)},
+                "trainer": {"RECO_METRICS_PORT": str(ports["trainer"])}, "serve-2": {"RECO_HTTP_PORT": str(h2)}}
+    log = io.StringIO()
+    with running_loop(settings, log=log, roles=roles, role_env=role_env) as (s, sup):
+        bases = [f"http://127.0.0.1:{ports['http']}", f"http://127.0.0.1:{h2}"]
+        for b in bases:
+            poll(lambda b=b: _ok(f"{b}/healthz"), 120, f"{b}/healthz", 0.3)
+
+        def split() -> bool:
+            text = log.getvalue()
+            return "streamproc-1" in text and "streamproc-2" in text and text.count("partitions assigned") >= 2 and _two_owners(s, ports["streamproc"], p2)
+
+        poll(split, 90, "both workers to own partitions", 0.5)
+        events = _seed_events()
+        with EventPublisher(s) as pub:
+            ids = [pub.publish(ev) for ev in events]
+
+        def examples() -> list[str] | None:
+            got = [e for m in read_all(s, Topics.from_settings(s).examples, idle_ms=500) for e in ExampleBatch.decode(m.value).event_ids]
+            return got if len(got) >= len(ids) else None
+
+        got = poll(examples, 60, "every event as an example", 1.0)
+        assert sorted(got) == sorted(ids)  # each event turned into an example exactly once
+
+        def converged() -> tuple | None:
+            bodies = [httpx.get(f"{b}/v1/users/u3/recommendations", params={"k": 10}).json() for b in bases]
+            versions = [httpx.get(f"{b}/readyz").json().get("version") for b in bases]
+            if bodies[0] == bodies[1] and versions[0] == versions[1] and not bodies[0]["fallback"]:
+                return bodies[0], versions[0]
+            return None
+
+        body, version = poll(converged, 60, "both replicas on the same version with identical answers", 0.5)
+        assert version >= 1 and body["items"]
+
+
+def _two_owners(s: Settings, port1: int, port2: int) -> bool:
+    owned = []
+    for port in (port1, port2):
+        try:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+        except httpx.HTTPError:
+            return False
+        owned.append({line.split('partition="')[1].split('"')[0] for line in text.splitlines()
+                      if line.startswith("reco_streamproc_consumer_lag_messages{")})
+    return bool(owned[0]) and bool(owned[1]) and not (owned[0] & owned[1]) and len(owned[0] | owned[1]) == s.partitions
