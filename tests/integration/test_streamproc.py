@@ -101,6 +101,12 @@ class Examples:
         assert self.count() >= n, f"{self.count()} examples, expected {n}"
         return self.batches
 
+    def poll(self, timeout_ms: int = 200) -> list[str]:
+        """Read what has arrived; returns every event_id so far."""
+        for msgs in self.consumer.poll(timeout_ms=timeout_ms).values():
+            self.batches.extend(ExampleBatch.decode(m.value) for m in msgs)
+        return self.ids()
+
     def count(self) -> int:
         return sum(len(b) for b in self.batches)
 
