@@ -50,6 +50,8 @@ class TrainerMetrics:
             "reco_trainer_prequential_hit_rate_at_10", "Prequential hit rate@10 of the next interaction", ["window"], registry=r)
         self.drift_detections = Counter(
             "reco_trainer_drift_detections_total", "Drift detections, by signal (error|rating|sentiment)", ["signal"], registry=r)
+        for signal in ("error", "rating", "sentiment"):  # export 0 from the start so increase() sees the first one
+            self.drift_detections.labels(signal=signal)
         self.model_version = Gauge(
             "reco_trainer_model_version", "Version of the last model update published", registry=r)
         self.updates_published = Counter(
