@@ -35,6 +35,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -241,7 +242,7 @@ def create_app(
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     routes = [
-        Route("/v1/users/{user_id:str}/recommendations", recommendations, methods=["GET"]),
+        Route("/v1/users/{user_id:path}/recommendations", recommendations, methods=["GET"]),
         Route("/v1/events", events, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
@@ -270,7 +271,11 @@ def create_app(
             metrics.ready.set(0)
             metrics.kafka_connected.set(0)
 
-    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(_Timing, metrics=metrics, names=names)])
+    async def http_error(request: Request, exc: Exception) -> Response:  # 404/405 as JSON like every other error
+        code = getattr(exc, "status_code", 500)
+        return _error(code, {404: "not_found", 405: "method_not_allowed"}.get(code, "http_error"), str(getattr(exc, "detail", "")))
+
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error}, middleware=[Middleware(_Timing, metrics=metrics, names=names)])
     app.state.store = store
     app.state.metrics = metrics
     app.state.registry = registry
