@@ -265,3 +265,4 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     from serving.freshness import register_bench
 
     register_bench(bench)
+    from serving.faults import register_bench as _faults; _faults(bench)  # noqa: E702
