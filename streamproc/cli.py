@@ -174,6 +174,8 @@ def _bench_texts(n: int) -> list[str]:
 
 
 def _cmd_bench_encoder(args: argparse.Namespace, settings: Settings) -> int:
+    import os
+
     import numpy as np
 
     from streamproc.encoder import MicroBatcher, TextEncoder, get_encoder
@@ -212,6 +214,7 @@ def _cmd_bench_encoder(args: argparse.Namespace, settings: Settings) -> int:
     out: dict[str, Any] = {
         "texts": len(texts), "dataset": "ml-latest-small tags.csv", "model": settings.encoder_dir,
         "batch_size": bs, "max_wait_ms": settings.encode_max_wait_ms, "torch_threads": settings.torch_threads,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
         "load_s": round(load_s, 2),
         "comments_per_s": round(len(texts) / mb_s, 1),
         "raw_model_comments_per_s": round(len(texts) / raw_s, 1),

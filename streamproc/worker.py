@@ -12,9 +12,10 @@ Per fetched batch and partition the worker
 2. drops events whose ``event_id`` is in the de-duplication window;
 3. hands comment texts to the :class:`~streamproc.encoder.MicroBatcher` (encoded on its own
    thread);
-4. queues the partition's examples as a *chunk*; chunks are emitted per partition in offset order
-   as soon as their comments are encoded, so ratings/clicks only wait behind comments of the same
-   partition that came before them;
+4. queues the partition's examples as *chunks* (a new chunk starts at the first comment after
+   comment-free events); chunks are emitted per partition in offset order as soon as their
+   comments are encoded, so ratings/clicks only wait behind comments of the same partition that
+   came before them;
 5. after the broker acknowledged the examples and dead letters of a chunk, its offsets become
    committable (committed every ``commit_interval_s`` and before giving partitions away):
    at-least-once, nothing lost on a crash.
@@ -289,6 +290,7 @@ class StreamWorker:
         for tp, records in data.items():
             if not records:
                 continue
+            queue = self._pending.setdefault(tp, deque())
             chunk = _Chunk(tp)
             ids, users, items, kinds, targets, times, pub = (
                 chunk.event_ids, chunk.user_ids, chunk.item_ids, chunk.kinds, chunk.targets, chunk.event_times, chunk.published)
@@ -313,6 +315,15 @@ class StreamWorker:
                     kinds.append(KIND_CLICK)
                     targets.append(_NAN)
                 else:
+                    if kinds and not chunk.comments:
+                        # The events before the first comment need not wait for its encoding.
+                        chunk.id_bytes, chunk.next_offset = id_bytes, rec.offset
+                        queue.append(chunk)
+                        chunk = _Chunk(tp)
+                        ids, users, items, kinds, targets, times, pub = (
+                            chunk.event_ids, chunk.user_ids, chunk.item_ids, chunk.kinds, chunk.targets, chunk.event_times,
+                            chunk.published)
+                        id_bytes = 0
                     n_comment += 1
                     chunk.comments.append((len(kinds), submit(ev.text)))
                     kinds.append(KIND_COMMENT)
@@ -329,7 +340,7 @@ class StreamWorker:
             self._positions[tp] = chunk.next_offset
             if chunk.comments:  # wake the emitter when the last comment of the chunk is encoded
                 chunk.comments[-1][1].add_done_callback(self._wake_threadsafe)
-            self._pending.setdefault(tp, deque()).append(chunk)
+            queue.append(chunk)
         m = self.metrics.consumed_by_type
         for label, n in (("rating", n_rating), ("click", n_click), ("comment", n_comment), ("invalid", n_invalid)):
             if n:
