@@ -78,6 +78,9 @@ class TextEncoder:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         import torch
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # workers log to stderr line by line, no bars
 
         self.model_dir = model_dir
         self.threads = threads

@@ -238,26 +238,28 @@ class StreamWorker:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._ack_q: asyncio.Queue[_Ack] = asyncio.Queue()
+        from aiokafka.errors import KafkaError
+
         self._producer = AIOKafkaProducer(
             acks="all", linger_ms=1, max_batch_size=s.max_message_bytes, max_request_size=s.max_message_bytes,
             **client_config(s, aio=True),
         )
-        self._consumer = AIOKafkaConsumer(
-            group_id=self.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
-            fetch_max_wait_ms=self.fetch_max_wait_ms, max_partition_fetch_bytes=4 * 1024 * 1024,
-            **GROUP_TIMEOUTS, **client_config(s, aio=True),
-        )
-        from aiokafka.errors import KafkaError
-
         try:
             await self._producer.start()
         except KafkaError as exc:
+            await self._producer.stop()
             raise BrokerUnavailable(f"no Kafka broker reachable at {s.kafka_bootstrap} ({exc})") from exc
         try:
+            self._consumer = AIOKafkaConsumer(
+                group_id=self.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
+                fetch_max_wait_ms=self.fetch_max_wait_ms, max_partition_fetch_bytes=4 * 1024 * 1024,
+                **GROUP_TIMEOUTS, **client_config(s, aio=True),
+            )
             self._consumer.subscribe([self.topics.events], listener=_Listener(self))
             try:
                 await self._consumer.start()
             except KafkaError as exc:
+                await self._consumer.stop()
                 raise BrokerUnavailable(f"no Kafka broker reachable at {s.kafka_bootstrap} ({exc})") from exc
             tasks = [asyncio.ensure_future(c) for c in (self._emitter(), self._acker(), self._lag_updater())]
             log.info("stream worker joined group %s on %s", self.group_id, self.topics.events)
