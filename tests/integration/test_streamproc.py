@@ -227,3 +227,33 @@ def test_duplicates_are_dropped(settings: Settings, start) -> None:
     ex.until(50)
     assert sorted(ex.ids()) == sorted(f"e{i}" for i in range(50))
     ex.close()
+
+
+def test_ratings_only_wait_behind_comments_of_their_own_partition(settings: Settings, start) -> None:
+    release = threading.Event()
+
+    def slow_encode(texts: list[str]) -> np.ndarray:
+        release.wait(60)  # the encoder is "busy" until the test lets it go
+        return fake_encode(texts)
+
+    w = start(encode_fn=slow_encode)
+    wait_for(lambda: len(w.worker.assigned) == 4, what="partitions assigned")
+    with EventPublisher(settings) as pub:
+        before = pub.rating(user_id="c", item_id="m0", rating=2.0)
+        comment = pub.comment(user_id="c", item_id="m1", text="slow to encode")
+        ratings = {f"u{i}": pub.rating(user_id=f"u{i}", item_id="m2", rating=4.0) for i in range(24)}
+        after = pub.rating(user_id="c", item_id="m3", rating=3.0)
+    part = {json.loads(m.value)["user_id"]: m.partition for m in read_all(settings, Topics.from_settings(settings).events)}
+    elsewhere = {ratings[u] for u in ratings if part[u] != part["c"]}
+    behind = {ratings[u] for u in ratings if part[u] == part["c"]} | {after}
+    assert elsewhere, "some users land on other partitions"
+    ex = Examples(settings)
+    wait_for(lambda: elsewhere | {before} <= set(ex.poll()), what="ratings of other partitions and the one before the comment")
+    assert not (behind | {comment}) & set(ex.ids()), "events after a pending comment keep their partition's order"
+    release.set()
+    wait_for(lambda: behind | {comment} <= set(ex.poll()), what="the rest once the comment is encoded")
+    ids = ex.ids()
+    ex.close()
+    order = [e for e in ids if e in behind | {comment, before}]
+    assert order.index(before) < order.index(comment) < order.index(after)
+    w.stop()
