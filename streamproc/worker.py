@@ -137,6 +137,22 @@ class _Columns:
         self.rows += end - start
         self.bytes += est
 
+    def slice(self, start: int, end: int) -> "_Columns":
+        """Rows ``start:end`` as new columns (embeddings re-indexed)."""
+        out = _Columns()
+        out.event_ids, out.user_ids, out.item_ids = self.event_ids[start:end], self.user_ids[start:end], self.item_ids[start:end]
+        out.kinds, out.targets = self.kinds[start:end], self.targets[start:end]
+        out.event_times, out.published = self.event_times[start:end], self.published[start:end]
+        out.emb_rows = []
+        for r in self.emb_rows[start:end]:
+            if r >= 0:
+                out.emb_rows.append(len(out.embs))
+                out.embs.append(self.embs[r])
+            else:
+                out.emb_rows.append(-1)
+        out.rows = end - start
+        return out
+
 
 class StreamWorker:
     """A stream worker, usable in-process (``run(stop_event)`` in a thread) or as ``reco streamproc``.
@@ -423,20 +439,20 @@ class StreamWorker:
                     k += 1
                 est = (end - start) * per_row + sum(4 * v.size for _, v in vectors[j:k])
                 if out.rows and out.bytes + est > limit:
-                    futures.append(await self._send(out))
+                    futures.extend(await self._send(out))
                     out = _Columns()
                 out.add(chunk, start, end, vectors[j:k], est)
                 j = k
         if out.rows:
-            futures.append(await self._send(out))
+            futures.extend(await self._send(out))
         n_dead = sum(len(c.dead_letters) for c in ready)
         kinds_list = [c.kinds for c in ready if c.kinds]
         kinds = np.concatenate([np.asarray(k, np.uint8) for k in kinds_list]) if kinds_list else None
         self._unacked += 1
         await self._ack_q.put(_Ack(futures, offsets, kinds, n_dead))
 
-    async def _send(self, out: "_Columns") -> Any:
-        """Send one ExampleBatch message; returns the delivery future."""
+    async def _send(self, out: "_Columns") -> list[Any]:
+        """Send ``out`` as one ExampleBatch message (halved until it fits); returns delivery futures."""
         now = time.time()
         batch = ExampleBatch.build(
             event_ids=out.event_ids, user_ids=out.user_ids, item_ids=out.item_ids, kinds=out.kinds,
@@ -444,11 +460,16 @@ class StreamWorker:
             processed=np.full(out.rows, now), emb_rows=out.emb_rows,
             embeddings=np.stack(out.embs).astype(np.float32, copy=False) if out.embs else None,
         )
-        fut = await self._producer.send(self.topics.examples, value=batch.encode())
+        value = batch.encode()
+        if len(value) > self.settings.max_message_bytes - 1024 and out.rows > 1:
+            # The size estimate was off (e.g. long non-ASCII ids escaped in JSON): split, keep order.
+            half = out.rows // 2
+            return [*(await self._send(out.slice(0, half))), *(await self._send(out.slice(half, out.rows)))]
+        fut = await self._producer.send(self.topics.examples, value=value)
         observe = self.metrics.stage_latency.observe
         for p in out.published:
             observe(now - p)
-        return fut
+        return [fut]
 
     async def _acker(self) -> None:
         """Await acknowledgements in emission order; advance the committable offsets."""

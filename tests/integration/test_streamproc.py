@@ -257,3 +257,16 @@ def test_ratings_only_wait_behind_comments_of_their_own_partition(settings: Sett
     order = [e for e in ids if e in behind | {comment, before}]
     assert order.index(before) < order.index(comment) < order.index(after)
     w.stop()
+
+
+def test_example_messages_stay_under_the_message_size_limit(settings: Settings) -> None:
+    small = Settings(**{**settings.__dict__, "max_message_bytes": 10_000})
+    users = [f"user-{'é' * 200}-{i}" for i in range(60)]  # JSON escapes each é to 6 bytes: the estimate is low
+    send_raw(small, [(u.encode(), raw_event("click", f"s{i}", u, "m" * 200)) for i, u in enumerate(users)])
+    w = Running(small, encode_fn=fake_encode)
+    ex = Examples(small)
+    ex.until(60)
+    w.stop()
+    ex.close()
+    assert sorted(ex.ids()) == sorted(f"s{i}" for i in range(60))
+    assert all(len(m.value) <= 10_000 for m in read_all(small, Topics.from_settings(small).examples))

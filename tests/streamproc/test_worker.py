@@ -51,3 +51,16 @@ def test_unreachable_kafka_is_a_clear_error() -> None:
     w = StreamWorker(Settings(kafka_bootstrap=f"127.0.0.1:{free_port()}"), registry=CollectorRegistry(), encode_fn=fake_encode)
     with pytest.raises(BrokerUnavailable, match="no Kafka broker reachable"):
         w.run()
+
+
+def test_example_columns_slice_keeps_rows_and_reindexes_embeddings() -> None:
+    from streamproc.worker import _Chunk, _Columns
+
+    chunk = _Chunk(tp=None, event_ids=["a", "b", "c"], user_ids=["u"] * 3, item_ids=["i"] * 3, kinds=[0, 2, 2],
+                   targets=[1.0, 2.0, 3.0], event_times=[1.0, 2.0, 3.0], published=[1.0, 2.0, 3.0])
+    cols = _Columns()
+    cols.add(chunk, 0, 3, [(1, np.full(4, 1.0, np.float32)), (2, np.full(4, 2.0, np.float32))], 0.0)
+    tail = cols.slice(2, 3)
+    assert tail.event_ids == ["c"] and tail.emb_rows == [0] and float(tail.embs[0][0]) == 2.0 and tail.rows == 1
+    head = cols.slice(0, 2)
+    assert head.emb_rows == [-1, 0] and float(head.embs[0][0]) == 1.0
