@@ -208,6 +208,7 @@ class StreamWorker:
             settings, encode_fn, on_batch=lambda n, s: (m.encode_batch_size.observe(n), m.encode_duration.observe(s))
         )
         self._stop = threading.Event()
+        self._ran = False
         self._pending: dict[Any, deque[_Chunk]] = {}
         self._committable: dict[Any, int] = {}
         self._committed: dict[Any, int] = {}
@@ -232,7 +233,11 @@ class StreamWorker:
     # ------------------------------------------------------------------ public API
     def run(self, stop_event: threading.Event | None = None) -> None:
         """Consume until ``stop_event`` (or :meth:`close`) is set; then finish in-flight work,
-        commit and return. Raises :class:`~streamproc.errors.RecoError` if Kafka fails for good."""
+        commit and return. Raises :class:`~streamproc.errors.RecoError` if Kafka fails for good.
+        A worker runs once; build a new one to run again."""
+        if self._ran:
+            raise RecoError("this stream worker has already run; build a new one")
+        self._ran = True
         try:
             asyncio.run(self._main(stop_event or threading.Event()))
         finally:

@@ -64,3 +64,13 @@ def test_example_columns_slice_keeps_rows_and_reindexes_embeddings() -> None:
     assert tail.event_ids == ["c"] and tail.emb_rows == [0] and float(tail.embs[0][0]) == 2.0 and tail.rows == 1
     head = cols.slice(0, 2)
     assert head.emb_rows == [-1, 0] and float(head.embs[0][0]) == 1.0
+
+
+def test_a_worker_runs_once() -> None:
+    from streamproc.errors import RecoError
+
+    w = StreamWorker(Settings(kafka_bootstrap=f"127.0.0.1:{free_port()}"), registry=CollectorRegistry(), encode_fn=fake_encode)
+    with pytest.raises(BrokerUnavailable):
+        w.run()
+    with pytest.raises(RecoError, match="already run"):
+        w.run()
