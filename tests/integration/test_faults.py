@@ -90,3 +90,78 @@ def test_kill_9_each_role_under_load_loses_nothing(loop: tuple[FaultHarness, io.
     assert acct["outside_bounds"] == [], acct
     assert acct["relearned_by_trainer"] <= acct["trainer_relearn_bound"]
     assert {r: h.sup.restarts(r) for r in ROLES} == {r: 1 for r in ROLES}  # each killed once, nothing else crashed
+
+
+def test_broker_outage_keeps_serving_and_recovers(tmp_path: Path) -> None:
+    """Stop the (memory-only) broker for 10 s, restart it on the same port, recreate the topics
+    (the test does it, like an operator's ``reco topics create``): serving answers with its last
+    model throughout, ``/readyz`` goes 503 ``kafka_unreachable`` (metric
+    ``reco_serving_kafka_connected`` 0) and back to 200, and events published after the restart
+    are learned and become visible."""
+    from streamproc.broker import EmbeddedBroker
+    from streamproc.kafka import create_topics
+
+    broker = EmbeddedBroker().start()
+    try:
+        settings, ports, role_env = loop_settings(kafka_bootstrap=broker.bootstrap, checkpoint_dir=str(tmp_path / "ck"))
+        create_topics(settings)
+        log = io.StringIO()
+        with running_loop(settings, log=log, role_env=role_env) as (s, sup):
+            h = FaultHarness(s, sup, ports)
+            try:
+                poll(lambda: h.readyz()[0] in (200, 503), 180, "serving up", 0.3)
+                h.publish(synthetic_events(1500, prefix="pre"))
+                h.wait_ready()
+                url = f"{h.base}/v1/users/u1/recommendations"
+                version = httpx.get(url).json()["version"]
+                broker.stop()
+                code, body = poll(lambda: (r := h.readyz())[0] == 503 and r, 60, "/readyz 503 while the broker is down")
+                assert "kafka_unreachable" in body["reasons"]
+                assert scrape(f"{h.base}/metrics").get("reco_serving_kafka_connected") == 0
+                down_until = time.monotonic() + 10
+                while time.monotonic() < down_until:  # the outage: serving keeps answering with its last model
+                    r = httpx.get(url, timeout=5)
+                    assert r.status_code == 200 and r.json()["version"] >= version and r.json()["items"]
+                    time.sleep(0.5)
+                broker.start()
+                create_topics(s)  # memory-only storage: the topics are gone
+                poll(lambda: h.readyz()[0] == 200, 120, "/readyz 200 after the broker is back", 0.5)
+                assert scrape(f"{h.base}/metrics").get("reco_serving_kafka_connected") == 1
+                # Events after the restart: streamproc and serving pick up the recreated topics. KNOWN
+                # LOSS (documented, not fixed): the trainer resumes at its checkpoint's offset on the
+                # recreated, empty examples topic, so the first `resume` example messages written
+                # after the restart are skipped; a durable Kafka keeps its offsets and loses nothing.
+                from trainer.checkpoint import CheckpointStore
+
+                resume = CheckpointStore(s.checkpoint_dir).latest().offsets[f"{h.topics.examples}:0"]
+                user = "after-outage"
+                post = [(t, u, v.replace(b'"user_id": "' + u.encode() + b'"', b'"user_id": "after-outage"') if n % 2 else v)
+                        for n, (t, u, v) in enumerate(synthetic_events(3000, prefix="post", invalid_every=0, comment_every=0))]
+                h.publish(post, rate=1000)
+                poll(lambda: not httpx.get(f"{h.base}/v1/users/{user}/recommendations").json().get("fallback", True),
+                     120, "the post-outage user's own recommendations", 0.5)
+                from streamproc.examples import ExampleBatch
+                from streamproc.kafka import read_all
+
+                # KNOWN LOSS 2: the stream workers also keep their fetch positions across the outage, so
+                # events at offsets below them on the recreated events topic are not turned into examples.
+                sizes: list[int] = []
+
+                def split() -> tuple[set[str], set[str]] | None:
+                    skipped, kept = set(), set()
+                    for m in read_all(s, h.topics.examples, idle_ms=500):
+                        (skipped if m.offset < resume else kept).update(ExampleBatch.decode(m.value).event_ids)
+                    sizes.append(len(skipped | kept))
+                    return (skipped, kept) if len(sizes) > 2 and sizes[-1] == sizes[-3] else None  # stopped growing
+
+                skipped, kept = poll(split, 60, "the post-outage examples to settle", 2.0)
+                poll(lambda: kept <= set(h.learned()), 60, "post-outage examples after the resume offset learned", 1.0)
+                assert kept and not skipped & set(h.learned())  # the documented loss: exactly the messages before `resume`
+                print(f"broker outage: {len(skipped | kept)} of 3000 post-restart events became examples; trainer resume "
+                      f"offset {resume} skipped {len(skipped)}, learned {len(kept)}")
+                assert {r: sup.restarts(r) for r in ROLES} == {r: 0 for r in ROLES}
+            except (TimeoutError, AssertionError):
+                print(log.getvalue()[-8000:])
+                raise
+    finally:
+        broker.stop()
