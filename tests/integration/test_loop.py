@@ -9,7 +9,6 @@ import io
 import json
 import os
 import shutil
-import time
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -17,6 +16,7 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
+from serving.faults import poll
 from serving.loop import running_loop
 from streamproc.broker import free_port
 from streamproc.examples import ExampleBatch
@@ -30,17 +30,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 _spec = importlib.util.spec_from_file_location("prom", Path(__file__).resolve().parents[1] / "deploy" / "prom.py")
 prom = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(prom)  # type: ignore[union-attr]
-
-
-def poll(fn: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
 
 
 def _settings(**kw: Any) -> tuple[Settings, dict[str, int]]:
