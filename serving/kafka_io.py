@@ -324,12 +324,22 @@ class KafkaIO:
                 await producer.start()
                 self._producer = producer
                 self.producer_ok = True
-                return
+                break
             except Exception as exc:  # noqa: BLE001
                 log.warning("producer: Kafka not reachable (%s); retrying", exc)
                 await producer.stop()
                 await asyncio.sleep(backoff)
                 backoff = min(2 * backoff, 5.0)
+        # A failed send marks the producer unhealthy; without this probe it would stay so until the
+        # next push happened to succeed (readiness stuck at 503 after a broker outage).
+        while True:
+            await asyncio.sleep(1.0)
+            if not self.producer_ok and self._producer is not None:
+                try:
+                    await asyncio.wait_for(self._producer.partitions_for(self.topics.recommendations), 2.0)
+                    self.producer_ok = True
+                except Exception:  # noqa: BLE001 - still unreachable
+                    pass
 
     async def publish(self, topic: str, messages: list[Message]) -> None:
         """Send and wait for the broker's acknowledgement of every message."""
