@@ -133,6 +133,7 @@ def run_freshness(settings: Settings, *, probes: int = 30, comment_probes: int =
     vis, com = results["rating"], results["comment"]
     return {
         "p50_s": _q(vis["visible"], 0.5),
+        "p95_s": _q(vis["visible"], 0.95),
         "p99_s": _q(vis["visible"], 0.99),
         "max_s": _q(vis["visible"], 1.0),
         "mean_s": round(statistics.fmean(vis["visible"]), 4) if vis["visible"] else None,
@@ -141,6 +142,7 @@ def run_freshness(settings: Settings, *, probes: int = 30, comment_probes: int =
         "probes": len(vis["visible"]),
         "probes_missed": len(vis["missed"]),
         "comment_p50_s": _q(com["visible"], 0.5),
+        "comment_p95_s": _q(com["visible"], 0.95),
         "comment_p99_s": _q(com["visible"], 0.99),
         "comment_version_live_p50_s": _q(com["pushed"], 0.5),
         "comment_probes": len(com["visible"]),
