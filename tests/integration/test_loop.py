@@ -194,3 +194,47 @@ def _split(log: str, partitions: int) -> bool:
             latest[line.split()[0]] = set(json.loads(line.split("partitions assigned:")[1]))
     owned = list(latest.values())
     return len(owned) == 2 and all(owned) and not (owned[0] & owned[1]) and len(owned[0] | owned[1]) == partitions
+
+
+def test_dashboard_in_chromium_shows_the_live_loop(loop: tuple[Settings, dict[str, int], io.StringIO], browser: Any) -> None:
+    """The built-in page against the real running roles: live numbers from every role."""
+    import threading
+
+    s, ports, _ = loop
+    driver = browser
+    driver.get(f"http://127.0.0.1:{ports['http']}/dashboard")
+
+    def value(key: str) -> float | None:
+        raw = driver.find_element("id", f"val-{key}").get_attribute("data-value")
+        return float(raw) if raw else None
+
+    stop = threading.Event()
+
+    def feedback() -> None:  # real events through the real loop while the page is open
+        with EventPublisher(s) as pub:
+            n = 0
+            while not stop.is_set():
+                pub.rating(user_id=f"u{n % 31}", item_id=f"i{n % 53}", rating=float(1 + n % 5))
+                n += 1
+                if n % 20 == 0:
+                    pub.flush()
+                    stop.wait(0.05)
+
+    feeder = threading.Thread(target=feedback, daemon=True)
+    feeder.start()
+    try:
+        poll(lambda: (value("events_per_s") or 0) > 0, 60, "events/s from streamproc on the page", 0.2)
+        poll(lambda: value("rmse_recent") is not None, 60, "prequential RMSE from the trainer on the page", 0.2)
+        first = poll(lambda: value("model_version"), 60, "the serving model version on the page", 0.2)
+        poll(lambda: (value("model_version") or 0) > first, 60, "the model version to move on the page", 0.2)
+        poll(lambda: value("feedback_latency_p50_s") is not None, 60, "feedback latency on the page", 0.2)
+    finally:
+        stop.set()
+        feeder.join(timeout=10)
+    sources = [li.get_attribute("data-up") for li in driver.find_elements("css selector", "#sources li")]
+    assert sources == ["true"] * 3, sources
+    from pathlib import Path as _P
+
+    artifacts = _P(__file__).resolve().parents[2] / "artifacts"
+    artifacts.mkdir(exist_ok=True)
+    assert driver.save_screenshot(str(artifacts / "dashboard-loop.png"))
