@@ -14,8 +14,9 @@ Per fetched batch and partition the worker
    thread);
 4. queues the partition's examples as *chunks* (a new chunk starts at the first comment after
    comment-free events); chunks are emitted per partition in offset order as soon as their
-   comments are encoded, so ratings/clicks only wait behind comments of the same partition that
-   came before them;
+   comments are encoded, and rows of a waiting chunk go out ahead of it when their user has no
+   comment still being encoded before them: order is kept per user (Kafka's key), so one user's
+   burst of comments does not hold back everyone else's ratings;
 5. after the broker acknowledged the examples and dead letters of a chunk, its offsets become
    committable (committed every ``commit_interval_s`` and before giving partitions away):
    at-least-once, nothing lost on a crash.
@@ -90,9 +91,50 @@ class _Chunk:
     comments: list[tuple[int, Future]] = field(default_factory=list)  # (position in chunk, embedding future)
     dead_letters: list[Any] = field(default_factory=list)  # tasks resolving to delivery futures
     id_bytes: int = 0
+    sent: set[int] = field(default_factory=set)  # positions already emitted ahead of the chunk (other users)
 
     def ready(self) -> bool:
         return all(f.done() for _, f in self.comments)
+
+    def rows(self, positions: list[int], *, whole: bool) -> "_Chunk":
+        """The rows at ``positions`` as a chunk of their own; ``whole`` keeps the chunk's offset and
+        dead letters (it completes the chunk), otherwise they stay with this chunk."""
+        sub = _Chunk(self.tp, self.next_offset if whole else 0)
+        for name in ("event_ids", "user_ids", "item_ids", "kinds", "targets", "event_times", "published"):
+            col = getattr(self, name)
+            setattr(sub, name, [col[i] for i in positions])
+        where = {p: n for n, p in enumerate(positions)}
+        sub.comments = [(where[p], f) for p, f in self.comments if p in where]
+        sub.id_bytes = sum(len(sub.event_ids[n]) + len(sub.user_ids[n]) + len(sub.item_ids[n]) for n in range(len(positions)))
+        if whole:
+            sub.dead_letters = self.dead_letters
+        return sub
+
+
+def _unblocked(queue: deque[_Chunk]) -> list[_Chunk]:
+    """Rows of not-yet-ready chunks whose user has no comment still being encoded before them.
+
+    Kafka orders events per key (user); keeping that order is what learning needs. Waiting for the
+    whole partition instead would make every user's ratings wait behind one user's burst of
+    comments (seconds for a burst of hundreds). These rows are emitted now; their offsets become
+    committable only when their chunk completes, so a crash re-emits them (at-least-once).
+    """
+    blocked: set[str] = set()
+    out: list[_Chunk] = []
+    for chunk in queue:
+        pending = {p for p, f in chunk.comments if not f.done()}
+        take = []
+        for pos, user in enumerate(chunk.user_ids):
+            if user in blocked:
+                continue
+            if pos in pending:
+                blocked.add(user)
+            elif pos not in chunk.sent:
+                take.append(pos)
+        if take:
+            chunk.sent.update(take)
+            out.append(chunk.rows(take, whole=False))
+    return out
 
 
 @dataclass
@@ -413,17 +455,24 @@ class StreamWorker:
 
     async def _emit_ready(self) -> None:
         ready: list[_Chunk] = []
+        early: list[_Chunk] = []
         for q in self._pending.values():
             while q and q[0].ready():
-                ready.append(q.popleft())
-        if not ready:
+                chunk = q.popleft()
+                if chunk.sent:  # some rows went out ahead: send the rest, with the chunk's offset
+                    chunk = chunk.rows([i for i in range(len(chunk.kinds)) if i not in chunk.sent], whole=True)
+                ready.append(chunk)
+            if q:
+                early.extend(_unblocked(q))
+        if not ready and not early:
             return
         limit = int(self.settings.max_message_bytes * 0.9) - 4096
         futures: list[Any] = []
         offsets: dict[Any, int] = {}
         out = _Columns()
-        for chunk in ready:
-            offsets[chunk.tp] = chunk.next_offset
+        for chunk in ready + early:  # per user, ready rows precede the early rows of later chunks
+            if chunk.next_offset:
+                offsets[chunk.tp] = chunk.next_offset
             futures.extend(chunk.dead_letters)
             n = len(chunk.kinds)
             if not n:
@@ -451,7 +500,7 @@ class StreamWorker:
         if out.rows:
             futures.extend(await self._send(out))
         n_dead = sum(len(c.dead_letters) for c in ready)
-        kinds_list = [c.kinds for c in ready if c.kinds]
+        kinds_list = [c.kinds for c in ready + early if c.kinds]
         kinds = np.concatenate([np.asarray(k, np.uint8) for k in kinds_list]) if kinds_list else None
         self._unacked += 1
         await self._ack_q.put(_Ack(futures, offsets, kinds, n_dead))

@@ -229,7 +229,7 @@ def test_duplicates_are_dropped(settings: Settings, start) -> None:
     ex.close()
 
 
-def test_ratings_only_wait_behind_comments_of_their_own_partition(settings: Settings, start) -> None:
+def test_events_only_wait_behind_pending_comments_of_their_own_user(settings: Settings, start) -> None:
     release = threading.Event()
 
     def slow_encode(texts: list[str]) -> np.ndarray:
@@ -244,18 +244,19 @@ def test_ratings_only_wait_behind_comments_of_their_own_partition(settings: Sett
         ratings = {f"u{i}": pub.rating(user_id=f"u{i}", item_id="m2", rating=4.0) for i in range(24)}
         after = pub.rating(user_id="c", item_id="m3", rating=3.0)
     part = {json.loads(m.value)["user_id"]: m.partition for m in read_all(settings, Topics.from_settings(settings).events)}
-    elsewhere = {ratings[u] for u in ratings if part[u] != part["c"]}
-    behind = {ratings[u] for u in ratings if part[u] == part["c"]} | {after}
-    assert elsewhere, "some users land on other partitions"
+    same_partition = {ratings[u] for u in ratings if part[u] == part["c"]}
+    assert same_partition, "some users share the commenting user's partition"
     ex = Examples(settings)
-    wait_for(lambda: elsewhere | {before} <= set(ex.poll()), what="ratings of other partitions and the one before the comment")
-    assert not (behind | {comment}) & set(ex.ids()), "events after a pending comment keep their partition's order"
+    # other users (also those of the same partition) do not wait for c's comment to be encoded ...
+    wait_for(lambda: set(ratings.values()) | {before} <= set(ex.poll()), what="every other user's rating")
+    # ... but c's own later rating keeps c's order behind the pending comment
+    assert not {comment, after} & set(ex.ids()), "a user's events stay behind that user's pending comment"
     release.set()
-    wait_for(lambda: behind | {comment} <= set(ex.poll()), what="the rest once the comment is encoded")
+    wait_for(lambda: {comment, after} <= set(ex.poll()), what="the comment and what follows it once encoded")
     ids = ex.ids()
     ex.close()
-    order = [e for e in ids if e in behind | {comment, before}]
-    assert order.index(before) < order.index(comment) < order.index(after)
+    assert ids.index(before) < ids.index(comment) < ids.index(after)
+    assert sorted(ids) == sorted({before, comment, after, *ratings.values()})  # each exactly once
     w.stop()
 
 
