@@ -47,14 +47,34 @@ log = logging.getLogger(__name__)
 Message = tuple[bytes | None, bytes, list[tuple[str, bytes]]]  # key, value, headers
 
 
+def _has_complete_snapshot(values: list[bytes]) -> bool:
+    """Whether ``values`` hold every chunk of some snapshot version."""
+    chunks: dict[int, set[int]] = {}
+    for data in values:
+        h = ModelUpdate.peek_header(data)
+        if h is None or h.get("kind") != "snapshot":
+            continue
+        try:
+            version, chunk, total = int(h["version"]), int(h.get("chunk", 0)), int(h.get("chunks", 1))
+        except (KeyError, TypeError, ValueError):
+            continue
+        got = chunks.setdefault(version, set())
+        got.add(chunk)
+        if len(got) >= total:
+            return True
+    return False
+
+
 class UpdateFollower(threading.Thread):
     """Reads the model-updates topic into a :class:`~serving.store.ModelStore` (daemon thread)."""
 
-    def __init__(self, settings: Settings, store: ModelStore, *, poll_ms: int = 100) -> None:
+    def __init__(self, settings: Settings, store: ModelStore, *, poll_ms: int = 100, catch_up_window: int = 256) -> None:
         super().__init__(name="model-updates", daemon=True)
         self.settings = settings
         self.store = store
         self.poll_ms = poll_ms
+        self.catch_up_window = catch_up_window
+        self.caught_up_from: int | None = None  # first offset read at start-up
         self.topic = Topics.from_settings(settings).model_updates
         self.connected = False
         self.caught_up = threading.Event()
@@ -114,29 +134,41 @@ class UpdateFollower(threading.Thread):
                     pass
 
     def _catch_up(self, consumer: Any, tp: Any) -> None:
+        """Start-up: apply the last complete snapshot and the updates after it.
+
+        Reads a window back from the end of the topic (``catch_up_window`` messages, four times
+        larger until it holds a complete snapshot, at most the whole topic) instead of the whole
+        history: a replica restarted after hours would otherwise fetch every update ever published.
+        """
         t0 = time.perf_counter()
         end = consumer.end_offsets([tp], timeout_ms=15_000)[tp]
         self._mark_ok()
-        count = [0]
+        window = self.catch_up_window
+        while True:
+            start = max(0, end - window)
+            consumer.seek(tp, start)
+            values = list(self._read_to_end(consumer, tp, end))
+            if start == 0 or _has_complete_snapshot(values):
+                break
+            window *= 4
+        self.caught_up_from = start
+        swaps = self.store.catch_up(values)
+        log.info("model-updates: caught up on %d messages from offset %d in %.2f s (%d swaps), serving version %s",
+                 len(values), start, time.perf_counter() - t0, swaps, self.store.version)
 
-        def messages() -> Any:
-            empty = 0
-            while not self._halt.is_set():
-                batch = consumer.poll(timeout_ms=300, max_records=200)
-                recs = [r for part in batch.values() for r in part]
-                for r in recs:
-                    count[0] += 1
-                    self._next_offset = r.offset + 1
-                    yield r.value
-                if consumer.position(tp) >= end:
-                    # Tansu's end offset can lag by a batch: one quiet poll confirms the end.
-                    empty = 0 if recs else empty + 1
-                    if empty >= 1:
-                        return
-
-        swaps = self.store.catch_up(messages())
-        log.info("model-updates: caught up on %d messages in %.2f s (%d swaps), serving version %s",
-                 count[0], time.perf_counter() - t0, swaps, self.store.version)
+    def _read_to_end(self, consumer: Any, tp: Any, end: int) -> Any:
+        empty = 0
+        while not self._halt.is_set():
+            batch = consumer.poll(timeout_ms=300, max_records=200)
+            recs = [r for part in batch.values() for r in part]
+            for r in recs:
+                self._next_offset = r.offset + 1
+                yield r.value
+            if consumer.position(tp) >= end:
+                # Tansu's end offset can lag by a batch: one quiet poll confirms the end.
+                empty = 0 if recs else empty + 1
+                if empty >= 1:
+                    return
 
     def _follow(self, consumer: Any, tp: Any) -> None:
         while not self._halt.is_set():

@@ -58,6 +58,25 @@ class ModelUpdate:
         tensors = {k: np.ascontiguousarray(v) for k, v in self.tensors.items()}
         return save(tensors, metadata={"reco": json.dumps(self.header, separators=(",", ":"))})
 
+    @staticmethod
+    def _header(data: bytes) -> Any:
+        if len(data) < 8:
+            raise ValueError("truncated")
+        hlen = int.from_bytes(data[:8], "little")
+        if hlen <= 0 or 8 + hlen > len(data):
+            raise ValueError("truncated header")
+        meta = json.loads(data[8 : 8 + hlen]).get("__metadata__") or {}
+        return json.loads(meta["reco"])
+
+    @classmethod
+    def peek_header(cls, data: bytes) -> dict[str, Any] | None:
+        """The JSON header alone (no tensors decoded, nothing checked); None if unreadable."""
+        try:
+            header = cls._header(data)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+        return header if isinstance(header, dict) else None
+
     @classmethod
     def decode(cls, data: bytes) -> "ModelUpdate":
         """Parse and sanity-check; any corruption raises :class:`InvalidUpdate`."""
@@ -65,13 +84,7 @@ class ModelUpdate:
         from safetensors.numpy import load
 
         try:
-            if len(data) < 8:
-                raise ValueError("truncated")
-            hlen = int.from_bytes(data[:8], "little")
-            if hlen <= 0 or 8 + hlen > len(data):
-                raise ValueError("truncated header")
-            meta = json.loads(data[8 : 8 + hlen]).get("__metadata__") or {}
-            header = json.loads(meta["reco"])
+            header = cls._header(data)
             tensors = load(bytes(data))
         except (SafetensorError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise InvalidUpdate(f"corrupt model update: {exc}") from None

@@ -222,3 +222,28 @@ def test_reco_serve_process_serves_and_exits_cleanly_on_sigterm(s: Settings, pro
             proc.kill()
         err = proc.communicate()[1]
     assert "Traceback" not in err
+
+
+def test_a_replica_reads_only_the_tail_of_a_long_history(s: Settings, producer: KafkaProducer) -> None:
+    from serving.kafka_io import UpdateFollower
+    from serving.metrics import ServingMetrics
+    from serving.store import ModelStore
+
+    sm = SyntheticModel(30, 100, 4)
+    history = sm.snapshot(max_bytes=4_000) + [sm.delta(5) for _ in range(20)]
+    chunks = sm.snapshot(max_bytes=4_000)  # the last snapshot, in several chunks
+    assert len(chunks) > 1
+    tail = [sm.delta(5) for _ in range(6)]
+    _publish(producer, s, history + chunks + tail)
+    final = ModelUpdate.decode(tail[-1] if isinstance(tail[-1], bytes) else tail[-1].encode()).header["version"]
+    store = ModelStore(s, ServingMetrics(registry=CollectorRegistry()))
+    follower = UpdateFollower(s, store, catch_up_window=4)  # 4 < chunks + tail: the window must grow
+    follower.start()
+    try:
+        _wait(lambda: follower.caught_up.is_set(), "catch-up")
+        assert store.version == final
+        assert store.swaps == 1 + len(tail)  # the last snapshot and the deltas after it
+        assert 0 < follower.caught_up_from <= len(history)  # history before the window was never read
+    finally:
+        follower.stop()
+        follower.join(10)
