@@ -67,13 +67,15 @@ def test_real_prometheus_loads_and_evaluates_the_alert_rules(prometheus, target)
     assert set(loaded) == expected
     # No trainer target exists here, so RecoTrainerDown (absent(up{job="reco-trainer"})) goes pending
     # on the first evaluation; every other rule evaluates cleanly.
+    # Rule groups are evaluated independently: until a group's first evaluation its rules read
+    # health "unknown", so wait for every rule to have been evaluated once.
     deadline = time.monotonic() + 30
     while True:
         active = [a for a in prom.alerts(url) if a["labels"]["alertname"] == "RecoTrainerDown"]
-        if active or time.monotonic() > deadline:
+        loaded = prom.rules(url)
+        if (active and all(r["health"] != "unknown" for r in loaded.values())) or time.monotonic() > deadline:
             break
         time.sleep(0.1)
-    loaded = prom.rules(url)
     assert all(r["health"] == "ok" for r in loaded.values()), {n: r.get("lastError") for n, r in loaded.items()}
     (down,) = active
     assert down["state"] == "pending" and down["labels"]["job"] == "reco-trainer"
