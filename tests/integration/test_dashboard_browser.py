@@ -8,11 +8,12 @@ A screenshot lands in ``artifacts/dashboard.png``.
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
+
+from serving.faults import poll  # the one deadline-poll helper (raises TimeoutError)
 import uvicorn
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from starlette.applications import Starlette
@@ -27,14 +28,7 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 
 
 def wait_for(cond: Callable[[], object], timeout: float, what: str) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.1)
+    return poll(cond, timeout, what, 0.1)
 
 
 @pytest.fixture

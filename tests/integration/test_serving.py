@@ -9,6 +9,8 @@ import warnings
 from typing import Any, Callable, Iterator
 
 import pytest
+
+from serving.faults import poll  # the one deadline-poll helper (raises TimeoutError)
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from prometheus_client import CollectorRegistry
 
@@ -29,13 +31,7 @@ KEY = "k3y"
 
 
 def _wait(cond: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    return poll(cond, timeout, what, 0.05)
 
 
 @pytest.fixture

@@ -10,6 +10,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import pytest
+
+from serving.faults import poll  # the one deadline-poll helper (raises TimeoutError)
 from prometheus_client import CollectorRegistry
 
 from streamproc.examples import KIND_CLICK, KIND_COMMENT, KIND_RATING, ExampleBatch
@@ -74,11 +76,7 @@ def start(settings: Settings) -> Iterator[Callable[..., Running]]:
 
 
 def wait_for(cond: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+    poll(cond, timeout, what, 0.02)
 
 
 class Examples:

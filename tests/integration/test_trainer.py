@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+
+from serving.faults import poll  # the one deadline-poll helper (raises TimeoutError)
 from prometheus_client import CollectorRegistry
 
 from streamproc.examples import KIND_CLICK, KIND_RATING, ExampleBatch
@@ -42,13 +44,7 @@ def produce(settings: Settings, batches: list[ExampleBatch]) -> None:
 
 
 def wait_for(cond: Callable[[], Any], what: str, timeout: float = 90.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    return poll(cond, timeout, what, 0.05)
 
 
 class Running:
