@@ -2,7 +2,9 @@
 
 ==========================================  ====================================================
 ``GET /v1/users/{user_id}/recommendations``  ``?k=10&exclude_seen=true`` → items with scores, the
-                                             model version, whether the fallback was used
+                                             model version, whether the fallback was used; before
+                                             the first model, popularity so far (``"fallback":
+                                             true, "version": null``) once events were seen
 ``POST /v1/events``                          batch of events (JSON list or ``{"events": [...]}``),
                                              validated and published keyed by user; needs
                                              ``X-API-Key``
@@ -10,6 +12,7 @@
 ``GET /readyz``                              200 once a model is loaded and Kafka reachable,
                                              else 503 with the reasons
 ``GET /metrics``                             Prometheus text format
+``GET /try``                                 the "be the user" page (:mod:`serving.try_page`)
 ==========================================  ====================================================
 
 Errors are JSON ``{"detail": <code>, "message": <text>}`` with a bounded ``detail`` code.
@@ -46,7 +49,9 @@ from streamproc.events import SCHEMA_VERSION, EventValidator
 from streamproc.settings import Settings
 from streamproc.topics import Topics
 
-from serving import dashboard
+from serving import dashboard, try_page
+from serving.catalog import Catalog
+from serving.early import EarlyPopularity
 from serving.kafka_io import KafkaIO
 from serving.metrics import ServingMetrics
 from serving.store import ModelStore
@@ -107,6 +112,8 @@ def create_app(
     *,
     registry: CollectorRegistry | None = None,
     event_sink: EventSink | None = None,
+    catalog: Catalog | None = None,
+    try_writes: bool = False,
 ) -> Starlette:
     """Build the ASGI app.
 
@@ -123,13 +130,21 @@ def create_app(
         Prometheus registry of the metrics (a fresh one when None); ``/metrics`` serves it.
     event_sink
         Where ``POST /v1/events`` publishes when Kafka is not started (tests).
+    catalog
+        Titles and categories the ``/try`` page shows (ids only when None).
+    try_writes
+        Hand the configured API key to the ``/try`` page's own (same-origin) script, so a demo
+        needs no typing (``reco serve --try-writes``; ``reco demo`` sets it).
     """
     registry = registry if registry is not None else CollectorRegistry()
     metrics = store.metrics if store is not None and store.metrics.registry is registry else ServingMetrics(registry)
     store = store if store is not None else ModelStore(settings, metrics)
     topics = Topics.from_settings(settings)
     validator = EventValidator(settings)
-    state: dict[str, Any] = {"kafka": None}
+    state: dict[str, Any] = {"kafka": None, "early_task": None}
+    early = EarlyPopularity(seen_per_user=max(1, min(settings.seen_per_user, 1000)))
+    feedback = try_page.FeedbackLog()
+    store.listeners.append(feedback.on_swap)
 
     def kafka_ok() -> bool:
         kio = state["kafka"]
@@ -165,13 +180,27 @@ def create_app(
         raw_ex = q.get("exclude_seen", "true").lower()
         if raw_ex not in _TRUE + _FALSE:
             return _error(400, "invalid_exclude_seen", "exclude_seen must be true or false", field="exclude_seen")
+        out = recommend(request.path_params["user_id"], k, raw_ex in _TRUE)
+        if out is None:
+            return _error(503, "no_model", "no model loaded yet and no events seen")
+        return _Json(out)
+
+    def recommend(user_id: str, k: int, exclude_seen: bool) -> dict[str, Any] | None:
+        """The served model's answer; before the first model, popularity so far (None: nothing yet)."""
         model = store.current
         if model is None:
-            return _error(503, "no_model", "no model loaded yet")
-        rec = model.recommend(request.path_params["user_id"], k, raw_ex in _TRUE)
+            if not early.active or not early.events:
+                return None
+            metrics.fallbacks.inc()
+            items = early.top(user_id, k, exclude_seen)
+            return {"user_id": user_id, "items": [{"item_id": i, "score": s} for i, s in items], "version": None, "fallback": True}
+        rec = model.recommend(user_id, k, exclude_seen)
         if rec.fallback:
             metrics.fallbacks.inc()
-        return _Json(rec.to_dict())
+        return rec.to_dict()
+
+    def read_ok(request: Request) -> bool:
+        return not settings.read_api_key_required or settings.auth_disabled or key_ok(request)
 
     async def events(request: Request) -> Response:
         if not settings.auth_disabled:
@@ -254,6 +283,10 @@ def create_app(
         routes.append(r)
         if getattr(r, "endpoint", None) is not None:
             names[r.endpoint] = "dashboard"
+    for r in try_page.routes(settings, recommend, catalog or Catalog(), feedback, try_writes=try_writes, read_ok=read_ok):
+        routes.append(r)
+        if getattr(r, "endpoint", None) is not None:
+            names[r.endpoint] = "try"
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -261,10 +294,19 @@ def create_app(
             kio = KafkaIO(settings, store, metrics)
             state["kafka"] = kio
             await kio.start()
+            if store.current is None:  # answer from popularity so far until the first model
+                state["early_task"] = asyncio.create_task(early.follow(settings, lambda: store.current is not None))
+            else:
+                early.retire()
         refresh_gauges()
         try:
             yield
         finally:
+            task = state["early_task"]
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
             if state["kafka"] is not None:
                 await state["kafka"].stop()
                 state["kafka"] = None
@@ -280,4 +322,6 @@ def create_app(
     app.state.metrics = metrics
     app.state.registry = registry
     app.state.kafka = state
+    app.state.early = early
+    app.state.feedback = feedback
     return app

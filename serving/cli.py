@@ -17,8 +17,10 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from serving.app import create_app
+    from serving.catalog import Catalog
 
     settings = client_settings(settings)
+    catalog = Catalog.load(args.catalog) if args.catalog else None  # a bad file: one line, before anything starts
     # Models are built on the update thread; a 1 ms GIL switch interval (default 5 ms) bounds how
     # long a build can hold up the event loop between two requests.
     sys.setswitchinterval(0.001)
@@ -27,7 +29,7 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     if not settings.api_key and not settings.auth_disabled:
         log.warning("RECO_API_KEY is empty: POST /v1/events is refused")
     log.info("serving on http://%s:%s (Kafka %s, topics %s*)", host, port, settings.kafka_bootstrap, settings.topic_prefix)
-    config = uvicorn.Config(create_app(settings), host=host, port=port, log_level="warning", access_log=False,
+    config = uvicorn.Config(create_app(settings, catalog=catalog, try_writes=args.try_writes), host=host, port=port, log_level="warning", access_log=False,
                             lifespan="on", timeout_graceful_shutdown=10, http=args.http)
     # uvicorn handles SIGINT/SIGTERM: stops accepting, finishes in-flight requests, runs the
     # lifespan shutdown (Kafka clients), then re-raises the signal; these handlers turn that
@@ -59,6 +61,9 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     p.add_argument("--host", default=None, help="bind address (default RECO_HTTP_HOST)")
     p.add_argument("--port", type=int, default=None, help="port (default RECO_HTTP_PORT)")
     p.add_argument("--http", default="auto", choices=["auto", "h11", "httptools"], help="uvicorn HTTP implementation")
+    p.add_argument("--catalog", metavar="FILE", help="JSON of item titles and categories for the /try page (reco demo writes one)")
+    p.add_argument("--try-writes", action="store_true",
+                   help="hand the API key to the /try page's own script (same origin only), so it can post events: for demos")
     p.set_defaults(func=_cmd_serve)
 
     p = bench.add_parser("serving", help="HTTP top-k latency, steady and during model swaps")

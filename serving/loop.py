@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from streamproc.cli import embedded_or_configured, print_json
+from streamproc.cli import add_source_args, embedded_or_configured, print_json
 from streamproc.settings import Settings
 
 __all__ = ["Supervisor", "Role", "register"]
@@ -213,26 +213,49 @@ def _summary_line(data: dict[str, Any]) -> str:
 
 
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    import secrets
+
     import httpx
 
-    from streamproc.replay import DEFAULT_DATASET, load_events, replay
+    from streamproc.cli import event_source
+    from streamproc.replay import replay
 
     stop = _stop_flag()
-    events = load_events(args.dataset or DEFAULT_DATASET)[: args.limit]
-    rate = None if args.speed == "max" else float(args.speed)
+    generated = not (args.dataset or args.reviews)
+    speed = args.speed or ("300" if generated else "2000")
+    rate = None if speed == "max" else _positive(speed, "--speed")
+    # Everything the demo needs is checked before anything starts: a bad --dataset is one line.
+    src = event_source(args, n=args.limit, rate=rate or 1000.0)
+    events = src.events if src.generated or args.limit is None else list(src.events)[: args.limit]
     log = open(args.log_file, "a") if args.log_file else sys.stderr
-    with running_loop(settings, log=log) as (s, sup):
+    if not settings.api_key and not settings.auth_disabled:
+        # the demo's own write key: the /try page (same origin only) posts events with it
+        settings = dataclasses.replace(settings, api_key=secrets.token_urlsafe(24))
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="reco-demo-"))
+        serve = ["serve", "--try-writes"]
+        if src.catalog:
+            catalog = os.path.join(tmp, "catalog.json")
+            with open(catalog, "w") as f:
+                json.dump(src.catalog, f, separators=(",", ":"))
+            serve += ["--catalog", catalog]
+        roles = {"streamproc": ["streamproc"], "trainer": ["trainer"], "serve": serve}
+        s, sup = stack.enter_context(running_loop(settings, log=log, roles=roles))
         base = f"http://{s.http_host}:{s.http_port}"
         if not wait_http(f"{base}/healthz", 180, stop):
             print("reco demo: serving did not come up; see the log above", file=sys.stderr)
             return 1
+        first_user = "u1" if src.generated else "1"
         print(f"\nreco demo is up (broker {s.kafka_bootstrap})\n"
-              f"  API:        {base}/v1/users/1/recommendations?k=10\n"
-              f"  dashboard:  {base}/dashboard\n"
-              f"  metrics:    {base}/metrics  http://{s.metrics_host}:9101/metrics  http://{s.metrics_host}:9102/metrics\n"
-              f"replaying {len(events):,} MovieLens events at {args.speed} events/s; Ctrl-C to stop\n", flush=True)
+              f"  be the user: {base}/try   <- pick a user, rate or comment, watch their top 10 change\n"
+              f"  dashboard:   {base}/dashboard\n"
+              f"  API:         {base}/v1/users/{first_user}/recommendations?k=10\n"
+              f"  metrics:     {base}/metrics  http://{s.metrics_host}:9101/metrics  http://{s.metrics_host}:9102/metrics\n"
+              f"  more load:   RECO_KAFKA_BOOTSTRAP={s.kafka_bootstrap} RECO_TOPIC_PREFIX={s.topic_prefix} reco load --rate 1000 --duration 60\n"
+              f"publishing {src.label} at {speed} events/s; Ctrl-C to stop\n", flush=True)
         result: dict[str, Any] = {}
-        t = threading.Thread(target=lambda: result.update(r=replay(s, events, rate=rate, progress=False)), daemon=True)
+        stop_replay = threading.Event()
+        t = threading.Thread(target=lambda: result.update(r=replay(s, events, rate=rate, progress=False, stop=stop_replay)), daemon=True)
         t.start()
         t0 = time.monotonic()
         while not stop.wait(2.0):
@@ -243,9 +266,23 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
             print(f"[{time.monotonic() - t0:6.0f} s] {_summary_line(data)}", flush=True)
             if args.duration and time.monotonic() - t0 > args.duration:
                 break
+        stop_replay.set()
+        t.join(10)
         if "r" in result:
-            print(f"replay finished: {result['r'].events:,} events at {result['r'].events_per_s:,.0f} events/s", flush=True)
+            print(f"published {result['r'].events:,} events at {result['r'].events_per_s:,.0f} events/s", flush=True)
     return 0
+
+
+def _positive(raw: str, flag: str) -> float:
+    from streamproc.errors import RecoError
+
+    try:
+        v = float(raw)
+    except ValueError:
+        v = float("nan")
+    if not (v > 0 and v != float("inf")):
+        raise RecoError(f"{flag} must be a positive number of events per second or 'max', got {raw!r}")
+    return v
 
 
 def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
@@ -254,10 +291,11 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     p.add_argument("--duration", type=float, default=0, help="stop after this many seconds (default: until Ctrl-C)")
     p.set_defaults(func=_cmd_up)
 
-    p = commands.add_parser("demo", help="reco up + replay ml-latest-small + a live summary")
-    p.add_argument("--dataset", help="MovieLens-style directory (default ../shared/datasets/ml-latest-small)")
-    p.add_argument("--speed", default="2000", help="events per second, or 'max' (default 2000)")
-    p.add_argument("--limit", type=int, default=None, help="replay only the first N events")
+    p = commands.add_parser("demo", help="reco up + built-in demo data (or --dataset/--reviews) + the /try page + a live summary")
+    add_source_args(p)
+    p.add_argument("--speed", "--rate", dest="speed", default=None,
+                   help="events per second, or 'max' (default 300 for the demo data, 2000 for a dataset)")
+    p.add_argument("--limit", type=int, default=None, help="publish only the first N events (default: all; the demo data has no end)")
     p.add_argument("--duration", type=float, default=0, help="stop after this many seconds (default: until Ctrl-C)")
     p.add_argument("--log-file", help="write the roles' logs here instead of stderr")
     p.set_defaults(func=_cmd_demo)

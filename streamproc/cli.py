@@ -7,18 +7,22 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
+import math
 import signal
 import sys
 import time
 from importlib.metadata import entry_points
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from streamproc.errors import RecoError
 from streamproc.settings import Settings
+from streamproc.topics import Topics
 
-__all__ = ["main", "embedded_or_configured", "print_json", "DEFAULT_LOCAL_BOOTSTRAP", "client_settings"]
+__all__ = ["main", "embedded_or_configured", "print_json", "DEFAULT_LOCAL_BOOTSTRAP", "client_settings", "EventSource",
+           "add_source_args", "event_source"]
 
 log = logging.getLogger("reco")
 DEFAULT_LOCAL_BOOTSTRAP = "127.0.0.1:9092"
@@ -105,15 +109,157 @@ def _cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
-    from streamproc.replay import DEFAULT_DATASET, load_events, replay
+# ------------------------------------------------------------------ event sources
+@dataclasses.dataclass
+class EventSource:
+    """What ``reco demo`` / ``reco replay`` publish: events (a list, or an endless generator for
+    the demo data), how many (None: no end), the catalogue serving shows, and a one-line label."""
 
-    events = load_events(args.dataset or DEFAULT_DATASET)[: args.limit]
-    rate = None if args.speed == "max" else float(args.speed)
+    events: Iterable[tuple[float, str, bytes]]
+    total: int | None
+    catalog: dict[str, Any] | None
+    label: str
+    generated: bool
+
+
+def add_source_args(p: argparse.ArgumentParser, *, dataset_flag: bool = True) -> None:
+    """``--dataset`` / ``--reviews`` / the demo generator's ``--users --items --seed``."""
+    if dataset_flag:
+        p.add_argument("--dataset", metavar="DIR", help="MovieLens-style directory (ratings.csv, optional tags.csv, movies.csv) "
+                                                        "instead of the built-in demo data")
+    p.add_argument("--reviews", metavar="FILE", help='JSON lines {"user_id","item_id","rating","time","text"} instead of the demo data')
+    p.add_argument("--users", type=int, default=500, help="demo data: users (default 500)")
+    p.add_argument("--items", type=int, default=1000, help="demo data: catalogue items (default 1000)")
+    p.add_argument("--seed", type=int, default=42, help="demo data: seed; the same seed gives the same data (default 42)")
+    p.add_argument("--comments", type=float, default=0.15, help="demo data: share of events that are comments (default 0.15)")
+
+
+def event_source(args: argparse.Namespace, *, n: int | None = None, rate: float = 100.0, start: float | None = None) -> EventSource:
+    """The events named by :func:`add_source_args`: a dataset, a reviews file, or generated demo
+    data (``n`` events, None = without end, event times ``1/rate`` apart from ``start``)."""
+    from streamproc.replay import load_catalog, load_events, load_reviews
+
+    dataset, reviews = getattr(args, "dataset", None), getattr(args, "reviews", None)
+    if dataset and reviews:
+        raise RecoError("pass either --dataset DIR or --reviews FILE, not both")
+    if dataset:
+        evs = load_events(dataset)
+        return EventSource(evs, len(evs), load_catalog(dataset), f"{len(evs):,} events from {dataset}", False)
+    if reviews:
+        evs = load_reviews(reviews)
+        return EventSource(evs, len(evs), None, f"{len(evs):,} reviews from {reviews}", False)
+    from streamproc.demo_data import DemoData
+
+    try:
+        demo = DemoData(args.users, args.items, args.seed, comment_share=args.comments,
+                        click_share=min(0.45, 1.0 - args.comments))
+    except ValueError as exc:
+        raise RecoError(f"demo data: {exc}") from None
+    start = time.time() if start is None else start
+    label = (f"generated demo data: {args.users:,} users, {args.items:,} items, seed {args.seed}"
+             + ("" if n is None else f", {n:,} events"))
+    return EventSource(demo.serialized(n, rate=rate, start=start), n, demo.catalog(), label, True)
+
+
+def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from streamproc.replay import replay
+
+    if args.dataset_dir and args.dataset:
+        raise RecoError("pass the dataset once: reco replay DIR or reco replay --dataset DIR")
+    args.dataset = args.dataset or args.dataset_dir
+    rate = None if args.speed == "max" else _rate(args.speed, "--speed")
+    src = event_source(args, n=args.limit or 100_000, rate=rate or 1000.0, start=None)
+    events = src.events if src.generated or args.limit is None else list(src.events)[: args.limit]
+    total = src.total if args.limit is None else min(args.limit, src.total or args.limit)
     with (embedded_or_configured(settings) if args.embedded else contextlib.nullcontext(client_settings(settings))) as s:
-        res = replay(s, events, rate=rate, progress=not args.quiet)
-    print_json({"events": res.events, "seconds": round(res.seconds, 3), "events_per_s": round(res.events_per_s, 1)})
+        res = replay(s, events, rate=rate, progress=not args.quiet, total=total)
+    print_json({"source": src.label, "events": res.events, "seconds": round(res.seconds, 3), "events_per_s": round(res.events_per_s, 1)})
     return 0
+
+
+def _rate(raw: str, flag: str) -> float:
+    try:
+        v = float(raw)
+    except ValueError:
+        v = math.nan
+    if not (math.isfinite(v) and v > 0):
+        raise RecoError(f"{flag} must be a positive number of events per second or 'max', got {raw!r}")
+    return v
+
+
+def _listening(bootstrap: str, timeout: float = 0.3) -> bool:
+    import socket
+
+    host, _, port = bootstrap.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def _load_target(settings: Settings, embedded: bool) -> Iterator[tuple[Settings, str]]:
+    """RECO_KAFKA_BOOTSTRAP, else a ``reco broker`` on 127.0.0.1:9092, else a broker of our own."""
+    if settings.kafka_bootstrap:
+        with embedded_or_configured(settings) as s:
+            yield s, f"Kafka at {s.kafka_bootstrap} (RECO_KAFKA_BOOTSTRAP)"
+        return
+    if not embedded and _listening(DEFAULT_LOCAL_BOOTSTRAP):
+        with embedded_or_configured(client_settings(settings)) as s:
+            yield s, f"the broker on {DEFAULT_LOCAL_BOOTSTRAP} (reco broker)"
+        return
+    with embedded_or_configured(settings) as s:
+        yield s, f"an embedded broker started for this run on {s.kafka_bootstrap} (memory-only: the events go when it stops)"
+
+
+def _cmd_load(args: argparse.Namespace, settings: Settings) -> int:
+    """``reco load``: the demo generator as a load tool, at a steady rate, for a fixed time."""
+    import threading
+
+    from streamproc.replay import replay
+
+    rate = _rate(str(args.rate), "--rate")
+    if not args.duration > 0:
+        raise RecoError(f"--duration must be > 0 seconds, got {args.duration}")
+    n = max(1, round(rate * args.duration))
+    src = event_source(args, n=n, rate=rate)
+    counts: dict[str, int] = {}
+
+    def counted(events: Iterable[tuple[float, str, bytes]]) -> Iterator[tuple[float, str, bytes]]:
+        for t, user, value in events:
+            kind = _type_of(value)
+            counts[kind] = counts.get(kind, 0) + 1
+            yield t, user, value
+
+    stop = threading.Event()
+    prev = {sig: signal.signal(sig, lambda signum, frame: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with _load_target(settings, args.embedded) as (s, where):
+            print(f"reco load: {src.label} -> {Topics.from_settings(s).events} on {where}", file=sys.stderr, flush=True)
+            events = counted(src.events if src.generated else list(src.events)[:n])
+            res = replay(s, events, rate=rate, progress=not args.quiet and "events", stop=stop, total=min(n, src.total or n))
+    finally:
+        for sig, h in prev.items():
+            signal.signal(sig, h)
+    sent_by_type = {k: counts.get(k, 0) for k in ("click", "rating", "comment") if counts.get(k)}
+    out = {"sent": res.events, "by_type": sent_by_type, "seconds": round(res.seconds, 2),
+           "events_per_s": round(res.events_per_s, 1), "asked_events_per_s": rate,
+           "achieved_ratio": round(res.events_per_s / rate, 3), "topic": Topics.from_settings(s).events,
+           "bootstrap": s.kafka_bootstrap, "interrupted": stop.is_set()}
+    if args.json:
+        print_json(out)
+    else:
+        print(f"sent {res.events:,} events ({', '.join(f'{v:,} {k}s' for k, v in sent_by_type.items())}) in {res.seconds:.1f} s: "
+              f"{res.events_per_s:,.0f} events/s of {rate:,.0f} asked ({100 * res.events_per_s / rate:.1f} %)"
+              f"{' (interrupted)' if stop.is_set() else ''}; topic {out['topic']} on {s.kafka_bootstrap}")
+    return 0 if not stop.is_set() else 130
+
+
+def _type_of(value: bytes) -> str:
+    # every source here serializes compactly, "type" before any free text: no JSON parse per event
+    i = value.find(b'"type":"')
+    return value[i + 8 : value.index(b'"', i + 8)].decode() if i >= 0 else "?"
 
 
 def _cmd_bench_publish(args: argparse.Namespace, settings: Settings) -> int:
@@ -457,13 +603,24 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     p.add_argument("--event-time", type=float, help="Unix seconds (default: now)")
     p.set_defaults(func=_cmd_publish)
 
-    p = commands.add_parser("replay", help="publish a MovieLens-style dataset as events, in event-time order")
-    p.add_argument("dataset", nargs="?", help="dataset directory (default ../shared/datasets/ml-latest-small)")
+    p = commands.add_parser("replay", help="publish events (built-in demo data, or a dataset) in event-time order")
+    p.add_argument("dataset_dir", nargs="?", metavar="DIR", help="MovieLens-style directory (same as --dataset)")
+    add_source_args(p)
     p.add_argument("--speed", default="max", help="events per second, or 'max' (default)")
-    p.add_argument("--limit", type=int, default=None, help="publish only the first N events")
+    p.add_argument("--limit", type=int, default=None, help="publish only the first N events (demo data: default 100,000)")
     p.add_argument("--embedded", action="store_true", help="start an embedded broker for the replay (when RECO_KAFKA_BOOTSTRAP is unset)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_replay)
+
+    p = commands.add_parser("load", help="publish generated demo events at a steady rate for a fixed time (a load tool)")
+    p.add_argument("--rate", default="1000", help="events per second (default 1000)")
+    p.add_argument("--duration", type=float, default=30.0, help="seconds (default 30)")
+    add_source_args(p)
+    p.add_argument("--embedded", action="store_true",
+                   help="always start an embedded broker (default: RECO_KAFKA_BOOTSTRAP, else a broker on 127.0.0.1:9092, else an embedded one)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=_cmd_load)
 
     p = commands.add_parser("streamproc", help="run a stream worker (events -> training examples) until SIGTERM/SIGINT")
     p.add_argument("--no-metrics", action="store_true", help="do not serve /metrics")

@@ -1,8 +1,18 @@
-"""Replay a MovieLens-style dataset (ml-latest-small) as app events, in event-time order.
+"""Publish app events from a dataset, or from the built-in demo generator, in event-time order.
 
-Ratings become ``rating`` events; tags become ``comment`` events carrying the same user's rating
-of that movie when there is one (a review). MovieLens data: see the dataset's README for its
-license (research use, no redistribution, cite Harper & Konstan 2015).
+Sources (each one flag of ``reco demo`` / ``reco replay`` away):
+
+- nothing named: :class:`~streamproc.demo_data.DemoData`, generated, nothing to download;
+- ``--dataset DIR``, MovieLens-style (ml-latest-small): ``ratings.csv`` becomes ``rating`` events,
+  ``tags.csv`` (optional) ``comment`` events carrying the same user's rating of the movie when
+  there is one, ``movies.csv`` (optional) the titles and genres serving shows. MovieLens data: see
+  the dataset's README for its license (research use, no redistribution, cite Harper & Konstan
+  2015);
+- ``--reviews FILE``: JSON lines ``{"user_id", "item_id", "rating", "time", "text"}`` (``text``
+  optional: a line with text is a comment carrying its rating, one without a rating).
+
+A missing or malformed file is a :class:`DatasetError` whose message names the file, the line and
+what to pass instead; the CLI prints it as one line.
 """
 
 from __future__ import annotations
@@ -10,45 +20,156 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
+from streamproc.errors import RecoError
 from streamproc.kafka import client_config
 from streamproc.settings import Settings
 from streamproc.topics import Topics
 
-__all__ = ["DEFAULT_DATASET", "load_events", "replay", "ReplayResult"]
+__all__ = ["DEFAULT_DATASET", "DatasetError", "load_events", "load_catalog", "load_reviews", "replay", "ReplayResult"]
 
+# Where CI keeps ml-latest-small. Never a default for users: a fresh clone has nothing beside it.
 DEFAULT_DATASET = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "ml-latest-small"
+
+_HINT = "pass --dataset DIR (a MovieLens-style directory with ratings.csv), --reviews FILE.jsonl, or neither for the built-in demo data"
+
+
+class DatasetError(RecoError, ValueError):
+    """A named dataset is missing or malformed; the message says which file, where, and what to pass."""
+
+
+def _rows(path: Path, required: tuple[str, ...]) -> Iterable[tuple[int, dict[str, str]]]:
+    try:
+        f = open(path, newline="", encoding="utf-8")
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read ({exc.strerror or exc}); {_HINT}") from None
+    with f:
+        try:
+            reader = csv.DictReader(f)
+            missing = [c for c in required if c not in (reader.fieldnames or [])]
+            if missing:
+                raise DatasetError(f"{path}: no column {', '.join(missing)} in the header {reader.fieldnames!r}; "
+                                   f"expected {','.join(required)}")
+            for row in reader:
+                yield reader.line_num, row
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise DatasetError(f"{path}: not a UTF-8 CSV file ({exc})") from None
+
+
+def _number(path: Path, line: int, column: str, raw: Any, *, json_number: bool = False) -> float:
+    if json_number and (isinstance(raw, bool) or not isinstance(raw, (int, float))):
+        v = math.nan  # JSON: a number, not "4" (the event contract's rule too)
+    else:
+        try:
+            v = float(raw)
+        except (TypeError, ValueError):
+            v = math.nan
+    if not math.isfinite(v):
+        raise DatasetError(f"{path}:{line}: {column} must be a number, got {str(raw)[:40]!r}")
+    return v
 
 
 def load_events(dataset: str | Path, *, ratings: bool = True, comments: bool = True) -> list[tuple[float, str, bytes]]:
     """(event_time, user_id, serialized event) for the dataset, sorted by event time (stable)."""
     dataset = Path(dataset)
+    if not dataset.is_dir():
+        raise DatasetError(f"{dataset}: no such directory; {_HINT}")
     if not (dataset / "ratings.csv").is_file():
-        raise FileNotFoundError(f"{dataset}: no ratings.csv (expected a MovieLens-style directory)")
+        raise DatasetError(f"{dataset}: no ratings.csv (expected a MovieLens-style directory); {_HINT}")
     out: list[tuple[float, str, bytes]] = []
     rated: dict[tuple[str, str], float] = {}
     dumps = json.JSONEncoder(separators=(",", ":")).encode
-    with open(dataset / "ratings.csv", newline="") as f:
-        for row in csv.DictReader(f):
-            u, m, r, t = row["userId"], row["movieId"], float(row["rating"]), float(row["timestamp"])
-            rated[(u, m)] = r
-            if ratings:
-                ev = {"schema_version": 1, "type": "rating", "event_id": f"ml-r-{u}-{m}", "user_id": u, "item_id": m, "event_time": t, "rating": r}
-                out.append((t, u, dumps(ev).encode()))
-    if comments and (dataset / "tags.csv").is_file():
-        with open(dataset / "tags.csv", newline="", encoding="utf-8") as f:
-            for n, row in enumerate(csv.DictReader(f)):
-                u, m, text, t = row["userId"], row["movieId"], row["tag"], float(row["timestamp"])
-                if not text.strip():
+    path = dataset / "ratings.csv"
+    for line, row in _rows(path, ("userId", "movieId", "rating", "timestamp")):
+        u, m = row["userId"], row["movieId"]
+        r, t = _number(path, line, "rating", row["rating"]), _number(path, line, "timestamp", row["timestamp"])
+        if not u or not m:
+            raise DatasetError(f"{path}:{line}: userId and movieId must not be empty")
+        rated[(u, m)] = r
+        if ratings:
+            ev = {"schema_version": 1, "type": "rating", "event_id": f"ml-r-{u}-{m}", "user_id": u, "item_id": m, "event_time": t, "rating": r}
+            out.append((t, u, dumps(ev).encode()))
+    path = dataset / "tags.csv"
+    if comments and path.is_file():
+        for n, (line, row) in enumerate(_rows(path, ("userId", "movieId", "tag", "timestamp"))):
+            u, m, text = row["userId"], row["movieId"], row["tag"] or ""
+            t = _number(path, line, "timestamp", row["timestamp"])
+            if not text.strip() or not u or not m:
+                continue
+            ev = {"schema_version": 1, "type": "comment", "event_id": f"ml-t-{n}", "user_id": u, "item_id": m, "event_time": t, "text": text}
+            if (u, m) in rated:
+                ev["rating"] = rated[(u, m)]
+            out.append((t, u, dumps(ev).encode()))
+    out.sort(key=lambda e: e[0])
+    return out
+
+
+def load_catalog(dataset: str | Path) -> dict[str, Any] | None:
+    """Titles and categories from a MovieLens-style ``movies.csv`` (first genre), in the format of
+    :meth:`streamproc.demo_data.DemoData.catalog`; None when the directory has no movies.csv."""
+    path = Path(dataset) / "movies.csv"
+    if not path.is_file():
+        return None
+    items = {}
+    for _, row in _rows(path, ("movieId", "title", "genres")):
+        genre = (row["genres"] or "").split("|")[0]
+        items[row["movieId"]] = {"title": row["title"], "category": "" if genre == "(no genres listed)" else genre}
+    return {"source": str(dataset), "items": items, "users": []}
+
+
+def load_reviews(path: str | Path) -> list[tuple[float, str, bytes]]:
+    """Events from a JSON-lines file of ``{"user_id", "item_id", "rating", "time", "text"}``.
+
+    ``rating`` and ``text`` are each optional but a line needs one of them; ``time`` is Unix
+    seconds. Sorted by time (stable).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"--reviews {path}: no such file; {_HINT}")
+    dumps = json.JSONEncoder(separators=(",", ":")).encode
+    out: list[tuple[float, str, bytes]] = []
+    try:
+        f = open(path, encoding="utf-8")
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    with f:
+        try:
+            for line, raw in enumerate(f, 1):
+                if not raw.strip():
                     continue
-                ev = {"schema_version": 1, "type": "comment", "event_id": f"ml-t-{n}", "user_id": u, "item_id": m, "event_time": t, "text": text}
-                if (u, m) in rated:
-                    ev["rating"] = rated[(u, m)]
+                try:
+                    obj = json.loads(raw)
+                except ValueError:
+                    raise DatasetError(f"{path}:{line}: not a JSON object; expected "
+                                       '{"user_id", "item_id", "rating", "time", "text"} per line') from None
+                if not isinstance(obj, dict):
+                    raise DatasetError(f"{path}:{line}: expected a JSON object per line, got {type(obj).__name__}")
+                for key in ("user_id", "item_id"):
+                    if not isinstance(obj.get(key), (str, int)) or isinstance(obj.get(key), bool) or str(obj[key]) == "":
+                        raise DatasetError(f"{path}:{line}: {key} is missing or not a string")
+                u, m = str(obj["user_id"]), str(obj["item_id"])
+                t = _number(path, line, "time", obj.get("time"), json_number=True)
+                text = obj.get("text")
+                if text is not None and (not isinstance(text, str) or not text.strip()):
+                    raise DatasetError(f"{path}:{line}: text must be a non-empty string when present")
+                ev: dict[str, Any] = {"schema_version": 1, "type": "comment" if text else "rating", "event_id": f"rv-{line}",
+                                      "user_id": u, "item_id": m, "event_time": t}
+                if obj.get("rating") is not None:
+                    ev["rating"] = _number(path, line, "rating", obj["rating"], json_number=True)
+                elif not text:
+                    raise DatasetError(f"{path}:{line}: a line needs a rating, a text, or both")
+                if text:
+                    ev["text"] = text
                 out.append((t, u, dumps(ev).encode()))
+        except UnicodeDecodeError as exc:
+            raise DatasetError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    if not out:
+        raise DatasetError(f"{path}: no reviews in it")
     out.sort(key=lambda e: e[0])
     return out
 
@@ -63,20 +184,25 @@ class ReplayResult:
         return self.events / self.seconds if self.seconds else 0.0
 
 
-async def _replay(settings: Settings, events: list[tuple[float, str, bytes]], rate: float | None, progress: bool, stop: Any) -> ReplayResult:
+async def _replay(settings: Settings, events: Iterable[tuple[float, str, bytes]], rate: float | None, progress: bool | str,
+                  stop: Any, total: int | None) -> ReplayResult:
     from aiokafka import AIOKafkaProducer
     from tqdm import tqdm
 
     topic = Topics.from_settings(settings).events
     producer = AIOKafkaProducer(linger_ms=5, max_batch_size=512 * 1024, acks=1, **client_config(settings, aio=True))
     await producer.start()
-    bar = tqdm(total=len(events), unit="ev", disable=not progress, mininterval=0.5)
+    if total is None and hasattr(events, "__len__"):
+        total = len(events)  # type: ignore[arg-type]
+    bar = tqdm(total=total, unit="ev", disable=not progress, mininterval=0.5,
+               desc=progress if isinstance(progress, str) else None, dynamic_ncols=True)
     t0 = time.perf_counter()
     sent = 0
     try:
         pending = []
+        flushed = t0
         for n, (_, user, value) in enumerate(events):
-            if stop is not None and n % 256 == 0 and stop.is_set():
+            if stop is not None and stop.is_set():
                 break
             if rate:
                 ahead = n / rate - (time.perf_counter() - t0)
@@ -84,10 +210,11 @@ async def _replay(settings: Settings, events: list[tuple[float, str, bytes]], ra
                     await asyncio.sleep(ahead)
             pending.append(await producer.send(topic, value=value, key=user.encode()))
             sent += 1
-            if len(pending) >= 5000:
+            if len(pending) >= 5000 or (len(pending) >= 64 and time.perf_counter() - flushed > 0.5):
                 await asyncio.gather(*pending)
                 bar.update(len(pending))
                 pending.clear()
+                flushed = time.perf_counter()
         await asyncio.gather(*pending)
         bar.update(len(pending))
     finally:
@@ -96,10 +223,13 @@ async def _replay(settings: Settings, events: list[tuple[float, str, bytes]], ra
     return ReplayResult(sent, time.perf_counter() - t0)
 
 
-def replay(settings: Settings, events: list[tuple[float, str, bytes]], *, rate: float | None = None,
-           progress: bool = True, stop: Any = None) -> ReplayResult:
+def replay(settings: Settings, events: Iterable[tuple[float, str, bytes]], *, rate: float | None = None,
+           progress: bool | str = True, stop: Any = None, total: int | None = None) -> ReplayResult:
     """Publish pre-serialized events to the events topic; ``rate`` in events/s (None = max).
 
-    ``stop`` (a ``threading.Event``) ends the replay early; the result counts what was sent.
+    ``events`` may be a list or any iterable (a generator without end: stop it with ``stop``);
+    ``total`` sizes the progress bar when ``events`` has no length, and a string ``progress`` is
+    the bar's label. ``stop`` (a ``threading.Event``) ends the replay early; the result counts
+    what was sent (and acknowledged by the broker).
     """
-    return asyncio.run(_replay(settings, events, rate, progress, stop))
+    return asyncio.run(_replay(settings, events, rate, progress, stop, total))
