@@ -10,6 +10,7 @@ from typing import Any
 
 from streamproc.settings import Settings
 from trainer.bench import register_bench
+from trainer.quality import register_bench as register_quality_bench
 
 __all__ = ["register"]
 
@@ -51,3 +52,4 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
         "trainer", help="learn from the examples topic and publish model updates (one active per group, others stand by)")
     p.set_defaults(func=_cmd_trainer)
     register_bench(bench)
+    register_quality_bench(bench)

@@ -49,12 +49,14 @@ import numpy as np
 from numba import njit
 
 from streamproc.examples import KIND_CLICK, KIND_COMMENT, KIND_RATING, ExampleBatch
+from trainer.cooc import SequentialKNN
 from trainer.replay import POLICIES, ReplayBuffer
+from trainer.scoring import RankWeights, log_popularity
 
 __all__ = ["HybridMF", "RANK_CANDIDATES"]
 
 RANK_CANDIDATES = 99  # sampled non-clicked items a click is ranked against (prequential hit/NDCG@10)
-_STATE_VERSION = 1
+_STATE_VERSION = 2
 
 # parameter vector handed to the kernel
 _P_LR, _P_BLR, _P_L2, _P_L2B, _P_RMIN, _P_RMAX, _P_MULT, _P_TLR, _P_SLR, _P_SW, _P_CLR, _P_TAU, _P_SMIN, _P_NNEG, _P_NRANK, _P_SHR, _P_FSHR = range(17)
@@ -254,6 +256,17 @@ def _learn(u_rows, i_rows, kinds, targets, weights, emb_rows, fresh, times, emb,
     return n_out
 
 
+@njit(cache=True)
+def _bump_popularity(i_rows, pop, stamp, clock, tau):  # pragma: no cover - compiled
+    """Event-clock popularity: each event ticks the clock; its item's count decays to now, +1."""
+    for n in range(len(i_rows)):
+        i = i_rows[n]
+        clock += 1.0
+        pop[i] = pop[i] * math.exp(-(clock - stamp[i]) / tau) + 1.0
+        stamp[i] = clock
+    return clock
+
+
 # ---------------------------------------------------------------------------------- model
 class HybridMF:
     """Hybrid factorization (biases, factors, text projection) learned online, event by event.
@@ -302,7 +315,11 @@ class HybridMF:
                  row_ttl_s: float = 0.0, seed: int = 42, *, l2_bias: float = 0.0, init_std: float = 0.05,
                  text_lr: float = 0.01, sentiment_lr: float = 0.05, sentiment_weight: float = 0.5,
                  sentiment_min: int = 5, implicit_lr: float = 0.02, popularity_half_life_s: float = 7 * 86_400.0,
-                 bias_shrink: float = 5.0, factor_boost: float = 2.0, drift_forget: float = 0.0, drift_lr_boost: float = 1.0, drift_boost_events: int = 5_000, drift_replay_recent: bool = True) -> None:
+                 bias_shrink: float = 5.0, factor_boost: float = 2.0, drift_forget: float = 0.0, drift_lr_boost: float = 1.0, drift_boost_events: int = 5_000, drift_replay_recent: bool = True,
+                 knn_window: int = 20, knn_decay: float = 0.85, knn_pair_decay: float = 0.95, knn_alpha: float = 0.3,
+                 knn_beta: float = 0.5, knn_candidates: int = 50, rank_knn: float = 1.0, rank_popularity: float = 0.2,
+                 rank_mf: float = 0.0, click_weight: float = 0.5, dislike_weight: float = 0.5, like_floor: float = 0.5,
+                 neutral_rating: float | None = None, knn_confident: int = 5, popularity_half_life_events: float = 10_000.0) -> None:
         for name, value in (("n_factors", n_factors), ("text_dim", text_dim)):
             if int(value) < 1:
                 raise ValueError(f"{name}={value!r}: must be >= 1")
@@ -310,7 +327,9 @@ class HybridMF:
                             ("row_ttl_s", row_ttl_s), ("init_std", init_std), ("text_lr", text_lr),
                             ("sentiment_lr", sentiment_lr), ("sentiment_weight", sentiment_weight),
                             ("implicit_lr", implicit_lr), ("n_negatives", n_negatives), ("replay_size", replay_size),
-                            ("drift_boost_events", drift_boost_events), ("sentiment_min", sentiment_min)):
+                            ("drift_boost_events", drift_boost_events), ("sentiment_min", sentiment_min),
+                            ("rank_knn", rank_knn), ("rank_popularity", rank_popularity), ("rank_mf", rank_mf),
+                            ("click_weight", click_weight), ("dislike_weight", dislike_weight), ("like_floor", like_floor)):
             if not (value >= 0 and math.isfinite(value)):
                 raise ValueError(f"{name}={value!r}: must be a finite number >= 0")
         if rating_min >= rating_max:
@@ -319,8 +338,12 @@ class HybridMF:
             raise ValueError(f"replay_policy={replay_policy!r}: must be one of {', '.join(POLICIES)}")
         if not 0 <= drift_forget <= 1:
             raise ValueError(f"drift_forget={drift_forget!r}: must be in [0, 1]")
-        if popularity_half_life_s <= 0 or drift_lr_boost <= 0:
-            raise ValueError("popularity_half_life_s and drift_lr_boost must be > 0")
+        if popularity_half_life_s <= 0 or drift_lr_boost <= 0 or not popularity_half_life_events > 0:
+            raise ValueError("popularity_half_life_s, popularity_half_life_events and drift_lr_boost must be > 0")
+        if like_floor > 1:
+            raise ValueError(f"like_floor={like_floor!r}: must be in [0, 1]")
+        if neutral_rating is not None and not rating_min < neutral_rating < rating_max:
+            raise ValueError(f"neutral_rating={neutral_rating!r}: must lie strictly inside the rating scale {rating_min}..{rating_max}")
         self.n_factors = int(n_factors)
         self.lr = float(lr)
         self.bias_lr = float(bias_lr)
@@ -348,13 +371,31 @@ class HybridMF:
         self.drift_lr_boost = float(drift_lr_boost)
         self.drift_boost_events = int(drift_boost_events)
         self.drift_replay_recent = bool(drift_replay_recent)
+        self.knn_window = int(knn_window)
+        self.knn_decay = float(knn_decay)
+        self.knn_pair_decay = float(knn_pair_decay)
+        self.knn_alpha = float(knn_alpha)
+        self.knn_beta = float(knn_beta)
+        self.knn_candidates = int(knn_candidates)
+        self.knn_confident = int(knn_confident)
+        self.popularity_half_life_events = float(popularity_half_life_events)
+        self.rank_knn = float(rank_knn)
+        self.rank_popularity = float(rank_popularity)
+        self.rank_mf = float(rank_mf)
+        self.click_weight = float(click_weight)
+        self.dislike_weight = float(dislike_weight)
+        self.like_floor = float(like_floor)
+        self.neutral_rating = None if neutral_rating is None else float(neutral_rating)
+        self._new_knn()  # checks its arguments before any state is built
         self._init_state()
 
     # ------------------------------------------------------------------ construction
     _PARAM_NAMES = ("n_factors", "lr", "bias_lr", "l2", "text_dim", "rating_min", "rating_max", "replay_size",
                     "replay_ratio", "replay_policy", "n_negatives", "row_ttl_s", "seed", "l2_bias", "init_std",
                     "text_lr", "sentiment_lr", "sentiment_weight", "sentiment_min", "implicit_lr",
-                    "popularity_half_life_s", "bias_shrink", "factor_boost", "drift_forget", "drift_lr_boost", "drift_boost_events", "drift_replay_recent")
+                    "popularity_half_life_s", "bias_shrink", "factor_boost", "drift_forget", "drift_lr_boost", "drift_boost_events", "drift_replay_recent",
+                    "knn_window", "knn_decay", "knn_pair_decay", "knn_alpha", "knn_beta", "knn_candidates", "rank_knn",
+                    "rank_popularity", "rank_mf", "click_weight", "dislike_weight", "like_floor", "neutral_rating", "knn_confident", "popularity_half_life_events")
 
     def get_params(self) -> dict[str, Any]:
         """Constructor arguments (JSON-able)."""
@@ -372,8 +413,19 @@ class HybridMF:
         """A fresh, unfitted model with the same parameters."""
         return type(self)(**self.get_params())
 
+    def _new_knn(self) -> SequentialKNN:
+        return SequentialKNN(window=self.knn_window, decay=self.knn_decay, pair_decay=self.knn_pair_decay, alpha=self.knn_alpha,
+                             beta=self.knn_beta, n_candidates=self.knn_candidates, confident=self.knn_confident)
+
+    @property
+    def rank_weights(self) -> RankWeights:
+        """The blend :func:`trainer.scoring.score_items` ranks with (also sent to serving)."""
+        return RankWeights(knn=self.rank_knn, popularity=self.rank_popularity, mf=self.rank_mf,
+                           rating_span=self.rating_max - self.rating_min)
+
     def _init_state(self, cap_u: int = 256, cap_i: int = 256) -> None:
         k, dim = self.n_factors, self.text_dim
+        self._knn = self._new_knn()
         self._rng = np.random.default_rng(self.seed)
         # separate streams for new user and new item rows: a row's initial factors depend only on
         # the order ids first appear in their own table, so any batching gives the same model
@@ -400,6 +452,9 @@ class HybridMF:
         self._XW = np.zeros((cap_i, k), np.float32)
         self._POP = np.zeros(cap_i, np.float32)
         self._SEEN_I = np.zeros(cap_i, np.float64)
+        self._RPOP = np.zeros(cap_i, np.float64)
+        self._RPOPT = np.zeros(cap_i, np.float64)
+        self._clock = 0.0
         self._ALIVE_I = np.zeros(cap_i, np.bool_)
         self._TOUCH_I = np.zeros(cap_i, np.bool_)
         self._CNT_I = np.zeros(cap_i, np.float32)
@@ -433,7 +488,7 @@ class HybridMF:
 
     # ------------------------------------------------------------------ rows
     _USER_ARRAYS = ("_P", "_BU", "_TU", "_TUN", "_SEEN_U", "_TOUCH_U", "_CNT_U")
-    _ITEM_ARRAYS = ("_Q", "_BI", "_X", "_XN", "_XW", "_POP", "_SEEN_I", "_ALIVE_I", "_TOUCH_I", "_CNT_I")
+    _ITEM_ARRAYS = ("_Q", "_BI", "_X", "_XN", "_XW", "_POP", "_SEEN_I", "_ALIVE_I", "_TOUCH_I", "_CNT_I", "_RPOP", "_RPOPT")
 
     def _grow(self, names: tuple[str, ...], need: int) -> None:
         cap = len(getattr(self, names[0]))
@@ -461,9 +516,11 @@ class HybridMF:
             for a in (self._BU, self._TUN, self._SEEN_U, self._CNT_U, self._TU):
                 a[idx] = 0
             self._P[idx] = self._rng_u.standard_normal((m, self.n_factors)) * self.init_std
+            for r in rows[:n_reuse]:
+                self._knn.forget_user(r)
             self._umap.update(zip(ids, rows))
         else:
-            for a in (self._BI, self._XN, self._POP, self._SEEN_I, self._CNT_I, self._X, self._XW):
+            for a in (self._BI, self._XN, self._POP, self._SEEN_I, self._CNT_I, self._X, self._XW, self._RPOP, self._RPOPT):
                 a[idx] = 0
             self._Q[idx] = self._rng_i.standard_normal((m, self.n_factors)) * self.init_std
             self._ALIVE_I[idx] = True
@@ -539,6 +596,8 @@ class HybridMF:
                self._P, self._BU, self._TU, self._TUN, self._Q, self._BI, self._X, self._XN, self._XW, self._W,
                self._SW, self._SST, self._GM, self._POP, self._SEEN_U, self._SEEN_I, self._ALIVE_I, self._CNT_U, self._CNT_I,
                self._TOUCH_U, self._TOUCH_I, self._params(), n_items, self._krng, out, stored)
+        self._knn.learn(u_rows, i_rows, self._preference(kinds, stored), n_users=len(self._uids), n_items=len(self._iids))
+        self._clock = _bump_popularity(i_rows, self._RPOP, self._RPOPT, self._clock, self._pop_tau)
         newest = float(times.max())
         if self.replay_size:
             keep = ~np.isnan(stored) | (kinds == KIND_CLICK)
@@ -554,6 +613,26 @@ class HybridMF:
         if self.row_ttl_s > 0 and self._newest_time - self._last_expiry >= self.row_ttl_s / 10:
             self.expire(self._newest_time)
         return out
+
+    @property
+    def _pop_tau(self) -> float:
+        return self.popularity_half_life_events / math.log(2.0)
+
+    def _preference(self, kinds: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """Signed strength of each fresh example for the co-occurrence part: ratings (and comments,
+        by their rating or else the sentiment head's estimate) above ``neutral_rating`` are liked,
+        ``like_floor`` .. 1 growing with the rating; below it disliked, down to ``-dislike_weight``
+        at ``rating_min``; clicks ``click_weight``; a comment with no usable estimate 0."""
+        lo, hi = self.rating_min, self.rating_max
+        mid = self.neutral_rating if self.neutral_rating is not None else 0.5 * (lo + hi)
+        y = np.asarray(targets, np.float64)
+        with np.errstate(invalid="ignore"):
+            like = self.like_floor + (1.0 - self.like_floor) * (y - mid) / (hi - mid)
+            dislike = -self.dislike_weight * (mid - y) / (mid - lo)
+            w = np.where(y >= mid, like, dislike)
+        w = np.where(np.isnan(y), 0.0, w)
+        w = np.where(kinds == KIND_CLICK, self.click_weight, w)
+        return w.astype(np.float32)
 
     def learn_one(self, user_id: str, item_id: str, rating: float | None = None, *, kind: int | None = None,
                   event_time: float | None = None, embedding: np.ndarray | None = None, weight: float = 1.0) -> None:
@@ -573,6 +652,15 @@ class HybridMF:
         if u is not None and i is not None:
             score += float(np.dot(self._P[u] + self._TU[u], self._item_vectors(np.array([i]))[0]))
         return float(min(max(score, self.rating_min), self.rating_max))
+
+    def item_rows(self, item_ids: list[str]) -> np.ndarray:
+        """Row of each item id (-1 for unknown ids), e.g. to index :meth:`ranking_inputs` scores."""
+        get = self._imap.get
+        return np.fromiter((get(x, -1) for x in item_ids), np.int64, len(item_ids))
+
+    def item_ids_of(self, rows: np.ndarray) -> list[str | None]:
+        """Item id of each row (None for a free row)."""
+        return [self._iids[r] for r in np.asarray(rows).tolist()]
 
     def _item_vectors(self, rows: np.ndarray) -> np.ndarray:
         q = self._Q[rows].astype(np.float32, copy=True)
@@ -625,6 +713,10 @@ class HybridMF:
         self._TOUCH_I[dead_i] = False
         if len(dead_u) or len(dead_i):
             self._replay.drop_rows(users=dead_u, items=dead_i)
+        for r in dead_u.tolist():
+            self._knn.forget_user(r)
+        if len(dead_i):
+            self._knn.prune(keep=self._ALIVE_I[:ni].copy())
         self._expired_u += users  # type: ignore[arg-type]
         self._expired_i += items  # type: ignore[arg-type]
         return users, items  # type: ignore[return-value]
@@ -650,10 +742,14 @@ class HybridMF:
         tau = self.popularity_half_life_s / math.log(2.0)
         seen = self._SEEN_I[ir]
         pop = self._POP[ir] * np.exp(-np.clip(now - seen, 0, None) / tau)
+        cand_rows, cand_vals = self._knn.candidates(ur.astype(np.int32), n_items=ni, alive=self._ALIVE_I[:ni])
+        iids = self._iids
         header: dict[str, Any] = {
             "global_mean": self.global_mean,
             "user_ids": [self._uids[r] for r in ur],
-            "item_ids": [self._iids[r] for r in ir],
+            "item_ids": [iids[r] for r in ir],
+            "user_candidates": [[iids[c] for c in row if c >= 0] for row in cand_rows.tolist()],
+            "ranking": self.rank_weights.to_dict(),
         }
         if not full:
             header["expired_user_ids"], header["expired_item_ids"] = self._expired_u, self._expired_i
@@ -664,8 +760,27 @@ class HybridMF:
             "item_factors": np.ascontiguousarray(self._item_vectors(ir), np.float32),
             "item_bias": np.ascontiguousarray(self._BI[ir], np.float32),
             "item_popularity": np.ascontiguousarray(pop, np.float32),
+            "item_log_popularity": log_popularity(self._RPOP[ir], self._RPOPT[ir], self._pop_tau),
+            "user_candidate_scores": np.ascontiguousarray(cand_vals, np.float32),
         }
         return header, tensors
+
+    def ranking_inputs(self, user_id: str) -> tuple[list[str | None], dict[str, Any]]:
+        """``(item ids by row, keyword arguments of score_items)`` for one user, from exactly the
+        values a model update exports now: ``score_items(m.rank_weights, **kw)`` is what a serving
+        replica holding the newest update ranks by. Dead rows have id None and score -inf."""
+        ni = len(self._iids)
+        rows = np.arange(ni)
+        alive = self._ALIVE_I[:ni]
+        kw: dict[str, Any] = {"log_popularity": np.where(alive, log_popularity(self._RPOP[:ni], self._RPOPT[:ni], self._pop_tau), -np.inf)}
+        u = self._umap.get(user_id)
+        if u is not None:
+            kw["user_vector"] = self._P[u] + self._TU[u]
+            cr, cv = self._knn.candidates(np.array([u], np.int32), n_items=ni, alive=alive)
+            kw["cand_rows"], kw["cand_vals"] = cr[0], cv[0]
+            if self.rank_mf:
+                kw["item_factors"], kw["item_bias"] = self._item_vectors(rows), self._BI[:ni]
+        return self._iids, kw
 
     @property
     def global_mean(self) -> float:
@@ -675,7 +790,7 @@ class HybridMF:
         """Bytes held per user row and per item row (arrays + id-map entry estimate)."""
         import sys
 
-        per_u = sum(getattr(self, a)[0:1].nbytes for a in self._USER_ARRAYS)
+        per_u = sum(getattr(self, a)[0:1].nbytes for a in self._USER_ARRAYS) + self._knn.memory_bytes()["user"]
         per_i = sum(getattr(self, a)[0:1].nbytes for a in self._ITEM_ARRAYS)
         uid = next(iter(self._umap), "123456")
         map_entry = sys.getsizeof(uid) + 8 * 3 + 8  # key object + dict slot (hash, key, value) + list slot
@@ -694,15 +809,18 @@ class HybridMF:
             "rng": self._rng.bit_generator.state, "rng_u": self._rng_u.bit_generator.state,
             "rng_i": self._rng_i.bit_generator.state, "krng": int(self._krng[0]),
             "lr_mult": self._lr_mult, "boost_left": self._boost_left, "drifts": self._drifts,
-            "newest_time": self._newest_time, "last_expiry": self._last_expiry,
+            "newest_time": self._newest_time, "last_expiry": self._last_expiry, "clock": self._clock,
             "expired_u": self._expired_u, "expired_i": self._expired_i,
             "replay_credit": self._replay_credit, "replay": rmeta,
         }
+        kmeta, karrays = self._knn.state(nu, ni)
+        meta["knn"] = kmeta
         arrays = {name.lstrip("_"): np.ascontiguousarray(getattr(self, name)[:nu]) for name in self._USER_ARRAYS}
         arrays.update({name.lstrip("_"): np.ascontiguousarray(getattr(self, name)[:ni]) for name in self._ITEM_ARRAYS})
         for name in ("_W", "_SW", "_SST", "_GM"):
             arrays[name.lstrip("_")] = np.ascontiguousarray(getattr(self, name))
         arrays.update(rarrays)
+        arrays.update(karrays)
         return meta, arrays
 
     @classmethod
@@ -727,9 +845,11 @@ class HybridMF:
         m._krng[0] = np.uint64(meta["krng"])
         m._lr_mult, m._boost_left, m._drifts = float(meta["lr_mult"]), int(meta["boost_left"]), int(meta["drifts"])
         m._newest_time, m._last_expiry = float(meta["newest_time"]), float(meta["last_expiry"])
+        m._clock = float(meta["clock"])
         m._expired_u, m._expired_i = list(meta["expired_u"]), list(meta["expired_i"])
         m._replay_credit = float(meta["replay_credit"])
         m._replay = ReplayBuffer.from_state(meta["replay"], arrays)
+        m._knn = SequentialKNN.from_state(meta["knn"], arrays)
         return m
 
 

@@ -419,7 +419,10 @@ class TrainerWorker:
                      for name, t in tensors.items()}
         u_fixed = sum(v for k, v in row_bytes.items() if k.startswith("user"))
         i_fixed = sum(v for k, v in row_bytes.items() if not k.startswith("user"))
+        cands = head.get("user_candidates")
         u_cost = [u_fixed + len(json.dumps(x)) + 1 for x in users]
+        if cands is not None:
+            u_cost = [c + len(json.dumps(x)) + 1 for c, x in zip(u_cost, cands)]
         i_cost = [i_fixed + len(json.dumps(x)) + 1 for x in items]
         p_cost = [len(json.dumps(p)) + 1 for p in published]
         budget = max(self.settings.max_message_bytes - _HEADER_SLACK - len(json.dumps(self._offsets)), 1024)
@@ -438,6 +441,8 @@ class TrainerWorker:
                 "global_mean": float(head.get("global_mean", 0.0)),
                 "user_ids": users[us],
                 "item_ids": items[its],
+                **({"user_candidates": cands[us]} if cands is not None else {}),
+                **({"ranking": head["ranking"]} if "ranking" in head else {}),
                 **extra,
                 "published": published[ps],
                 "offsets": dict(self._offsets),

@@ -1,0 +1,531 @@
+"""``reco bench quality``: ranking quality as users see it, against anchors, in one run.
+
+Protocol (full catalogue, test-then-train): events in time order (stable). For every ``every``-th
+*positive* event — a rating or rated comment with rating >= ``positive``, a click, or an unrated
+comment whose text the sentiment head reads as positive is *not* counted (its label is a guess) —
+*before learning it*, each model ranks the event's item among all items seen so far minus the items
+the user already gave feedback on; an item never seen before counts as a miss for everyone. Then
+every model learns the event. Reported per model: ``hr10``, ``ndcg10``, ``mrr``, ``coverage10``
+(share of the catalogue that appears in any evaluated top 10), and the same for two segments,
+``cold_users`` (< 5 prior events of the user) and ``cold_items`` (< 5 prior events of the item).
+
+Our model is scored by :func:`trainer.scoring.score_items` on :meth:`HybridMF.ranking_inputs` —
+the same function and the same exported values a serving replica ranks by.
+
+Anchors, in the same loop: ``popularity`` (all-time interaction count), ``recent_popularity``
+(exponentially decayed count; the better of half-lives of 1,000 and 10,000 events is reported),
+``itemknn`` (for every event (u, j): ``C[h][j] += 1`` and ``C[j][h] += 1`` for each item ``h``
+already in u's history; ``score(u, j) = Σ_h C[h][j] / sqrt(count(j))``; exact and dense up to
+16,384 items, beyond that over the user's last 500 items) and ``river_biasedmf`` (river's
+BiasedMF, the configuration of its MovieLens tutorial, learning ratings; ranked by item bias +
+factors · factors).
+
+Inputs: a MovieLens-style directory (``ratings.csv``; ``tags.csv`` becomes comments, carrying the
+user's rating of the item when there is one), a ratings CSV alone, or a reviews JSONL (one object
+per line: ``user_id``, ``item_id``, ``rating``, ``time``, ``text``; every line a rated comment).
+Comment texts are encoded with the project's encoder (chunked, so any number of texts fits).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import sys
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from numba import njit
+
+from streamproc.errors import RecoError
+from streamproc.examples import KIND_CLICK, KIND_COMMENT, KIND_RATING, ExampleBatch
+from streamproc.settings import Settings
+from trainer.scoring import score_items
+
+__all__ = ["Stream", "load_stream", "evaluate", "register_bench"]
+
+log = logging.getLogger("reco.bench.quality")
+DEFAULT_DATASET = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "ml-latest-small"
+COLD = 5  # a user/item with fewer prior events is "cold"
+DENSE_KNN_MAX_ITEMS = 16_384
+SPARSE_KNN_HISTORY = 500
+
+
+@dataclass
+class Stream:
+    """Events in time order; ``ratings`` NaN where an event carries none; ``texts`` None for non-comments."""
+
+    users: list[str]
+    items: list[str]
+    kinds: np.ndarray
+    ratings: np.ndarray
+    times: np.ndarray
+    texts: list[str | None]
+    source: str
+    embeddings: np.ndarray | None = None  # [n, dim] rows for comments (zeros elsewhere)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+
+def _sorted(rows: list[tuple[float, str, str, int, float, str | None]], source: str) -> Stream:
+    rows.sort(key=lambda r: r[0])  # stable: file order within a timestamp
+    return Stream(users=[r[1] for r in rows], items=[r[2] for r in rows], kinds=np.array([r[3] for r in rows], np.uint8),
+                  ratings=np.array([r[4] for r in rows], np.float64), times=np.array([r[0] for r in rows], np.float64),
+                  texts=[r[5] for r in rows], source=source)
+
+
+def load_stream(*, dataset: str | Path | None = None, ratings: str | Path | None = None, reviews: str | Path | None = None,
+                hide_ratings: float = 0.0) -> Stream:
+    """Load one input (exactly one of the three). ``hide_ratings``: this fraction of the comments
+    arrive without their rating (a deterministic choice by event position)."""
+    if sum(x is not None for x in (dataset, ratings, reviews)) != 1:
+        raise ValueError("give exactly one of dataset, ratings, reviews")
+    rows: list[tuple[float, str, str, int, float, str | None]] = []
+    if reviews is not None:
+        path = Path(reviews)
+        if not path.is_file():
+            raise RecoError(f"--reviews {path}: no such file (expected JSONL lines {{user_id, item_id, rating, time, text}})")
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    d = json.loads(line)
+                    rows.append((float(d["time"]), str(d["user_id"]), str(d["item_id"]), KIND_COMMENT, float(d["rating"]), str(d["text"])))
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise RecoError(f"{path}:{n}: not a review object {{user_id, item_id, rating, time, text}}: {exc!r}") from None
+        stream = _sorted(rows, str(path))
+    else:
+        if dataset is not None:
+            d = Path(dataset)
+            csv_path = d / "ratings.csv"
+            if not csv_path.is_file():
+                raise RecoError(f"--dataset {d}: no ratings.csv there (expected a MovieLens-style directory; or pass --ratings CSV or --reviews JSONL)")
+        else:
+            csv_path = Path(ratings)  # type: ignore[arg-type]
+            if not csv_path.is_file():
+                raise RecoError(f"--ratings {csv_path}: no such file (expected a CSV with userId,movieId,rating,timestamp)")
+        rated: dict[tuple[str, str], float] = {}
+        try:
+            with open(csv_path, newline="") as f:
+                for row in csv.DictReader(f):
+                    u, m, r, t = row["userId"], row["movieId"], float(row["rating"]), float(row["timestamp"])
+                    rated[(u, m)] = r
+                    rows.append((t, u, m, KIND_RATING, r, None))
+        except (KeyError, ValueError, TypeError) as exc:
+            raise RecoError(f"{csv_path}: not a MovieLens-style ratings CSV (userId,movieId,rating,timestamp): {exc!r}") from None
+        tags = csv_path.parent / "tags.csv" if dataset is not None else None
+        if tags is not None and tags.is_file():
+            with open(tags, newline="", encoding="utf-8") as f:
+                for row in csv.DictReader(f):
+                    text = row.get("tag") or ""
+                    if not text.strip():
+                        continue
+                    u, m = row["userId"], row["movieId"]
+                    rows.append((float(row["timestamp"]), u, m, KIND_COMMENT, rated.get((u, m), math.nan), text))
+        stream = _sorted(rows, str(csv_path if dataset is None else dataset))
+    if not len(stream):
+        raise RecoError(f"{stream.source}: no events")
+    if hide_ratings > 0:
+        is_comment = stream.kinds == KIND_COMMENT
+        hide = np.array([zlib.crc32(b"%d" % n) % 10_000 < hide_ratings * 10_000 for n in range(len(stream))]) & is_comment
+        stream.ratings[hide] = math.nan
+        stream.meta["hidden_ratings"] = int(hide.sum())
+    return stream
+
+
+def encode_texts(stream: Stream, settings: Settings, chunk: int = 64) -> None:
+    """Fill ``stream.embeddings`` with the project's encoder (unique texts, in chunks)."""
+    idx = [n for n, t in enumerate(stream.texts) if t]
+    if not idx:
+        stream.embeddings = None
+        return
+    from streamproc.encoder import get_encoder
+
+    enc = get_encoder(settings)
+    uniq = sorted({stream.texts[n] for n in idx})  # type: ignore[type-var]
+    pos = {t: k for k, t in enumerate(uniq)}
+    t0 = time.perf_counter()
+    vecs = np.concatenate([enc.encode(uniq[s : s + chunk]) for s in range(0, len(uniq), chunk)])
+    log.info("encoded %d unique texts in %.1f s", len(uniq), time.perf_counter() - t0)
+    emb = np.zeros((len(stream), vecs.shape[1]), np.float32)
+    for n in idx:
+        emb[n] = vecs[pos[stream.texts[n]]]  # type: ignore[index]
+    stream.embeddings = emb
+    stream.meta["texts_encoded"] = len(uniq)
+    stream.meta["encode_seconds"] = round(time.perf_counter() - t0, 1)
+
+
+def batch_of(stream: Stream, lo: int, hi: int, text: bool = True) -> ExampleBatch:
+    """Events ``lo:hi`` as one :class:`ExampleBatch` (what the trainer receives)."""
+    kinds = stream.kinds[lo:hi]
+    t = stream.times[lo:hi]
+    n = hi - lo
+    emb_rows = np.full(n, -1, np.int32)
+    emb = None
+    if text and stream.embeddings is not None:
+        has = np.array([stream.texts[k] is not None for k in range(lo, hi)], bool)
+        if has.any():
+            emb_rows[has] = np.arange(int(has.sum()))
+            emb = stream.embeddings[lo:hi][has]
+    return ExampleBatch.build(event_ids=[""] * n, user_ids=stream.users[lo:hi], item_ids=stream.items[lo:hi], kinds=kinds,
+                              targets=stream.ratings[lo:hi], event_times=t, published=t, processed=t,
+                              emb_rows=emb_rows, embeddings=emb)
+
+
+# ------------------------------------------------------------------------------ ranking helpers
+@njit(cache=True)
+def _rank(scores, eligible, target):  # pragma: no cover - compiled
+    """Rank of ``target`` among eligible rows (0 = best); ties split evenly (expected rank)."""
+    st = scores[target]
+    greater = 0
+    ties = 0
+    for j in range(len(scores)):
+        if j != target and eligible[j]:
+            s = scores[j]
+            if s > st:
+                greater += 1
+            elif s == st:
+                ties += 1
+    return greater + 0.5 * ties
+
+
+@njit(cache=True)
+def _knn_learn(C, hist, hlen, cnt, u, j):  # pragma: no cover - compiled
+    m = hlen[u]
+    for q in range(m):
+        h = hist[u, q]
+        if h != j:
+            C[h, j] += 1.0
+            C[j, h] += 1.0
+    cnt[j] += 1.0
+
+
+@njit(cache=True)
+def _knn_scores(C, hist, hlen, cnt, u, out):  # pragma: no cover - compiled
+    n = out.shape[0]
+    for j in range(n):
+        out[j] = 0.0
+    for q in range(hlen[u]):
+        h = hist[u, q]
+        for j in range(n):
+            out[j] += C[h, j]
+    for j in range(n):
+        if cnt[j] > 0:
+            out[j] /= math.sqrt(cnt[j])
+
+
+class _Tally:
+    """hr/ndcg/mrr sums overall and per segment, plus the set of items in any top 10."""
+
+    def __init__(self) -> None:
+        self.sums = {seg: np.zeros(4) for seg in ("all", "cold_users", "cold_items")}  # n, hits, ndcg, mrr
+        self.top: set[int] = set()
+
+    def add(self, rank: float, segs: list[str]) -> None:
+        hit = rank < 10
+        for seg in segs:
+            s = self.sums[seg]
+            s[0] += 1
+            if hit:
+                s[1] += 1
+                s[2] += 1.0 / math.log2(rank + 2)
+            if math.isfinite(rank):
+                s[3] += 1.0 / (rank + 1)
+
+    def get(self, n_items: int) -> dict[str, Any]:
+        def m(s: np.ndarray) -> dict[str, Any]:
+            n = max(s[0], 1)
+            return {"hr10": round(s[1] / n, 4), "ndcg10": round(s[2] / n, 4), "mrr": round(s[3] / n, 4), "n_evaluated": int(s[0])}
+
+        out = m(self.sums["all"])
+        out["coverage10"] = round(len(self.top) / max(n_items, 1), 4)
+        out["cold_users"] = m(self.sums["cold_users"])
+        out["cold_items"] = m(self.sums["cold_items"])
+        return out
+
+
+def _top10(scores: np.ndarray, eligible: np.ndarray) -> np.ndarray:
+    s = np.where(eligible, scores, -np.inf)
+    k = min(10, len(s))
+    top = np.argpartition(-s, k - 1)[:k] if len(s) > k else np.arange(len(s))
+    return top[np.isfinite(s[top])]
+
+
+# ------------------------------------------------------------------------------ the loop
+def evaluate(stream: Stream, model: Any, *, every: int, positive: float, anchors: bool = True, text: bool = True,
+             progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Run the protocol; ``model`` is a fresh :class:`~trainer.model.HybridMF` (learns the stream)."""
+    n = len(stream)
+    item_index: dict[str, int] = {}
+    item_of = np.array([item_index.setdefault(x, len(item_index)) for x in stream.items], np.int64)
+    user_index: dict[str, int] = {}
+    user_of = np.array([user_index.setdefault(x, len(user_index)) for x in stream.users], np.int64)
+    n_items, n_users = len(item_index), len(user_index)
+    item_names = list(item_index)  # dicts keep insertion order: position = index
+    kinds, ratings = stream.kinds, stream.ratings
+    is_pos = (kinds == KIND_CLICK) | ((kinds != KIND_CLICK) & (ratings >= positive))
+    pos_idx = np.flatnonzero(is_pos)
+    eval_at = pos_idx[every - 1 :: every]
+
+    seen_item = np.zeros(n_items, np.bool_)
+    item_events = np.zeros(n_items, np.int64)
+    user_events = np.zeros(n_users, np.int64)
+    past: list[set[int]] = [set() for _ in range(n_users)]
+    tallies = {"model": _Tally()}
+    weights = model.rank_weights
+    # anchors' state
+    pop = np.zeros(n_items)
+    half_lives = (1_000, 10_000)
+    rpop = np.zeros((len(half_lives), n_items))
+    rpop_scale = np.ones(len(half_lives))
+    rpop_step = np.array([2.0 ** (1.0 / h) for h in half_lives])
+    dense = n_items <= DENSE_KNN_MAX_ITEMS
+    river = None
+    if anchors:
+        for name in ("popularity", "recent_popularity_1000", "recent_popularity_10000", "itemknn", "river_biasedmf"):
+            tallies[name] = _Tally()
+        if dense:
+            C = np.zeros((n_items, n_items), np.float32)
+            max_hist = int(np.bincount(user_of).max())
+            hist = np.zeros((n_users, max_hist), np.int64)
+            hlen = np.zeros(n_users, np.int64)
+            kcnt = np.zeros(n_items)
+            kbuf = np.zeros(n_items)
+        else:
+            from trainer.cooc import SequentialKNN
+
+            sknn = SequentialKNN(window=SPARSE_KNN_HISTORY, decay=1.0, pair_decay=1.0, alpha=0.0, beta=0.5,
+                                 n_candidates=1000, max_pairs=200_000_000)
+        from river import optim, reco
+
+        river = reco.BiasedMF(n_factors=10, bias_optimizer=optim.SGD(0.025), latent_optimizer=optim.SGD(0.05),
+                              weight_initializer=optim.initializers.Zeros(),
+                              latent_initializer=optim.initializers.Normal(mu=0.0, sigma=0.1, seed=73), l2_bias=0.0, l2_latent=0.0)
+        rq = np.zeros((n_items, 10))
+        rb = np.zeros(n_items)
+    preds = np.full(n, np.nan)
+    river_preds = np.full(n, np.nan)
+    lo = 0
+    t_learn = 0.0
+    for e in list(eval_at) + [n]:
+        # learn lo:e (everything before the evaluated event)
+        if e > lo:
+            t0 = time.perf_counter()
+            preds[lo:e] = model.learn_batch(batch_of(stream, lo, e, text))
+            t_learn += time.perf_counter() - t0
+            for k in range(lo, e):
+                u, i = int(user_of[k]), int(item_of[k])
+                if anchors:
+                    pop[i] += 1
+                    rpop_scale *= rpop_step
+                    rpop[:, i] += rpop_scale
+                    if rpop_scale.max() > 1e100:
+                        rpop /= rpop_scale[:, None]
+                        rpop_scale[:] = 1.0
+                    if i not in past[u]:
+                        if dense:
+                            _knn_learn(C, hist, hlen, kcnt, u, i)
+                            hist[u, hlen[u]] = i
+                            hlen[u] += 1
+                        else:
+                            sknn.learn(np.array([u], np.int32), np.array([i], np.int32), np.ones(1, np.float32),
+                                       n_users=n_users, n_items=n_items)
+                    elif dense:
+                        kcnt[i] += 1
+                    if not math.isnan(ratings[k]) and kinds[k] != KIND_CLICK:
+                        river_preds[k] = river.predict_one(u, i)
+                        river.learn_one(u, i, float(ratings[k]))
+                        rb[i] = river.i_biases[i]
+                        rq[i] = river.i_latents[i]
+                past[u].add(i)
+                seen_item[i] = True
+                item_events[i] += 1
+                user_events[u] += 1
+            if progress is not None:
+                progress(e - lo)
+            lo = e
+        if e >= n:
+            break
+        # evaluate event e before learning it
+        u, i = int(user_of[e]), int(item_of[e])
+        if i in past[u]:
+            continue
+        segs = ["all"]
+        if user_events[u] < COLD:
+            segs.append("cold_users")
+        if item_events[i] < COLD:
+            segs.append("cold_items")
+        eligible = seen_item.copy()
+        user_past = np.fromiter(past[u], np.int64, len(past[u]))
+        eligible[user_past] = False
+        known = bool(seen_item[i])
+        # our model, scored as serving scores it
+        ids, kw = model.ranking_inputs(stream.users[e])
+        s = score_items(weights, **kw)
+        rows = model.item_rows([stream.items[e]])
+        if known and rows[0] >= 0:
+            m_elig = np.isfinite(s)
+            m_past = model.item_rows([item_names[x] for x in user_past.tolist()])
+            m_elig[m_past[m_past >= 0]] = False
+            rank = _rank(s, m_elig, int(rows[0]))
+            tallies["model"].top.update(item_index[x] for x in model.item_ids_of(_top10(s, m_elig)) if x is not None)
+        else:
+            rank = math.inf
+        tallies["model"].add(rank, segs)
+        if not anchors:
+            continue
+        for name, sc in (("popularity", pop), ("recent_popularity_1000", rpop[0]), ("recent_popularity_10000", rpop[1])):
+            _score_anchor(tallies[name], sc, eligible, i, known, segs)
+        if dense:
+            _knn_scores(C, hist, hlen, kcnt, u, kbuf)
+            ks = kbuf
+        else:
+            ks = np.zeros(n_items)
+            cr, cv = sknn.candidates(np.array([u], np.int32), n_items=n_items)
+            ok = cr[0] >= 0
+            ks[cr[0][ok]] = cv[0][ok]
+        _score_anchor(tallies["itemknn"], ks, eligible, i, known, segs)
+        ru = river.u_latents.get(u) if u in river.u_latents else None
+        rs = rb + (rq @ ru if ru is not None else 0.0)
+        _score_anchor(tallies["river_biasedmf"], rs, eligible, i, known, segs)
+    out: dict[str, Any] = tallies["model"].get(n_items)
+    rated = (kinds != KIND_CLICK) & ~np.isnan(ratings)
+    ok = rated & ~np.isnan(preds)
+    out["rmse"] = round(float(np.sqrt(np.mean((preds[ok] - ratings[ok]) ** 2))), 4) if ok.any() else None
+    out["learn_seconds_in_loop"] = round(t_learn, 2)
+    if anchors:
+        res = {name: t.get(n_items) for name, t in tallies.items() if name != "model"}
+        r1, r2 = res.pop("recent_popularity_1000"), res.pop("recent_popularity_10000")
+        best = r1 if r1["hr10"] >= r2["hr10"] else r2
+        best["half_life_events"] = 1_000 if best is r1 else 10_000
+        res["recent_popularity"] = best
+        if not dense:
+            res["itemknn"]["history_window"] = SPARSE_KNN_HISTORY
+        rok = rated & ~np.isnan(river_preds)
+        res["river_biasedmf"]["rmse"] = round(float(np.sqrt(np.mean((np.clip(river_preds[rok], model.rating_min, model.rating_max) - ratings[rok]) ** 2))), 4) if rok.any() else None
+        out["anchors"] = res
+        best_name = max(res, key=lambda k: (res[k]["hr10"], res[k]["ndcg10"]))
+        out["best_anchor"] = best_name
+        for metric in ("hr10", "ndcg10"):
+            top_anchor = max(r[metric] for r in res.values())
+            out[f"{metric}_ratio_vs_best_anchor"] = round(out[metric] / top_anchor, 3) if top_anchor > 0 else None
+    out["n_items"], out["n_users"], out["n_events"] = n_items, n_users, n
+    return out
+
+
+def _score_anchor(tally: _Tally, scores: np.ndarray, eligible: np.ndarray, target: int, known: bool, segs: list[str]) -> None:
+    rank = _rank(scores, eligible, target) if known else math.inf
+    tally.add(rank, segs)
+    tally.top.update(_top10(scores, eligible).tolist())
+
+
+# ------------------------------------------------------------------------------ the command
+def _learning_speed(stream: Stream, model: Any, batch_size: int = 1000) -> float:
+    """Events/s of ``model`` learning the whole stream in trainer-sized batches (no evaluation)."""
+    batches = [batch_of(stream, s, min(s + batch_size, len(stream))) for s in range(0, len(stream), batch_size)]
+    warm = model.clone()
+    warm.learn_batch(batches[0])  # numba compilation outside the timed region
+    t0 = time.perf_counter()
+    for b in batches:
+        model.learn_batch(b)
+    return len(stream) / (time.perf_counter() - t0)
+
+
+def _cmd_bench_quality(args: argparse.Namespace, settings: Settings) -> int:
+    from tqdm import tqdm
+
+    from trainer.model import HybridMF
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    if args.ratings is None and args.reviews is None and args.dataset is None:
+        if not (DEFAULT_DATASET / "ratings.csv").is_file():
+            raise RecoError(f"no dataset at {DEFAULT_DATASET}: pass --dataset DIR (MovieLens-style), --ratings CSV or --reviews JSONL")
+        args.dataset = str(DEFAULT_DATASET)
+    stream = load_stream(dataset=args.dataset, ratings=args.ratings, reviews=args.reviews, hide_ratings=args.hide_ratings)
+    if args.limit:
+        for name in ("users", "items", "texts"):
+            setattr(stream, name, getattr(stream, name)[: args.limit])
+        for name in ("kinds", "ratings", "times"):
+            setattr(stream, name, getattr(stream, name)[: args.limit])
+    if not args.no_text:
+        encode_texts(stream, settings)
+    params = json.loads(args.params) if args.params else {}
+    proto = HybridMF(**{**_model_params(settings, stream), **params})
+    n_pos = int(np.count_nonzero((stream.kinds == KIND_CLICK) | (stream.ratings >= args.positive)))
+    every = args.every or max(1, n_pos // 8_000)
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(stream), unit="ev", disable=args.json or not sys.stderr.isatty(), mininterval=0.5)
+    out: dict[str, Any] = {"dataset": stream.source, "every": every, "positive": args.positive, **stream.meta}
+    out.update(evaluate(stream, proto.clone(), every=every, positive=args.positive, anchors=not args.no_anchors,
+                        text=not args.no_text, progress=bar.update))
+    bar.close()
+    out["events_per_s"] = round(_learning_speed(stream, proto.clone()), 0)
+    if args.ablations:
+        abl: dict[str, Any] = {}
+        variants = {
+            "no_knn": {"rank_knn": 0.0},
+            "no_popularity": {"rank_popularity": 0.0},
+            "with_mf": {"rank_mf": 1.0},
+            "replay_0.5": {"replay_ratio": 0.5},
+            "full_history_unweighted": {"knn_window": 200, "knn_decay": 1.0, "knn_pair_decay": 1.0},
+            "ratings_unsigned": {"dislike_weight": 0.0, "like_floor": 1.0},
+        }
+        for name, change in variants.items():
+            r = evaluate(stream, HybridMF(**{**proto.get_params(), **change}), every=every, positive=args.positive,
+                         anchors=False, text=not args.no_text)
+            abl[name] = {k: r[k] for k in ("hr10", "ndcg10", "mrr", "coverage10", "rmse")}
+            log.info("ablation %s: %s", name, abl[name])
+        if stream.embeddings is not None:
+            r = evaluate(stream, proto.clone(), every=every, positive=args.positive, anchors=False, text=False)
+            abl["no_text"] = {k: r[k] for k in ("hr10", "ndcg10", "mrr", "coverage10", "rmse")}
+        out["ablations"] = abl
+    if stream.embeddings is not None and not args.no_text and "ablations" in out and "no_text" in out["ablations"]:
+        out["hr10_no_text"], out["rmse_no_text"] = out["ablations"]["no_text"]["hr10"], out["ablations"]["no_text"]["rmse"]
+    out["targets"] = {"hr10_ratio_vs_best_anchor": 1.3, "ndcg10_ratio_vs_best_anchor": 1.3, "events_per_s": 100_000}
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    if args.json:
+        from streamproc.cli import print_json
+
+        print_json(out)
+    else:
+        for k, v in out.items():
+            print(f"{k}: {v}")
+    return 0
+
+
+def _model_params(settings: Settings, stream: Stream) -> dict[str, Any]:
+    from trainer.model import HybridMF
+
+    params = HybridMF.from_settings(settings).get_params()
+    r = stream.ratings[~np.isnan(stream.ratings)]
+    if len(r):  # the data's own rating scale (a 1-5 review set must not be clipped to 0.5-5)
+        params["rating_min"], params["rating_max"] = float(min(r.min(), settings.rating_min)), float(max(r.max(), settings.rating_max))
+    return params
+
+
+def register_bench(bench: argparse._SubParsersAction) -> None:
+    """Add ``reco bench quality``."""
+    p = bench.add_parser("quality", help="full-catalogue test-then-train ranking quality vs popularity, item-kNN, river")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--dataset", help="MovieLens-style directory (ratings.csv, optional tags.csv as comments); default ml-latest-small beside the clone")
+    src.add_argument("--ratings", help="ratings CSV: userId,movieId,rating,timestamp")
+    src.add_argument("--reviews", help="JSONL, one {user_id, item_id, rating, time, text} per line (rated comments)")
+    p.add_argument("--positive", type=float, default=4.0, help="ratings >= this are positive (evaluated); default 4.0")
+    p.add_argument("--every", type=int, default=0, help="evaluate every N-th positive event (default: about 8,000 evaluations)")
+    p.add_argument("--limit", type=int, default=0, help="use only the first N events (0 = all)")
+    p.add_argument("--hide-ratings", type=float, default=0.0, help="fraction of comments that arrive without their rating")
+    p.add_argument("--no-text", action="store_true", help="do not encode comment texts")
+    p.add_argument("--no-anchors", action="store_true", help="skip the anchors")
+    p.add_argument("--ablations", action="store_true", help="also run the model without each part (knn, popularity, text, ...)")
+    p.add_argument("--params", default="", help='JSON of HybridMF parameters to override, e.g. \'{"knn_window": 30}\'')
+    p.set_defaults(func=_cmd_bench_quality)
