@@ -24,6 +24,12 @@ import logging
 from collections import Counter, OrderedDict
 from typing import Any, Callable
 
+# Imported here, on the importing thread: importing aiokafka (which imports kafka-python) on the
+# event loop while the model-updates thread imports kafka-python raced into a half-initialised
+# ``kafka`` module ("cannot import name 'KafkaConsumer' ... circular import").
+import kafka  # noqa: F401
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
 from streamproc.kafka import client_config
 from streamproc.settings import Settings
 from streamproc.topics import Topics
@@ -81,8 +87,6 @@ class EarlyPopularity:
     # ------------------------------------------------------------------ following the topic
     async def follow(self, settings: Settings, model_loaded: Callable[[], bool], *, window: int = 10_000) -> None:
         """Count events from the events topic until ``model_loaded()``; then :meth:`retire`."""
-        from aiokafka import AIOKafkaConsumer, TopicPartition
-
         topic = Topics.from_settings(settings).events
         consumer = AIOKafkaConsumer(enable_auto_commit=False, fetch_max_wait_ms=100, **client_config(settings, aio=True))
         try:

@@ -50,12 +50,19 @@
     else setStatus("waiting", st.items.length ? "no model yet (answering with popularity so far)" : "waiting for events…");
     $("for-user").textContent = st.user_id;
     $("model").textContent = modelText(st);
-    const sig = JSON.stringify([st.version, st.fallback, st.items.map((i) => i.item_id), marks]);
-    if (sig === lastRendered) return;
-    lastRendered = sig;
     const list = $("list");
     list.dataset.version = body.dataset.version;
     list.dataset.fallback = String(!!st.fallback);
+    // Rebuild only when the list itself changed: a rebuild under the pointer would eat a click.
+    const sig = JSON.stringify([st.fallback, st.items.map((i) => i.item_id), marks, pending && pending.item]);
+    if (sig === lastRendered) {
+      for (const it of st.items) {
+        const score = list.querySelector('li[data-item="' + CSS.escape(it.item_id) + '"] .score');
+        if (score) score.textContent = "score " + Number(it.score).toFixed(2);
+      }
+      return;
+    }
+    lastRendered = sig;
     list.replaceChildren();
     for (const it of st.items) {
       const li = document.createElement("li");
@@ -66,7 +73,10 @@
       title.append(esc(it.title));
       const meta = document.createElement("div");
       meta.className = "meta";
-      meta.append(esc([it.category, it.item_id, "score " + Number(it.score).toFixed(2)].filter(Boolean).join(" · ")));
+      meta.append(esc([it.category, it.item_id].filter(Boolean).join(" · ") + " · "));
+      const score = esc("score " + Number(it.score).toFixed(2));
+      score.className = "score";
+      meta.append(score);
       const m = marks[it.item_id];
       if (m) { const s = esc(m.text); s.className = "mark " + m.cls; meta.append(s); }
       const actions = document.createElement("div");
