@@ -53,11 +53,11 @@ def run_freshness(settings: Settings, *, probes: int = 30, comment_probes: int =
 
     from serving.loop import running_loop, wait_http
     from streamproc.kafka import client_config
-    from streamproc.replay import DEFAULT_DATASET, load_events, replay
+    from streamproc.replay import bench_events, replay
     from streamproc.topics import Topics
 
     log = log or io.StringIO()
-    background = load_events(DEFAULT_DATASET)
+    background = bench_events()[0]  # ml-latest-small beside the clone (CI), else the demo data
     with running_loop(settings, log=log) as (s, sup):
         base = f"http://{s.http_host}:{s.http_port}"
         if not wait_http(f"{base}/healthz", 180):

@@ -263,9 +263,9 @@ def _type_of(value: bytes) -> str:
 
 
 def _cmd_bench_publish(args: argparse.Namespace, settings: Settings) -> int:
-    from streamproc.replay import DEFAULT_DATASET, load_events, replay
+    from streamproc.replay import bench_events, load_events, replay
 
-    events = load_events(args.dataset or DEFAULT_DATASET, comments=False)[: args.limit]
+    events = (load_events(args.dataset, comments=False) if args.dataset else bench_events(comments=False)[0])[: args.limit]
     with embedded_or_configured(settings) as s:
         res = replay(s, events, progress=False)
         from streamproc.kafka import read_all
@@ -308,15 +308,15 @@ def _cmd_streamproc(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _bench_texts(n: int) -> list[str]:
-    import csv
+    from streamproc.replay import bench_texts
 
-    from streamproc.replay import DEFAULT_DATASET
+    return bench_texts(n)[0]
 
-    with open(DEFAULT_DATASET / "tags.csv", newline="", encoding="utf-8") as f:
-        texts = [row["tag"] for row in csv.DictReader(f) if row["tag"].strip()]
-    if not texts:
-        raise RecoError(f"{DEFAULT_DATASET}/tags.csv: no tags")
-    return (texts * (n // len(texts) + 1))[:n]
+
+def _bench_texts_source() -> str:
+    from streamproc.replay import bench_texts
+
+    return bench_texts(1)[1]
 
 
 def _cmd_bench_encoder(args: argparse.Namespace, settings: Settings) -> int:
@@ -358,7 +358,7 @@ def _cmd_bench_encoder(args: argparse.Namespace, settings: Settings) -> int:
         enc.encode([t])
     single_s = time.perf_counter() - t0
     out: dict[str, Any] = {
-        "texts": len(texts), "dataset": "ml-latest-small tags.csv", "model": settings.encoder_dir,
+        "texts": len(texts), "dataset": _bench_texts_source(), "model": settings.encoder_dir,
         "batch_size": bs, "max_wait_ms": settings.encode_max_wait_ms, "torch_threads": settings.torch_threads,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
         "load_s": round(load_s, 2),
@@ -644,7 +644,7 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_bench_ingest)
 
-    p = bench.add_parser("publish", help="replay ml-latest-small ratings to the embedded broker")
+    p = bench.add_parser("publish", help="replay ratings to the embedded broker (ml-latest-small beside the clone, else demo data)")
     p.add_argument("--dataset", help="dataset directory")
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--json", action="store_true")

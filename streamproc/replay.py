@@ -31,7 +31,8 @@ from streamproc.kafka import client_config
 from streamproc.settings import Settings
 from streamproc.topics import Topics
 
-__all__ = ["DEFAULT_DATASET", "DatasetError", "load_events", "load_catalog", "load_reviews", "replay", "ReplayResult"]
+__all__ = ["DEFAULT_DATASET", "DatasetError", "load_events", "load_catalog", "load_reviews", "bench_events", "bench_texts",
+           "replay", "ReplayResult"]
 
 # Where CI keeps ml-latest-small. Never a default for users: a fresh clone has nothing beside it.
 DEFAULT_DATASET = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "ml-latest-small"
@@ -172,6 +173,32 @@ def load_reviews(path: str | Path) -> list[tuple[float, str, bytes]]:
         raise DatasetError(f"{path}: no reviews in it")
     out.sort(key=lambda e: e[0])
     return out
+
+
+def bench_events(*, comments: bool = True, n: int = 100_000) -> tuple[list[tuple[float, str, bytes]], str]:
+    """Events for the benchmarks and their source, in words: ml-latest-small where it sits beside
+    the clone (CI), else ``n`` events of the built-in demo data (a fresh clone)."""
+    if (DEFAULT_DATASET / "ratings.csv").is_file():
+        return load_events(DEFAULT_DATASET, comments=comments), "ml-latest-small"
+    from streamproc.demo_data import DemoData
+
+    demo = DemoData(comment_share=0.15 if comments else 0.0)
+    return list(demo.serialized(n, rate=1000.0, start=time.time() - n / 1000.0)), f"demo data (seed {demo.seed}, {n:,} events)"
+
+
+def bench_texts(n: int) -> tuple[list[str], str]:
+    """``n`` comment texts for the encoder benchmark: ml-latest-small's tags where they sit beside
+    the clone (CI), else demo-data comments."""
+    texts: list[str] = []
+    source = "ml-latest-small tags.csv"
+    if (DEFAULT_DATASET / "tags.csv").is_file():
+        texts = [row["tag"] for _, row in _rows(DEFAULT_DATASET / "tags.csv", ("tag",)) if row["tag"].strip()]
+    if not texts:
+        from streamproc.demo_data import DemoData
+
+        texts = [e["text"] for e in DemoData(comment_share=1.0, click_share=0.0).events(min(n, 20_000))]
+        source = "demo-data comments"
+    return (texts * (n // len(texts) + 1))[:n], source
 
 
 @dataclass

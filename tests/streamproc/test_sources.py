@@ -90,3 +90,16 @@ def test_cli_bad_source_is_one_line_without_traceback(tmp_path: Path, args: list
     lines = out.stderr.strip().splitlines()
     assert "Traceback" not in out.stderr and len(lines) == 1, out.stderr
     assert lines[0].startswith("reco: error: ") and says in lines[0], lines[0]
+
+
+def test_benchmarks_fall_back_to_demo_data_without_a_dataset_beside_the_clone(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import streamproc.replay as replay_mod
+
+    monkeypatch.setattr(replay_mod, "DEFAULT_DATASET", tmp_path / "nothing-here")
+    texts, source = replay_mod.bench_texts(50)
+    assert source == "demo-data comments" and len(texts) == 50 and all(t.strip() for t in texts)
+    events, source = replay_mod.bench_events(comments=False, n=300)
+    assert source.startswith("demo data") and len(events) == 300
+    assert {json.loads(v)["type"] for _, _, v in events} <= {"click", "rating"}
+    monkeypatch.setattr(replay_mod, "DEFAULT_DATASET", _ml(tmp_path))
+    assert replay_mod.bench_texts(3) == (["funny", "funny", "funny"], "ml-latest-small tags.csv")
