@@ -245,6 +245,11 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         if not wait_http(f"{base}/healthz", 180, stop):
             print("reco demo: serving did not come up; see the log above", file=sys.stderr)
             return 1
+        # Publish once the workers are up (their /metrics answer): events sent while they still
+        # load the encoder would wait as a backlog, and the first minute would show its latency.
+        deadline = time.monotonic() + 120
+        for url in filter(None, s.dashboard_sources.split(",")):
+            wait_http(url.strip(), max(1.0, deadline - time.monotonic()), stop)
         first_user = "u1" if src.generated else "1"
         print(f"\nreco demo is up (broker {s.kafka_bootstrap})\n"
               f"  be the user: {base}/try   <- pick a user, rate or comment, watch their top 10 change\n"
