@@ -48,8 +48,12 @@ class SyntheticModel:
         Seed of every random draw.
     """
 
-    def __init__(self, n_users: int = 600, n_items: int = 9000, factors: int = 32, seed: int = 0) -> None:
+    def __init__(self, n_users: int = 600, n_items: int = 9000, factors: int = 32, seed: int = 0, *,
+                 candidates: int = 0, ranking: dict[str, float] | None = None) -> None:
         self.n_users, self.n_items, self.factors, self.seed = n_users, n_items, factors, seed
+        # candidates > 0: users carry that many sparse neighbourhood scores and updates carry the
+        # ranking blend (the trainer's HybridMF export); 0: the plain factor model
+        self.candidates, self.ranking = candidates, ranking
         self._rng = np.random.default_rng(seed)
         r = self._rng
         self.user_ids = [f"u{i}" for i in range(n_users)]
@@ -61,6 +65,17 @@ class SyntheticModel:
         self.item_popularity = np.sort(r.exponential(size=n_items).astype(np.float32))[::-1].copy()
         self.version = 0
         self.global_mean = 3.5
+        self.item_log_popularity = np.log(self.item_popularity + 1e-3).astype(np.float32)
+        self.user_candidates = [list(r.choice(n_items, min(candidates, n_items), replace=False)) for _ in range(n_users)]
+        self.user_candidate_scores = np.sort(r.random((n_users, candidates)).astype(np.float32), axis=1)[:, ::-1].copy()
+
+    def _blend(self, header: dict[str, Any], tensors: dict[str, np.ndarray], ui: np.ndarray, ii: np.ndarray) -> None:
+        if not self.candidates:
+            return
+        header["ranking"] = self.ranking or {"knn": 1.0, "popularity": 0.2, "mf": 0.0, "rating_span": 4.5}
+        header["user_candidates"] = [[self.item_ids[c] for c in self.user_candidates[u]] for u in ui.tolist()]
+        tensors["user_candidate_scores"] = self.user_candidate_scores[ui]
+        tensors["item_log_popularity"] = self.item_log_popularity[ii]
 
     def snapshot(self, *, max_bytes: int = 1_000_000, published: list[list[Any]] | None = None) -> list[ModelUpdate]:
         """The whole model as a new version, chunked by rows so each message fits ``max_bytes``."""
@@ -80,6 +95,7 @@ class SyntheticModel:
             tensors = {"user_factors": self.user_factors[ui], "user_bias": self.user_bias[ui],
                        "item_factors": self.item_factors[ii], "item_bias": self.item_bias[ii],
                        "item_popularity": self.item_popularity[ii]}
+            self._blend(header, tensors, ui, ii)
             out.append(ModelUpdate(header, tensors))
         return out
 
@@ -92,6 +108,7 @@ class SyntheticModel:
             self.item_factors = np.vstack([self.item_factors, (r.normal(size=(new_items, self.factors)) * 0.3).astype(np.float32)])
             self.item_bias = np.concatenate([self.item_bias, np.zeros(new_items, np.float32)])
             self.item_popularity = np.concatenate([self.item_popularity, np.zeros(new_items, np.float32)])
+            self.item_log_popularity = np.concatenate([self.item_log_popularity, np.full(new_items, -1e9, np.float32)])
             self.n_items += new_items
         ii = np.unique(np.concatenate([r.choice(self.n_items, min(rows, self.n_items), replace=False),
                                        np.arange(self.n_items - new_items, self.n_items)]))
@@ -106,6 +123,7 @@ class SyntheticModel:
                   "newest_published": now, "created": now}
         tensors = {"user_factors": self.user_factors[ui], "user_bias": self.user_bias[ui],
                    "item_factors": self.item_factors[ii], "item_bias": self.item_bias[ii]}
+        self._blend(header, tensors, ui, ii)
         return ModelUpdate(header, tensors)
 
 
@@ -241,8 +259,8 @@ def run_bench(settings: Settings, *, items: int = 10_000, users: int = 1000, fac
     from streamproc.kafka import client_config
     from streamproc.topics import Topics
 
-    model = SyntheticModel(users, items, factors, seed=settings.seed)
-    anchors = _anchors(SyntheticModel(users, items, factors, seed=settings.seed + 1))
+    model = SyntheticModel(users, items, factors, seed=settings.seed, candidates=50)  # scored as HybridMF's export is
+    anchors = _anchors(SyntheticModel(users, items, factors, seed=settings.seed + 1, candidates=50))
     with embedded_or_configured(settings) as s:
         topic = Topics.from_settings(s).model_updates
         producer = KafkaProducer(max_request_size=s.max_message_bytes * 2, acks=1, linger_ms=0, **client_config(s))

@@ -30,11 +30,13 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from streamproc.errors import InvalidUpdate
+from trainer.scoring import RankWeights, popularity_part, score_items
 
 __all__ = ["ServingModel", "Recommendation", "RejectedUpdate"]
 
-USER_TENSORS = ("user_factors", "user_bias")
-ITEM_TENSORS = ("item_factors", "item_bias", "item_popularity")
+USER_TENSORS = ("user_factors", "user_bias", "user_candidate_scores", "user_candidate_rows")
+ITEM_TENSORS = ("item_factors", "item_bias", "item_popularity", "item_log_popularity")
+# user_candidate_rows is serving's own: the rows of the header's user_candidates, stored + 1 (0 = none)
 
 
 class RejectedUpdate(InvalidUpdate):
@@ -76,8 +78,9 @@ class _Table:
         self.ids, self.index, self.arrays, self.n = ids, index, arrays, n
 
     @classmethod
-    def empty(cls, shapes: dict[str, tuple[int, ...]]) -> "_Table":
-        return cls([], {}, {name: np.zeros((16, *tail), np.float32) for name, tail in shapes.items()}, 0)
+    def empty(cls, shapes: dict[str, tuple[int, ...]], dtypes: dict[str, Any] | None = None) -> "_Table":
+        dt = dtypes or {}
+        return cls([], {}, {name: np.zeros((16, *tail), dt.get(name, np.float32)) for name, tail in shapes.items()}, 0)
 
     def view(self, name: str) -> np.ndarray:
         v = self.arrays[name][: self.n]
@@ -113,7 +116,7 @@ class _Table:
         for name in names:
             buf = arrays[name]
             if n > len(buf):  # grow by doubling: one copy per doubling, amortised O(1) per row
-                grown = np.zeros((max(n, 2 * len(buf)), *buf.shape[1:]), np.float32)
+                grown = np.zeros((max(n, 2 * len(buf)), *buf.shape[1:]), buf.dtype)
                 grown[: self.n] = buf[: self.n]
                 buf = grown
             elif touches_old and name in tensors:
@@ -144,15 +147,43 @@ def _check_shapes(tensors: dict[str, np.ndarray], factors: int | None) -> int | 
             factors = int(arr.shape[1])
         elif arr.shape[1] != factors:
             raise RejectedUpdate(f"{name} has {arr.shape[1]} factors, the model has {factors}", reason="shape")
-    for name in ("user_bias", "item_bias", "item_popularity"):
+    for name in ("user_bias", "item_bias", "item_popularity", "item_log_popularity"):
         arr = tensors.get(name)
         if arr is not None and arr.ndim != 1:
             raise RejectedUpdate(f"{name} must be 1-d, got shape {arr.shape}", reason="shape")
+    arr = tensors.get("user_candidate_scores")
+    if arr is not None and arr.ndim != 2:
+        raise RejectedUpdate(f"user_candidate_scores must be 2-d, got shape {arr.shape}", reason="shape")
     return factors
 
 
+def _candidate_rows(update: Any, items: "_Table", width: int) -> np.ndarray | None:
+    """The header's ``user_candidates`` (item ids per user) as item rows + 1 (0 = none or unknown)."""
+    cands = update.header.get("user_candidates")
+    if cands is None or "user_candidate_scores" not in update.tensors:
+        return None
+    n_users = len(update.header.get("user_ids", []))
+    if not isinstance(cands, list) or len(cands) != n_users:
+        raise RejectedUpdate(f"user_candidates has {len(cands) if isinstance(cands, list) else '?'} rows for {n_users} users", reason="shape")
+    if update.tensors["user_candidate_scores"].shape[1] != width:
+        raise RejectedUpdate(f"user_candidate_scores has {update.tensors['user_candidate_scores'].shape[1]} columns, the model has {width}",
+                             reason="shape")
+    out = np.zeros((n_users, width), np.int32)
+    index, n = items.index, items.n
+    for u, ids in enumerate(cands):
+        if not isinstance(ids, list) or len(ids) > width:
+            raise RejectedUpdate(f"user_candidates row {u} is not a list of at most {width} ids", reason="shape")
+        for c, key in enumerate(ids):
+            r = index.get(str(key))
+            if r is not None and r < n:
+                out[u, c] = r + 1
+    return out
+
+
 class ServingModel:
-    """One immutable model version: scores ``global_mean + b_u + b_i + p_u · q_i`` for all items.
+    """One immutable model version: ranks all items by :func:`trainer.scoring.score_items` with the
+    blend weights of the update's ``ranking`` header (updates without it: ``global_mean + b_u + b_i
+    + p_u · q_i``).
 
     Build with :meth:`build` (from a snapshot's chunks, or a base model plus a delta).
     ``seen`` maps a user to the (bounded) tuple of item ids whose feedback the model learned,
@@ -160,12 +191,14 @@ class ServingModel:
     """
 
     __slots__ = ("version", "global_mean", "factors", "_users", "_items", "seen", "_popular", "header", "_if", "_ib", "_uf", "_ub",
-                 "_dead_users", "_dead_items")
+                 "_dead_users", "_dead_items", "ranking", "_lp", "_lp_max", "_cs", "_cr", "_pop_part")
 
     def __init__(self, version: int, global_mean: float, factors: int, users: _Table, items: _Table,
                  seen: dict[str, tuple[str, ...]], header: dict[str, Any], popular: np.ndarray | None = None,
-                 dead_users: frozenset[str] = frozenset(), dead_items: np.ndarray | None = None) -> None:
+                 dead_users: frozenset[str] = frozenset(), dead_items: np.ndarray | None = None,
+                 ranking: RankWeights | None = None) -> None:
         self.version = version
+        self.ranking = ranking  # None: an update without the ranking blend (scores = the factor model)
         self.global_mean = float(global_mean)
         self.factors = factors
         self._users, self._items = users, items
@@ -173,8 +206,13 @@ class ServingModel:
         self.header = header
         self._uf, self._ub = users.view("user_factors"), users.view("user_bias")
         self._if, self._ib = items.view("item_factors"), items.view("item_bias")
+        self._lp = items.view("item_log_popularity")
+        self._lp_max = float(self._lp.max()) if items.n else 0.0
+        self._cs, self._cr = users.view("user_candidate_scores"), users.view("user_candidate_rows")
+        self._pop_part = popularity_part(ranking, self._lp, self._lp_max) if ranking is not None else None
         if popular is None:
-            popular = np.argsort(-items.view("item_popularity"), kind="stable")
+            order_by = self._lp if ranking is not None else items.view("item_popularity")
+            popular = np.argsort(-order_by, kind="stable")
         self._popular = popular
         self._dead_users = dead_users  # expired by the trainer (row TTL): unknown again
         self._dead_items = np.empty(0, np.int64) if dead_items is None else dead_items  # never recommended
@@ -195,8 +233,10 @@ class ServingModel:
                 factors = _check_shapes(u.tensors, factors)
             if factors is None:
                 factors = base.factors if base is not None else 0
-            users = _Table.empty({"user_factors": (factors,), "user_bias": ()})
-            items = _Table.empty({"item_factors": (factors,), "item_bias": (), "item_popularity": ()})
+            width = max((int(u.tensors["user_candidate_scores"].shape[1]) for u in updates if "user_candidate_scores" in u.tensors), default=0)
+            users = _Table.empty({"user_factors": (factors,), "user_bias": (), "user_candidate_scores": (width,),
+                                  "user_candidate_rows": (width,)}, {"user_candidate_rows": np.int32})
+            items = _Table.empty({"item_factors": (factors,), "item_bias": (), "item_popularity": (), "item_log_popularity": ()})
             seen = dict(base.seen) if base is not None else {}
             seen_copied = True
             dead_users: set[str] = set()
@@ -209,15 +249,25 @@ class ServingModel:
                     f"delta {version} applies to version {head.get('base_version')}, serving {base.version}", reason="gap"
                 )
             factors = base.factors
+            width = int(base._users.arrays["user_candidate_scores"].shape[1])
             _check_shapes(updates[0].tensors, factors if factors else None)
             users, items, seen = base._users, base._items, base.seen
             seen_copied = False
             dead_users, dead_items = set(base._dead_users), set(base._dead_items.tolist())
         global_mean = float(head.get("global_mean", base.global_mean if base is not None else 0.0))
-        for u in updates:
-            uid, iid = list(map(str, u.header.get("user_ids", []))), list(map(str, u.header.get("item_ids", [])))
-            users = users.upsert(uid, u.tensors, USER_TENSORS)
+        ranking = RankWeights.from_dict(head["ranking"]) if "ranking" in head else (base.ranking if base is not None and kind == "delta" else None)
+        pending = []
+        for u in updates:  # every chunk's items first: a user's candidates may sit in a later chunk
+            iid = list(map(str, u.header.get("item_ids", [])))
             items = items.upsert(iid, u.tensors, ITEM_TENSORS)
+            pending.append((u, iid))
+        for u, iid in pending:
+            uid = list(map(str, u.header.get("user_ids", [])))
+            tensors = u.tensors
+            rows = _candidate_rows(u, items, width)
+            if rows is not None:
+                tensors = {**tensors, "user_candidate_rows": rows}
+            users = users.upsert(uid, tensors, USER_TENSORS)
             # Rows the trainer expired (row TTL) are dead until a later update brings them back.
             dead_users.update(map(str, u.header.get("expired_user_ids") or ()))
             for key in map(str, u.header.get("expired_item_ids") or ()):
@@ -234,10 +284,11 @@ class ServingModel:
                     seen, seen_copied = dict(seen), True
                 _add_seen(seen, published, seen_per_user)
         popular = None
-        if kind == "delta" and items.n == base._items.n and not any("item_popularity" in u.tensors for u in updates):
+        if kind == "delta" and items.n == base._items.n and not any(
+                name in u.tensors for u in updates for name in ("item_popularity", "item_log_popularity")):
             popular = base._popular  # ranking unchanged: skip the argsort
         dead = np.array(sorted(dead_items), np.int64)
-        return cls(version, global_mean, int(factors), users, items, seen, head, popular, frozenset(dead_users), dead)
+        return cls(version, global_mean, int(factors), users, items, seen, head, popular, frozenset(dead_users), dead, ranking)
 
     # ------------------------------------------------------------------ reading
     @property
@@ -265,16 +316,28 @@ class ServingModel:
         return None if r is None else self._uf[r]
 
     def score(self, user_id: str, item_ids: Iterable[str]) -> list[float | None]:
-        """Scores of the given items for the user (None for unknown items or users)."""
+        """Scores of the given items for the user, as :meth:`recommend` ranks them (None for
+        unknown items or users)."""
         r = self._user_row(user_id)
         out: list[float | None] = []
+        scores = self._scores(r) if r is not None and self.ranking is not None else None
         for i in item_ids:
             c = self._items.index.get(i)
             if r is None or c is None or c >= self._items.n:
                 out.append(None)
+            elif scores is not None:
+                out.append(float(scores[c]))
             else:
                 out.append(float(self.global_mean + self._ub[r] + self._ib[c] + self._uf[r] @ self._if[c]))
         return out
+
+    def _scores(self, r: int) -> np.ndarray:
+        """Every item's score for user row ``r``: :func:`trainer.scoring.score_items`, the function
+        the trainer is benchmarked with, on this version's rows."""
+        assert self.ranking is not None
+        return score_items(self.ranking, pop_part=self._pop_part, item_factors=self._if,
+                           item_bias=self._ib, user_vector=self._uf[r], cand_rows=self._cr[r].astype(np.int64) - 1,
+                           cand_vals=self._cs[r])
 
     def _seen_rows(self, user_id: str) -> np.ndarray:
         seen = self.seen.get(user_id)
@@ -295,9 +358,12 @@ class ServingModel:
         r = self._user_row(user_id)
         if r is None or n == 0:
             return self._fallback(user_id, k, excluded)
-        scores = self._if @ self._uf[r]
-        scores += self._ib
-        scores += self.global_mean + float(self._ub[r])
+        if self.ranking is not None:
+            scores = self._scores(r)
+        else:
+            scores = self._if @ self._uf[r]
+            scores += self._ib
+            scores += self.global_mean + float(self._ub[r])
         if len(excluded):
             scores[excluded] = -np.inf
         kk = min(k, n)
@@ -309,7 +375,10 @@ class ServingModel:
 
     def _fallback(self, user_id: str, k: int, excluded: np.ndarray) -> Recommendation:
         ids = self._items.ids
-        pop = self._items.arrays["item_popularity"]
+        if self.ranking is not None:  # the same popularity as a known user's blend, relative to the top
+            pop = np.exp(self._lp.astype(np.float64) - self._lp_max)
+        else:
+            pop = self._items.arrays["item_popularity"]
         skip = set(excluded.tolist())
         items: list[tuple[str, float]] = []
         for c in self._popular[: k + len(skip)].tolist():

@@ -52,8 +52,11 @@ def _hash(key: np.int64, mask: np.int64) -> np.int64:
 
 
 @njit(cache=True)
-def _find_or_add(hk, hv, key, ecol, eval_, enext, head, row, col, n_ent):  # pragma: no cover - compiled
-    """Entry index of (row, col), created (value 0) if absent. n_ent[0] counts entries."""
+def _pair(hk, hv, a, b, erow, ecol, eval_, enext, head, n_ent):  # pragma: no cover - compiled
+    """Entry index of the pair {a, b}: entry e sits in row min(a, b), its twin e + 1 in the other
+    row, both holding the same value. Created (value 0) if absent; n_ent[0] counts entries."""
+    lo, hi = (a, b) if a < b else (b, a)
+    key = (np.int64(lo) << 32) | np.int64(hi)
     mask = np.int64(len(hk) - 1)
     s = _hash(key, mask)
     while True:
@@ -62,19 +65,21 @@ def _find_or_add(hk, hv, key, ecol, eval_, enext, head, row, col, n_ent):  # pra
             return hv[s]
         if k == _EMPTY:
             e = n_ent[0]
-            n_ent[0] += 1
+            n_ent[0] += 2
             hk[s] = key
             hv[s] = e
-            ecol[e] = col
-            eval_[e] = 0.0
-            enext[e] = head[row]
-            head[row] = e
+            for x, row, col in ((e, lo, hi), (e + 1, hi, lo)):
+                erow[x] = row
+                ecol[x] = col
+                eval_[x] = 0.0
+                enext[x] = head[row]
+                head[row] = x
             return e
         s = (s + 1) & mask
 
 
 @njit(cache=True)
-def _learn(u_rows, i_rows, weights, hist, histw, hlen, cnt, head, ecol, eval_, enext, hk, hv, n_ent, pair_decay):  # pragma: no cover - compiled
+def _learn(u_rows, i_rows, weights, hist, histw, hlen, cnt, head, erow, ecol, eval_, enext, hk, hv, n_ent, pair_decay):  # pragma: no cover - compiled
     window = hist.shape[1]
     for n in range(len(u_rows)):
         w = weights[n]
@@ -85,17 +90,17 @@ def _learn(u_rows, i_rows, weights, hist, histw, hlen, cnt, head, ecol, eval_, e
         m = hlen[u]
         lo = m - window if m > window else 0
         if w > 0.0:
+            pd = 1.0
             for q in range(m - 1, lo - 1, -1):
                 slot = q % window
                 h = hist[u, slot]
                 wh = histw[u, slot]
-                if h == j or wh <= 0.0:
-                    continue
-                inc = w * wh * pair_decay ** (m - 1 - q)
-                e = _find_or_add(hk, hv, (np.int64(h) << 32) | np.int64(j), ecol, eval_, enext, head, h, j, n_ent)
-                eval_[e] += inc
-                e = _find_or_add(hk, hv, (np.int64(j) << 32) | np.int64(h), ecol, eval_, enext, head, j, h, n_ent)
-                eval_[e] += inc
+                if h != j and wh > 0.0:
+                    inc = w * wh * pd
+                    e = _pair(hk, hv, h, j, erow, ecol, eval_, enext, head, n_ent)
+                    eval_[e] += inc
+                    eval_[e + 1] += inc
+                pd *= pair_decay
             cnt[j] += w
         # the item moves to the newest ring position (an older occurrence stops counting)
         for q in range(lo, m):
@@ -187,60 +192,36 @@ def _candidates(users, hist, histw, hlen, cnt, head, ecol, eval_, enext, alive, 
 
 
 @njit(cache=True)
-def _dump(head, enext, ecol, eval_, out_rows, out_cols, out_vals):  # pragma: no cover - compiled
-    k = 0
-    for r in range(len(head)):
-        e = head[r]
-        while e >= 0:
-            out_rows[k] = r
-            out_cols[k] = ecol[e]
-            out_vals[k] = eval_[e]
-            k += 1
-            e = enext[e]
-    return k
+def _rehash(n_ent, erow, hk, hv):  # pragma: no cover - compiled
+    """Re-insert every pair's key (entries unchanged) into the empty table ``hk``/``hv``."""
+    mask = np.int64(len(hk) - 1)
+    for e in range(0, n_ent, 2):
+        key = (np.int64(erow[e]) << 32) | np.int64(erow[e + 1])
+        s = _hash(key, mask)
+        while hk[s] != _EMPTY:
+            s = (s + 1) & mask
+        hk[s] = key
+        hv[s] = e
 
 
 @njit(cache=True)
-def _link(rows, head, enext):  # pragma: no cover - compiled
-    for e in range(len(rows) - 1, -1, -1):
-        r = rows[e]
+def _compact(keep_row, n_ent, erow, ecol, eval_, enext, head, min_value):  # pragma: no cover - compiled
+    """Keep, in order and in place, the pairs whose rows are both kept and |value| >= min_value;
+    relink every row list (newest entry first, as learning links them). Returns the entry count."""
+    n = 0
+    for e in range(0, n_ent, 2):
+        if keep_row[erow[e]] and keep_row[erow[e + 1]] and abs(eval_[e]) >= min_value:
+            for d in range(2):
+                erow[n + d] = erow[e + d]
+                ecol[n + d] = ecol[e + d]
+                eval_[n + d] = eval_[e + d]
+            n += 2
+    for r in range(len(head)):
+        head[r] = -1
+    for e in range(n):
+        r = erow[e]
         enext[e] = head[r]
         head[r] = e
-
-
-@njit(cache=True)
-def _rebuild(keep_row, n_ent, ecol, eval_, enext, head, min_value, new_ecol, new_eval, new_enext, new_head, hk, hv):  # pragma: no cover - compiled
-    """Copy the entries whose row and column are both kept (and |value| >= min_value)."""
-    for r in range(len(head)):
-        new_head[r] = -1
-    for s in range(len(hk)):
-        hk[s] = _EMPTY
-    mask = np.int64(len(hk) - 1)
-    n = 0
-    for r in range(len(head)):
-        if not keep_row[r]:
-            continue
-        e = head[r]
-        last = -1
-        while e >= 0:
-            c = ecol[e]
-            if keep_row[c] and abs(eval_[e]) >= min_value:
-                new_ecol[n] = c
-                new_eval[n] = eval_[e]
-                new_enext[n] = -1
-                if last < 0:  # appended at the tail: a row keeps its order through rebuilds
-                    new_head[r] = n
-                else:
-                    new_enext[last] = n
-                last = n
-                key = (np.int64(r) << 32) | np.int64(c)
-                s = _hash(key, mask)
-                while hk[s] != _EMPTY:
-                    s = (s + 1) & mask
-                hk[s] = key
-                hv[s] = n
-                n += 1
-            e = enext[e]
     return n
 
 
@@ -293,28 +274,35 @@ class SequentialKNN:
         return {name: getattr(self, name) for name in ("window", "decay", "pair_decay", "alpha", "beta", "n_candidates", "max_pairs", "confident")}
 
     def _init_state(self, cap_u: int = 256, cap_i: int = 256, cap_e: int = 1 << 16) -> None:
-        cap_e = 1 << max(16, int(cap_e - 1).bit_length())  # the hash table's size must be a power of two
         self._hist = np.full((cap_u, self.window), -1, np.int32)
         self._histw = np.zeros((cap_u, self.window), np.float32)
         self._hlen = np.zeros(cap_u, np.int64)
         self._cnt = np.zeros(cap_i, np.float32)
         self._head = np.full(cap_i, -1, np.int64)
+        self._erow = np.zeros(cap_e, np.int32)
         self._ecol = np.zeros(cap_e, np.int32)
         self._eval = np.zeros(cap_e, np.float32)
         self._enext = np.full(cap_e, -1, np.int64)
-        self._hk = np.full(2 * cap_e, -1, np.int64)
-        self._hv = np.zeros(2 * cap_e, np.int64)
+        self._new_hash(cap_e)
         self._n_ent = np.zeros(1, np.int64)
         self._acc = np.zeros(cap_i, np.float64)
         self._mark = np.zeros(cap_i, np.int64)
         self._tmp = np.zeros(cap_i, np.float64)
 
+    def _new_hash(self, cap_e: int) -> None:
+        """A table of ``cap_e`` slots (one per pair at load <= 1/2; a power of two), refilled."""
+        size = 1 << max(16, int(cap_e - 1).bit_length())
+        self._hk = np.full(size, -1, np.int64)
+        self._hv = np.zeros(size, np.int64)
+        _rehash(int(self._n_ent[0]) if hasattr(self, "_n_ent") else 0, self._erow, self._hk, self._hv)
+
     @property
     def n_pairs(self) -> int:
-        return int(self._n_ent[0])
+        """Distinct item pairs stored."""
+        return int(self._n_ent[0]) // 2
 
     # ------------------------------------------------------------------ capacity
-    def _ensure(self, n_users: int, n_items: int, new_entries: int) -> None:
+    def _ensure(self, n_users: int, n_items: int, new_pairs: int) -> None:
         def grow(arr: np.ndarray, need: int, fill: float) -> np.ndarray:
             if need <= len(arr):
                 return arr
@@ -327,41 +315,38 @@ class SequentialKNN:
         self._hlen = grow(self._hlen, n_users, 0)
         for name, fill in (("_cnt", 0), ("_head", -1), ("_acc", 0), ("_mark", 0), ("_tmp", 0)):
             setattr(self, name, grow(getattr(self, name), n_items, fill))
-        need = self.n_pairs + new_entries
-        if need > self.max_pairs:
+        if self.n_pairs + new_pairs > self.max_pairs:
             self.prune(keep=np.ones(len(self._head), np.bool_), target=self.max_pairs // 2)
-            need = self.n_pairs + new_entries
+        need = int(self._n_ent[0]) + 2 * new_pairs
         if need > len(self._ecol):
             cap = max(need, 2 * len(self._ecol))
-            self._ecol = grow(self._ecol, cap, 0)
-            self._eval = grow(self._eval, cap, 0)
-            self._enext = grow(self._enext, cap, -1)
-        if 2 * need > len(self._hk):  # load factor <= 1/2: rehash into a table twice the entries' capacity
-            self._rehash(keep=np.ones(len(self._head), np.bool_), min_value=0.0, hash_cap=2 * len(self._ecol))
-
-    def _rehash(self, keep: np.ndarray, min_value: float, hash_cap: int) -> None:
-        cap_h = 1 << max(16, int(math.ceil(math.log2(max(hash_cap, 2)))))
-        ecol, evl, enext = np.zeros_like(self._ecol), np.zeros_like(self._eval), np.full_like(self._enext, -1)
-        head = np.full_like(self._head, -1)
-        self._hk = np.full(cap_h, -1, np.int64)
-        self._hv = np.zeros(cap_h, np.int64)
-        n = _rebuild(keep, self._n_ent[0], self._ecol, self._eval, self._enext, self._head, min_value,
-                     ecol, evl, enext, head, self._hk, self._hv)
-        self._ecol, self._eval, self._enext, self._head = ecol, evl, enext, head
-        self._n_ent[0] = n
+            for name, fill in (("_erow", 0), ("_ecol", 0), ("_eval", 0), ("_enext", -1)):
+                setattr(self, name, grow(getattr(self, name), cap, fill))
+        if need > len(self._hk):  # pairs = entries / 2: load factor stays <= 1/2
+            self._new_hash(2 * need)
 
     def prune(self, keep: np.ndarray, target: int | None = None) -> None:
         """Drop every pair touching a row where ``keep`` is False (expired or erased items), and
-        with ``target`` the weakest pairs until at most ``target`` remain."""
+        with ``target`` the weakest pairs until at most about ``target`` remain."""
         keep = np.asarray(keep, np.bool_)
         if len(keep) < len(self._head):
             keep = np.concatenate([keep, np.ones(len(self._head) - len(keep), np.bool_)])
         min_value = 0.0
         n = self.n_pairs
         if target is not None and n > target:
-            min_value = float(np.partition(np.abs(self._eval[:n]), n - target)[n - target])
-        self._rehash(keep, min_value, 2 * len(self._ecol))
+            vals = np.abs(self._eval[: 2 * n : 2])
+            min_value = float(np.partition(vals, n - target)[n - target])
+        self._n_ent[0] = _compact(keep, int(self._n_ent[0]), self._erow, self._ecol, self._eval, self._enext, self._head, min_value)
+        self._new_hash(len(self._hk))
         self._cnt[~keep[: len(self._cnt)]] = 0
+
+    def recent_items(self, row: int) -> np.ndarray:
+        """Item rows in the user's ring (newest last)."""
+        if row >= len(self._hlen):
+            return np.empty(0, np.int64)
+        m = int(self._hlen[row])
+        q = np.arange(max(0, m - self.window), m) % self.window
+        return self._hist[row, q].astype(np.int64)
 
     def forget_user(self, row: int) -> None:
         """Clear a user's ring (the row is reused by someone else, or the user was erased)."""
@@ -374,10 +359,10 @@ class SequentialKNN:
     def learn(self, u_rows: np.ndarray, i_rows: np.ndarray, weights: np.ndarray, *, n_users: int, n_items: int) -> None:
         """Feed events in order: ``weights`` > 0 liked (strength), < 0 disliked, 0 ignored."""
         n_pos = int(np.count_nonzero(weights > 0))
-        self._ensure(n_users, n_items, 2 * self.window * n_pos)
+        self._ensure(n_users, n_items, self.window * n_pos)
         _learn(np.ascontiguousarray(u_rows, np.int32), np.ascontiguousarray(i_rows, np.int32),
                np.ascontiguousarray(weights, np.float32), self._hist, self._histw, self._hlen, self._cnt, self._head,
-               self._ecol, self._eval, self._enext, self._hk, self._hv, self._n_ent, self.pair_decay)
+               self._erow, self._ecol, self._eval, self._enext, self._hk, self._hv, self._n_ent, self.pair_decay)
 
     def candidates(self, users: np.ndarray, *, n_items: int, alive: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(rows, values)`` of shape ``[len(users), n_candidates]``: each user's best items by
@@ -397,18 +382,17 @@ class SequentialKNN:
     # ------------------------------------------------------------------ state
     def memory_bytes(self) -> dict[str, float]:
         per_user = self._hist[0:1].nbytes + self._histw[0:1].nbytes + 8
-        per_pair = 4 + 4 + 8 + 2 * (8 + 8)  # entry (col, value, next) + two hash slots at load <= 1/2
+        per_pair = 2 * (4 + 4 + 4 + 8) + 2 * (8 + 8)  # two entries (row, col, value, next) + hash slots at load <= 1/2
         return {"user": float(per_user), "pair": float(per_pair), "pairs": float(self.n_pairs)}
 
     def state(self, n_users: int, n_items: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        n = self.n_pairs
-        # entries are stored as (row, col, value) triples: the hash and the lists are rebuilt on load
-        rows, cols, vals = np.empty(n, np.int32), np.empty(n, np.int32), np.empty(n, np.float32)
-        k = _dump(self._head[:n_items], self._enext, self._ecol, self._eval, rows, cols, vals)
+        n = int(self._n_ent[0])
         arrays = {
             "knn_hist": np.ascontiguousarray(self._hist[:n_users]), "knn_histw": np.ascontiguousarray(self._histw[:n_users]),
             "knn_hlen": np.ascontiguousarray(self._hlen[:n_users]), "knn_cnt": np.ascontiguousarray(self._cnt[:n_items]),
-            "knn_rows": rows[:k], "knn_cols": cols[:k], "knn_vals": vals[:k],
+            # entries in order, twins adjacent: the lists and the hash are rebuilt from them on load
+            "knn_rows": np.ascontiguousarray(self._erow[:n]), "knn_cols": np.ascontiguousarray(self._ecol[:n]),
+            "knn_vals": np.ascontiguousarray(self._eval[:n]),
         }
         return {"state_version": self._STATE_VERSION, "params": self.get_params()}, arrays
 
@@ -418,11 +402,12 @@ class SequentialKNN:
             raise ValueError(f"unsupported co-occurrence state version {meta.get('state_version')!r}")
         m = cls(**meta["params"])
         nu, ni, n = len(arrays["knn_hlen"]), len(arrays["knn_cnt"]), len(arrays["knn_rows"])
+        if n % 2 or (n and int(arrays["knn_rows"].max()) >= ni):
+            raise ValueError(f"co-occurrence state: {n} entries over {ni} items is not a list of pairs")
         m._init_state(max(nu, 256), max(ni, 256), max(n, 1 << 16))
         m._hist[:nu], m._histw[:nu], m._hlen[:nu] = arrays["knn_hist"], arrays["knn_histw"], arrays["knn_hlen"]
         m._cnt[:ni] = arrays["knn_cnt"]
-        m._ecol[:n], m._eval[:n] = arrays["knn_cols"], arrays["knn_vals"]
-        m._n_ent[0] = n
-        _link(np.ascontiguousarray(arrays["knn_rows"], np.int64), m._head, m._enext)
-        m._rehash(np.ones(len(m._head), np.bool_), 0.0, 2 * len(m._ecol))
+        m._erow[:n], m._ecol[:n], m._eval[:n] = arrays["knn_rows"], arrays["knn_cols"], arrays["knn_vals"]
+        m._n_ent[0] = _compact(np.ones(len(m._head), np.bool_), n, m._erow, m._ecol, m._eval, m._enext, m._head, 0.0)
+        m._new_hash(2 * n)
         return m

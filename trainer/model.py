@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import math
 import time
+import zlib
 from typing import Any
 
 import numpy as np
@@ -51,7 +52,7 @@ from numba import njit
 from streamproc.examples import KIND_CLICK, KIND_COMMENT, KIND_RATING, ExampleBatch
 from trainer.cooc import SequentialKNN
 from trainer.replay import POLICIES, ReplayBuffer
-from trainer.scoring import RankWeights, log_popularity
+from trainer.scoring import RankWeights, log_popularity, score_items
 
 __all__ = ["HybridMF", "RANK_CANDIDATES"]
 
@@ -319,7 +320,8 @@ class HybridMF:
                  knn_window: int = 20, knn_decay: float = 0.85, knn_pair_decay: float = 0.95, knn_alpha: float = 0.3,
                  knn_beta: float = 0.5, knn_candidates: int = 50, rank_knn: float = 1.0, rank_popularity: float = 0.2,
                  rank_mf: float = 0.0, click_weight: float = 0.5, dislike_weight: float = 0.5, like_floor: float = 0.5,
-                 neutral_rating: float | None = None, knn_confident: int = 5, popularity_half_life_events: float = 10_000.0) -> None:
+                 neutral_rating: float | None = None, knn_confident: int = 5, popularity_half_life_events: float = 10_000.0,
+                 rank_sample: float = 0.01, positive_rating: float | None = None) -> None:
         for name, value in (("n_factors", n_factors), ("text_dim", text_dim)):
             if int(value) < 1:
                 raise ValueError(f"{name}={value!r}: must be >= 1")
@@ -342,6 +344,8 @@ class HybridMF:
             raise ValueError("popularity_half_life_s, popularity_half_life_events and drift_lr_boost must be > 0")
         if like_floor > 1:
             raise ValueError(f"like_floor={like_floor!r}: must be in [0, 1]")
+        if not 0 <= rank_sample <= 1:
+            raise ValueError(f"rank_sample={rank_sample!r}: must be in [0, 1]")
         if neutral_rating is not None and not rating_min < neutral_rating < rating_max:
             raise ValueError(f"neutral_rating={neutral_rating!r}: must lie strictly inside the rating scale {rating_min}..{rating_max}")
         self.n_factors = int(n_factors)
@@ -379,6 +383,8 @@ class HybridMF:
         self.knn_candidates = int(knn_candidates)
         self.knn_confident = int(knn_confident)
         self.popularity_half_life_events = float(popularity_half_life_events)
+        self.rank_sample = float(rank_sample)
+        self.positive_rating = None if positive_rating is None else float(positive_rating)
         self.rank_knn = float(rank_knn)
         self.rank_popularity = float(rank_popularity)
         self.rank_mf = float(rank_mf)
@@ -395,7 +401,7 @@ class HybridMF:
                     "text_lr", "sentiment_lr", "sentiment_weight", "sentiment_min", "implicit_lr",
                     "popularity_half_life_s", "bias_shrink", "factor_boost", "drift_forget", "drift_lr_boost", "drift_boost_events", "drift_replay_recent",
                     "knn_window", "knn_decay", "knn_pair_decay", "knn_alpha", "knn_beta", "knn_candidates", "rank_knn",
-                    "rank_popularity", "rank_mf", "click_weight", "dislike_weight", "like_floor", "neutral_rating", "knn_confident", "popularity_half_life_events")
+                    "rank_popularity", "rank_mf", "click_weight", "dislike_weight", "like_floor", "neutral_rating", "knn_confident", "popularity_half_life_events", "rank_sample", "positive_rating")
 
     def get_params(self) -> dict[str, Any]:
         """Constructor arguments (JSON-able)."""
@@ -426,6 +432,7 @@ class HybridMF:
     def _init_state(self, cap_u: int = 256, cap_i: int = 256) -> None:
         k, dim = self.n_factors, self.text_dim
         self._knn = self._new_knn()
+        self.last_ranks = np.zeros(0)  # see _rank_sampled
         self._rng = np.random.default_rng(self.seed)
         # separate streams for new user and new item rows: a row's initial factors depend only on
         # the order ids first appear in their own table, so any batching gives the same model
@@ -561,10 +568,11 @@ class HybridMF:
             emb = self._empty_emb
         elif emb.shape[1] != self.text_dim:
             raise ValueError(f"embeddings have dimension {emb.shape[1]}, the model expects text_dim={self.text_dim}")
-        u_rows = self._rows(batch.user_ids, True)
-        i_rows = self._rows(batch.item_ids, False)
         kinds = np.ascontiguousarray(rec["kind"], np.uint8)
         targets = np.ascontiguousarray(rec["target"], np.float64)
+        self.last_ranks = self._rank_sampled(batch, kinds, targets)
+        u_rows = self._rows(batch.user_ids, True)
+        i_rows = self._rows(batch.item_ids, False)
         weights = np.ascontiguousarray(rec["weight"], np.float64)
         emb_rows = np.ascontiguousarray(rec["emb_row"], np.int32)
         times = np.ascontiguousarray(rec["event_time"], np.float64)
@@ -613,6 +621,40 @@ class HybridMF:
         if self.row_ttl_s > 0 and self._newest_time - self._last_expiry >= self.row_ttl_s / 10:
             self.expire(self._newest_time)
         return out
+
+    def _rank_sampled(self, batch: ExampleBatch, kinds: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """Full-catalogue rank (0 = best) of a sample of the batch's positive events, before the
+        batch is learned; NaN where not sampled. Positive: clicks, and ratings/rated comments at or
+        above ``positive_rating`` (default ``rating_max - 1``). The sample is a fixed hash of
+        (user, item) below ``rank_sample``, so it is the same on every run. Candidates: every live
+        item except the user's last ``knn_window`` items; an item the model has not seen counts as
+        rank infinity (a miss)."""
+        ranks = np.full(len(kinds), np.nan)
+        if self.rank_sample <= 0 or not self._imap:
+            return ranks
+        thr = self.positive_rating if self.positive_rating is not None else self.rating_max - 1.0
+        with np.errstate(invalid="ignore"):
+            pos = (kinds == KIND_CLICK) | ((kinds != KIND_CLICK) & (targets >= thr))
+        cut = int(self.rank_sample * 2**32)
+        weights = self.rank_weights
+        for n in np.flatnonzero(pos).tolist():
+            user, item = batch.user_ids[n], batch.item_ids[n]
+            if zlib.crc32(f"{user}\x00{item}".encode()) >= cut:
+                continue
+            i = self._imap.get(item)
+            u = self._umap.get(user)
+            if i is None:
+                ranks[n] = math.inf
+                continue
+            if u is not None and i in self._knn.recent_items(u):
+                continue  # feedback on an item the user just acted on: not a recommendation to judge
+            _, kw = self.ranking_inputs(user)
+            s = score_items(weights, **kw)
+            if u is not None:
+                s[self._knn.recent_items(u)] = -np.inf
+            st = s[i]
+            ranks[n] = float(np.count_nonzero(s > st)) + 0.5 * float(np.count_nonzero(s == st) - 1)
+        return ranks
 
     @property
     def _pop_tau(self) -> float:

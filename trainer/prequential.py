@@ -1,7 +1,8 @@
 """Prequential (test-then-train) metrics over the predictions :meth:`HybridMF.learn_batch` returns.
 
 Ratings (and comments that carry a rating): RMSE and MAE of the clipped prediction against the
-target. Clicks: the prediction is the fraction of ``RANK_CANDIDATES`` sampled items the clicked item
+target. Ranking: given the model's full-catalogue ranks of a sample of positive events (every
+feedback kind), hit-rate@10 and NDCG@10 of those; otherwise, from clicks: the prediction is the fraction of ``RANK_CANDIDATES`` sampled items the clicked item
 outscores, so its rank is ``round((1 - score) * RANK_CANDIDATES)`` (0 = top); hit-rate@10 counts
 ranks below 10 and NDCG@10 is ``1 / log2(rank + 2)`` for those (one relevant item). Each metric is
 kept running (since start) and over the most recent ``window`` examples of its kind.
@@ -89,10 +90,16 @@ class Prequential:
         self._sum = dict.fromkeys(self._KEYS, 0.0)
         self._n_ratings = 0
         self._n_clicks = 0
+        self._n_ranked = 0
         self._win = {k: _Window(window) for k in self._KEYS}
 
-    def update_batch(self, batch: ExampleBatch, predictions: np.ndarray) -> None:
-        """Score one batch of predictions (as returned by ``learn_batch``) against its targets."""
+    def update_batch(self, batch: ExampleBatch, predictions: np.ndarray, ranks: np.ndarray | None = None) -> None:
+        """Score one batch of predictions (as returned by ``learn_batch``) against its targets.
+
+        ``ranks``: the model's full-catalogue ranks of sampled positive events (NaN = not ranked,
+        inf = a miss), e.g. :attr:`HybridMF.last_ranks`; then hit rate and NDCG@10 come from
+        those, over every kind of positive feedback, instead of the clicks' sampled ranks.
+        """
         rec = batch.records
         kinds, targets = rec["kind"], rec["target"].astype(np.float64)
         predictions = np.asarray(predictions, np.float64)
@@ -106,19 +113,25 @@ class Prequential:
             self._win["se"].extend(se)
             self._win["ae"].extend(ae)
         clicks = kinds == KIND_CLICK
-        if clicks.any():
-            ranks = click_ranks(predictions[clicks])
-            hit = (ranks < 10).astype(np.float64)
-            ndcg = np.where(ranks < 10, 1.0 / np.log2(ranks + 2.0), 0.0)
+        self._n_clicks += int(clicks.sum())
+        if ranks is not None and len(ranks) == len(kinds):
+            r = np.asarray(ranks, np.float64)
+            r = r[~np.isnan(r)]
+        else:
+            r = click_ranks(predictions[clicks]).astype(np.float64) if clicks.any() else np.empty(0)
+        if len(r):
+            with np.errstate(divide="ignore"):
+                ndcg = np.where(r < 10, 1.0 / np.log2(np.minimum(r, 1e9) + 2.0), 0.0)
+            hit = (r < 10).astype(np.float64)
             self._sum["hit"] += float(hit.sum())
             self._sum["ndcg"] += float(ndcg.sum())
-            self._n_clicks += len(hit)
+            self._n_ranked += len(hit)
             self._win["hit"].extend(hit)
             self._win["ndcg"].extend(ndcg)
 
     def get(self) -> dict[str, float | None]:
         """``rmse``, ``mae``, ``ndcg_at_10``, ``hit_rate_at_10`` and their ``*_recent``, plus counts."""
-        nr, nc = self._n_ratings, self._n_clicks
+        nr, nc = self._n_ratings, self._n_ranked
         w = {k: v.mean() for k, v in self._win.items()}
         return {
             "rmse": math.sqrt(self._sum["se"] / nr) if nr else None,
@@ -130,18 +143,20 @@ class Prequential:
             "ndcg_at_10_recent": w["ndcg"],
             "hit_rate_at_10_recent": w["hit"],
             "n_ratings": nr,
-            "n_clicks": nc,
+            "n_clicks": self._n_clicks,
+            "n_ranked": nc,
         }
 
     def state(self) -> dict[str, Any]:
         """JSON-able state for checkpoints."""
         return {"window": self.window, "sum": self._sum, "n_ratings": self._n_ratings, "n_clicks": self._n_clicks,
-                "win": {k: v.state() for k, v in self._win.items()}}
+                "n_ranked": self._n_ranked, "win": {k: v.state() for k, v in self._win.items()}}
 
     @classmethod
     def from_state(cls, s: dict[str, Any]) -> "Prequential":
         p = cls(s["window"])
         p._sum = {k: float(v) for k, v in s["sum"].items()}
         p._n_ratings, p._n_clicks = int(s["n_ratings"]), int(s["n_clicks"])
+        p._n_ranked = int(s.get("n_ranked", s["n_clicks"]))
         p._win = {k: _Window.from_state(v) for k, v in s["win"].items()}
         return p

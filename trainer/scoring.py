@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["RankWeights", "score_items", "log_popularity", "LOG_POP_NONE"]
+__all__ = ["RankWeights", "score_items", "popularity_part", "log_popularity", "LOG_POP_NONE"]
 
 LOG_POP_NONE = -1e9  # log popularity of an item with no interaction (finite: updates reject inf)
 
@@ -70,25 +70,36 @@ class RankWeights:
         return cls(**known)
 
 
-def score_items(w: RankWeights, *, log_popularity: np.ndarray, lp_max: float | None = None,
+def popularity_part(w: RankWeights, log_popularity: np.ndarray, lp_max: float | None = None) -> np.ndarray:
+    """The user-independent part of :func:`score_items`: ``w_pop · pop / max pop`` (float64)."""
+    n = len(log_popularity)
+    if not (w.popularity and n):
+        return np.zeros(n)
+    if lp_max is None:
+        lp_max = float(log_popularity.max())
+    part = np.exp(log_popularity.astype(np.float64) - lp_max)
+    part *= w.popularity
+    return part
+
+
+def score_items(w: RankWeights, *, log_popularity: np.ndarray | None = None, lp_max: float | None = None, pop_part: np.ndarray | None = None,
                 item_factors: np.ndarray | None = None, item_bias: np.ndarray | None = None,
                 user_vector: np.ndarray | None = None, cand_rows: np.ndarray | None = None,
                 cand_vals: np.ndarray | None = None) -> np.ndarray:
     """Scores of every item row (float64), higher is better.
 
     ``log_popularity``/``item_factors``/``item_bias`` are per item row (``lp_max``: its maximum,
-    if already known); ``cand_rows`` (−1 = padding)
+    if already known; or ``pop_part``, :func:`popularity_part` computed once per model version);
+    ``cand_rows`` (−1 = padding)
     and ``cand_vals`` are the user's sparse neighbourhood scores; both and ``user_vector`` are None
     for a user without a row (then only popularity counts).
     """
-    n = len(log_popularity)
-    if w.popularity and n:
-        if lp_max is None:
-            lp_max = float(log_popularity.max())
-        scores = np.exp(log_popularity.astype(np.float64) - lp_max)
-        scores *= w.popularity
+    if pop_part is not None:
+        scores = pop_part.copy()
+    elif log_popularity is not None:
+        scores = popularity_part(w, log_popularity, lp_max)
     else:
-        scores = np.zeros(n)
+        raise ValueError("score_items: give log_popularity or pop_part")
     if w.mf and item_factors is not None and user_vector is not None:
         mf = item_factors @ user_vector
         if item_bias is not None:

@@ -14,13 +14,18 @@ JSON header:
 ``newest_published`` newest Kafka publish time (Unix s) of the events covered: serving measures
                      feedback latency as "visible now − newest_published" per update
 ``published``        list of [user_id, item_id, published] for the feedback covered (deltas)
+``user_candidates``  per user row (aligned with ``user_ids``): the item ids of its sparse
+                     neighbourhood scores ``user_candidate_scores`` (see :mod:`trainer.cooc`)
+``ranking``          the blend weights of :func:`trainer.scoring.score_items` (``knn``,
+                     ``popularity``, ``mf``, ``rating_span``): what serving ranks by
 ``offsets``          {"topic:partition": next offset} of the examples consumed
 ``created``          Unix s when the trainer published it
 
-Tensors (float32): ``user_factors`` [U, k], ``user_bias`` [U], ``item_factors`` [I, k],
-``item_bias`` [I], ``item_popularity`` [I] (recency-decayed interaction count). The factors are
-the *effective* vectors (text projections folded in), so serving scores
-``global_mean + user_bias + item_bias + user_factors · item_factors``.
+Tensors (float32): ``user_factors`` [U, k], ``user_bias`` [U], ``user_candidate_scores`` [U, N]
+(0-padded), ``item_factors`` [I, k], ``item_bias`` [I], ``item_popularity`` [I] (time-decayed
+interaction count, as of the update), ``item_log_popularity`` [I] (event-clock decayed count,
+log, comparable across updates). The factors are the *effective* vectors (text projections folded
+in). Serving ranks by :func:`trainer.scoring.score_items` with the header's ``ranking``.
 
 Examples
 --------
@@ -43,7 +48,8 @@ from streamproc.errors import InvalidUpdate
 
 __all__ = ["ModelUpdate", "TENSOR_NAMES"]
 
-TENSOR_NAMES = ("user_factors", "user_bias", "item_factors", "item_bias", "item_popularity")
+TENSOR_NAMES = ("user_factors", "user_bias", "user_candidate_scores", "item_factors", "item_bias", "item_popularity",
+                "item_log_popularity")
 _REQUIRED = ("version", "kind")
 
 

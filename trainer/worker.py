@@ -315,7 +315,11 @@ class TrainerWorker:
         t0 = time.perf_counter()
         preds = self.model.learn_batch(batch)
         self.metrics.learn_duration.observe(time.perf_counter() - t0)
-        self.prequential.update_batch(batch, preds)
+        ranks = getattr(self.model, "last_ranks", None)  # full-catalogue ranks of a sample (HybridMF)
+        if ranks is not None and len(ranks) == n:
+            self.prequential.update_batch(batch, preds, ranks)
+        else:
+            self.prequential.update_batch(batch, preds)
         for signal in self.drift.update_batch(batch, preds) or ():
             self._on_drift(signal)
         rec = batch.records
