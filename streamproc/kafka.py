@@ -4,6 +4,10 @@ Client choice by measurement on the embedded broker (2 cores, 150-byte events): 
 ~70k msg/s against kafka-python's ~17k msg/s, so bulk producers (replay, stream workers) use
 aiokafka; kafka-python consumes + parses ~38k msg/s and has the simpler blocking API, so it is
 used for admin and the synchronous app-facing publisher.
+
+Every client is built from :func:`client_config`, which also installs the undecodable-batch guard
+(:mod:`streamproc.undecodable`): a record batch that a consumer cannot decompress or parse reaches
+it as one marker record instead of an error that repeats for ever.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any
 from streamproc.errors import BrokerUnavailable
 from streamproc.settings import Settings
 from streamproc.topics import Topics
+from streamproc.undecodable import install as _install_undecodable_guard
 
 __all__ = ["bootstrap_servers", "create_topics", "client_config", "read_all", "GROUP_TIMEOUTS"]
 
@@ -31,7 +36,12 @@ def bootstrap_servers(settings: Settings) -> str:
 
 
 def client_config(settings: Settings, *, aio: bool = False) -> dict[str, Any]:
-    """bootstrap + security settings, for kafka-python (default) or aiokafka clients."""
+    """bootstrap + security settings, for kafka-python (default) or aiokafka clients.
+
+    Also installs the undecodable-batch guard in this process (idempotent), so every consumer
+    built from this config moves past a batch it cannot decode (see :mod:`streamproc.undecodable`).
+    """
+    _install_undecodable_guard()
     cfg = {"bootstrap_servers": bootstrap_servers(settings), **settings.kafka_client_config()}
     if aio and "ssl_cafile" in cfg:
         import ssl

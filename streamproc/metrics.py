@@ -20,6 +20,7 @@ from __future__ import annotations
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from streamproc.examples import KIND_NAMES
+from streamproc.undecodable import REASONS as UNDECODABLE_REASONS
 
 __all__ = ["StreamMetrics", "EVENT_TYPE_LABELS", "LATENCY_BUCKETS"]
 
@@ -67,6 +68,17 @@ class StreamMetrics:
             ["topic", "partition"],
             registry=r,
         )
+        self.undecodable_batches = Counter(
+            "reco_streamproc_undecodable_batches_total",
+            "Record batches of the events topic the Kafka client could not decode (dead-lettered, skipped), by reason",
+            ["reason"], registry=r,
+        )
+        self.undecodable_records = Counter(
+            "reco_streamproc_undecodable_records_total",
+            "Offsets spanned by the undecodable record batches (events that never reached the model)", registry=r,
+        )
+        for reason in UNDECODABLE_REASONS:  # exported at 0, so the first increase() is seen by the alert
+            self.undecodable_batches.labels(reason=reason)
         # Pre-bound children for the hot path.
         self.consumed_by_type = {t: self.events_consumed.labels(type=t) for t in EVENT_TYPE_LABELS}
         self.examples_by_kind = [self.examples_produced.labels(kind=k) for k in KIND_NAMES]
@@ -78,3 +90,8 @@ class StreamMetrics:
         if child is None:
             child = self._invalid_by_reason[reason] = self.events_invalid.labels(reason=reason)
         child.inc(n)
+
+    def undecodable(self, reason: str, records: int) -> None:
+        """Count one undecodable batch (``reason`` from :data:`streamproc.undecodable.REASONS`)."""
+        self.undecodable_batches.labels(reason=reason).inc()
+        self.undecodable_records.inc(records)

@@ -8,7 +8,11 @@ Per fetched batch and partition the worker
 
 1. parses every message with :class:`~streamproc.events.EventValidator`; an invalid one goes to the
    dead-letter topic with its original bytes and key and headers ``reason``, ``message``,
-   ``field``, ``source_topic``, ``source_partition``, ``source_offset`` (counted by reason);
+   ``field``, ``source_topic``, ``source_partition``, ``source_offset`` (counted by reason); a
+   record batch the Kafka client could not decode (unknown codec, corrupt, bad CRC) arrives as one
+   marker (:mod:`streamproc.undecodable`) and becomes one dead letter with reason
+   ``undecodable_batch`` and its offsets ``source_offset`` … ``source_last_offset``: the partition
+   moves past it and the worker keeps running;
 2. drops events whose ``event_id`` is in the de-duplication window;
 3. hands comment texts to the :class:`~streamproc.encoder.MicroBatcher` (encoded on its own
    thread);
@@ -60,6 +64,7 @@ from streamproc.kafka import GROUP_TIMEOUTS, client_config
 from streamproc.metrics import StreamMetrics
 from streamproc.settings import Settings
 from streamproc.topics import Topics
+from streamproc.undecodable import UndecodableBatch, undecodable
 
 __all__ = ["StreamWorker", "group_id"]
 
@@ -364,6 +369,10 @@ class StreamWorker:
                 try:
                     ev = parse(rec.value)
                 except InvalidEvent as exc:
+                    bad = undecodable(rec) if rec.value is None else None
+                    if bad is not None:  # a record batch the client could not decode, as one marker
+                        self._dead_letter_batch(chunk, rec, bad)
+                        continue
                     n_invalid += 1
                     self._dead_letter(chunk, rec, exc)
                     continue
@@ -430,6 +439,26 @@ class StreamWorker:
         ]
         value = rec.value if rec.value is not None else b""
         send = self._producer.send(self.topics.dead_letters, value=value, key=rec.key, headers=headers)
+        chunk.dead_letters.append(asyncio.ensure_future(send))
+
+    def _dead_letter_batch(self, chunk: _Chunk, rec: Any, bad: UndecodableBatch) -> None:
+        """A batch the client library could not decode: one dead letter naming its offsets.
+
+        The batch's bytes cannot be attached (the library never handed them out); its offsets
+        do: re-read them from the source partition once the cause (e.g. a codec) is fixed.
+        """
+        self.metrics.undecodable(bad.reason, bad.records)
+        headers = [
+            ("reason", b"undecodable_batch"),
+            ("message", f"{bad.reason} ({bad.codec}): {bad.message}".encode("utf-8", "replace")[:1000]),
+            ("field", b""),
+            ("source_topic", bad.topic.encode()),
+            ("source_partition", str(bad.partition).encode()),
+            ("source_offset", str(bad.first_offset).encode()),
+            ("source_last_offset", str(bad.last_offset).encode()),
+            ("codec", bad.codec.encode()),
+        ]
+        send = self._producer.send(self.topics.dead_letters, value=b"", key=None, headers=headers)
         chunk.dead_letters.append(asyncio.ensure_future(send))
 
     def _wake_threadsafe(self, _fut: Any = None) -> None:

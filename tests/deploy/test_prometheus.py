@@ -20,6 +20,7 @@ REQUIRED_ALERTS = {
     "RecoDriftDetected": "reco_trainer_drift_detections_total",
     "RecoDeadLetterRateHigh": "reco_streamproc_dead_letters_total",
     "RecoConsumerLagGrowing": "reco_streamproc_consumer_lag_messages",
+    "RecoUndecodableBatches": "reco_streamproc_undecodable_batches_total",
     "RecoNoModelUpdate": "reco_trainer_updates_published_total",
     "RecoServingErrorRate": "reco_serving_requests_total",
     "RecoTrainerDown": "up",
