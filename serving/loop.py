@@ -203,13 +203,40 @@ def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:
 
 # ------------------------------------------------------------------------------------ demo
 def _summary_line(data: dict[str, Any]) -> str:
-    def f(key: str, fmt: str = "{:.0f}") -> str:
-        v = data.get(key)
-        return "-" if v is None else fmt.format(v)
+    """One line of the demo's live summary, in words a newcomer reads without the docs.
 
-    return (f"events/s {f('events_per_s')} | examples/s {f('examples_per_s')} | model v{f('model_version')} | "
-            f"feedback latency p50 {f('feedback_latency_p50_s', '{:.2f}')} s p99 {f('feedback_latency_p99_s', '{:.2f}')} s | "
-            f"RMSE {f('prequential_rmse', '{:.4f}')} | drift {f('drift_detections')} | dead letters {f('dead_letters')}")
+    >>> _summary_line({})
+    'starting: waiting for the first events to reach the stream workers'
+    >>> _summary_line({"events_per_s": 300.4, "examples_per_s": 290.0, "model_version": 0})
+    '300 events/s in, 290/s learned | no model yet: serving answers with the items popular so far'
+    >>> _summary_line({"events_per_s": 300, "examples_per_s": 300, "model_version": 48, "feedback_latency_p50_s": 0.22,
+    ...                "feedback_latency_p99_s": 1.65, "prequential_rmse": 0.9418, "dead_letters": 0})
+    '300 events/s in, 300/s learned | model v48 | feedback visible in 0.22 s (p50), 1.65 s (p99) | rating error (RMSE) 0.942 | 0 bad events'
+    """
+    def num(key: str) -> float | None:
+        v = data.get(key)
+        return None if v is None else float(v)
+
+    eps, xps, version = num("events_per_s"), num("examples_per_s"), num("model_version")
+    if eps is None:
+        return "starting: waiting for the first events to reach the stream workers"
+    parts = [f"{eps:,.0f} events/s in" + ("" if xps is None else f", {xps:,.0f}/s learned")]
+    if not version:
+        parts.append("no model yet: serving answers with the items popular so far")
+        return " | ".join(parts)
+    parts.append(f"model v{version:.0f}")
+    p50, p99 = num("feedback_latency_p50_s"), num("feedback_latency_p99_s")
+    if p50 is not None:
+        parts.append(f"feedback visible in {p50:.2f} s (p50)" + ("" if p99 is None else f", {p99:.2f} s (p99)"))
+    rmse, ndcg = num("prequential_rmse"), num("prequential_ndcg_at_10")
+    if rmse is not None:
+        parts.append(f"rating error (RMSE) {rmse:.3f}" + ("" if ndcg is None else f", NDCG@10 {ndcg:.3f}"))
+    drift, dead = num("drift_detections"), num("dead_letters")
+    if drift:
+        parts.append(f"{drift:.0f} drift detections")
+    if dead is not None:
+        parts.append(f"{dead:,.0f} bad events")
+    return " | ".join(parts)
 
 
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -257,6 +284,8 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
               f"  API:         {base}/v1/users/{first_user}/recommendations?k=10\n"
               f"  metrics:     {base}/metrics  http://{s.metrics_host}:9101/metrics  http://{s.metrics_host}:9102/metrics\n"
               f"  more load:   RECO_KAFKA_BOOTSTRAP={s.kafka_bootstrap} RECO_TOPIC_PREFIX={s.topic_prefix} reco load --rate 1000 --duration 60\n"
+              f"the loop: events -> streamproc (validates, encodes comments) -> trainer (learns from every event) -> "
+              f"serving (swaps in each new model version, several a second)\n"
               f"publishing {src.label} at {speed} events/s; Ctrl-C to stop\n", flush=True)
         result: dict[str, Any] = {}
         stop_replay = threading.Event()

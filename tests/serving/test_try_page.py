@@ -124,3 +124,16 @@ def test_catalog_file_errors_are_one_line(tmp_path: Path) -> None:
     good.write_text(json.dumps({"items": {"7": {"title": "Seven", "category": "Drama"}}, "users": [{"user_id": "u"}]}))
     c = Catalog.load(good)
     assert c.describe("7") == {"title": "Seven", "category": "Drama"} and c.users == [{"user_id": "u"}]
+
+
+def test_reco_serve_with_a_bad_catalog_is_one_line(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECO_")}
+    out = subprocess.run([sys.executable, "-m", "streamproc.cli", "serve", "--catalog", str(tmp_path / "nope.json")],
+                         capture_output=True, text=True, timeout=60, env={**env, "RECO_KAFKA_BOOTSTRAP": "127.0.0.1:1"})
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert lines[-1].startswith("reco: error: --catalog ") and "nope.json: cannot read" in lines[-1]
