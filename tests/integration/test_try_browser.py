@@ -172,6 +172,26 @@ def test_negative_comment_on_a_phone_width_screen(demo_loop: tuple[str, DemoData
     assert driver.save_screenshot(str(ARTIFACTS / "try-comment-phone.png"))
 
 
+def test_a_new_user_starts_from_popular_items_and_gets_a_personal_list(demo_loop: tuple[str, DemoData], browser: Any) -> None:
+    base, _ = demo_loop
+    driver = browser
+    driver.get(f"{base}/try")
+    poll(lambda: len(_items(driver)) == 10, 30, "the first demo user's list")
+    _click(driver, "#new-user")
+    user = poll(lambda: (u := driver.find_element("id", "user").get_attribute("value")).startswith("me-") and u, 10, "a new user id")
+    poll(lambda: driver.find_element("id", "for-user").text == user and driver.find_element("id", "list").get_attribute("data-fallback") == "true"
+         and len(_items(driver)) == 10, 30, "the new user's popular-items list")
+    assert "does not know this user yet" in driver.find_element("id", "model").text
+    before = _items(driver)
+
+    _click(driver, f'#list li[data-item="{before[0]}"] button[data-action="rate"][data-rating="5"]')
+    _, _, text = _visible(driver)
+    poll(lambda: driver.find_element("id", "list").get_attribute("data-fallback") == "false", 10, "a personal list for the new user")
+    assert before[0] not in _items(driver)
+    assert driver.find_element("id", "model").text.endswith("personal")
+    print(f"new user: {text!r}")
+
+
 def test_answers_from_the_first_events_before_any_model() -> None:
     """Serving alone (no streamproc, no trainer: no model can ever come): once events flow it
     answers popularity so far with ``fallback: true``; /readyz keeps saying ``no_model``."""
