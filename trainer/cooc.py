@@ -335,7 +335,7 @@ class SequentialKNN:
         n = self.n_pairs
         if target is not None and n > target:
             vals = np.abs(self._eval[: 2 * n : 2])
-            min_value = float(np.partition(vals, n - target)[n - target])
+            min_value = float(np.partition(vals, n - target)[n - target]) if target > 0 else np.inf
         self._n_ent[0] = _compact(keep, int(self._n_ent[0]), self._erow, self._ecol, self._eval, self._enext, self._head, min_value)
         self._new_hash(len(self._hk))
         self._cnt[~keep[: len(self._cnt)]] = 0

@@ -262,8 +262,10 @@ def _top10(scores: np.ndarray, eligible: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------------------ the loop
 def evaluate(stream: Stream, model: Any, *, every: int, positive: float, anchors: bool = True, text: bool = True,
-             progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Run the protocol; ``model`` is a fresh :class:`~trainer.model.HybridMF` (learns the stream)."""
+             progress: Callable[[int], None] | None = None, monitor: Any = None) -> dict[str, Any]:
+    """Run the protocol; ``model`` is a fresh :class:`~trainer.model.HybridMF` (learns the stream).
+    With ``monitor`` (a :class:`~trainer.drift.DriftMonitor`), every detection calls
+    ``model.on_drift()``, as the trainer's worker does."""
     n = len(stream)
     item_index: dict[str, int] = {}
     item_of = np.array([item_index.setdefault(x, len(item_index)) for x in stream.items], np.int64)
@@ -320,8 +322,11 @@ def evaluate(stream: Stream, model: Any, *, every: int, positive: float, anchors
         # learn lo:e (everything before the evaluated event)
         if e > lo:
             t0 = time.perf_counter()
-            preds[lo:e] = model.learn_batch(batch_of(stream, lo, e, text))
+            b = batch_of(stream, lo, e, text)
+            preds[lo:e] = model.learn_batch(b)
             t_learn += time.perf_counter() - t0
+            if monitor is not None and monitor.update_batch(b, preds[lo:e]):
+                model.on_drift()
             for k in range(lo, e):
                 u, i = int(user_of[k]), int(item_of[k])
                 if anchors:
@@ -491,6 +496,15 @@ def _cmd_bench_quality(args: argparse.Namespace, settings: Settings) -> int:
             r = evaluate(stream, proto.clone(), every=every, positive=args.positive, anchors=False, text=False)
             abl["no_text"] = {k: r[k] for k in ("hr10", "ndcg10", "mrr", "coverage10", "rmse")}
         out["ablations"] = abl
+    if not args.no_drift:
+        from trainer.drift import DriftMonitor
+
+        out["drift"] = rating_drift(stream, settings.drift_detector)
+        flipped = flip_half(stream, proto.rating_min, proto.rating_max)
+        for name, mon in (("ranking_on_flipped_with_reaction", DriftMonitor(settings.drift_detector)),
+                          ("ranking_on_flipped_no_reaction", None)):
+            r = evaluate(flipped, proto.clone(), every=every, positive=args.positive, anchors=False, text=not args.no_text, monitor=mon)
+            out["drift"][name] = {k: r[k] for k in ("hr10", "ndcg10", "rmse")}
     if stream.embeddings is not None and not args.no_text and "ablations" in out and "no_text" in out["ablations"]:
         out["hr10_no_text"], out["rmse_no_text"] = out["ablations"]["no_text"]["hr10"], out["ablations"]["no_text"]["rmse"]
     out["targets"] = {"hr10_ratio_vs_best_anchor": 1.3, "ndcg10_ratio_vs_best_anchor": 1.3, "events_per_s": 100_000}
@@ -503,6 +517,57 @@ def _cmd_bench_quality(args: argparse.Namespace, settings: Settings) -> int:
         for k, v in out.items():
             print(f"{k}: {v}")
     return 0
+
+
+def flip_half(stream: Stream, lo: float, hi: float) -> Stream:
+    """The stream with an abrupt drift: from the middle on, the ratings of half the items (by a
+    hash of the id) flip ``r -> lo + hi - r``."""
+    t = len(stream) // 2
+    flip = np.array([zlib.crc32(i.encode()) % 2 == 0 for i in stream.items]) & (np.arange(len(stream)) >= t)
+    r = stream.ratings.copy()
+    r[flip] = lo + hi - r[flip]
+    return Stream(stream.users, stream.items, stream.kinds, r, stream.times, stream.texts, stream.source, stream.embeddings,
+                  {**stream.meta, "drift_at_event": t})
+
+
+def rating_drift(stream: Stream, detector: str = "adwin", seed: int = 0) -> dict[str, Any]:
+    """Rating-level detections of :class:`~trainer.drift.DriftMonitor` on the stream as it is,
+    shuffled (stationary) and with :func:`flip_half` (delay of the first detection after the flip)."""
+    from trainer.drift import DriftMonitor
+
+    rated = (stream.kinds != KIND_CLICK) & ~np.isnan(stream.ratings)
+    y = stream.ratings[rated]
+    n = len(y)
+
+    def run(values: np.ndarray) -> list[int]:
+        mon = DriftMonitor(detector)
+        found: list[int] = []
+        for s0 in range(0, n, 1000):
+            v = values[s0 : s0 + 1000]
+            k = len(v)
+            b = ExampleBatch.build(event_ids=[""] * k, user_ids=[""] * k, item_ids=[""] * k, kinds=np.full(k, KIND_RATING),
+                                   targets=v, event_times=np.zeros(k), published=np.zeros(k), processed=np.zeros(k))
+            found += [d["index"] for d in mon.update_batch(b, v) if d["signal"] == "rating"]
+        return found
+
+    ordered = run(y)
+    shuffled = run(np.random.default_rng(seed).permutation(y))
+    lo, hi = float(np.nanmin(y)), float(np.nanmax(y))
+    items = np.array(stream.items, object)[rated]
+    t = n // 2
+    flip = np.array([zlib.crc32(i.encode()) % 2 == 0 for i in items]) & (np.arange(n) >= t)
+    flipped = y.copy()
+    flipped[flip] = lo + hi - flipped[flip]
+    det = run(flipped)
+    after = [i for i in det if i >= t]
+    return {"detector": detector, "rated_events": n,
+            "rating_detections_time_ordered": len(ordered),
+            "rating_detections_per_100k_time_ordered": round(len(ordered) * 100_000 / max(n, 1), 2),
+            "rating_detections_shuffled": len(shuffled),
+            "injected_flip_half_items_at": t,
+            "injected_false_alarms_before": sum(1 for i in det if i < t),
+            "injected_detection_delay_events": (after[0] - t) if after else None,
+            "targets": {"shuffled": 0, "per_100k_time_ordered": 1, "injected_delay_events": 2000}}
 
 
 def _model_params(settings: Settings, stream: Stream) -> dict[str, Any]:
@@ -530,5 +595,6 @@ def register_bench(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--no-text", action="store_true", help="do not encode comment texts")
     p.add_argument("--no-anchors", action="store_true", help="skip the anchors")
     p.add_argument("--ablations", action="store_true", help="also run the model without each part (knn, popularity, text, ...)")
+    p.add_argument("--no-drift", action="store_true", help="skip the drift checks (detections; ranking with/without the reaction)")
     p.add_argument("--params", default="", help='JSON of HybridMF parameters to override, e.g. \'{"knn_window": 30}\'')
     p.set_defaults(func=_cmd_bench_quality)

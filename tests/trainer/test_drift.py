@@ -83,3 +83,18 @@ def test_bad_arguments() -> None:
         DriftMonitor("ddm")
     with pytest.raises(ValueError, match="block"):
         DriftMonitor(block=0)
+
+
+def test_one_users_burst_of_low_ratings_is_not_a_rating_drift_but_a_lasting_shift_is() -> None:
+    rng = np.random.default_rng(5)
+    burst = np.r_[ratings(rng, 10_000, 3.6), ratings(rng, 400, 1.2), ratings(rng, 10_000, 3.6)]
+    kinds = np.full(len(burst), KIND_RATING, np.uint8)
+    found = feed(DriftMonitor(), kinds, burst, burst)  # perfect predictions: only the level moves
+    assert [d for d in found if d["signal"] == "rating"] == []
+    lasting = np.r_[ratings(rng, 10_000, 3.6), ratings(rng, 10_000, 2.8)]
+    found = [d for d in feed(DriftMonitor(), kinds[: len(lasting)], lasting, lasting) if d["signal"] == "rating"]
+    assert len(found) == 1 and 10_000 <= found[0]["index"] < 12_000
+    assert found[0]["evidence"]["confirmed_shift"] == pytest.approx(-0.8, abs=0.2)
+    # without the confirmation and the minimum shift, the burst alarms (what the defaults prevent)
+    raw = feed(DriftMonitor(min_shift=0.0, confirm_blocks=0), kinds[: len(burst)], burst, burst)
+    assert [d for d in raw if d["signal"] == "rating"]

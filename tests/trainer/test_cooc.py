@@ -1,0 +1,140 @@
+"""Sequential co-occurrence: neighbours, signed feedback, pruning, state; and its use in HybridMF."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from safetensors.numpy import load, save
+
+from streamproc.examples import KIND_CLICK, KIND_COMMENT
+from trainer.cooc import SequentialKNN
+from trainer.model import HybridMF
+from trainer.scoring import score_items
+
+
+def _learn(knn: SequentialKNN, events: list[tuple[int, int, float]], n_users: int = 10, n_items: int = 10) -> None:
+    u, i, w = zip(*events)
+    knn.learn(np.array(u, np.int32), np.array(i, np.int32), np.array(w, np.float32), n_users=n_users, n_items=n_items)
+
+
+def _cands(knn: SequentialKNN, user: int, n_items: int = 10) -> dict[int, float]:
+    rows, vals = knn.candidates(np.array([user], np.int32), n_items=n_items)
+    return {int(r): float(v) for r, v in zip(rows[0], vals[0]) if r >= 0}
+
+
+def test_items_that_follow_each_other_become_neighbours_in_order_of_strength() -> None:
+    knn = SequentialKNN(window=3, decay=1.0, pair_decay=1.0, alpha=0.0, beta=0.0, confident=1)
+    # users 0-2 go 1 -> 2; user 0 also 1 -> 3; user 5 has just seen item 1
+    _learn(knn, [(0, 1, 1), (0, 2, 1), (1, 1, 1), (1, 2, 1), (2, 1, 1), (2, 2, 1), (3, 1, 1), (3, 3, 1), (5, 1, 1)])
+    c = _cands(knn, 5)
+    assert list(c)[:2] == [2, 3] and c[2] > c[3] > 0
+    assert 1 not in c  # the user's own items are never candidates
+    assert max(c.values()) == pytest.approx(1.0)  # the strongest is scaled to 1 (confident after 1 event)
+
+
+def test_pairs_form_only_inside_the_window() -> None:
+    knn = SequentialKNN(window=2, confident=1)
+    _learn(knn, [(0, 1, 1), (0, 2, 1), (0, 3, 1), (0, 4, 1), (1, 1, 1)])
+    assert set(_cands(knn, 1)) == {2, 3}  # 1 met 2 and 3; 4 came after 1 left the window
+    assert knn.n_pairs == 5  # {1,2}, {1,3}, {2,3}, {2,4}, {3,4}
+
+
+def test_a_disliked_item_pushes_its_neighbours_down() -> None:
+    base = [(u, 1, 1.0) for u in range(4)] + [(u, 2, 1.0) for u in range(4)]  # 1 and 2 co-liked
+    liked, disliked = SequentialKNN(confident=1), SequentialKNN(confident=1)
+    _learn(liked, base + [(7, 1, 1.0)])
+    _learn(disliked, base + [(7, 1, -1.0)])
+    assert _cands(liked, 7)[2] > 0 > _cands(disliked, 7)[2]
+
+
+def test_young_profiles_weigh_less() -> None:
+    knn = SequentialKNN(confident=4)
+    _learn(knn, [(0, 1, 1), (0, 2, 1), (0, 3, 1), (1, 1, 1)])
+    assert max(_cands(knn, 1).values()) == pytest.approx(0.25)
+
+
+def test_prune_drops_pairs_of_dead_items_and_the_weakest() -> None:
+    knn = SequentialKNN(window=5, confident=1)
+    _learn(knn, [(0, 1, 1), (0, 2, 1), (0, 3, 1), (1, 1, 1), (1, 2, 1), (2, 9, 1)])
+    keep = np.ones(10, bool)
+    keep[3] = False
+    knn.prune(keep)
+    assert 3 not in _cands(knn, 2) and knn.n_pairs == 1  # {1,2} left
+    knn.prune(np.ones(10, bool), target=0)
+    assert knn.n_pairs == 0 and _cands(knn, 2) == {}
+
+
+def test_growth_and_state_round_trip_keep_every_pair_and_score() -> None:
+    rng = np.random.default_rng(0)
+    knn = SequentialKNN(window=8, confident=1)
+    events = [(int(rng.integers(50)), int(rng.integers(400)), float(rng.choice([1.0, 0.5, -0.5]))) for _ in range(30_000)]
+    _learn(knn, events, n_users=50, n_items=400)  # grows entries and the hash several times
+    meta, arrays = knn.state(50, 400)
+    copy = SequentialKNN.from_state(json.loads(json.dumps(meta)), load(save(arrays)))
+    users = np.arange(50, dtype=np.int32)
+    for a, b in zip(knn.candidates(users, n_items=400), copy.candidates(users, n_items=400)):
+        assert np.array_equal(a, b)
+    _learn(knn, events[:500], n_users=50, n_items=400)
+    _learn(copy, events[:500], n_users=50, n_items=400)
+    for a, b in zip(knn.candidates(users, n_items=400), copy.candidates(users, n_items=400)):
+        assert np.array_equal(a, b)
+
+
+def test_bad_arguments_name_the_parameter() -> None:
+    with pytest.raises(ValueError, match="window"):
+        SequentialKNN(window=0)
+    with pytest.raises(ValueError, match="decay"):
+        SequentialKNN(decay=1.5)
+
+
+# ---------------------------------------------------------------------------------- in HybridMF
+def _rank_of(m: HybridMF, user: str, item: str) -> float:
+    ids, kw = m.ranking_inputs(user)
+    s = score_items(m.rank_weights, **kw)
+    return float(s[ids.index(item)])
+
+
+def _co_liked(m: HybridMF) -> None:
+    t = 1000.0
+    for u in range(6):  # "matrix" is always followed by "inception"
+        for item in ("matrix", "inception", f"filler{u}"):
+            m.learn_one(f"u{u}", item, 5.0, event_time=t)
+            t += 1
+
+
+def test_ratings_signed_a_low_rating_pushes_neighbours_below_where_a_high_one_puts_them() -> None:
+    high, low = HybridMF(seed=3), HybridMF(seed=3)
+    for m, r in ((high, 5.0), (low, 1.0)):
+        _co_liked(m)
+        m.learn_one("me", "matrix", r, event_time=5000.0)
+    assert _rank_of(high, "me", "inception") > _rank_of(low, "me", "inception")
+    assert _rank_of(low, "me", "inception") < _rank_of(low, "stranger", "inception") + 1e-9
+
+
+def test_a_click_is_positive_feedback() -> None:
+    m = HybridMF(seed=3)
+    _co_liked(m)
+    before = _rank_of(m, "me", "inception")
+    m.learn_one("me", "matrix", kind=KIND_CLICK, event_time=5000.0)
+    assert _rank_of(m, "me", "inception") > before
+
+
+def test_an_unrated_comment_that_reads_negative_pushes_the_item_neighbourhood_down() -> None:
+    rng = np.random.default_rng(0)
+    pos, neg = rng.normal(size=16), rng.normal(size=16)
+    pos, neg = pos / np.linalg.norm(pos), neg / np.linalg.norm(neg)
+
+    def trained(comment: np.ndarray | None) -> HybridMF:
+        m = HybridMF(seed=3, text_dim=16, sentiment_min=5)
+        _co_liked(m)
+        for n in range(200):  # rated comments train the sentiment head: pos reads 5 stars, neg 1 star
+            e = pos if n % 2 else neg
+            m.learn_one(f"critic{n % 7}", f"other{n % 11}", 5.0 if n % 2 else 1.0, kind=KIND_COMMENT, embedding=e, event_time=3000.0 + n)
+        if comment is not None:
+            m.learn_one("me", "matrix", None, kind=KIND_COMMENT, embedding=comment, event_time=5000.0)
+        return m
+
+    neutral = _rank_of(trained(None), "me", "inception")
+    assert _rank_of(trained(neg), "me", "inception") < neutral < _rank_of(trained(pos), "me", "inception")

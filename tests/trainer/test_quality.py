@@ -1,0 +1,88 @@
+"""``reco bench quality``: the protocol, the anchors, the inputs and their errors (small data)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streamproc.errors import RecoError
+from streamproc.examples import KIND_COMMENT
+from trainer.model import HybridMF
+from trainer.quality import evaluate, flip_half, load_stream, rating_drift
+
+
+def _sequential_csv(path: Path, n_users: int = 120, n_items: int = 300, seed: int = 0) -> Path:
+    """Users walk through item "series" in order (i, i+1, i+2, ...), popular items sprinkled in:
+    what comes next is predictable from what a user just did, not from popularity."""
+    rng = np.random.default_rng(seed)
+    rows, t = [], 1_000_000
+    for _ in range(30):
+        for u in rng.permutation(n_users)[:40].tolist():
+            start = int(rng.integers(n_items - 10))
+            for k in range(int(rng.integers(3, 8))):
+                item = start + k if rng.random() < 0.8 else int(rng.integers(10))
+                rows.append((u, item, float(rng.choice([3.5, 4.0, 4.5, 5.0])), t))
+                t += 1
+    path.write_text("userId,movieId,rating,timestamp\n" + "".join(f"{u},{i},{r},{ts}\n" for u, i, r, ts in rows))
+    return path
+
+
+def test_the_model_beats_every_anchor_on_a_sequential_stream(tmp_path: Path) -> None:
+    stream = load_stream(ratings=_sequential_csv(tmp_path / "r.csv"))
+    out = evaluate(stream, HybridMF(rank_sample=0.0), every=2, positive=4.0)
+    assert out["n_evaluated"] > 500
+    assert set(out["anchors"]) == {"popularity", "recent_popularity", "itemknn", "river_biasedmf"}
+    for name, a in out["anchors"].items():
+        assert a["n_evaluated"] == out["n_evaluated"], name  # the same events, the same protocol
+        assert 0 <= a["hr10"] <= 1 and 0 <= a["ndcg10"] <= a["hr10"] + 1e-9
+    assert out["best_anchor"] in out["anchors"]
+    assert out["hr10_ratio_vs_best_anchor"] > 1.2 and out["ndcg10_ratio_vs_best_anchor"] > 1.2
+    assert out["cold_users"]["n_evaluated"] > 0 and 0 < out["coverage10"] <= 1
+    assert out["rmse"] is not None and math.isfinite(out["rmse"])
+
+
+def test_an_item_never_seen_is_a_miss_for_everyone(tmp_path: Path) -> None:
+    p = tmp_path / "r.csv"
+    p.write_text("userId,movieId,rating,timestamp\n1,a,5,1\n2,a,5,2\n2,b,5,3\n3,c,5,4\n")
+    out = evaluate(load_stream(ratings=p), HybridMF(rank_sample=0.0), every=1, positive=4.0)
+    # evaluated: 1-a (new: miss), 2-a (hit: a is the only eligible item), 2-b (new: miss), 3-c (new: miss)
+    assert out["n_evaluated"] == 4 and out["hr10"] == pytest.approx(1 / 4)
+    assert out["anchors"]["popularity"]["hr10"] == pytest.approx(1 / 4)
+
+
+def test_inputs_and_their_errors(tmp_path: Path) -> None:
+    with pytest.raises(RecoError, match="--dataset .*no ratings.csv"):
+        load_stream(dataset=tmp_path)
+    with pytest.raises(RecoError, match="--reviews .*no such file"):
+        load_stream(reviews=tmp_path / "nope.jsonl")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("user,item\n1,2\n")
+    with pytest.raises(RecoError, match="userId,movieId,rating,timestamp"):
+        load_stream(ratings=bad)
+    rev = tmp_path / "r.jsonl"
+    rev.write_text("\n".join(json.dumps({"user_id": f"u{n % 3}", "item_id": f"i{n % 4}", "rating": 1 + n % 5, "time": n,
+                                         "text": "great" if n % 5 > 2 else "awful"}) for n in range(40)) + "\n{oops\n")
+    with pytest.raises(RecoError, match="r.jsonl:41"):
+        load_stream(reviews=rev)
+    rev.write_text(rev.read_text().replace("{oops\n", ""))
+    s = load_stream(reviews=rev, hide_ratings=0.5)
+    assert (s.kinds == KIND_COMMENT).all() and 5 < s.meta["hidden_ratings"] < 35
+    assert np.isnan(s.ratings).sum() == s.meta["hidden_ratings"]
+
+
+def test_drift_report_on_a_stationary_stream_and_an_injected_flip(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    n = 30_000
+    lines = "".join(f"{rng.integers(300)},{rng.integers(500)},{rng.choice([1.0, 4.0, 4.5, 5.0])},{t}\n" for t in range(n))
+    p = tmp_path / "r.csv"
+    p.write_text("userId,movieId,rating,timestamp\n" + lines)
+    s = load_stream(ratings=p)
+    r = rating_drift(s)
+    assert r["rating_detections_time_ordered"] == 0 and r["rating_detections_shuffled"] == 0
+    assert r["injected_detection_delay_events"] is not None and r["injected_detection_delay_events"] < 2_000
+    flipped = flip_half(s, 0.5, 5.0)
+    assert (flipped.ratings[: n // 2] == s.ratings[: n // 2]).all() and (flipped.ratings != s.ratings).any()
