@@ -22,7 +22,8 @@ const PANELS = {
     { key: "updates_per_s", label: "updates / s", axis: "r", unit: "rate" }] },
   quality: { unit: "ratio", zero: false, drift: true, series: [
     { key: "rmse_recent", label: "RMSE recent" }, { key: "rmse_running", label: "RMSE running" },
-    { key: "ndcg_recent", label: "NDCG@10 recent", axis: "r" }, { key: "ndcg_running", label: "NDCG@10 running", axis: "r" }] },
+    { key: "ndcg_recent", label: "NDCG@10 recent", axis: "r" }, { key: "ndcg_running", label: "NDCG@10 running", axis: "r" },
+    { key: "hit_rate_recent", label: "HR@10 recent", axis: "r" }] },
   drift: { unit: "count", series: [
     { key: "drift_total", label: "total" }, { key: "drift_error_total", label: "error" },
     { key: "drift_rating_total", label: "rating" }, { key: "drift_sentiment_total", label: "sentiment" }] },

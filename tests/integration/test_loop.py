@@ -225,6 +225,9 @@ def test_dashboard_in_chromium_shows_the_live_loop(loop: tuple[Settings, dict[st
     try:
         poll(lambda: (value("events_per_s") or 0) > 0, 60, "events/s from streamproc on the page", 0.2)
         poll(lambda: value("rmse_recent") is not None, 60, "prequential RMSE from the trainer on the page", 0.2)
+        # ranking quality on a ratings-only stream: a sample of positive ratings ranked against the catalogue
+        poll(lambda: value("hit_rate_recent") is not None and value("ndcg_recent") is not None, 60,
+             "prequential HR@10 and NDCG@10 on the page", 0.2)
         first = poll(lambda: value("model_version"), 60, "the serving model version on the page", 0.2)
         poll(lambda: (value("model_version") or 0) > first, 60, "the model version to move on the page", 0.2)
         poll(lambda: value("feedback_latency_p50_s") is not None, 60, "feedback latency on the page", 0.2)
