@@ -479,50 +479,27 @@ def _raw_consume_rate(settings: Settings, topic: str, n: int) -> float:
 
 
 def _cmd_bench_ingest(args: argparse.Namespace, settings: Settings) -> int:
-    import threading
-
     import numpy as np
 
-    from prometheus_client import CollectorRegistry
-
+    from streamproc.bench import WorkerRun, codec_pass, publish_compressed
     from streamproc.examples import ExampleBatch
     from streamproc.kafka import read_all
-    from streamproc.replay import replay
     from streamproc.topics import Topics
-    from streamproc.worker import StreamWorker
 
     events, ids = _bench_events(args.n, args.comments, args.invalid)
     settings = Settings(**{**settings.__dict__, "topic_prefix": f"{settings.topic_prefix}bench{int(time.time())}."})
     with embedded_or_configured(settings) as s:
-        pub = replay(s, events, progress=False)
-        log.info("published %d events at %.0f/s", pub.events, pub.events_per_s)
-        registry = CollectorRegistry()
-        worker = StreamWorker(s, registry=registry)  # loads the encoder before the clock starts
-        stop = threading.Event()
-        failure: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                worker.run(stop)
-            except BaseException as exc:  # noqa: BLE001
-                failure.append(exc)
-
-        thread = threading.Thread(target=run, name="stream-worker")
-        thread.start()
+        # Published as an app would, in --compression batches (default none).
+        publish_rate = publish_compressed(s, events, args.compression)
+        log.info("published %d events (%s) at %.0f/s", len(events), args.compression, publish_rate)
+        run = WorkerRun(s)
         deadline = time.monotonic() + args.timeout
-        while (worker.examples_acked + worker.dead_letters_acked < len(events) and time.monotonic() < deadline
-               and thread.is_alive()):
-            time.sleep(0.02)
-        elapsed = (worker.last_acked_at or 0) - (worker.first_consumed_at or 0)
+        run.wait(len(events), deadline)
+        elapsed = run.seconds
         # Low load: the same worker, events published one by one at a steady rate.
-        latency_ids = _publish_slowly(s, args.latency_events, args.latency_rate) if args.latency_events and thread.is_alive() else {}
-        target = len(events) + len(latency_ids)
-        while worker.examples_acked + worker.dead_letters_acked < target and time.monotonic() < deadline and thread.is_alive():
-            time.sleep(0.02)
-        stop.set()
-        thread.join()
-        if failure:
-            raise RecoError(f"stream worker failed: {failure[0]}")
+        latency_ids = _publish_slowly(s, args.latency_events, args.latency_rate) if args.latency_events and run.thread.is_alive() else {}
+        run.wait(len(events) + len(latency_ids), deadline)
+        run.stop()
         topics = Topics.from_settings(s)
         got: list[str] = []
         lat: dict[str, list[float]] = {"rating": [], "comment": []}
@@ -549,11 +526,19 @@ def _cmd_bench_ingest(args: argparse.Namespace, settings: Settings) -> int:
         unparsable = len(dead) - len(dead_ids)
         lost = max(0, len(ids - accounted) - unparsable) + len(set(latency_ids) - set(got))
         raw_consume = _raw_consume_rate(s, topics.events, len(events) + len(latency_ids))
+        # One pass per codec on the same machine state: rating/click events only (the encoder would
+        # dominate comments), a fresh worker and fresh topics each.
+        codec_events = _bench_events(args.codec_n, 0, 0)[0] if args.codec_n else []
+        by_codec = {c: codec_pass(s, codec_events, c, timeout=args.timeout) for c in args.codecs.split(",") if codec_events and c}
+    base = (by_codec.get("none") or {}).get("events_per_s")
+    for r in by_codec.values():
+        r["ratio_to_none"] = round(r["events_per_s"] / base, 3) if base and r["events_per_s"] else None
     out = {
         "events": len(events), "rating_click_events": args.n, "comments": args.comments, "invalid": len(dead),
         "invalid_by_reason": reasons, "examples": len(got_bench), "duplicates_in_examples": len(got) - len(set(got)),
         "lost": lost, "seconds": round(elapsed, 3), "events_per_s": round(len(events) / elapsed, 1) if elapsed > 0 else None,
-        "publish_events_per_s": round(pub.events_per_s, 1),
+        "compression": args.compression, "examples_compression": s.compression,
+        "publish_events_per_s": round(publish_rate, 1),
         "raw_consume_events_per_s": round(raw_consume, 1),
         "low_load": {
             "rate_per_s": args.latency_rate,
@@ -562,11 +547,15 @@ def _cmd_bench_ingest(args: argparse.Namespace, settings: Settings) -> int:
             "note": "Kafka record timestamp of the event -> example emitted (examples.processed - published)",
         },
         "target_events_per_s": 20000, "client": "aiokafka (consumer group + producer)",
+        "by_compression": {"events": len(codec_events), "note": "events published in that codec's batches; "
+                           "ratio_to_none target >= 0.8 for lz4/zstd", **by_codec},
     }
     if args.json:
         print_json(out)
     else:
-        print(f"{out['events_per_s']} events/s, {lost} lost, {len(dead)} dead letters")
+        print(f"{out['events_per_s']} events/s ({args.compression}), {lost} lost, {len(dead)} dead letters")
+        for c, r in by_codec.items():
+            print(f"  {c}: {r['events_per_s']} events/s ({r['ratio_to_none']} of none)")
     return 0
 
 
@@ -641,6 +630,10 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     p.add_argument("--timeout", type=float, default=300.0)
     p.add_argument("--latency-events", type=int, default=200, help="events published one by one afterwards (low-load latency)")
     p.add_argument("--latency-rate", type=float, default=50.0, help="their rate, events/s")
+    p.add_argument("--compression", default="none", choices=("none", "gzip", "snappy", "lz4", "zstd"),
+                   help="codec of the batches the events are published in (as an app's producer would)")
+    p.add_argument("--codecs", default="none,gzip,snappy,lz4,zstd", help="codecs of the per-codec passes (comma-separated)")
+    p.add_argument("--codec-n", type=int, default=100_000, help="rating/click events per codec pass (0 = no passes)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_bench_ingest)
 

@@ -60,6 +60,7 @@ class Settings:
     partitions: int = _s(4, "Partitions of the events, requests and recommendations topics", min=1, max=1024)
     replication_factor: int = _s(1, "Replication factor for topics created by `reco topics create`", min=1, max=16)
     max_message_bytes: int = _s(1_000_000, "Largest Kafka message produced (model updates are chunked to fit)", min=10_000)
+    compression: str = _s("zstd", "Codec of the batches the trainer (model updates) and stream workers (examples, dead letters) produce: none, gzip, snappy, lz4 or zstd", choices=("none", "gzip", "snappy", "lz4", "zstd"))
     # Event contract
     rating_min: float = _s(0.5, "Lowest valid rating value")
     rating_max: float = _s(5.0, "Highest valid rating value")
@@ -165,6 +166,11 @@ class Settings:
         if self.kafka_security_protocol.endswith("SSL") and self.kafka_ssl_cafile:
             cfg["ssl_cafile"] = self.kafka_ssl_cafile
         return cfg
+
+    @property
+    def compression_type(self) -> str | None:
+        """:attr:`compression` as the Kafka clients' ``compression_type`` argument (None = none)."""
+        return None if self.compression == "none" else self.compression
 
     def to_env(self) -> dict[str, str]:
         """``RECO_*`` variables reproducing every non-default setting (for child processes)."""

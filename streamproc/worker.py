@@ -310,6 +310,7 @@ class StreamWorker:
 
         self._producer = AIOKafkaProducer(
             acks="all", linger_ms=1, max_batch_size=s.max_message_bytes, max_request_size=s.max_message_bytes,
+            compression_type=s.compression_type,
             **client_config(s, aio=True),
         )
         try:

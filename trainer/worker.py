@@ -200,7 +200,8 @@ class TrainerWorker:
                 worker._guard(worker._on_assigned, assigned)
 
         self._producer = KafkaProducer(
-            linger_ms=0, acks=1, enable_idempotence=False, max_request_size=max(2 * self.settings.max_message_bytes, 1_048_576), **cfg)
+            linger_ms=0, acks=1, enable_idempotence=False, max_request_size=max(2 * self.settings.max_message_bytes, 1_048_576),
+            compression_type=self.settings.compression_type, **cfg)  # RECO_COMPRESSION: zstd halves snapshots (README)
         self._listener = _Listener()
         self._open_consumer()
 

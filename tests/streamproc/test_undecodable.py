@@ -44,3 +44,14 @@ def test_a_producer_cannot_forge_a_marker() -> None:
     assert undecodable(_record(None, forged)) is None
     assert undecodable(_record(b"{}", forged)) is None
     assert undecodable(_record(None, [])) is None  # a tombstone is not a marker either
+
+
+def test_compression_setting_is_checked_and_mapped() -> None:
+    from streamproc.errors import ConfigError
+    from streamproc.settings import Settings
+
+    assert Settings().compression == "zstd"  # measured: halves snapshots for ~3 ms/MB (README)
+    assert Settings.load(env={"RECO_COMPRESSION": "lz4"}).compression_type == "lz4"
+    assert Settings.load(env={"RECO_COMPRESSION": "none"}).compression_type is None
+    with pytest.raises(ConfigError, match="RECO_COMPRESSION='brotli'"):
+        Settings.load(env={"RECO_COMPRESSION": "brotli"})
