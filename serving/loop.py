@@ -277,7 +277,8 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         deadline = time.monotonic() + 120
         for url in filter(None, s.dashboard_sources.split(",")):
             wait_http(url.strip(), max(1.0, deadline - time.monotonic()), stop)
-        first_user = "u1" if src.generated else "1"
+        users = (src.catalog or {}).get("users") or [{"user_id": "1"}]
+        first_user = users[0]["user_id"]
         print(f"\nreco demo is up (broker {s.kafka_bootstrap})\n"
               f"  be the user: {base}/try   <- pick a user, rate or comment, watch their top 10 change\n"
               f"  dashboard:   {base}/dashboard\n"

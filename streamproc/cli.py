@@ -137,17 +137,20 @@ def add_source_args(p: argparse.ArgumentParser, *, dataset_flag: bool = True) ->
 def event_source(args: argparse.Namespace, *, n: int | None = None, rate: float = 100.0, start: float | None = None) -> EventSource:
     """The events named by :func:`add_source_args`: a dataset, a reviews file, or generated demo
     data (``n`` events, None = without end, event times ``1/rate`` apart from ``start``)."""
-    from streamproc.replay import load_catalog, load_events, load_reviews
+    from streamproc.replay import active_users, load_catalog, load_events, load_reviews
 
     dataset, reviews = getattr(args, "dataset", None), getattr(args, "reviews", None)
     if dataset and reviews:
         raise RecoError("pass either --dataset DIR or --reviews FILE, not both")
     if dataset:
         evs = load_events(dataset)
-        return EventSource(evs, len(evs), load_catalog(dataset), f"{len(evs):,} events from {dataset}", False)
+        catalog = load_catalog(dataset) or {"source": str(dataset), "items": {}}
+        catalog["users"] = active_users(evs, catalog)
+        return EventSource(evs, len(evs), catalog, f"{len(evs):,} events from {dataset}", False)
     if reviews:
         evs = load_reviews(reviews)
-        return EventSource(evs, len(evs), None, f"{len(evs):,} reviews from {reviews}", False)
+        catalog = {"source": str(reviews), "items": {}, "users": active_users(evs, None)}
+        return EventSource(evs, len(evs), catalog, f"{len(evs):,} reviews from {reviews}", False)
     from streamproc.demo_data import DemoData
 
     try:

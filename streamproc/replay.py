@@ -31,8 +31,8 @@ from streamproc.kafka import client_config
 from streamproc.settings import Settings
 from streamproc.topics import Topics
 
-__all__ = ["DEFAULT_DATASET", "DatasetError", "load_events", "load_catalog", "load_reviews", "bench_events", "bench_texts",
-           "replay", "ReplayResult"]
+__all__ = ["DEFAULT_DATASET", "DatasetError", "load_events", "load_catalog", "load_reviews", "active_users", "bench_events",
+           "bench_texts", "replay", "ReplayResult"]
 
 # Where CI keeps ml-latest-small. Never a default for users: a fresh clone has nothing beside it.
 DEFAULT_DATASET = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "ml-latest-small"
@@ -121,6 +121,33 @@ def load_catalog(dataset: str | Path) -> dict[str, Any] | None:
         genre = (row["genres"] or "").split("|")[0]
         items[row["movieId"]] = {"title": row["title"], "category": "" if genre == "(no genres listed)" else genre}
     return {"source": str(dataset), "items": items, "users": []}
+
+
+def active_users(events: Iterable[tuple[float, str, bytes]], catalog: dict[str, Any] | None, n: int = 20) -> list[dict[str, Any]]:
+    """The ``n`` most active users of a dataset, each with the categories they rate highest
+    (≥ 4) most often: the users ``/try`` offers when the data is not generated.
+
+    >>> evs = [(0, "a", b'{"item_id":"1","rating":5}'), (1, "a", b'{"item_id":"2","rating":1}'), (2, "b", b'{"item_id":"1"}')]
+    >>> active_users(evs, {"items": {"1": {"category": "Drama"}, "2": {"category": "Horror"}}})
+    [{'user_id': 'a', 'likes': ['Drama'], 'events': 2}, {'user_id': 'b', 'likes': [], 'events': 1}]
+    """
+    from collections import Counter
+
+    items = (catalog or {}).get("items", {})
+    activity: Counter[str] = Counter()
+    liked: dict[str, Counter[str]] = {}
+    for _, user, value in events:
+        activity[user] += 1
+        try:
+            ev = json.loads(value)
+        except ValueError:
+            continue
+        rating = ev.get("rating")
+        category = items.get(ev.get("item_id"), {}).get("category")
+        if category and isinstance(rating, (int, float)) and rating >= 4:
+            liked.setdefault(user, Counter())[category] += 1
+    return [{"user_id": u, "likes": [c for c, _ in liked.get(u, Counter()).most_common(3)], "events": k}
+            for u, k in activity.most_common(n)]
 
 
 def load_reviews(path: str | Path) -> list[tuple[float, str, bytes]]:

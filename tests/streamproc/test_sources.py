@@ -103,3 +103,17 @@ def test_benchmarks_fall_back_to_demo_data_without_a_dataset_beside_the_clone(mo
     assert {json.loads(v)["type"] for _, _, v in events} <= {"click", "rating"}
     monkeypatch.setattr(replay_mod, "DEFAULT_DATASET", _ml(tmp_path))
     assert replay_mod.bench_texts(3) == (["funny", "funny", "funny"], "ml-latest-small tags.csv")
+
+
+def test_a_dataset_source_carries_titles_and_its_most_active_users(tmp_path: Path) -> None:
+    import argparse
+
+    from streamproc.cli import event_source
+
+    args = argparse.Namespace(dataset=str(_ml(tmp_path)), reviews=None, users=5, items=5, seed=1, comments=0.15)
+    src = event_source(args)
+    assert src.total == 3 and not src.generated
+    assert src.catalog["items"]["10"]["title"] == "Heat (1995)"
+    assert src.catalog["users"][0] == {"user_id": "1", "likes": ["Action"], "events": 2}  # rated Heat 4.0 and tagged it
+    gen = event_source(argparse.Namespace(dataset=None, reviews=None, users=5, items=9, seed=1, comments=0.15), n=10)
+    assert gen.generated and len(list(gen.events)) == 10 and len(gen.catalog["items"]) == 9
