@@ -15,7 +15,7 @@ from typing import Any
 
 from streamproc.settings import Settings
 
-__all__ = ["CODECS", "publish_compressed", "WorkerRun", "codec_pass"]
+__all__ = ["CODECS", "publish_compressed", "WorkerRun", "codec_pass", "codec_rounds"]
 
 CODECS = ("none", "gzip", "snappy", "lz4", "zstd")
 
@@ -100,12 +100,12 @@ class WorkerRun:
 
 
 def codec_pass(settings: Settings, events: list[tuple[float, str, bytes]], codec: str, *, timeout: float,
-               **worker_kw: Any) -> dict[str, Any]:
+               tag: str = "", **worker_kw: Any) -> dict[str, Any]:
     """Publish ``events`` in ``codec`` batches to fresh topics, then time a fresh worker through them
-    (``worker_kw`` go to the :class:`~streamproc.worker.StreamWorker`)."""
+    (``worker_kw`` go to the :class:`~streamproc.worker.StreamWorker`; ``tag`` tells passes apart)."""
     from streamproc.kafka import create_topics
 
-    s = Settings(**{**settings.__dict__, "topic_prefix": f"{settings.topic_prefix}{codec}."})
+    s = Settings(**{**settings.__dict__, "topic_prefix": f"{settings.topic_prefix}{codec}{tag}."})
     create_topics(s)
     publish_rate = publish_compressed(s, events, codec)
     run = WorkerRun(s, **worker_kw)
@@ -125,3 +125,23 @@ def codec_pass(settings: Settings, events: list[tuple[float, str, bytes]], codec
 
 def _samples(registry: Any, name: str) -> list[tuple[str, float]]:
     return [(str(s.labels), s.value) for m in registry.collect() for s in m.samples if s.name == name]
+
+
+def codec_rounds(settings: Settings, events: list[tuple[float, str, bytes]], codecs: list[str], *, rounds: int,
+                 timeout: float) -> dict[str, dict[str, Any]]:
+    """:func:`codec_pass` for every codec, ``rounds`` times, the order rotated each round (load from
+    other processes then hits every codec alike); per codec the median events/s and every run."""
+    import statistics
+
+    runs: dict[str, list[dict[str, Any]]] = {c: [] for c in codecs}
+    for r in range(rounds):
+        for c in codecs[r % len(codecs):] + codecs[: r % len(codecs)]:
+            runs[c].append(codec_pass(settings, events, c, timeout=timeout, tag=f"r{r}"))
+    out: dict[str, dict[str, Any]] = {}
+    for c, rs in runs.items():
+        rates = [x["events_per_s"] or 0.0 for x in rs]
+        out[c] = {"events_per_s": round(statistics.median(rates), 1), "runs_events_per_s": rates,
+                  "publish_events_per_s": round(statistics.median(x["publish_events_per_s"] for x in rs), 1),
+                  "accounted_min": min(x["accounted"] for x in rs),
+                  "undecodable_batches": sum(x["undecodable_batches"] for x in rs)}
+    return out

@@ -5,7 +5,8 @@ the clone, else synthetic ratings), then, for each codec, publishes a full snaps
 of deltas through its real producer (``compression_type`` from ``RECO_COMPRESSION``) to the
 embedded broker, and a plain kafka-python consumer (as a serving replica's follower) reads them
 back. Reported per codec: bytes of a snapshot and of a delta as stored (compressed message sizes),
-trainer publish time, and the replica's read + decompress time. The ``none`` codec is the anchor.
+the CPU of compressing / decompressing a snapshot (best of 3), the trainer's publish time (model
+export included) and the replica's read time. The ``none`` codec is the anchor.
 """
 
 from __future__ import annotations
@@ -55,6 +56,25 @@ def _stored_sizes(values: list[bytes], codec: str) -> int:
         return sum(map(len, values))
     enc = getattr(kc, f"{codec}_encode")
     return sum(min(len(v), len(enc(v))) for v in values)  # the producer sends uncompressed if it does not pay
+
+
+def _codec_ms(values: list[bytes], codec: str, rounds: int = 3) -> tuple[float, float]:
+    """CPU of compressing and of decompressing ``values`` with kafka-python's codec (best of rounds)."""
+    import kafka.codec as kc
+
+    if codec == "none" or not values:
+        return 0.0, 0.0
+    enc, dec = getattr(kc, f"{codec}_encode"), getattr(kc, f"{codec}_decode")
+    best_e = best_d = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        packed = [enc(v) for v in values]
+        t1 = time.perf_counter()
+        for p in packed:
+            dec(p)
+        t2 = time.perf_counter()
+        best_e, best_d = min(best_e, t1 - t0), min(best_d, t2 - t1)
+    return round(best_e * 1000, 2), round(best_d * 1000, 2)
 
 
 def run_bench(settings: Settings, *, ratings: str, limit: int = 0, deltas: int = 20, codecs: tuple[str, ...] = CODECS) -> dict[str, Any]:
@@ -107,6 +127,8 @@ def run_bench(settings: Settings, *, ratings: str, limit: int = 0, deltas: int =
                 "snapshot_bytes_stored": _stored_sizes(snap, codec),
                 "delta_bytes_raw_mean": round(float(np.mean([len(v) for v in dels])), 1) if dels else None,
                 "delta_bytes_stored_mean": round(_stored_sizes(dels, codec) / len(dels), 1) if dels else None,
+                "snapshot_compress_ms": _codec_ms(snap, codec)[0],
+                "snapshot_decompress_ms": _codec_ms(snap, codec)[1],
                 "snapshot_publish_ms": round(snapshot_s * 1000, 1),
                 "delta_publish_ms_p50": round(1000 * float(np.median(delta_s)), 2) if delta_s else None,
                 "replica_read_ms": round(max(read_s, 0.0) * 1000, 1),
