@@ -52,22 +52,22 @@ def _hash(key: np.int64, mask: np.int64) -> np.int64:
 
 
 @njit(cache=True)
-def _pair(hk, hv, a, b, erow, ecol, eval_, enext, head, n_ent):  # pragma: no cover - compiled
+def _pair(ht, a, b, erow, ecol, eval_, enext, head, n_ent):  # pragma: no cover - compiled
     """Entry index of the pair {a, b}: entry e sits in row min(a, b), its twin e + 1 in the other
     row, both holding the same value. Created (value 0) if absent; n_ent[0] counts entries."""
     lo, hi = (a, b) if a < b else (b, a)
     key = (np.int64(lo) << 32) | np.int64(hi)
-    mask = np.int64(len(hk) - 1)
+    mask = np.int64(len(ht) - 1)
     s = _hash(key, mask)
     while True:
-        k = hk[s]
+        k = ht[s, 0]
         if k == key:
-            return hv[s]
+            return ht[s, 1]
         if k == _EMPTY:
             e = n_ent[0]
             n_ent[0] += 2
-            hk[s] = key
-            hv[s] = e
+            ht[s, 0] = key
+            ht[s, 1] = e
             for x, row, col in ((e, lo, hi), (e + 1, hi, lo)):
                 erow[x] = row
                 ecol[x] = col
@@ -79,7 +79,7 @@ def _pair(hk, hv, a, b, erow, ecol, eval_, enext, head, n_ent):  # pragma: no co
 
 
 @njit(cache=True)
-def _learn(u_rows, i_rows, weights, hist, histw, hlen, cnt, head, erow, ecol, eval_, enext, hk, hv, n_ent, pair_decay):  # pragma: no cover - compiled
+def _learn(u_rows, i_rows, weights, hist, histw, hlen, cnt, head, erow, ecol, eval_, enext, ht, n_ent, pair_decay):  # pragma: no cover - compiled
     window = hist.shape[1]
     for n in range(len(u_rows)):
         w = weights[n]
@@ -97,7 +97,7 @@ def _learn(u_rows, i_rows, weights, hist, histw, hlen, cnt, head, erow, ecol, ev
                 wh = histw[u, slot]
                 if h != j and wh > 0.0:
                     inc = w * wh * pd
-                    e = _pair(hk, hv, h, j, erow, ecol, eval_, enext, head, n_ent)
+                    e = _pair(ht, h, j, erow, ecol, eval_, enext, head, n_ent)
                     eval_[e] += inc
                     eval_[e + 1] += inc
                 pd *= pair_decay
@@ -192,16 +192,16 @@ def _candidates(users, hist, histw, hlen, cnt, head, ecol, eval_, enext, alive, 
 
 
 @njit(cache=True)
-def _rehash(n_ent, erow, hk, hv):  # pragma: no cover - compiled
-    """Re-insert every pair's key (entries unchanged) into the empty table ``hk``/``hv``."""
-    mask = np.int64(len(hk) - 1)
+def _rehash(n_ent, erow, ht):  # pragma: no cover - compiled
+    """Re-insert every pair's key (entries unchanged) into the empty table ``ht``."""
+    mask = np.int64(len(ht) - 1)
     for e in range(0, n_ent, 2):
         key = (np.int64(erow[e]) << 32) | np.int64(erow[e + 1])
         s = _hash(key, mask)
-        while hk[s] != _EMPTY:
+        while ht[s, 0] != _EMPTY:
             s = (s + 1) & mask
-        hk[s] = key
-        hv[s] = e
+        ht[s, 0] = key
+        ht[s, 1] = e
 
 
 @njit(cache=True)
@@ -292,9 +292,9 @@ class SequentialKNN:
     def _new_hash(self, cap_e: int) -> None:
         """A table of ``cap_e`` slots (one per pair at load <= 1/2; a power of two), refilled."""
         size = 1 << max(16, int(cap_e - 1).bit_length())
-        self._hk = np.full(size, -1, np.int64)
-        self._hv = np.zeros(size, np.int64)
-        _rehash(int(self._n_ent[0]) if hasattr(self, "_n_ent") else 0, self._erow, self._hk, self._hv)
+        # key and entry side by side: a probe touches one cache line
+        self._ht = np.full((size, 2), -1, np.int64)
+        _rehash(int(self._n_ent[0]) if hasattr(self, "_n_ent") else 0, self._erow, self._ht)
 
     @property
     def n_pairs(self) -> int:
@@ -322,7 +322,7 @@ class SequentialKNN:
             cap = max(need, 2 * len(self._ecol))
             for name, fill in (("_erow", 0), ("_ecol", 0), ("_eval", 0), ("_enext", -1)):
                 setattr(self, name, grow(getattr(self, name), cap, fill))
-        if need > len(self._hk):  # pairs = entries / 2: load factor stays <= 1/2
+        if need > len(self._ht):  # pairs = entries / 2: load factor stays <= 1/2
             self._new_hash(2 * need)
 
     def prune(self, keep: np.ndarray, target: int | None = None) -> None:
@@ -337,7 +337,7 @@ class SequentialKNN:
             vals = np.abs(self._eval[: 2 * n : 2])
             min_value = float(np.partition(vals, n - target)[n - target]) if target > 0 else np.inf
         self._n_ent[0] = _compact(keep, int(self._n_ent[0]), self._erow, self._ecol, self._eval, self._enext, self._head, min_value)
-        self._new_hash(len(self._hk))
+        self._new_hash(len(self._ht))
         self._cnt[~keep[: len(self._cnt)]] = 0
 
     def recent_items(self, row: int) -> np.ndarray:
@@ -362,7 +362,7 @@ class SequentialKNN:
         self._ensure(n_users, n_items, self.window * n_pos)
         _learn(np.ascontiguousarray(u_rows, np.int32), np.ascontiguousarray(i_rows, np.int32),
                np.ascontiguousarray(weights, np.float32), self._hist, self._histw, self._hlen, self._cnt, self._head,
-               self._erow, self._ecol, self._eval, self._enext, self._hk, self._hv, self._n_ent, self.pair_decay)
+               self._erow, self._ecol, self._eval, self._enext, self._ht, self._n_ent, self.pair_decay)
 
     def candidates(self, users: np.ndarray, *, n_items: int, alive: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(rows, values)`` of shape ``[len(users), n_candidates]``: each user's best items by

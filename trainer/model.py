@@ -319,7 +319,7 @@ class HybridMF:
                  bias_shrink: float = 5.0, factor_boost: float = 2.0, drift_forget: float = 0.0, drift_lr_boost: float = 1.0, drift_boost_events: int = 5_000, drift_replay_recent: bool = True,
                  knn_window: int = 20, knn_decay: float = 0.85, knn_pair_decay: float = 0.95, knn_alpha: float = 0.3,
                  knn_beta: float = 0.5, knn_candidates: int = 50, rank_knn: float = 1.0, rank_popularity: float = 0.2,
-                 rank_mf: float = 0.0, click_weight: float = 0.5, dislike_weight: float = 0.5, like_floor: float = 0.5,
+                 rank_mf: float = 0.5, click_weight: float = 0.5, dislike_weight: float = 0.5, like_floor: float = 0.5,
                  neutral_rating: float | None = None, knn_confident: int = 5, popularity_half_life_events: float = 10_000.0,
                  rank_sample: float = 0.01, positive_rating: float | None = None) -> None:
         for name, value in (("n_factors", n_factors), ("text_dim", text_dim)):
@@ -812,7 +812,6 @@ class HybridMF:
         values a model update exports now: ``score_items(m.rank_weights, **kw)`` is what a serving
         replica holding the newest update ranks by. Dead rows have id None and score -inf."""
         ni = len(self._iids)
-        rows = np.arange(ni)
         alive = self._ALIVE_I[:ni]
         kw: dict[str, Any] = {"log_popularity": np.where(alive, log_popularity(self._RPOP[:ni], self._RPOPT[:ni], self._pop_tau), -np.inf)}
         u = self._umap.get(user_id)
@@ -821,7 +820,12 @@ class HybridMF:
             cr, cv = self._knn.candidates(np.array([u], np.int32), n_items=ni, alive=alive)
             kw["cand_rows"], kw["cand_vals"] = cr[0], cv[0]
             if self.rank_mf:
-                kw["item_factors"], kw["item_bias"] = self._item_vectors(rows), self._BI[:ni]
+                # item vectors with the text projection as of each item's last event (the kernel's
+                # cache): what a replica holds from the delta that followed that event
+                q = self._Q[:ni].copy()
+                has = self._XN[:ni] > 0
+                q[has] += self._XW[:ni][has]
+                kw["item_factors"], kw["item_bias"] = q, self._BI[:ni]
         return self._iids, kw
 
     @property

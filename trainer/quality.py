@@ -244,7 +244,8 @@ class _Tally:
     def get(self, n_items: int) -> dict[str, Any]:
         def m(s: np.ndarray) -> dict[str, Any]:
             n = max(s[0], 1)
-            return {"hr10": round(s[1] / n, 4), "ndcg10": round(s[2] / n, 4), "mrr": round(s[3] / n, 4), "n_evaluated": int(s[0])}
+            return {"hr10": round(float(s[1] / n), 4), "ndcg10": round(float(s[2] / n), 4), "mrr": round(float(s[3] / n), 4),
+                    "n_evaluated": int(s[0])}
 
         out = m(self.sums["all"])
         out["coverage10"] = round(len(self.top) / max(n_items, 1), 4)
@@ -482,9 +483,10 @@ def _cmd_bench_quality(args: argparse.Namespace, settings: Settings) -> int:
         variants = {
             "no_knn": {"rank_knn": 0.0},
             "no_popularity": {"rank_popularity": 0.0},
-            "with_mf": {"rank_mf": 1.0},
+            "no_mf": {"rank_mf": 0.0},
             "replay_0.5": {"replay_ratio": 0.5},
-            "full_history_unweighted": {"knn_window": 200, "knn_decay": 1.0, "knn_pair_decay": 1.0},
+            "longer_window_unweighted": {"knn_window": 50, "knn_decay": 1.0, "knn_pair_decay": 1.0},
+            "window_10": {"knn_window": 10},
             "ratings_unsigned": {"dislike_weight": 0.0, "like_floor": 1.0},
         }
         for name, change in variants.items():
