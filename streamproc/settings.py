@@ -91,6 +91,11 @@ class Settings:
     checkpoint_interval_s: float = _s(10.0, "Checkpoint this often (s); bounds re-learning after a crash", min=0.1)
     row_ttl_s: float = _s(0.0, "Expire users/items inactive this long (s); 0 = never", min=0)
     seed: int = _s(42, "Random seed")
+    rank_window: int = _s(20, "Ranking: a user's latest feedback items that pair up and score neighbours", min=1, max=1000)
+    rank_popularity: float = _s(0.2, "Ranking: weight of recent popularity in the served score", min=0)
+    rank_mf: float = _s(0.5, "Ranking: weight of the factor model in the served score", min=0)
+    rank_knn: float = _s(1.0, "Ranking: weight of the sequential co-occurrence part in the served score", min=0)
+    rank_sample: float = _s(0.01, "Share of positive feedback ranked against the full catalogue for live HR/NDCG@10", min=0, max=1)
     # Serving
     http_host: str = _s("127.0.0.1", "HTTP bind address of `reco serve`")
     http_port: int = _s(8000, "HTTP port of `reco serve`", min=0, max=65535)

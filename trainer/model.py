@@ -409,11 +409,13 @@ class HybridMF:
 
     @classmethod
     def from_settings(cls, settings: Any) -> "HybridMF":
-        """Build from :class:`streamproc.settings.Settings` (factors, rates, replay, TTL, seed)."""
+        """Build from :class:`streamproc.settings.Settings` (factors, rates, replay, TTL, seed, ranking)."""
         return cls(n_factors=settings.factors, lr=settings.learning_rate, bias_lr=settings.bias_learning_rate,
                    l2=settings.l2, rating_min=settings.rating_min, rating_max=settings.rating_max,
                    replay_size=settings.replay_size, replay_ratio=settings.replay_ratio,
-                   replay_policy=settings.replay_policy, row_ttl_s=settings.row_ttl_s, seed=settings.seed)
+                   replay_policy=settings.replay_policy, row_ttl_s=settings.row_ttl_s, seed=settings.seed,
+                   knn_window=settings.rank_window, rank_popularity=settings.rank_popularity, rank_mf=settings.rank_mf,
+                   rank_knn=settings.rank_knn, rank_sample=settings.rank_sample)
 
     def clone(self) -> "HybridMF":
         """A fresh, unfitted model with the same parameters."""
