@@ -61,3 +61,28 @@ def test_state_round_trip() -> None:
     for x in (p, q):
         x.update_batch(batch([KIND_RATING], [5.0]), np.array([1.0]))
     assert q.get() == p.get()
+
+
+def test_full_catalogue_ranks_of_sampled_positive_feedback_drive_hit_rate_and_ndcg() -> None:
+    from trainer.model import HybridMF
+
+    m = HybridMF(rank_sample=1.0, seed=1)
+    p = Prequential(window=50)
+    for step in range(70):  # user u walks items u, u+1, u+2, ... (mod 40): a sequence co-occurrence learns
+        users = [f"u{u}" for u in range(30)]
+        items = [f"a{(u + step) % 40}" for u in range(30)]
+        kinds = [KIND_CLICK if (u + step) % 3 == 0 else KIND_RATING for u in range(30)]
+        targets = [float("nan") if k == KIND_CLICK else (5.0 if (u + step) % 4 else 1.0) for u, k in enumerate(kinds)]
+        b = ExampleBatch.build(event_ids=[""] * 30, user_ids=users, item_ids=items, kinds=kinds, targets=targets,
+                               event_times=[0.0] * 30, published=[0.0] * 30, processed=[0.0] * 30)
+        preds = m.learn_batch(b)
+        ranks = m.last_ranks
+        positive = (np.array(kinds) == KIND_CLICK) | (np.array(targets) >= 4.0)
+        assert np.isnan(ranks[~positive]).all()  # only positive feedback is ranked
+        p.update_batch(b, preds, ranks)
+    got = p.get()
+    assert got["n_ranked"] > 500 and got["n_clicks"] == 700
+    # the first 40 steps meet new items (misses); after that the next item is predictable
+    assert got["hit_rate_at_10_recent"] > 0.8 and got["hit_rate_at_10"] > 0.3
+    assert 0 < got["ndcg_at_10"] <= got["hit_rate_at_10"]
+    assert p.state()["n_ranked"] == got["n_ranked"] and Prequential.from_state(p.state()).get() == got
