@@ -191,7 +191,7 @@ def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     with running_loop(settings) as (s, sup):
         base = f"http://{s.http_host}:{s.http_port}"
         print(f"reco up: broker {s.kafka_bootstrap}; API {base}/v1/users/<id>/recommendations; "
-              f"dashboard {base}/dashboard; metrics {base}/metrics, :9101/metrics, :9102/metrics (Ctrl-C to stop)",
+              f"dashboard {base}/dashboard; be the user {base}/try; metrics {base}/metrics, :9101/metrics, :9102/metrics (Ctrl-C to stop)",
               file=sys.stderr, flush=True)
         deadline = time.monotonic() + args.duration if args.duration else None
         while not stop.wait(0.5):
