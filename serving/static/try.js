@@ -180,10 +180,18 @@
       else if (was > idx) marks[id] = { cls: "up", text: "▲" + (was - idx) };
       else if (was < idx) marks[id] = { cls: "down", text: "▼" + (idx - was) };
     });
+    const left = before.filter((id) => now.indexOf(id) < 0);
+    const count = (cls) => Object.values(marks).filter((m) => m.cls === cls).length;
+    const words = [[count("new"), "new in the top 10"], [count("up"), "moved up"], [count("down"), "moved down"], [left.length, "left"]]
+      .filter(([n]) => n > 0).map(([n, w]) => n + " " + w);
     for (const [id, m] of Object.entries(marks)) { const s = esc((titles[id] || id) + " " + m.text); s.className = m.cls; out.push(s); }
-    for (const id of before) if (now.indexOf(id) < 0) { const s = esc((prevTitles[id] || id) + " left the top 10"); s.className = "down"; out.push(s); }
+    for (const id of left) { const s = esc((prevTitles[id] || id) + " left the top 10"); s.className = "down"; out.push(s); }
     const moved = $("moved");
-    moved.replaceChildren(...(out.length ? out : [esc("no item moved")]));
+    const summary = esc(words.length ? words.join(", ") + ":" : "no item moved");
+    summary.className = "summary";
+    const shown = out.slice(0, 8);
+    if (out.length > shown.length) shown.push(esc("… and " + (out.length - shown.length) + " more"));
+    moved.replaceChildren(summary, ...shown);
     moved.dataset.changed = String(out.length > 0);
   }
 
