@@ -255,6 +255,7 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     src = event_source(args, n=args.limit, rate=rate or 1000.0)
     events = src.events if src.generated or args.limit is None else list(src.events)[: args.limit]
     log = open(args.log_file, "a") if args.log_file else sys.stderr
+    key_given = bool(settings.api_key)
     if not settings.api_key and not settings.auth_disabled:
         # the demo's own write key: the /try page (same origin only) posts events with it
         settings = dataclasses.replace(settings, api_key=secrets.token_urlsafe(24))
@@ -283,6 +284,8 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
               f"  be the user: {base}/try   <- pick a user, rate or comment, watch their top 10 change\n"
               f"  dashboard:   {base}/dashboard\n"
               f"  API:         {base}/v1/users/{first_user}/recommendations?k=10\n"
+              f"  post events: {base}/v1/events with X-API-Key: "
+              f"{'(none needed: RECO_AUTH_DISABLED)' if s.auth_disabled else 'the RECO_API_KEY you started with' if key_given else 'a key made for this run (set RECO_API_KEY to choose it)'}\n"
               f"  metrics:     {base}/metrics  http://{s.metrics_host}:9101/metrics  http://{s.metrics_host}:9102/metrics\n"
               f"  more load:   RECO_KAFKA_BOOTSTRAP={s.kafka_bootstrap} RECO_TOPIC_PREFIX={s.topic_prefix} reco load --rate 1000 --duration 60\n"
               f"the loop: events -> streamproc (validates, encodes comments) -> trainer (learns from every event) -> "
