@@ -7,9 +7,9 @@ and raises again, and a worker that dies on it restarts into the same batch (iss
 loop). Every later event of that partition is stuck behind it.
 
 :func:`install` (called by :func:`streamproc.kafka.client_config`, so by every role) wraps the
-record batches both libraries hand to their record iterators: a batch is decoded in one go, and
-if that fails, the iterator yields a single *marker* record in its place, whose offset is the
-batch's last offset — so the library moves the position past the batch exactly as after a
+record batches both libraries hand to their record iterators: where decoding a batch fails (at
+its first record when it cannot be decompressed, later for a corrupt record), the iterator yields
+a single *marker* record for the rest of the batch, whose offset is the batch's last offset — so the library moves the position past the batch exactly as after a
 normal batch, and the consumer meets the marker in order, through the ordinary API, with nothing
 before or after it lost. :func:`undecodable` tells a marker from a real record (a per-process
 random token in its headers, so a producer cannot forge one) and returns where the batch was and
@@ -33,7 +33,7 @@ import logging
 import secrets
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 __all__ = ["install", "undecodable", "UndecodableBatch", "MARKER_HEADER", "REASONS"]
 
@@ -121,16 +121,16 @@ class _Marker:
 
 
 class _GuardedBatch:
-    """A record batch whose records are decoded up front; on failure, one :class:`_Marker`."""
+    """A record batch whose records come out as usual; where decoding fails, one :class:`_Marker`
+    stands for the rest of the batch."""
 
-    __slots__ = ("_batch", "_tp", "_fetch_offset", "_records", "_it", "_failure")
+    __slots__ = ("_batch", "_tp", "_fetch_offset", "_it", "_failure")
 
     def __init__(self, batch: Any, tp: Any, fetch_offset: int) -> None:
         self._batch = batch
         self._tp = tp
         self._fetch_offset = fetch_offset
-        self._records: list[Any] | None = None
-        self._it: Any = None
+        self._it: Iterator[Any] | None = None
         self._failure: tuple[str, str] | None = None
 
     def __getattr__(self, name: str) -> Any:  # base_offset, next_offset, magic, is_control_batch, ...
@@ -147,18 +147,23 @@ class _GuardedBatch:
             self._failure = ("crc_mismatch", detail)
         return True  # the marker is yielded by __iter__
 
-    def _decode(self) -> list[Any]:
-        if self._records is None:
-            if self._failure is None:
-                try:
-                    self._records = list(self._batch)
-                    return self._records
-                except Exception as exc:  # noqa: BLE001 - whatever the library rejects
-                    self._failure = (_reason(exc), _describe(exc))
-            self._records = [self._marker(*self._failure)]
-        return self._records
+    def _records_or_marker(self) -> Iterator[Any]:
+        """The batch's records; if the library fails on them (decompressing happens at the first
+        one), one marker for the rest of the batch instead. Lazy: costs nothing per record."""
+        if self._failure is None:
+            last = None
+            try:
+                for record in self._batch:
+                    last = record.offset
+                    yield record
+                return
+            except Exception as exc:  # noqa: BLE001 - whatever the library rejects
+                self._failure = (_reason(exc), _describe(exc))
+            yield self._marker(*self._failure, after=last)
+        else:
+            yield self._marker(*self._failure)
 
-    def _marker(self, reason: str, message: str) -> _Marker:
+    def _marker(self, reason: str, message: str, after: int | None = None) -> _Marker:
         b = self._batch
         try:
             last = int(b.next_offset) - 1
@@ -168,6 +173,8 @@ class _GuardedBatch:
             first = max(int(b.base_offset), self._fetch_offset)
         except Exception:  # noqa: BLE001
             first = self._fetch_offset
+        if after is not None:  # records up to ``after`` were delivered
+            first = max(first, after + 1)
         last = max(last, first)
         try:
             codec = _CODEC_NAMES.get(int(b.compression_type), str(b.compression_type))
@@ -187,12 +194,12 @@ class _GuardedBatch:
         return _Marker(last, int(ts) if isinstance(ts, int) and ts > 0 else -1, headers)
 
     def __iter__(self) -> Any:
-        return iter(self._decode())
+        if self._it is None:
+            self._it = self._records_or_marker()
+        return self._it
 
     def __next__(self) -> Any:  # aiokafka reads control batches with next(batch)
-        if self._it is None:
-            self._it = iter(self._decode())
-        return next(self._it)
+        return next(iter(self))
 
 
 class _GuardedRecords:
