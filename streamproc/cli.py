@@ -153,6 +153,8 @@ def event_source(args: argparse.Namespace, *, n: int | None = None, rate: float 
         return EventSource(evs, len(evs), catalog, f"{len(evs):,} reviews from {reviews}", False)
     from streamproc.demo_data import DemoData
 
+    if not 0 <= args.comments <= 1:
+        raise RecoError(f"--comments must be a share between 0 and 1, got {args.comments}")
     try:
         demo = DemoData(args.users, args.items, args.seed, comment_share=args.comments,
                         click_share=min(0.45, 1.0 - args.comments))
@@ -170,7 +172,7 @@ def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     if args.dataset_dir and args.dataset:
         raise RecoError("pass the dataset once: reco replay DIR or reco replay --dataset DIR")
     args.dataset = args.dataset or args.dataset_dir
-    rate = None if args.speed == "max" else _rate(args.speed, "--speed")
+    rate = None if args.speed == "max" else _rate(args.speed, "--speed", max_ok=True)
     src = event_source(args, n=args.limit or 100_000, rate=rate or 1000.0, start=None)
     events = src.events if src.generated or args.limit is None else list(src.events)[: args.limit]
     total = src.total if args.limit is None else min(args.limit, src.total or args.limit)
@@ -180,13 +182,14 @@ def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _rate(raw: str, flag: str) -> float:
+def _rate(raw: str, flag: str, *, max_ok: bool = False) -> float:
     try:
         v = float(raw)
     except ValueError:
         v = math.nan
     if not (math.isfinite(v) and v > 0):
-        raise RecoError(f"{flag} must be a positive number of events per second or 'max', got {raw!r}")
+        alternative = " or 'max'" if max_ok else ""
+        raise RecoError(f"{flag} must be a positive number of events per second{alternative}, got {raw!r}")
     return v
 
 

@@ -80,7 +80,9 @@ def test_malformed_reviews_name_the_line(tmp_path: Path, line: str, match: str) 
     (["replay", "--dataset", "."], ".: no ratings.csv (expected a MovieLens-style directory); pass --dataset DIR"),
     (["load", "--reviews", "bad.jsonl", "--duration", "1"], "bad.jsonl:1: not a JSON object"),
     (["demo", "--dataset", "x", "--reviews", "y"], "pass either --dataset DIR or --reviews FILE, not both"),
-    (["load", "--rate", "fast"], "--rate must be a positive number"),
+    (["load", "--rate", "fast"], "--rate must be a positive number of events per second, got 'fast'"),
+    (["replay", "--speed", "-3"], "--speed must be a positive number of events per second or 'max'"),
+    (["load", "--comments", "1.5"], "--comments must be a share between 0 and 1, got 1.5"),
     (["demo", "--users", "0"], "demo data: users: must be >= 1"),
 ])
 def test_cli_bad_source_is_one_line_without_traceback(tmp_path: Path, args: list[str], says: str) -> None:
