@@ -5,8 +5,8 @@
   of every codec;
 - a corrupt batch in the middle of a partition is dead-lettered with its offsets, no role
   restarts, the events behind it are learned and their new user gets personal recommendations;
-- a librdkafka consumer reads ``reco.recommendations``: the answer to its request (by correlation
-  id) and a push after its own feedback.
+- a librdkafka consumer reads ``reco.recommendations``: the answers to its lz4-compressed requests
+  (by correlation id) and a push after its own feedback.
 """
 
 from __future__ import annotations
@@ -199,10 +199,13 @@ def test_confluent_consumer_gets_answers_and_pushes(loop: tuple[FaultHarness, io
     consumer = Consumer({**_confluent_conf(h), "group.id": f"app-{uuid.uuid4().hex[:6]}", "auto.offset.reset": "earliest",
                          "enable.auto.commit": False})
     consumer.subscribe([topics.recommendations])
-    producer = Producer(_confluent_conf(h))
+    # lz4 and a batch of requests: serving's request consumer reads compressed batches too.
+    producer = Producer({**_confluent_conf(h), "compression.type": "lz4", "linger.ms": 50})
     try:
         rid = f"r-{uuid.uuid4().hex[:8]}"
-        producer.produce(topics.requests, key=b"u1", value=json.dumps({"request_id": rid, "user_id": "u1", "k": 5}).encode())
+        others = [f"{rid}-{n}" for n in range(30)]
+        for r in [*others, rid]:
+            producer.produce(topics.requests, key=b"u1", value=json.dumps({"request_id": r, "user_id": "u1", "k": 5}).encode())
         user = f"pusher-{rid}"  # a new user: only this feedback can cause a push for them
         producer.produce(topics.events, key=user.encode(), value=json.dumps({
             "schema_version": 1, "type": "rating", "event_id": f"push-{rid}", "user_id": user, "item_id": "i3",
@@ -210,17 +213,20 @@ def test_confluent_consumer_gets_answers_and_pushes(loop: tuple[FaultHarness, io
         assert producer.flush(30) == 0
         answer: dict[str, Any] = {}
         pushed: dict[str, Any] = {}
+        answered: set[str] = set()
         deadline = time.monotonic() + 90
-        while not (answer and pushed) and time.monotonic() < deadline:
+        while not (answer and pushed and answered >= set(others)) and time.monotonic() < deadline:
             msg = consumer.poll(0.5)
             if msg is None or msg.error():
                 continue
             body = json.loads(msg.value())
             headers = dict(msg.headers() or [])
+            answered.add(headers.get("correlation_id", b"").decode())
             if headers.get("correlation_id") == rid.encode():
                 answer = body
             elif body.get("reason") == "push" and msg.key() == user.encode():
                 pushed = body
+        assert answered >= set(others)
         assert answer.get("request_id") == rid and answer.get("reason") == "request", answer
         assert len(answer["items"]) == 5 and answer["user_id"] == "u1"
         assert pushed.get("user_id") == user and "items" in pushed, pushed
