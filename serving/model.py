@@ -147,10 +147,13 @@ def _check_shapes(tensors: dict[str, np.ndarray], factors: int | None) -> int | 
             factors = int(arr.shape[1])
         elif arr.shape[1] != factors:
             raise RejectedUpdate(f"{name} has {arr.shape[1]} factors, the model has {factors}", reason="shape")
-    for name in ("user_bias", "item_bias", "item_popularity", "item_log_popularity"):
+    for name in ("user_bias", "item_bias", "item_popularity"):
         arr = tensors.get(name)
         if arr is not None and arr.ndim != 1:
             raise RejectedUpdate(f"{name} must be 1-d, got shape {arr.shape}", reason="shape")
+    arr = tensors.get("item_log_popularity")
+    if arr is not None and arr.ndim not in (1, 2):
+        raise RejectedUpdate(f"item_log_popularity must be 1-d or 2-d, got shape {arr.shape}", reason="shape")
     arr = tensors.get("user_candidate_scores")
     if arr is not None and arr.ndim != 2:
         raise RejectedUpdate(f"user_candidate_scores must be 2-d, got shape {arr.shape}", reason="shape")
@@ -206,7 +209,10 @@ class ServingModel:
         self.header = header
         self._uf, self._ub = users.view("user_factors"), users.view("user_bias")
         self._if, self._ib = items.view("item_factors"), items.view("item_bias")
-        self._lp = items.view("item_log_popularity")
+        lp = items.view("item_log_popularity")
+        if lp.ndim == 2:  # one column per popularity half-life: serve the one the trainer chose
+            lp = lp[:, min(max(int(ranking.horizon if ranking is not None else 0), 0), max(lp.shape[1] - 1, 0))] if lp.shape[1] else np.zeros(items.n, np.float32)
+        self._lp = lp
         self._lp_max = float(self._lp.max()) if items.n else 0.0
         self._cs, self._cr = users.view("user_candidate_scores"), users.view("user_candidate_rows")
         self._pop_part = popularity_part(ranking, self._lp, self._lp_max) if ranking is not None else None
@@ -236,7 +242,8 @@ class ServingModel:
             width = max((int(u.tensors["user_candidate_scores"].shape[1]) for u in updates if "user_candidate_scores" in u.tensors), default=0)
             users = _Table.empty({"user_factors": (factors,), "user_bias": (), "user_candidate_scores": (width,),
                                   "user_candidate_rows": (width,)}, {"user_candidate_rows": np.int32})
-            items = _Table.empty({"item_factors": (factors,), "item_bias": (), "item_popularity": (), "item_log_popularity": ()})
+            lp_tail = next((u.tensors["item_log_popularity"].shape[1:] for u in updates if "item_log_popularity" in u.tensors), ())
+            items = _Table.empty({"item_factors": (factors,), "item_bias": (), "item_popularity": (), "item_log_popularity": lp_tail})
             seen = dict(base.seen) if base is not None else {}
             seen_copied = True
             dead_users: set[str] = set()
@@ -251,6 +258,10 @@ class ServingModel:
             factors = base.factors
             width = int(base._users.arrays["user_candidate_scores"].shape[1])
             _check_shapes(updates[0].tensors, factors if factors else None)
+            lp = updates[0].tensors.get("item_log_popularity")
+            if lp is not None and lp.shape[1:] != base._items.arrays["item_log_popularity"].shape[1:]:
+                raise RejectedUpdate(f"item_log_popularity has shape {lp.shape}, the model has columns "
+                                     f"{base._items.arrays['item_log_popularity'].shape[1:]}", reason="shape")
             users, items, seen = base._users, base._items, base.seen
             seen_copied = False
             dead_users, dead_items = set(base._dead_users), set(base._dead_items.tolist())
@@ -284,7 +295,7 @@ class ServingModel:
                     seen, seen_copied = dict(seen), True
                 _add_seen(seen, published, seen_per_user)
         popular = None
-        if kind == "delta" and items.n == base._items.n and not any(
+        if kind == "delta" and items.n == base._items.n and ranking == base.ranking and not any(
                 name in u.tensors for u in updates for name in ("item_popularity", "item_log_popularity")):
             popular = base._popular  # ranking unchanged: skip the argsort
         dead = np.array(sorted(dead_items), np.int64)

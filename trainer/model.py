@@ -58,6 +58,8 @@ __all__ = ["HybridMF", "RANK_CANDIDATES"]
 
 RANK_CANDIDATES = 99  # sampled non-clicked items a click is ranked against (prequential hit/NDCG@10)
 _STATE_VERSION = 2
+_LL_KEEP = 1.0 - 1.0 / 20_000  # memory of the popularity horizons' running log-likelihood (events)
+_LL_SWITCH = 5.0  # nats a horizon must lead by before the served one switches (no flapping)
 
 # parameter vector handed to the kernel
 _P_LR, _P_BLR, _P_L2, _P_L2B, _P_RMIN, _P_RMAX, _P_MULT, _P_TLR, _P_SLR, _P_SW, _P_CLR, _P_TAU, _P_SMIN, _P_NNEG, _P_NRANK, _P_SHR, _P_FSHR = range(17)
@@ -258,12 +260,22 @@ def _learn(u_rows, i_rows, kinds, targets, weights, emb_rows, fresh, times, emb,
 
 
 @njit(cache=True)
-def _bump_popularity(i_rows, pop, stamp, clock, tau):  # pragma: no cover - compiled
-    """Event-clock popularity: each event ticks the clock; its item's count decays to now, +1."""
+def _bump_popularity(i_rows, pop, stamp, clock, taus, tot, ll, keep, n_items):  # pragma: no cover - compiled
+    """Event-clock popularity at several half-lives (columns of ``pop``): each event ticks the
+    clock; first every horizon scores how well it predicted this event's item (log of its share of
+    the decayed mass, smoothed; a decayed running sum in ``ll``), then the item's counts decay to
+    now and get +1."""
+    H = len(taus)
     for n in range(len(i_rows)):
         i = i_rows[n]
         clock += 1.0
-        pop[i] = pop[i] * math.exp(-(clock - stamp[i]) / tau) + 1.0
+        age = clock - stamp[i]
+        for h in range(H):
+            tot[h] *= math.exp(-1.0 / taus[h])
+            p = pop[i, h] * math.exp(-age / taus[h])
+            ll[h] = ll[h] * keep + math.log((p + 0.1) / (tot[h] + 0.1 * n_items))
+            pop[i, h] = p + 1.0
+            tot[h] += 1.0
         stamp[i] = clock
     return clock
 
@@ -320,7 +332,7 @@ class HybridMF:
                  knn_window: int = 20, knn_decay: float = 0.85, knn_pair_decay: float = 0.95, knn_alpha: float = 0.3,
                  knn_beta: float = 0.5, knn_candidates: int = 50, rank_knn: float = 1.0, rank_popularity: float = 0.2,
                  rank_mf: float = 0.5, click_weight: float = 0.5, dislike_weight: float = 0.5, like_floor: float = 0.5,
-                 neutral_rating: float | None = None, knn_confident: int = 5, popularity_half_life_events: float = 10_000.0,
+                 neutral_rating: float | None = None, knn_confident: int = 5, popularity_half_lives: tuple[float, ...] = (100.0, 300.0, 1_000.0, 3_000.0, 10_000.0, 30_000.0),
                  rank_sample: float = 0.01, positive_rating: float | None = None) -> None:
         for name, value in (("n_factors", n_factors), ("text_dim", text_dim)):
             if int(value) < 1:
@@ -340,8 +352,10 @@ class HybridMF:
             raise ValueError(f"replay_policy={replay_policy!r}: must be one of {', '.join(POLICIES)}")
         if not 0 <= drift_forget <= 1:
             raise ValueError(f"drift_forget={drift_forget!r}: must be in [0, 1]")
-        if popularity_half_life_s <= 0 or drift_lr_boost <= 0 or not popularity_half_life_events > 0:
-            raise ValueError("popularity_half_life_s, popularity_half_life_events and drift_lr_boost must be > 0")
+        if popularity_half_life_s <= 0 or drift_lr_boost <= 0:
+            raise ValueError("popularity_half_life_s and drift_lr_boost must be > 0")
+        if not popularity_half_lives or not all(h > 0 for h in popularity_half_lives):
+            raise ValueError(f"popularity_half_lives={popularity_half_lives!r}: at least one, each > 0 (events)")
         if like_floor > 1:
             raise ValueError(f"like_floor={like_floor!r}: must be in [0, 1]")
         if not 0 <= rank_sample <= 1:
@@ -382,7 +396,7 @@ class HybridMF:
         self.knn_beta = float(knn_beta)
         self.knn_candidates = int(knn_candidates)
         self.knn_confident = int(knn_confident)
-        self.popularity_half_life_events = float(popularity_half_life_events)
+        self.popularity_half_lives = tuple(float(h) for h in popularity_half_lives)
         self.rank_sample = float(rank_sample)
         self.positive_rating = None if positive_rating is None else float(positive_rating)
         self.rank_knn = float(rank_knn)
@@ -401,7 +415,7 @@ class HybridMF:
                     "text_lr", "sentiment_lr", "sentiment_weight", "sentiment_min", "implicit_lr",
                     "popularity_half_life_s", "bias_shrink", "factor_boost", "drift_forget", "drift_lr_boost", "drift_boost_events", "drift_replay_recent",
                     "knn_window", "knn_decay", "knn_pair_decay", "knn_alpha", "knn_beta", "knn_candidates", "rank_knn",
-                    "rank_popularity", "rank_mf", "click_weight", "dislike_weight", "like_floor", "neutral_rating", "knn_confident", "popularity_half_life_events", "rank_sample", "positive_rating")
+                    "rank_popularity", "rank_mf", "click_weight", "dislike_weight", "like_floor", "neutral_rating", "knn_confident", "popularity_half_lives", "rank_sample", "positive_rating")
 
     def get_params(self) -> dict[str, Any]:
         """Constructor arguments (JSON-able)."""
@@ -429,7 +443,7 @@ class HybridMF:
     def rank_weights(self) -> RankWeights:
         """The blend :func:`trainer.scoring.score_items` ranks with (also sent to serving)."""
         return RankWeights(knn=self.rank_knn, popularity=self.rank_popularity, mf=self.rank_mf,
-                           rating_span=self.rating_max - self.rating_min)
+                           rating_span=self.rating_max - self.rating_min, horizon=float(self._horizon))
 
     def _init_state(self, cap_u: int = 256, cap_i: int = 256) -> None:
         k, dim = self.n_factors, self.text_dim
@@ -461,9 +475,13 @@ class HybridMF:
         self._XW = np.zeros((cap_i, k), np.float32)
         self._POP = np.zeros(cap_i, np.float32)
         self._SEEN_I = np.zeros(cap_i, np.float64)
-        self._RPOP = np.zeros(cap_i, np.float64)
+        H = len(self.popularity_half_lives)
+        self._RPOP = np.zeros((cap_i, H), np.float64)
         self._RPOPT = np.zeros(cap_i, np.float64)
         self._clock = 0.0
+        self._POPTOT = np.zeros(H, np.float64)  # decayed mass per horizon
+        self._POPLL = np.zeros(H, np.float64)  # decayed prequential log-likelihood per horizon
+        self._horizon = min(range(H), key=lambda h: abs(self.popularity_half_lives[h] - 3_000.0))  # until the data says otherwise
         self._ALIVE_I = np.zeros(cap_i, np.bool_)
         self._TOUCH_I = np.zeros(cap_i, np.bool_)
         self._CNT_I = np.zeros(cap_i, np.float32)
@@ -492,11 +510,17 @@ class HybridMF:
         return len(self._imap)
 
     @property
+    def cooc(self) -> SequentialKNN:
+        """The sequential co-occurrence part (its pairs, memory)."""
+        return self._knn
+
+    @property
     def replay(self) -> ReplayBuffer:
         return self._replay
 
     # ------------------------------------------------------------------ rows
     _USER_ARRAYS = ("_P", "_BU", "_TU", "_TUN", "_SEEN_U", "_TOUCH_U", "_CNT_U")
+    _GLOBAL_ARRAYS = ("_W", "_SW", "_SST", "_GM", "_POPTOT", "_POPLL")
     _ITEM_ARRAYS = ("_Q", "_BI", "_X", "_XN", "_XW", "_POP", "_SEEN_I", "_ALIVE_I", "_TOUCH_I", "_CNT_I", "_RPOP", "_RPOPT")
 
     def _grow(self, names: tuple[str, ...], need: int) -> None:
@@ -607,7 +631,11 @@ class HybridMF:
                self._SW, self._SST, self._GM, self._POP, self._SEEN_U, self._SEEN_I, self._ALIVE_I, self._CNT_U, self._CNT_I,
                self._TOUCH_U, self._TOUCH_I, self._params(), n_items, self._krng, out, stored)
         self._knn.learn(u_rows, i_rows, self._preference(kinds, stored), n_users=len(self._uids), n_items=len(self._iids))
-        self._clock = _bump_popularity(i_rows, self._RPOP, self._RPOPT, self._clock, self._pop_tau)
+        self._clock = _bump_popularity(i_rows, self._RPOP, self._RPOPT, self._clock, self._pop_taus, self._POPTOT, self._POPLL,
+                                       _LL_KEEP, max(len(self._imap), 1))
+        best = int(np.argmax(self._POPLL))
+        if best != self._horizon and self._POPLL[best] > self._POPLL[self._horizon] + _LL_SWITCH:
+            self._horizon = best
         newest = float(times.max())
         if self.replay_size:
             keep = ~np.isnan(stored) | (kinds == KIND_CLICK)
@@ -659,8 +687,14 @@ class HybridMF:
         return ranks
 
     @property
-    def _pop_tau(self) -> float:
-        return self.popularity_half_life_events / math.log(2.0)
+    def _pop_taus(self) -> np.ndarray:
+        return np.array(self.popularity_half_lives, np.float64) / math.log(2.0)
+
+    @property
+    def popularity_horizon(self) -> float:
+        """The half-life (events) of the popularity served now: the horizon whose popularity has
+        predicted the stream's next items best (decayed log-likelihood), switched with hysteresis."""
+        return self.popularity_half_lives[self._horizon]
 
     def _preference(self, kinds: np.ndarray, targets: np.ndarray) -> np.ndarray:
         """Signed strength of each fresh example for the co-occurrence part: ratings (and comments,
@@ -804,7 +838,7 @@ class HybridMF:
             "item_factors": np.ascontiguousarray(self._item_vectors(ir), np.float32),
             "item_bias": np.ascontiguousarray(self._BI[ir], np.float32),
             "item_popularity": np.ascontiguousarray(pop, np.float32),
-            "item_log_popularity": log_popularity(self._RPOP[ir], self._RPOPT[ir], self._pop_tau),
+            "item_log_popularity": log_popularity(self._RPOP[ir], self._RPOPT[ir], self._pop_taus),
             "user_candidate_scores": np.ascontiguousarray(cand_vals, np.float32),
         }
         return header, tensors
@@ -815,7 +849,8 @@ class HybridMF:
         replica holding the newest update ranks by. Dead rows have id None and score -inf."""
         ni = len(self._iids)
         alive = self._ALIVE_I[:ni]
-        kw: dict[str, Any] = {"log_popularity": np.where(alive, log_popularity(self._RPOP[:ni], self._RPOPT[:ni], self._pop_tau), -np.inf)}
+        lp = log_popularity(self._RPOP[:ni], self._RPOPT[:ni], self._pop_taus)
+        kw: dict[str, Any] = {"log_popularity": np.where(alive[:, None], lp, -np.inf)}
         u = self._umap.get(user_id)
         if u is not None:
             kw["user_vector"] = self._P[u] + self._TU[u]
@@ -858,6 +893,7 @@ class HybridMF:
             "rng_i": self._rng_i.bit_generator.state, "krng": int(self._krng[0]),
             "lr_mult": self._lr_mult, "boost_left": self._boost_left, "drifts": self._drifts,
             "newest_time": self._newest_time, "last_expiry": self._last_expiry, "clock": self._clock,
+            "horizon": self._horizon,
             "expired_u": self._expired_u, "expired_i": self._expired_i,
             "replay_credit": self._replay_credit, "replay": rmeta,
         }
@@ -865,7 +901,7 @@ class HybridMF:
         meta["knn"] = kmeta
         arrays = {name.lstrip("_"): np.ascontiguousarray(getattr(self, name)[:nu]) for name in self._USER_ARRAYS}
         arrays.update({name.lstrip("_"): np.ascontiguousarray(getattr(self, name)[:ni]) for name in self._ITEM_ARRAYS})
-        for name in ("_W", "_SW", "_SST", "_GM"):
+        for name in self._GLOBAL_ARRAYS:
             arrays[name.lstrip("_")] = np.ascontiguousarray(getattr(self, name))
         arrays.update(rarrays)
         arrays.update(karrays)
@@ -881,7 +917,7 @@ class HybridMF:
         m._init_state(max(nu, 256), max(ni, 256))
         for name in cls._USER_ARRAYS + cls._ITEM_ARRAYS:
             getattr(m, name)[: len(arrays[name.lstrip("_")])] = arrays[name.lstrip("_")]
-        for name in ("_W", "_SW", "_SST", "_GM"):
+        for name in cls._GLOBAL_ARRAYS:
             getattr(m, name)[...] = arrays[name.lstrip("_")]
         m._uids, m._iids = list(meta["user_ids"]), list(meta["item_ids"])
         m._umap = {x: r for r, x in enumerate(m._uids) if x is not None}
@@ -893,7 +929,7 @@ class HybridMF:
         m._krng[0] = np.uint64(meta["krng"])
         m._lr_mult, m._boost_left, m._drifts = float(meta["lr_mult"]), int(meta["boost_left"]), int(meta["drifts"])
         m._newest_time, m._last_expiry = float(meta["newest_time"]), float(meta["last_expiry"])
-        m._clock = float(meta["clock"])
+        m._clock, m._horizon = float(meta["clock"]), int(meta["horizon"])
         m._expired_u, m._expired_i = list(meta["expired_u"]), list(meta["expired_i"])
         m._replay_credit = float(meta["replay_credit"])
         m._replay = ReplayBuffer.from_state(meta["replay"], arrays)

@@ -40,11 +40,16 @@ __all__ = ["RankWeights", "score_items", "popularity_part", "log_popularity", "L
 LOG_POP_NONE = -1e9  # log popularity of an item with no interaction (finite: updates reject inf)
 
 
-def log_popularity(pop: np.ndarray, stamp: np.ndarray, tau: float) -> np.ndarray:
+def log_popularity(pop: np.ndarray, stamp: np.ndarray, tau: float | np.ndarray) -> np.ndarray:
     """``log(pop) + stamp / tau``: a count decayed as of ``stamp`` (a clock counting events, with
-    time constant ``tau`` events), moved to clock 0; float32. Comparable across rows and updates."""
+    time constant ``tau`` events), moved to clock 0; float32. Comparable across rows and updates.
+    ``pop`` may be 2-d, one column per time constant in ``tau``."""
+    pop = np.asarray(pop, np.float64)
+    st = np.asarray(stamp, np.float64)
+    if pop.ndim == 2:
+        st = st[:, None]
     with np.errstate(divide="ignore"):
-        lp = np.log(pop.astype(np.float64)) + stamp.astype(np.float64) / tau
+        lp = np.log(pop) + st / tau
     return np.where(pop > 0, lp, LOG_POP_NONE).astype(np.float32)
 
 
@@ -57,6 +62,7 @@ class RankWeights:
     popularity: float = 0.2
     mf: float = 0.0
     rating_span: float = 4.5
+    horizon: float = 0.0  # column of a 2-d item_log_popularity (one per popularity half-life) served
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -75,6 +81,9 @@ def popularity_part(w: RankWeights, log_popularity: np.ndarray, lp_max: float | 
     n = len(log_popularity)
     if not (w.popularity and n):
         return np.zeros(n)
+    if log_popularity.ndim == 2:  # one column per half-life: the header names the one served
+        log_popularity = log_popularity[:, min(max(int(w.horizon), 0), log_popularity.shape[1] - 1)]
+        lp_max = None
     if lp_max is None:
         lp_max = float(log_popularity.max())
     part = np.exp(log_popularity.astype(np.float64) - lp_max)
