@@ -57,3 +57,12 @@ def test_snapshot_and_delta_from_the_trainer_are_served_as_the_bench_scores_them
     s = score_items(m.rank_weights, **kw)
     assert [round(float(s[ids.index(i)]), 5) for i in stranger] == sorted((round(float(x), 5) for x in s), reverse=True)[:5]
     assert np.isfinite([sc for _, sc in model.recommend("u1", 5).items]).all()
+    # the trainer switches its popularity horizon: the next delta's header alone switches serving
+    m._horizon = 0
+    m.learn_one("u2", "i5", 4.0, event_time=2003.0)
+    head, tensors = m.export(full=False)
+    head |= {"version": 3, "kind": "delta", "base_version": 2, "published": [["u2", "i5", 1.0]]}
+    assert store.apply(ModelUpdate(head, tensors).encode()).swapped
+    assert store.current.ranking.horizon == 0
+    expected = _bench_scores(m, "u1")
+    assert store.current.score("u1", list(expected)) == pytest.approx(list(expected.values()), abs=1e-5)
