@@ -59,6 +59,7 @@ __all__ = ["HybridMF", "RANK_CANDIDATES"]
 RANK_CANDIDATES = 99  # sampled non-clicked items a click is ranked against (prequential hit/NDCG@10)
 _STATE_VERSION = 2
 _LL_KEEP = 1.0 - 1.0 / 20_000  # memory of the popularity horizons' running log-likelihood (events)
+_LP_REBASE = 1e6  # events between moves of the log-popularity reference (at a full export)
 _LL_SWITCH = 5.0  # nats a horizon must lead by before the served one switches (no flapping)
 
 # parameter vector handed to the kernel
@@ -479,6 +480,7 @@ class HybridMF:
         self._RPOP = np.zeros((cap_i, H), np.float64)
         self._RPOPT = np.zeros(cap_i, np.float64)
         self._clock = 0.0
+        self._lp_ref = 0.0
         self._POPTOT = np.zeros(H, np.float64)  # decayed mass per horizon
         self._POPLL = np.zeros(H, np.float64)  # decayed prequential log-likelihood per horizon
         self._horizon = min(range(H), key=lambda h: abs(self.popularity_half_lives[h] - 3_000.0))  # until the data says otherwise
@@ -809,6 +811,10 @@ class HybridMF:
         nu, ni = len(self._uids), len(self._iids)
         alive_u = np.array([x is not None for x in self._uids], bool)
         alive_i = self._ALIVE_I[:ni]
+        if full and self._clock - self._lp_ref > _LP_REBASE:
+            # log popularity is exported relative to a clock reference, moved only with a full
+            # export (a replica rebuilds from it): float32 values stay small on a stream of any length
+            self._lp_ref = self._clock
         if full:
             ur, ir = np.flatnonzero(alive_u), np.flatnonzero(alive_i)
         else:
@@ -838,7 +844,7 @@ class HybridMF:
             "item_factors": np.ascontiguousarray(self._item_vectors(ir), np.float32),
             "item_bias": np.ascontiguousarray(self._BI[ir], np.float32),
             "item_popularity": np.ascontiguousarray(pop, np.float32),
-            "item_log_popularity": log_popularity(self._RPOP[ir], self._RPOPT[ir], self._pop_taus),
+            "item_log_popularity": log_popularity(self._RPOP[ir], self._RPOPT[ir] - self._lp_ref, self._pop_taus),
             "user_candidate_scores": np.ascontiguousarray(cand_vals, np.float32),
         }
         return header, tensors
@@ -849,7 +855,7 @@ class HybridMF:
         replica holding the newest update ranks by. Dead rows have id None and score -inf."""
         ni = len(self._iids)
         alive = self._ALIVE_I[:ni]
-        lp = log_popularity(self._RPOP[:ni], self._RPOPT[:ni], self._pop_taus)
+        lp = log_popularity(self._RPOP[:ni], self._RPOPT[:ni] - self._lp_ref, self._pop_taus)
         kw: dict[str, Any] = {"log_popularity": np.where(alive[:, None], lp, -np.inf)}
         u = self._umap.get(user_id)
         if u is not None:
@@ -893,7 +899,7 @@ class HybridMF:
             "rng_i": self._rng_i.bit_generator.state, "krng": int(self._krng[0]),
             "lr_mult": self._lr_mult, "boost_left": self._boost_left, "drifts": self._drifts,
             "newest_time": self._newest_time, "last_expiry": self._last_expiry, "clock": self._clock,
-            "horizon": self._horizon,
+            "horizon": self._horizon, "lp_ref": self._lp_ref,
             "expired_u": self._expired_u, "expired_i": self._expired_i,
             "replay_credit": self._replay_credit, "replay": rmeta,
         }
@@ -929,7 +935,7 @@ class HybridMF:
         m._krng[0] = np.uint64(meta["krng"])
         m._lr_mult, m._boost_left, m._drifts = float(meta["lr_mult"]), int(meta["boost_left"]), int(meta["drifts"])
         m._newest_time, m._last_expiry = float(meta["newest_time"]), float(meta["last_expiry"])
-        m._clock, m._horizon = float(meta["clock"]), int(meta["horizon"])
+        m._clock, m._horizon, m._lp_ref = float(meta["clock"]), int(meta["horizon"]), float(meta["lp_ref"])
         m._expired_u, m._expired_i = list(meta["expired_u"]), list(meta["expired_i"])
         m._replay_credit = float(meta["replay_credit"])
         m._replay = ReplayBuffer.from_state(meta["replay"], arrays)

@@ -146,3 +146,24 @@ def test_learn_one_river_style() -> None:
     m.learn_one("a", "y", kind=KIND_CLICK)
     m.learn_one("a", "z", embedding=np.ones(384, np.float32) / np.sqrt(384))
     assert (m.n_users, m.n_items) == (1, 3)
+
+
+def test_log_popularity_stays_small_on_a_long_stream_and_keeps_its_order() -> None:
+    from trainer.scoring import score_items
+
+    m = HybridMF(n_factors=4, seed=1)
+    m._clock = 5e7  # as after fifty million events
+    for n in range(300):
+        m.learn_one(f"u{n % 7}", f"i{n % 5 if n % 3 else 0}", 4.0, event_time=float(n))
+    before = m.export(full=False)[1]["item_log_popularity"]
+    head, tensors = m.export(full=True)  # a full export moves the reference
+    lp = tensors["item_log_popularity"]
+    assert np.abs(before).max() > 1e5 and np.abs(lp[lp > -1e8]).max() < 1e3
+    # per horizon, the order of the counts decayed to now (float32 at 5e7 had lost it)
+    ni = m.n_items
+    now = m._RPOP[:ni] * np.exp(-(m._clock - m._RPOPT[:ni, None]) / m._pop_taus)
+    for h in range(lp.shape[1]):
+        assert list(np.argsort(-lp[:, h], kind="stable")) == list(np.argsort(-now[:, h].astype(np.float32), kind="stable"))
+    ids, kw = m.ranking_inputs("nobody")
+    top = int(np.argmax(score_items(m.rank_weights, **kw)))
+    assert ids[top] == "i0"  # the most frequent item
