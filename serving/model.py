@@ -163,8 +163,10 @@ def _check_shapes(tensors: dict[str, np.ndarray], factors: int | None) -> int | 
 def _candidate_rows(update: Any, items: "_Table", width: int) -> np.ndarray | None:
     """The header's ``user_candidates`` (item ids per user) as item rows + 1 (0 = none or unknown)."""
     cands = update.header.get("user_candidates")
-    if cands is None or "user_candidate_scores" not in update.tensors:
+    if cands is None and "user_candidate_scores" not in update.tensors:
         return None
+    if cands is None or "user_candidate_scores" not in update.tensors:
+        raise RejectedUpdate("user_candidates and user_candidate_scores come together", reason="shape")
     n_users = len(update.header.get("user_ids", []))
     if not isinstance(cands, list) or len(cands) != n_users:
         raise RejectedUpdate(f"user_candidates has {len(cands) if isinstance(cands, list) else '?'} rows for {n_users} users", reason="shape")

@@ -139,7 +139,7 @@ def _candidates(users, hist, histw, hlen, cnt, head, ecol, eval_, enext, alive, 
         # the user's own ring is never a candidate
         for q in range(lo, m):
             h = hist[u, q % window]
-            if acc[h] != 0.0:
+            if h >= 0 and acc[h] != 0.0:
                 acc[h] = -np.inf
         n_val = 0
         for t in range(n_mark):
@@ -335,10 +335,15 @@ class SequentialKNN:
         n = self.n_pairs
         if target is not None and n > target:
             vals = np.abs(self._eval[: 2 * n : 2])
-            min_value = float(np.partition(vals, n - target)[n - target]) if target > 0 else np.inf
+            # strictly above the target-th largest: ties (values cluster) cannot keep it over target
+            min_value = float(np.nextafter(np.partition(vals, n - target)[n - target], np.inf)) if target > 0 else np.inf
         self._n_ent[0] = _compact(keep, int(self._n_ent[0]), self._erow, self._ecol, self._eval, self._enext, self._head, min_value)
         self._new_hash(len(self._ht))
         self._cnt[~keep[: len(self._cnt)]] = 0
+        if not keep.all():  # rings must not point at dropped rows (a reused row would inherit them)
+            dead = ~keep[np.clip(self._hist, 0, len(keep) - 1)] & (self._hist >= 0)
+            self._hist[dead] = -1
+            self._histw[dead] = 0
 
     def recent_items(self, row: int) -> np.ndarray:
         """Item rows in the user's ring (newest last)."""
@@ -346,7 +351,8 @@ class SequentialKNN:
             return np.empty(0, np.int64)
         m = int(self._hlen[row])
         q = np.arange(max(0, m - self.window), m) % self.window
-        return self._hist[row, q].astype(np.int64)
+        items = self._hist[row, q].astype(np.int64)
+        return items[items >= 0]
 
     def forget_user(self, row: int) -> None:
         """Clear a user's ring (the row is reused by someone else, or the user was erased)."""

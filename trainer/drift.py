@@ -211,7 +211,8 @@ class DriftMonitor:
         return {"detector": self.detector, "delta": self.delta, "threshold": self.threshold, "block": self.block,
                 "history": self.history, "min_shift": self.min_shift, "confirm_blocks": self.confirm_blocks,
                 "seed": self.seed, "index": self._index, "detections": self.detections,
-                "values": {s: list(h) for s, h in self._hist.items()}}
+                "values": {s: list(h) for s, h in self._hist.items()},
+                "pending": self._pending}
 
     @classmethod
     def from_state(cls, s: dict[str, Any]) -> "DriftMonitor":
@@ -221,6 +222,7 @@ class DriftMonitor:
         for signal, values in s["values"].items():
             for v in values:
                 m._feed(signal, float(v), 0, None)
+        m._pending = {k: dict(v) for k, v in (s.get("pending") or {}).items()}  # not the ones the re-feed raised
         m._index = int(s["index"])
         m.detections = {k: int(v) for k, v in s["detections"].items()}
         return m

@@ -57,7 +57,7 @@ from trainer.scoring import RankWeights, log_popularity, score_items
 __all__ = ["HybridMF", "RANK_CANDIDATES"]
 
 RANK_CANDIDATES = 99  # sampled non-clicked items a click is ranked against (prequential hit/NDCG@10)
-_STATE_VERSION = 2
+_STATE_VERSION = 3
 _LL_KEEP = 1.0 - 1.0 / 20_000  # memory of the popularity horizons' running log-likelihood (events)
 _LP_REBASE = 1e6  # events between moves of the log-popularity reference (at a full export)
 _LL_SWITCH = 5.0  # nats a horizon must lead by before the served one switches (no flapping)
@@ -668,7 +668,6 @@ class HybridMF:
         with np.errstate(invalid="ignore"):
             pos = (kinds == KIND_CLICK) | ((kinds != KIND_CLICK) & (targets >= thr))
         cut = int(self.rank_sample * 2**32)
-        weights = self.rank_weights
         for n in np.flatnonzero(pos).tolist():
             user, item = batch.user_ids[n], batch.item_ids[n]
             if zlib.crc32(f"{user}\x00{item}".encode()) >= cut:
@@ -680,8 +679,7 @@ class HybridMF:
                 continue
             if u is not None and i in self._knn.recent_items(u):
                 continue  # feedback on an item the user just acted on: not a recommendation to judge
-            _, kw = self.ranking_inputs(user)
-            s = score_items(weights, **kw)
+            _, s = self.rank_scores(user)
             if u is not None:
                 s[self._knn.recent_items(u)] = -np.inf
             st = s[i]
@@ -870,6 +868,14 @@ class HybridMF:
                 q[has] += self._XW[:ni][has]
                 kw["item_factors"], kw["item_bias"] = q, self._BI[:ni]
         return self._iids, kw
+
+    def rank_scores(self, user_id: str) -> tuple[list[str | None], np.ndarray]:
+        """``(item ids by row, scores)``: :func:`score_items` on :meth:`ranking_inputs`, with
+        free (expired) rows at -inf."""
+        ids, kw = self.ranking_inputs(user_id)
+        s = score_items(self.rank_weights, **kw)
+        s[~self._ALIVE_I[: len(s)]] = -np.inf
+        return ids, s
 
     @property
     def global_mean(self) -> float:

@@ -47,7 +47,6 @@ from numba import njit
 from streamproc.errors import RecoError
 from streamproc.examples import KIND_CLICK, KIND_COMMENT, KIND_RATING, ExampleBatch
 from streamproc.settings import Settings
-from trainer.scoring import score_items
 
 __all__ = ["Stream", "load_stream", "evaluate", "register_bench"]
 
@@ -376,8 +375,7 @@ def evaluate(stream: Stream, model: Any, *, every: int, positive: float, anchors
         eligible[user_past] = False
         known = bool(seen_item[i])
         # our model, scored as serving scores it
-        ids, kw = model.ranking_inputs(stream.users[e])
-        s = score_items(model.rank_weights, **kw)  # the weights the newest update would carry
+        ids, s = model.rank_scores(stream.users[e])  # score_items with the weights the newest update carries
         rows = model.item_rows([stream.items[e]])
         if known and rows[0] >= 0:
             m_elig = np.isfinite(s)

@@ -431,7 +431,8 @@ class TrainerWorker:
         i_cost = [i_fixed + len(json.dumps(x)) + 1 for x in items]
         p_cost = [len(json.dumps(p)) + 1 for p in published]
         budget = max(self.settings.max_message_bytes - _HEADER_SLACK - len(json.dumps(self._offsets)), 1024)
-        parts = split_rows(u_cost, i_cost, p_cost, budget)
+        # items first: a user's candidates may name an item this very update introduces
+        parts = [(us, its, ps) for its, us, ps in split_rows(i_cost, u_cost, p_cost, budget)]
         base = self.version
         snapshot_version = self.version + 1
         futures = []
@@ -448,6 +449,7 @@ class TrainerWorker:
                 "item_ids": items[its],
                 **({"user_candidates": cands[us]} if cands is not None else {}),
                 **({"ranking": head["ranking"]} if "ranking" in head else {}),
+                **({k: head[k] for k in ("expired_user_ids", "expired_item_ids") if k in head} if n == 0 else {}),
                 **extra,
                 "published": published[ps],
                 "offsets": dict(self._offsets),

@@ -232,3 +232,35 @@ def test_confluent_consumer_gets_answers_and_pushes(loop: tuple[FaultHarness, io
         assert pushed.get("user_id") == user and "items" in pushed, pushed
     finally:
         consumer.close()
+
+
+def test_trainer_and_serving_move_past_undecodable_batches_on_their_topics(loop: tuple[FaultHarness, io.StringIO]) -> None:
+    from kafka import KafkaProducer
+
+    import kafka.record.default_records as dr
+
+    h, log = loop
+    p = KafkaProducer(compression_type="zstd", linger_ms=50, **client_config(h.settings))
+    real = dr.zstd_encode
+    dr.zstd_encode = lambda data, *a, **kw: b"\x00not a zstd frame"
+    try:
+        junk = [p.send(topic, value=b"x" * 2000) for topic in (h.topics.examples, h.topics.model_updates)]
+        p.flush(30)
+    finally:
+        dr.zstd_encode = real
+        p.close()
+    [f.get(10) for f in junk]
+    version = h.readyz()[1].get("version") or 0
+    events = _events("after-junk-")
+    publish_kafka_python(h, events, "zstd")
+    try:
+        poll(lambda: _ids(events) <= set(h.learned()), 120, "events learned after junk on examples", 1.0)
+        # Serving applies versions published after the undecodable batch on model-updates.
+        poll(lambda: (h.readyz()[1].get("version") or 0) > version, 60, "serving past the junk on model-updates", 0.5)
+    except TimeoutError:
+        print(log.getvalue()[-5000:])
+        raise
+    assert h.readyz()[0] == 200
+    assert {r: h.sup.restarts(r) for r in ("streamproc", "trainer", "serve")} == {"streamproc": 0, "trainer": 0, "serve": 0}
+    tm = h.trainer_metrics()
+    assert (metric_sum(tm, "reco_trainer_invalid_batches_total") or 0) >= 1

@@ -3,6 +3,8 @@ the quality bench measures (``score_items`` on ``HybridMF.ranking_inputs``)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
@@ -66,3 +68,60 @@ def test_snapshot_and_delta_from_the_trainer_are_served_as_the_bench_scores_them
     assert store.current.ranking.horizon == 0
     expected = _bench_scores(m, "u1")
     assert store.current.score("u1", list(expected)) == pytest.approx(list(expected.values()), abs=1e-5)
+
+
+class _Sent:
+    def __init__(self) -> None:
+        self.values: list[bytes] = []
+
+    def send(self, topic: str, value: bytes) -> Any:
+        self.values.append(value)
+        return self
+
+    def get(self, timeout: float | None = None) -> None:
+        return None
+
+    def flush(self, timeout: float | None = None) -> None:
+        pass
+
+
+def test_a_delta_split_into_parts_keeps_every_candidate_and_carries_expiries(tmp_path: Any) -> None:
+    from trainer.worker import TrainerWorker
+
+    s = Settings(kafka_bootstrap="127.0.0.1:1", topic_prefix="t.", checkpoint_dir=str(tmp_path), max_message_bytes=10_000,
+                 row_ttl_s=1000.0)
+    w = TrainerWorker(s, registry=CollectorRegistry())
+    w._producer = sent = _Sent()
+    w.active = True
+    m = HybridMF(n_factors=4, row_ttl_s=1000.0, rank_sample=0.0)
+    w.model = m
+    from trainer.drift import DriftMonitor
+    from trainer.prequential import Prequential
+
+    w.prequential, w.drift = Prequential(), DriftMonitor()
+    from streamproc.examples import ExampleBatch
+
+    def feed(users: list[str], items: list[str], t0: float) -> None:
+        n = len(users)
+        w.learn(ExampleBatch.build(event_ids=[f"e{t0}-{k}" for k in range(n)], user_ids=users, item_ids=items, kinds=[0] * n,
+                                   targets=[5.0] * n, event_times=[t0 + k for k in range(n)], published=[t0] * n, processed=[t0] * n))
+
+    feed(["old-user"], ["old-item"], 0.0)
+    w.publish_snapshot()
+    # many new items and users in one delta: it must be split, and users' candidates name new items
+    feed([f"u{k % 40}" for k in range(400)], [f"new{k % 97}" for k in range(400)], 5000.0)
+    sent.values.clear()
+    w.publish_delta()
+    parts = [ModelUpdate.decode(v) for v in sent.values]
+    assert len(parts) > 1
+    assert parts[0].header.get("expired_item_ids") == ["old-item"] and parts[0].header.get("expired_user_ids") == ["old-user"]
+    store = ModelStore(Settings(), ServingMetrics(CollectorRegistry()))
+    head, tensors = HybridMF(n_factors=4).export(full=True)  # an empty base to chain the parts onto
+    base = ModelUpdate({**head, "version": parts[0].header["base_version"], "kind": "snapshot", "chunk": 0, "chunks": 1}, tensors)
+    assert store.apply(base.encode()).swapped
+    for p in parts:
+        assert store.apply(p.encode()).swapped
+    model = store.current
+    for user in ("u0", "u7", "u39"):
+        expected = _bench_scores(m, user)
+        assert model.score(user, list(expected)) == pytest.approx(list(expected.values()), abs=1e-5)

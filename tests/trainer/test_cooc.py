@@ -138,3 +138,19 @@ def test_an_unrated_comment_that_reads_negative_pushes_the_item_neighbourhood_do
 
     neutral = _rank_of(trained(None), "me", "inception")
     assert _rank_of(trained(neg), "me", "inception") < neutral < _rank_of(trained(pos), "me", "inception")
+
+
+def test_an_expired_item_leaves_no_trace_for_the_item_that_reuses_its_row() -> None:
+    m = HybridMF(row_ttl_s=100.0, seed=2)
+    m.learn_one("u", "old", 5.0, event_time=0.0)
+    m.learn_one("u", "a", 5.0, event_time=150.0)
+    m.learn_one("v", "b", 5.0, event_time=160.0)  # expires "old"
+    assert "old" not in m._imap
+    m.learn_one("w", "brandnew", 5.0, event_time=170.0)  # takes the freed row
+    m.learn_one("u", "b", 5.0, event_time=180.0)
+    v = m._umap["v"]
+    rows, _ = m.cooc.candidates(np.array([v], np.int32), n_items=len(m._iids), alive=m._ALIVE_I[: len(m._iids)])
+    assert "brandnew" not in m.item_ids_of(rows[0][rows[0] >= 0])  # no pair anyone made
+    assert "a" in m.item_ids_of(rows[0][rows[0] >= 0])  # the real one is there
+    ids, s = m.rank_scores("v")
+    assert np.isneginf(s[[r for r, i in enumerate(ids) if i is None]]).all()  # free rows never compete
