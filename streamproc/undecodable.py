@@ -9,9 +9,9 @@ loop). Every later event of that partition is stuck behind it.
 :func:`install` (called by :func:`streamproc.kafka.client_config`, so by every role) wraps the
 record batches both libraries hand to their record iterators: where decoding a batch fails (at
 its first record when it cannot be decompressed, later for a corrupt record), the iterator yields
-a single *marker* record for the rest of the batch, whose offset is the batch's last offset — so the library moves the position past the batch exactly as after a
-normal batch, and the consumer meets the marker in order, through the ordinary API, with nothing
-before or after it lost. :func:`undecodable` tells a marker from a real record (a per-process
+a single *marker* record for the rest of the batch, whose offset is the batch's last offset — so
+the library moves the position past the batch exactly as after a normal batch, and the consumer
+meets the marker in order, through the ordinary API, with nothing before or after it lost. :func:`undecodable` tells a marker from a real record (a per-process
 random token in its headers, so a producer cannot forge one) and returns where the batch was and
 why it failed. Every role decides what to do with it: stream workers dead-letter it
 (``reason=undecodable_batch``), the others count and log it.
@@ -149,7 +149,7 @@ class _GuardedBatch:
 
     def _records_or_marker(self) -> Iterator[Any]:
         """The batch's records; if the library fails on them (decompressing happens at the first
-        one), one marker for the rest of the batch instead. Lazy: costs nothing per record."""
+        one), one marker for the rest of the batch instead. Lazy: no measurable cost per record."""
         if self._failure is None:
             last = None
             try:
