@@ -58,6 +58,12 @@ SETTLE_MIN_S, SETTLE_MAX_S = 1.2, 15.0  # before leaving the group: see _settle_
 _HEADER_SLACK = 2048  # bytes reserved for the fixed header fields and safetensors framing
 
 
+def _header_bytes(x: Any) -> int:
+    """Bytes ``x`` adds to a model update's header: its JSON, escaped once more as the safetensors
+    metadata string (every quote doubles), plus a separator."""
+    return len(json.dumps(json.dumps(x, separators=(",", ":")))) - 1
+
+
 def peek_header(data: bytes) -> dict[str, Any]:
     """The JSON header of an encoded :class:`ModelUpdate`, without loading its tensors.
 
@@ -425,12 +431,13 @@ class TrainerWorker:
         u_fixed = sum(v for k, v in row_bytes.items() if k.startswith("user"))
         i_fixed = sum(v for k, v in row_bytes.items() if not k.startswith("user"))
         cands = head.get("user_candidates")
-        u_cost = [u_fixed + len(json.dumps(x)) + 1 for x in users]
+        u_cost = [u_fixed + _header_bytes(x) for x in users]
         if cands is not None:
-            u_cost = [c + len(json.dumps(x)) + 1 for c, x in zip(u_cost, cands)]
-        i_cost = [i_fixed + len(json.dumps(x)) + 1 for x in items]
-        p_cost = [len(json.dumps(p)) + 1 for p in published]
-        budget = max(self.settings.max_message_bytes - _HEADER_SLACK - len(json.dumps(self._offsets)), 1024)
+            u_cost = [c + _header_bytes(x) for c, x in zip(u_cost, cands)]
+        i_cost = [i_fixed + _header_bytes(x) for x in items]
+        p_cost = [_header_bytes(p) for p in published]
+        expired = sum(_header_bytes(head.get(k, [])) for k in ("expired_user_ids", "expired_item_ids"))
+        budget = max(self.settings.max_message_bytes - _HEADER_SLACK - _header_bytes(self._offsets) - expired, 1024)
         # items first: a user's candidates may name an item this very update introduces
         parts = [(us, its, ps) for its, us, ps in split_rows(i_cost, u_cost, p_cost, budget)]
         base = self.version
