@@ -34,7 +34,7 @@ from trainer.scoring import RankWeights, popularity_part, score_items
 
 __all__ = ["ServingModel", "Recommendation", "RejectedUpdate"]
 
-USER_TENSORS = ("user_factors", "user_bias", "user_candidate_scores", "user_candidate_rows")
+USER_TENSORS = ("user_factors", "user_bias", "user_candidate_scores", "user_candidate_rows", "user_mf_gain")
 ITEM_TENSORS = ("item_factors", "item_bias", "item_popularity", "item_log_popularity")
 # user_candidate_rows is serving's own: the rows of the header's user_candidates, stored + 1 (0 = none)
 
@@ -196,12 +196,12 @@ class ServingModel:
     """
 
     __slots__ = ("version", "global_mean", "factors", "_users", "_items", "seen", "_popular", "header", "_if", "_ib", "_uf", "_ub",
-                 "_dead_users", "_dead_items", "ranking", "_lp", "_lp_max", "_cs", "_cr", "_pop_part")
+                 "_dead_users", "_dead_items", "ranking", "_lp", "_lp_max", "_cs", "_cr", "_pop_part", "_mg")
 
     def __init__(self, version: int, global_mean: float, factors: int, users: _Table, items: _Table,
                  seen: dict[str, tuple[str, ...]], header: dict[str, Any], popular: np.ndarray | None = None,
                  dead_users: frozenset[str] = frozenset(), dead_items: np.ndarray | None = None,
-                 ranking: RankWeights | None = None) -> None:
+                 ranking: RankWeights | None = None, mf_gain_known: bool = False) -> None:
         self.version = version
         self.ranking = ranking  # None: an update without the ranking blend (scores = the factor model)
         self.global_mean = float(global_mean)
@@ -217,6 +217,8 @@ class ServingModel:
         self._lp = lp
         self._lp_max = float(self._lp.max()) if items.n else 0.0
         self._cs, self._cr = users.view("user_candidate_scores"), users.view("user_candidate_rows")
+        # per-user weight of the factor part; an update stream without it (older trainer): 1
+        self._mg = users.view("user_mf_gain") if mf_gain_known else None
         self._pop_part = popularity_part(ranking, self._lp, self._lp_max) if ranking is not None else None
         if popular is None:
             order_by = self._lp if ranking is not None else items.view("item_popularity")
@@ -243,7 +245,7 @@ class ServingModel:
                 factors = base.factors if base is not None else 0
             width = max((int(u.tensors["user_candidate_scores"].shape[1]) for u in updates if "user_candidate_scores" in u.tensors), default=0)
             users = _Table.empty({"user_factors": (factors,), "user_bias": (), "user_candidate_scores": (width,),
-                                  "user_candidate_rows": (width,)}, {"user_candidate_rows": np.int32})
+                                  "user_candidate_rows": (width,), "user_mf_gain": ()}, {"user_candidate_rows": np.int32})
             lp_tail = next((u.tensors["item_log_popularity"].shape[1:] for u in updates if "item_log_popularity" in u.tensors), ())
             items = _Table.empty({"item_factors": (factors,), "item_bias": (), "item_popularity": (), "item_log_popularity": lp_tail})
             seen = dict(base.seen) if base is not None else {}
@@ -301,7 +303,12 @@ class ServingModel:
                 name in u.tensors for u in updates for name in ("item_popularity", "item_log_popularity")):
             popular = base._popular  # ranking unchanged: skip the argsort
         dead = np.array(sorted(dead_items), np.int64)
-        return cls(version, global_mean, int(factors), users, items, seen, head, popular, frozenset(dead_users), dead, ranking)
+        if kind == "snapshot":
+            mf_gain_known = any("user_mf_gain" in u.tensors for u in updates)
+        else:
+            mf_gain_known = base._mg is not None
+        return cls(version, global_mean, int(factors), users, items, seen, head, popular, frozenset(dead_users), dead, ranking,
+                   mf_gain_known)
 
     # ------------------------------------------------------------------ reading
     @property
@@ -350,7 +357,7 @@ class ServingModel:
         assert self.ranking is not None
         return score_items(self.ranking, pop_part=self._pop_part, item_factors=self._if,
                            item_bias=self._ib, user_vector=self._uf[r], cand_rows=self._cr[r].astype(np.int64) - 1,
-                           cand_vals=self._cs[r])
+                           cand_vals=self._cs[r], mf_gain=float(self._mg[r]) if self._mg is not None else 1.0)
 
     def _seen_rows(self, user_id: str) -> np.ndarray:
         seen = self.seen.get(user_id)

@@ -112,7 +112,7 @@ def _learn(u_rows, i_rows, weights, hist, histw, hlen, cnt, head, erow, ecol, ev
 
 
 @njit(cache=True)
-def _candidates(users, hist, histw, hlen, cnt, head, ecol, eval_, enext, alive, decay, alpha, beta, confident, n_out, acc, mark, tmp, out_rows, out_vals):  # pragma: no cover - compiled
+def _candidates(users, hist, histw, hlen, cnt, head, ecol, eval_, enext, alive, decay, alpha, beta, gain, n_out, acc, mark, tmp, out_rows, out_vals):  # pragma: no cover - compiled
     window = hist.shape[1]
     for x in range(len(users)):
         u = users[x]
@@ -167,13 +167,13 @@ def _candidates(users, hist, histw, hlen, cnt, head, ecol, eval_, enext, alive, 
                 out_rows[x, k] = mark[t]
                 out_vals[x, k] = tmp[t]
                 k += 1
-        # scaled so the strongest is min(1, events / confident): young profiles weigh less
+        # scaled so the strongest is gain[events - 1] (the last entry for longer profiles)
         top = 0.0
         for a in range(k):
             if abs(out_vals[x, a]) > top:
                 top = abs(out_vals[x, a])
         if top > 0:
-            scale = min(1.0, m / confident) / top
+            scale = gain[min(m, len(gain)) - 1] / top
             for a in range(k):
                 out_vals[x, a] *= scale
         # best first (insertion sort of at most n_out entries; ties by row)
@@ -345,6 +345,10 @@ class SequentialKNN:
             self._hist[dead] = -1
             self._histw[dead] = 0
 
+    def events_of(self, row: int) -> int:
+        """Feedback events the user's ring has taken in."""
+        return int(self._hlen[row]) if row < len(self._hlen) else 0
+
     def recent_items(self, row: int) -> np.ndarray:
         """Item rows in the user's ring (newest last)."""
         if row >= len(self._hlen):
@@ -370,9 +374,14 @@ class SequentialKNN:
                np.ascontiguousarray(weights, np.float32), self._hist, self._histw, self._hlen, self._cnt, self._head,
                self._erow, self._ecol, self._eval, self._enext, self._ht, self._n_ent, self.pair_decay)
 
-    def candidates(self, users: np.ndarray, *, n_items: int, alive: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def candidates(self, users: np.ndarray, *, n_items: int, alive: np.ndarray | None = None,
+                   gain: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(rows, values)`` of shape ``[len(users), n_candidates]``: each user's best items by
-        neighbourhood score (``-1`` / 0 pads). Items in the user's own ring are excluded."""
+        neighbourhood score (``-1`` / 0 pads). Items in the user's own ring are excluded.
+        ``gain[k]``: the strongest value of a user with ``k + 1`` feedback events (the last entry
+        for longer profiles); default ``min(1, events / confident)``."""
+        if gain is None:
+            gain = np.minimum(1.0, np.arange(1, self.confident + 1) / self.confident)
         users = np.ascontiguousarray(users, np.int32)
         self._ensure(int(users.max()) + 1 if len(users) else 0, n_items, 0)
         if alive is None:
@@ -382,7 +391,7 @@ class SequentialKNN:
         rows = np.empty((len(users), self.n_candidates), np.int32)
         vals = np.empty((len(users), self.n_candidates), np.float32)
         _candidates(users, self._hist, self._histw, self._hlen, self._cnt, self._head, self._ecol, self._eval,
-                    self._enext, alive, self.decay, self.alpha, self.beta, float(self.confident), self.n_candidates, self._acc, self._mark, self._tmp, rows, vals)
+                    self._enext, alive, self.decay, self.alpha, self.beta, np.asarray(gain, np.float64), self.n_candidates, self._acc, self._mark, self._tmp, rows, vals)
         return rows, vals
 
     # ------------------------------------------------------------------ state

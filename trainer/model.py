@@ -59,6 +59,11 @@ __all__ = ["HybridMF", "RANK_CANDIDATES"]
 RANK_CANDIDATES = 99  # sampled non-clicked items a click is ranked against (prequential hit/NDCG@10)
 _STATE_VERSION = 3
 _LL_KEEP = 1.0 - 1.0 / 20_000  # memory of the popularity horizons' running log-likelihood (events)
+KNN_GAINS = (0.0, 0.25, 0.5, 1.0, 2.0)  # candidate weights of the co-occurrence part for young profiles
+MF_GAINS = (0.0, 0.5, 1.0)  # ... and of the factor part
+_GAIN_BUCKETS = 5  # profiles of 1, 2, 3, 4 feedback events (learned) and 5+ (fixed at 1)
+_GAIN_KEEP = 0.998  # memory of the per-bucket NDCG@10 sums (events of young profiles)
+_GAIN_PRIOR = 0.5  # NDCG@10 credit the default gain starts with: the data must outweigh it
 _LP_REBASE = 1e6  # events between moves of the log-popularity reference (at a full export)
 _LL_SWITCH = 5.0  # nats a horizon must lead by before the served one switches (no flapping)
 
@@ -483,6 +488,13 @@ class HybridMF:
         self._lp_ref = 0.0
         self._POPTOT = np.zeros(H, np.float64)  # decayed mass per horizon
         self._POPLL = np.zeros(H, np.float64)  # decayed prequential log-likelihood per horizon
+        # per young profile length (1..4 events) and candidate gain: decayed sum of the NDCG@10 the
+        # blend would have given their positive events; starts leaning to min(1, events / 5)
+        # (columns: every knn gain x mf gain pair, knn-major)
+        self._GAINRR = np.zeros((_GAIN_BUCKETS, len(KNN_GAINS) * len(MF_GAINS)), np.float64)
+        for b in range(_GAIN_BUCKETS):
+            g = int(np.argmin(np.abs(np.array(KNN_GAINS) - min(1.0, (b + 1) / 5))))
+            self._GAINRR[b, g * len(MF_GAINS) + MF_GAINS.index(1.0)] = _GAIN_PRIOR
         self._horizon = min(range(H), key=lambda h: abs(self.popularity_half_lives[h] - 3_000.0))  # until the data says otherwise
         self._ALIVE_I = np.zeros(cap_i, np.bool_)
         self._TOUCH_I = np.zeros(cap_i, np.bool_)
@@ -522,7 +534,7 @@ class HybridMF:
 
     # ------------------------------------------------------------------ rows
     _USER_ARRAYS = ("_P", "_BU", "_TU", "_TUN", "_SEEN_U", "_TOUCH_U", "_CNT_U")
-    _GLOBAL_ARRAYS = ("_W", "_SW", "_SST", "_GM", "_POPTOT", "_POPLL")
+    _GLOBAL_ARRAYS = ("_W", "_SW", "_SST", "_GM", "_POPTOT", "_POPLL", "_GAINRR")
     _ITEM_ARRAYS = ("_Q", "_BI", "_X", "_XN", "_XW", "_POP", "_SEEN_I", "_ALIVE_I", "_TOUCH_I", "_CNT_I", "_RPOP", "_RPOPT")
 
     def _grow(self, names: tuple[str, ...], need: int) -> None:
@@ -658,11 +670,12 @@ class HybridMF:
         """Full-catalogue rank (0 = best) of a sample of the batch's positive events, before the
         batch is learned; NaN where not sampled. Positive: clicks, and ratings/rated comments at or
         above ``positive_rating`` (default ``rating_max - 1``). The sample is a fixed hash of
-        (user, item) below ``rank_sample``, so it is the same on every run. Candidates: every live
+        (user, item) below ``rank_sample``, so it is the same on every run. Every positive event of a
+        user with 1-4 events also teaches :attr:`knn_gains`. Candidates: every live
         item except the user's last ``knn_window`` items; an item the model has not seen counts as
         rank infinity (a miss)."""
         ranks = np.full(len(kinds), np.nan)
-        if self.rank_sample <= 0 or not self._imap:
+        if not self._imap:
             return ranks
         thr = self.positive_rating if self.positive_rating is not None else self.rating_max - 1.0
         with np.errstate(invalid="ignore"):
@@ -670,21 +683,76 @@ class HybridMF:
         cut = int(self.rank_sample * 2**32)
         for n in np.flatnonzero(pos).tolist():
             user, item = batch.user_ids[n], batch.item_ids[n]
-            if zlib.crc32(f"{user}\x00{item}".encode()) >= cut:
+            u = self._umap.get(user)
+            sampled = zlib.crc32(f"{user}\x00{item}".encode()) < cut
+            young = u is not None and 0 < self._knn.events_of(u) < _GAIN_BUCKETS
+            if not (sampled or young):
                 continue
             i = self._imap.get(item)
-            u = self._umap.get(user)
             if i is None:
-                ranks[n] = math.inf
+                if sampled:
+                    ranks[n] = math.inf
                 continue
             if u is not None and i in self._knn.recent_items(u):
                 continue  # feedback on an item the user just acted on: not a recommendation to judge
+            if young:
+                self._learn_gains(u, i, user)
+            if not sampled:
+                continue
             _, s = self.rank_scores(user)
             if u is not None:
                 s[self._knn.recent_items(u)] = -np.inf
             st = s[i]
             ranks[n] = float(np.count_nonzero(s > st)) + 0.5 * float(np.count_nonzero(s == st) - 1)
         return ranks
+
+    @property
+    def mf_gains(self) -> np.ndarray:
+        """Weight of the factor part for profiles of 1, 2, 3, 4 and 5+ events (see :attr:`knn_gains`)."""
+        return np.array(MF_GAINS)[np.argmax(self._GAINRR, axis=1) % len(MF_GAINS)]
+
+    def _user_mf_gain(self, rows: np.ndarray) -> np.ndarray:
+        m = np.array([self._knn.events_of(int(r)) for r in rows], np.int64)
+        return self.mf_gains[np.clip(m, 1, _GAIN_BUCKETS) - 1].astype(np.float32)
+
+    @property
+    def knn_gains(self) -> np.ndarray:
+        """Weight of the co-occurrence part for profiles of 1, 2, 3, 4 and 5+ events: for the young
+        ones the gain whose blend has ranked their positive feedback best (NDCG@10, learned online;
+        on some streams a user's first items say a lot about the next, on others little); 1 for
+        established profiles (where it is the core of the ranking on every stream measured)."""
+        return np.array(KNN_GAINS)[np.argmax(self._GAINRR, axis=1) // len(MF_GAINS)]
+
+    def _learn_gains(self, u: int, i: int, user: str) -> None:
+        """Rank item ``i`` for user row ``u`` under every candidate gain; credit each gain's bucket."""
+        m = self._knn.events_of(u)
+        if not 0 < m < _GAIN_BUCKETS:
+            return
+        ni = len(self._iids)
+        alive = self._ALIVE_I[:ni]
+        _, kw = self.ranking_inputs(user)
+        w = self.rank_weights
+        dense = {k: v for k, v in kw.items() if k not in ("cand_rows", "cand_vals", "mf_gain")}
+        pop = score_items(RankWeights(knn=0.0, popularity=w.popularity, mf=0.0, horizon=w.horizon), **dense)
+        if w.mf and "item_factors" in dense:
+            mf = score_items(RankWeights(knn=0.0, popularity=0.0, mf=w.mf, rating_span=w.rating_span), **dense)
+        else:
+            mf = np.zeros_like(pop)
+        pop[~alive] = -np.inf
+        pop[self._knn.recent_items(u)] = -np.inf
+        cr, cv = self._knn.candidates(np.array([u], np.int32), n_items=ni, alive=alive, gain=np.ones(1))
+        ok = cr[0] >= 0
+        rows, vals = cr[0][ok], cv[0][ok].astype(np.float64) * w.knn
+        b = min(m, _GAIN_BUCKETS) - 1
+        self._GAINRR[b] *= _GAIN_KEEP
+        for g in range(self._GAINRR.shape[1]):
+            gk, gm = KNN_GAINS[g // len(MF_GAINS)], MF_GAINS[g % len(MF_GAINS)]
+            s = pop + gm * mf
+            s[rows] += gk * vals
+            st = s[i]
+            rank = float(np.count_nonzero(s > st)) + 0.5 * float(np.count_nonzero(s == st) - 1)
+            if rank < 10:
+                self._GAINRR[b, g] += 1.0 / math.log2(rank + 2.0)
 
     @property
     def _pop_taus(self) -> np.ndarray:
@@ -824,7 +892,7 @@ class HybridMF:
         tau = self.popularity_half_life_s / math.log(2.0)
         seen = self._SEEN_I[ir]
         pop = self._POP[ir] * np.exp(-np.clip(now - seen, 0, None) / tau)
-        cand_rows, cand_vals = self._knn.candidates(ur.astype(np.int32), n_items=ni, alive=self._ALIVE_I[:ni])
+        cand_rows, cand_vals = self._knn.candidates(ur.astype(np.int32), n_items=ni, alive=self._ALIVE_I[:ni], gain=self.knn_gains)
         iids = self._iids
         header: dict[str, Any] = {
             "global_mean": self.global_mean,
@@ -844,6 +912,7 @@ class HybridMF:
             "item_popularity": np.ascontiguousarray(pop, np.float32),
             "item_log_popularity": log_popularity(self._RPOP[ir], self._RPOPT[ir] - self._lp_ref, self._pop_taus),
             "user_candidate_scores": np.ascontiguousarray(cand_vals, np.float32),
+            "user_mf_gain": self._user_mf_gain(ur),
         }
         return header, tensors
 
@@ -858,8 +927,9 @@ class HybridMF:
         u = self._umap.get(user_id)
         if u is not None:
             kw["user_vector"] = self._P[u] + self._TU[u]
-            cr, cv = self._knn.candidates(np.array([u], np.int32), n_items=ni, alive=alive)
+            cr, cv = self._knn.candidates(np.array([u], np.int32), n_items=ni, alive=alive, gain=self.knn_gains)
             kw["cand_rows"], kw["cand_vals"] = cr[0], cv[0]
+            kw["mf_gain"] = float(self._user_mf_gain(np.array([u]))[0])
             if self.rank_mf:
                 # item vectors with the text projection as of each item's last event (the kernel's
                 # cache): what a replica holds from the delta that followed that event

@@ -143,6 +143,17 @@ def load_stream(*, dataset: str | Path | None = None, ratings: str | Path | None
     return stream
 
 
+def demo_stream(events: int = 30_000, users: int = 500, items: int = 1_000, seed: int = 42) -> Stream:
+    """The built-in generated data (:mod:`streamproc.demo_data`): clicks, ratings and comments
+    whose text agrees with the rating — what a fresh clone has when no dataset is beside it."""
+    from streamproc.demo_data import DemoData
+
+    kinds = {"rating": KIND_RATING, "click": KIND_CLICK, "comment": KIND_COMMENT}
+    rows = [(float(e["event_time"]), e["user_id"], e["item_id"], kinds[e["type"]], float(e.get("rating", math.nan)), e.get("text"))
+            for e in DemoData(users=users, items=items, seed=seed).events(events)]
+    return _sorted(rows, f"demo data (seed {seed}, {users} users, {items} items, {events} events)")
+
+
 def encode_texts(stream: Stream, settings: Settings, chunk: int = 64) -> None:
     """Fill ``stream.embeddings`` with the project's encoder (unique texts, in chunks)."""
     idx = [n for n, t in enumerate(stream.texts) if t]
@@ -451,11 +462,19 @@ def _cmd_bench_quality(args: argparse.Namespace, settings: Settings) -> int:
     from trainer.model import HybridMF
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
-    if args.ratings is None and args.reviews is None and args.dataset is None:
-        if not (DEFAULT_DATASET / "ratings.csv").is_file():
-            raise RecoError(f"no dataset at {DEFAULT_DATASET}: pass --dataset DIR (MovieLens-style), --ratings CSV or --reviews JSONL")
-        args.dataset = str(DEFAULT_DATASET)
-    stream = load_stream(dataset=args.dataset, ratings=args.ratings, reviews=args.reviews, hide_ratings=args.hide_ratings)
+    if args.ratings is None and args.reviews is None and args.dataset is None and not args.demo:
+        if (DEFAULT_DATASET / "ratings.csv").is_file():
+            args.dataset = str(DEFAULT_DATASET)
+        else:
+            log.info("no dataset at %s: using the built-in demo data (--dataset DIR, --ratings CSV or --reviews JSONL for yours)",
+                     DEFAULT_DATASET)
+            args.demo = True
+    if args.demo:
+        stream = demo_stream()
+        if args.hide_ratings > 0:
+            raise RecoError("--hide-ratings applies to --dataset/--ratings/--reviews inputs")
+    else:
+        stream = load_stream(dataset=args.dataset, ratings=args.ratings, reviews=args.reviews, hide_ratings=args.hide_ratings)
     if args.limit:
         for name in ("users", "items", "texts"):
             setattr(stream, name, getattr(stream, name)[: args.limit])
@@ -464,8 +483,8 @@ def _cmd_bench_quality(args: argparse.Namespace, settings: Settings) -> int:
     if not args.no_text:
         encode_texts(stream, settings)
     params = json.loads(args.params) if args.params else {}
-    # the bench ranks every evaluated event itself: the model's own live sample is off here
-    proto = HybridMF(**{**_model_params(settings, stream), **params, "rank_sample": 0.0})
+    # the model as the trainer runs it: its own live ranking sample also teaches the knn gains
+    proto = HybridMF(**{**_model_params(settings, stream), **params})
     n_pos = int(np.count_nonzero((stream.kinds == KIND_CLICK) | (stream.ratings >= args.positive)))
     every = args.every or max(1, n_pos // 8_000)
     t0 = time.perf_counter()
@@ -479,9 +498,10 @@ def _cmd_bench_quality(args: argparse.Namespace, settings: Settings) -> int:
     out["memory"] = {"bytes_per_user": round(mem["user"], 1), "bytes_per_item": round(mem["item"], 1),
                      "cooc_pairs": model.cooc.n_pairs, "cooc_bytes": int(model.cooc.n_pairs * model.cooc.memory_bytes()["pair"])}
     bar.close()
-    out["events_per_s"] = round(_learning_speed(stream, proto.clone()), 0)
-    live = HybridMF(**{**proto.get_params(), "rank_sample": HybridMF().rank_sample})
-    out["events_per_s_with_live_ranking_sample"] = round(_learning_speed(stream, live), 0)
+    # learning alone (no live ranking sample), and as the trainer runs it
+    out["events_per_s"] = round(_learning_speed(stream, HybridMF(**{**proto.get_params(), "rank_sample": 0.0})), 0)
+    out["events_per_s_with_live_ranking_sample"] = round(_learning_speed(stream, proto.clone()), 0)
+    out["knn_gains_by_profile_events"] = dict(zip(("1", "2", "3", "4", "5+"), model.knn_gains.tolist()))
     if args.ablations:
         abl: dict[str, Any] = {}
         variants = {
@@ -498,10 +518,15 @@ def _cmd_bench_quality(args: argparse.Namespace, settings: Settings) -> int:
                          anchors=False, text=not args.no_text)
             abl[name] = {k: r[k] for k in ("hr10", "ndcg10", "mrr", "coverage10", "rmse")}
             log.info("ablation %s: %s", name, abl[name])
-        if stream.embeddings is not None:
-            r = evaluate(stream, proto.clone(), every=every, positive=args.positive, anchors=False, text=False)
-            abl["no_text"] = {k: r[k] for k in ("hr10", "ndcg10", "mrr", "coverage10", "rmse")}
         out["ablations"] = abl
+    if stream.embeddings is not None and (args.ablations or args.hide_ratings > 0):
+        # the same stream without comment text: unrated comments carry nothing, rated ones act as ratings
+        r = evaluate(stream, proto.clone(), every=every, positive=args.positive, anchors=False, text=False)
+        out.setdefault("ablations", {})["no_text"] = {k: r[k] for k in ("hr10", "ndcg10", "mrr", "coverage10", "rmse")}
+        out["hr10_no_text"], out["rmse_no_text"], out["ndcg10_no_text"] = r["hr10"], r["rmse"], r["ndcg10"]
+        for k in ("hr10", "rmse"):
+            if out.get(k) and r.get(k):
+                out[f"{k}_change_from_text"] = round(out[k] / r[k] - 1.0, 4)
     if not args.no_drift:
         from trainer.drift import DriftMonitor
 
@@ -511,8 +536,6 @@ def _cmd_bench_quality(args: argparse.Namespace, settings: Settings) -> int:
                           ("ranking_on_flipped_no_reaction", None)):
             r = evaluate(flipped, proto.clone(), every=every, positive=args.positive, anchors=False, text=not args.no_text, monitor=mon)
             out["drift"][name] = {k: r[k] for k in ("hr10", "ndcg10", "rmse")}
-    if stream.embeddings is not None and not args.no_text and "ablations" in out and "no_text" in out["ablations"]:
-        out["hr10_no_text"], out["rmse_no_text"] = out["ablations"]["no_text"]["hr10"], out["ablations"]["no_text"]["rmse"]
     out["targets"] = {"hr10_ratio_vs_best_anchor": 1.3, "ndcg10_ratio_vs_best_anchor": 1.3, "events_per_s": 100_000}
     out["seconds"] = round(time.perf_counter() - t0, 1)
     if args.json:
@@ -594,6 +617,7 @@ def register_bench(bench: argparse._SubParsersAction) -> None:
     src.add_argument("--dataset", help="MovieLens-style directory (ratings.csv, optional tags.csv as comments); default ml-latest-small beside the clone")
     src.add_argument("--ratings", help="ratings CSV: userId,movieId,rating,timestamp")
     src.add_argument("--reviews", help="JSONL, one {user_id, item_id, rating, time, text} per line (rated comments)")
+    src.add_argument("--demo", action="store_true", help="the built-in generated data (the default when no dataset is beside the clone)")
     p.add_argument("--positive", type=float, default=4.0, help="ratings >= this are positive (evaluated); default 4.0")
     p.add_argument("--every", type=int, default=0, help="evaluate every N-th positive event (default: about 8,000 evaluations)")
     p.add_argument("--limit", type=int, default=0, help="use only the first N events (0 = all)")

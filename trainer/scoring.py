@@ -94,14 +94,16 @@ def popularity_part(w: RankWeights, log_popularity: np.ndarray, lp_max: float | 
 def score_items(w: RankWeights, *, log_popularity: np.ndarray | None = None, lp_max: float | None = None, pop_part: np.ndarray | None = None,
                 item_factors: np.ndarray | None = None, item_bias: np.ndarray | None = None,
                 user_vector: np.ndarray | None = None, cand_rows: np.ndarray | None = None,
-                cand_vals: np.ndarray | None = None) -> np.ndarray:
+                cand_vals: np.ndarray | None = None, mf_gain: float = 1.0) -> np.ndarray:
     """Scores of every item row (float64), higher is better.
 
     ``log_popularity``/``item_factors``/``item_bias`` are per item row (``lp_max``: its maximum,
     if already known; or ``pop_part``, :func:`popularity_part` computed once per model version);
     ``cand_rows`` (−1 = padding)
     and ``cand_vals`` are the user's sparse neighbourhood scores; both and ``user_vector`` are None
-    for a user without a row (then only popularity counts).
+    for a user without a row (then only popularity counts); ``mf_gain`` scales the factor part for
+    this user (the trainer learns it per profile length: young profiles' factors are noise on some
+    streams).
     """
     if pop_part is not None:
         scores = pop_part.copy()
@@ -109,11 +111,11 @@ def score_items(w: RankWeights, *, log_popularity: np.ndarray | None = None, lp_
         scores = popularity_part(w, log_popularity, lp_max)
     else:
         raise ValueError("score_items: give log_popularity or pop_part")
-    if w.mf and item_factors is not None and user_vector is not None:
+    if w.mf and mf_gain and item_factors is not None and user_vector is not None:
         mf = item_factors @ user_vector
         if item_bias is not None:
             mf = mf + item_bias
-        scores += mf * (w.mf / w.rating_span)
+        scores += mf * (w.mf * mf_gain / w.rating_span)
     if w.knn and cand_rows is not None and cand_vals is not None:
         ok = cand_rows >= 0
         scores[cand_rows[ok]] += cand_vals[ok].astype(np.float64) * w.knn
