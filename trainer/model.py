@@ -745,14 +745,15 @@ class HybridMF:
         rows, vals = cr[0][ok], cv[0][ok].astype(np.float64) * w.knn
         b = min(m, _GAIN_BUCKETS) - 1
         self._GAINRR[b] *= _GAIN_KEEP
-        for g in range(self._GAINRR.shape[1]):
-            gk, gm = KNN_GAINS[g // len(MF_GAINS)], MF_GAINS[g % len(MF_GAINS)]
-            s = pop + gm * mf
-            s[rows] += gk * vals
-            st = s[i]
-            rank = float(np.count_nonzero(s > st)) + 0.5 * float(np.count_nonzero(s == st) - 1)
-            if rank < 10:
-                self._GAINRR[b, g] += 1.0 / math.log2(rank + 2.0)
+        # every (knn gain, mf gain) pair at once: one row of scores per pair
+        gk = np.repeat(np.array(KNN_GAINS), len(MF_GAINS))[:, None]
+        gm = np.tile(np.array(MF_GAINS), len(KNN_GAINS))[:, None]
+        s = pop[None, :] + gm * mf[None, :]
+        s[:, rows] += gk * vals[None, :]
+        st = s[:, i : i + 1]
+        ranks = np.count_nonzero(s > st, axis=1) + 0.5 * (np.count_nonzero(s == st, axis=1) - 1)
+        top = ranks < 10
+        self._GAINRR[b, top] += 1.0 / np.log2(ranks[top] + 2.0)
 
     @property
     def _pop_taus(self) -> np.ndarray:
@@ -922,8 +923,9 @@ class HybridMF:
         replica holding the newest update ranks by. Dead rows have id None and score -inf."""
         ni = len(self._iids)
         alive = self._ALIVE_I[:ni]
-        lp = log_popularity(self._RPOP[:ni], self._RPOPT[:ni] - self._lp_ref, self._pop_taus)
-        kw: dict[str, Any] = {"log_popularity": np.where(alive[:, None], lp, -np.inf)}
+        h = self._horizon  # only the served column (what score_items would pick), as a 1-d array
+        lp = log_popularity(self._RPOP[:ni, h], self._RPOPT[:ni] - self._lp_ref, self._pop_taus[h])
+        kw: dict[str, Any] = {"log_popularity": np.where(alive, lp, -np.inf)}
         u = self._umap.get(user_id)
         if u is not None:
             kw["user_vector"] = self._P[u] + self._TU[u]
@@ -933,9 +935,11 @@ class HybridMF:
             if self.rank_mf:
                 # item vectors with the text projection as of each item's last event (the kernel's
                 # cache): what a replica holds from the delta that followed that event
-                q = self._Q[:ni].copy()
                 has = self._XN[:ni] > 0
-                q[has] += self._XW[:ni][has]
+                q = self._Q[:ni]
+                if has.any():
+                    q = q.copy()
+                    q[has] += self._XW[:ni][has]
                 kw["item_factors"], kw["item_bias"] = q, self._BI[:ni]
         return self._iids, kw
 
