@@ -34,7 +34,6 @@ Examples
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -42,7 +41,8 @@ from numba import njit
 
 __all__ = ["SequentialKNN"]
 
-_EMPTY = np.int64(-1)
+_EMPTY = np.int64(0)  # an empty hash slot: no pair has key 0 (keys are lo << 32 | hi with lo < hi);
+# zero-filled tables come from calloc, so growing them costs no explicit fill
 
 
 @njit(cache=True)
@@ -282,7 +282,7 @@ class SequentialKNN:
         self._erow = np.zeros(cap_e, np.int32)
         self._ecol = np.zeros(cap_e, np.int32)
         self._eval = np.zeros(cap_e, np.float32)
-        self._enext = np.full(cap_e, -1, np.int64)
+        self._enext = np.zeros(cap_e, np.int64)  # written when an entry is created
         self._new_hash(cap_e)
         self._n_ent = np.zeros(1, np.int64)
         self._acc = np.zeros(cap_i, np.float64)
@@ -293,7 +293,7 @@ class SequentialKNN:
         """A table of ``cap_e`` slots (one per pair at load <= 1/2; a power of two), refilled."""
         size = 1 << max(16, int(cap_e - 1).bit_length())
         # key and entry side by side: a probe touches one cache line
-        self._ht = np.full((size, 2), -1, np.int64)
+        self._ht = np.zeros((size, 2), np.int64)
         _rehash(int(self._n_ent[0]) if hasattr(self, "_n_ent") else 0, self._erow, self._ht)
 
     @property
@@ -306,7 +306,8 @@ class SequentialKNN:
         def grow(arr: np.ndarray, need: int, fill: float) -> np.ndarray:
             if need <= len(arr):
                 return arr
-            out = np.full((max(need, 2 * len(arr)),) + arr.shape[1:], fill, arr.dtype)
+            shape = (max(need, 2 * len(arr)),) + arr.shape[1:]
+            out = np.zeros(shape, arr.dtype) if fill == 0 else np.full(shape, fill, arr.dtype)
             out[: len(arr)] = arr
             return out
 
@@ -320,7 +321,7 @@ class SequentialKNN:
         need = int(self._n_ent[0]) + 2 * new_pairs
         if need > len(self._ecol):
             cap = max(need, 2 * len(self._ecol))
-            for name, fill in (("_erow", 0), ("_ecol", 0), ("_eval", 0), ("_enext", -1)):
+            for name, fill in (("_erow", 0), ("_ecol", 0), ("_eval", 0), ("_enext", 0)):
                 setattr(self, name, grow(getattr(self, name), cap, fill))
         if need > len(self._ht):  # pairs = entries / 2: load factor stays <= 1/2
             self._new_hash(2 * need)

@@ -490,6 +490,10 @@ def _cmd_bench_quality(args: argparse.Namespace, settings: Settings) -> int:
     t0 = time.perf_counter()
     bar = tqdm(total=len(stream), unit="ev", disable=args.json or not sys.stderr.isatty(), mininterval=0.5)
     out: dict[str, Any] = {"dataset": stream.source, "every": every, "positive": args.positive, **stream.meta}
+    # learning speed first, in a fresh process (the evaluation's anchors hold large arrays):
+    # learning alone (no live ranking sample), and as the trainer runs it
+    out["events_per_s"] = round(_learning_speed(stream, HybridMF(**{**proto.get_params(), "rank_sample": 0.0})), 0)
+    out["events_per_s_with_live_ranking_sample"] = round(_learning_speed(stream, proto.clone()), 0)
     model = proto.clone()
     out.update(evaluate(stream, model, every=every, positive=args.positive, anchors=not args.no_anchors,
                         text=not args.no_text, progress=bar.update))
@@ -498,9 +502,6 @@ def _cmd_bench_quality(args: argparse.Namespace, settings: Settings) -> int:
     out["memory"] = {"bytes_per_user": round(mem["user"], 1), "bytes_per_item": round(mem["item"], 1),
                      "cooc_pairs": model.cooc.n_pairs, "cooc_bytes": int(model.cooc.n_pairs * model.cooc.memory_bytes()["pair"])}
     bar.close()
-    # learning alone (no live ranking sample), and as the trainer runs it
-    out["events_per_s"] = round(_learning_speed(stream, HybridMF(**{**proto.get_params(), "rank_sample": 0.0})), 0)
-    out["events_per_s_with_live_ranking_sample"] = round(_learning_speed(stream, proto.clone()), 0)
     out["knn_gains_by_profile_events"] = dict(zip(("1", "2", "3", "4", "5+"), model.knn_gains.tolist()))
     if args.ablations:
         abl: dict[str, Any] = {}
