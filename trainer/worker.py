@@ -55,6 +55,7 @@ POLL_TIMEOUT_MS = 50  # the consume loop never blocks longer than this while idl
 MAX_POLL_RECORDS = 8  # example batches per poll: keeps the loop (and publishing) responsive
 _LAG_EVERY_S = 1.0
 SETTLE_MIN_S, SETTLE_MAX_S = 1.2, 15.0  # before leaving the group: see _settle_group
+_REPUBLISH_PAUSE_S = 1.0  # after the broker refused a model update
 _HEADER_SLACK = 2048  # bytes reserved for the fixed header fields and safetensors framing
 
 
@@ -171,6 +172,7 @@ class TrainerWorker:
         self._last_delta = 0.0
         self._last_snapshot = 0.0
         self._need_snapshot = False
+        self._snapshot_not_before = 0.0  # after a refused update: pause before the snapshot that repairs it
         self._last_ckpt = time.monotonic()
         self._last_lag = 0.0
         self.metrics.active.set(0)
@@ -286,7 +288,8 @@ class TrainerWorker:
                     self.publish_delta()
         if self._delta_due():
             self.publish_delta()
-        if self._need_snapshot or (self.examples_learned or self._mem_seq is not None) and self._snapshot_due():
+        if (self._need_snapshot and time.monotonic() >= self._snapshot_not_before) or (
+                (self.examples_learned or self._mem_seq is not None) and self._snapshot_due()):
             self.publish_snapshot()
         now = time.monotonic()
         if now - self._last_ckpt >= self.settings.checkpoint_interval_s:
@@ -472,8 +475,17 @@ class TrainerWorker:
             self.metrics.update_size.observe(len(data))
             self.metrics.updates_published.labels(kind=kind).inc()
         self._producer.flush()
-        for f in futures:
-            f.get(timeout=30)  # raise if the broker refused one
+        from kafka.errors import KafkaError
+
+        try:
+            for f in futures:
+                f.get(timeout=30)  # raise if the broker refused one
+        except KafkaError as exc:
+            # e.g. a broker that came back with the topic recreated refuses the batch: replicas would
+            # see a gap, so the next turn publishes a full snapshot (after a pause), the trainer stays up
+            log.warning("model update v%d (%s) not accepted by the broker: %r; a full snapshot follows", self.version, kind, exc)
+            self._need_snapshot = True
+            self._snapshot_not_before = time.monotonic() + _REPUBLISH_PAUSE_S
         self.metrics.model_version.set(self.version)
         return len(parts)
 

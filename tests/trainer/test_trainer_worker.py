@@ -275,3 +275,24 @@ def test_split_rows_and_peek_header() -> None:
     parts = split_rows([60, 60], [60], [10, 10], 100)
     assert [(p[0].stop - p[0].start, p[1].stop - p[1].start, p[2].stop - p[2].start) for p in parts] == [(1, 0, 0), (1, 0, 0), (0, 1, 2)]
     assert peek_header(ModelUpdate({"version": 3, "kind": "snapshot"}).encode())["kind"] == "snapshot"
+
+
+def test_a_refused_update_does_not_stop_the_trainer_and_a_snapshot_repairs_it(tmp_path: Path) -> None:
+    from kafka.errors import UnknownError
+
+    class _Refused:
+        def get(self, timeout: float | None = None) -> None:
+            raise UnknownError("the broker came back with the topic recreated")
+
+    w, prod, _ = make_worker(tmp_path)
+    w.learn(batch(4))
+    sent = prod.sent
+    prod.send = lambda topic, value: (sent.append(value), _Refused())[1]  # type: ignore[method-assign]
+    assert w.publish_delta() == 1  # no exception: the trainer keeps running
+    assert w._need_snapshot and prod.updates()[-1].header["kind"] == "delta"
+    prod.send = lambda topic, value: (sent.append(value), _Future())[1]  # type: ignore[method-assign]
+    w._snapshot_not_before = 0.0  # the pause is over
+    w._last_lag = float("inf")  # (no lag gauges from the fake consumer)
+    w._learn_and_publish({})
+    last = prod.updates()[-1]
+    assert last.header["kind"] == "snapshot" and last.header["version"] > 1 and not w._need_snapshot
