@@ -9,17 +9,19 @@ ring, ``pair_decay ** age(h) * w_h * w_j`` to the co-occurrence ``C[h, j]`` and 
 
 with ``n_x`` the positive weight item ``x`` received. Items the user disliked (negative ``w_h``)
 push their neighbours *down*. Only the ``n_candidates`` best items per user are exported, scaled
-so the strongest is ``min(1, events / confident)`` (a profile of two events is weak evidence): that
-sparse vector is what serving adds to the dense part of the score (see :mod:`trainer.scoring`).
+so the strongest is a gain that depends on how many events the profile holds (by default
+``min(1, events / confident)``; :class:`~trainer.model.HybridMF` learns it for young profiles):
+that sparse vector is what serving adds to the dense part of the score (see :mod:`trainer.scoring`).
 
 Why this shape (measured with ``reco bench quality`` on ml-latest-small, full catalogue,
 test-then-train): the plain co-occurrence kNN over a user's whole history reached HR@10 0.078; a
 window of the last 20 items with recency weights 0.85 and pair weights 0.95 reached 0.14. Users'
 next items follow what they did *just now* far more than what they did years ago.
 
-Storage: entries ``(row, col, value)`` in flat arrays, each row a linked list (``head``/``next``)
-so a row scan touches only its own entries, and an open-addressing hash ``(row, col) -> entry``
-for increments. All of it is plain numpy arrays (checkpointed in safetensors).
+Storage: each pair is two adjacent entries ``(row, col, value)`` (one in each item's row) in flat
+arrays, each row a linked list (``head``/``next``) so a row scan touches only its own entries, and
+an open-addressing hash ``{lo, hi} -> entry`` (key and entry side by side) for increments. All of
+it is plain numpy arrays (checkpointed in safetensors).
 
 Examples
 --------
