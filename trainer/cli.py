@@ -6,6 +6,7 @@ import argparse
 import logging
 import signal
 import threading
+import time
 from typing import Any
 
 from streamproc.settings import Settings
@@ -25,6 +26,7 @@ def _cmd_trainer(args: argparse.Namespace, settings: Settings) -> int:
     from streamproc.broker import wait_for_kafka
     from streamproc.cli import client_settings
     from streamproc.kafka import create_topics
+    from trainer.model import warm_up
     from trainer.worker import TrainerWorker
 
     settings = client_settings(settings)
@@ -38,6 +40,11 @@ def _cmd_trainer(args: argparse.Namespace, settings: Settings) -> int:
     signal.signal(signal.SIGINT, on_signal)
     wait_for_kafka(settings.kafka_bootstrap, 30, **settings.kafka_client_config())
     create_topics(settings)  # idempotent; the trainer may start before the stream workers
+    # compile the learning kernels before /metrics answers (what `reco demo` waits for): on a fresh
+    # clone numba compiles them once (~10-20 s on 2 cores), and events must not queue behind that
+    t0 = time.perf_counter()
+    warm_up(settings)
+    log.info("learning kernels ready in %.1f s", time.perf_counter() - t0)
     port = settings.metrics_port or DEFAULT_METRICS_PORT
     server, _ = start_http_server(port, addr=settings.metrics_host)
     log.info("trainer /metrics on http://%s:%d/metrics, checkpoints in %s", settings.metrics_host, port, settings.checkpoint_dir)

@@ -54,7 +54,7 @@ from trainer.cooc import SequentialKNN
 from trainer.replay import POLICIES, ReplayBuffer
 from trainer.scoring import RankWeights, log_popularity, popularity_part, score_items
 
-__all__ = ["HybridMF", "RANK_CANDIDATES"]
+__all__ = ["HybridMF", "RANK_CANDIDATES", "warm_up"]
 
 RANK_CANDIDATES = 99  # sampled non-clicked items a click is ranked against (prequential hit/NDCG@10)
 _STATE_VERSION = 3
@@ -1065,6 +1065,21 @@ class HybridMF:
         m._replay = ReplayBuffer.from_state(meta["replay"], arrays)
         m._knn = SequentialKNN.from_state(meta["knn"], arrays)
         return m
+
+
+def warm_up(settings: Any = None) -> None:
+    """Run every compiled kernel once on a throwaway model (numba compiles, or loads its cache)."""
+    m = HybridMF.from_settings(settings) if settings is not None else HybridMF()
+    m = HybridMF(**{**m.get_params(), "rank_sample": 1.0})
+    emb = np.zeros(m.text_dim, np.float32)
+    emb[0] = 1.0
+    for n in range(8):
+        m.learn_one(f"u{n % 2}", f"i{n % 3}", 4.0 + n % 2, event_time=1.0 + n)
+    m.learn_one("u0", "i1", kind=KIND_CLICK, event_time=10.0)
+    m.learn_one("u1", "i2", None, kind=KIND_COMMENT, embedding=emb, event_time=11.0)
+    m.export(full=True)
+    m.rank_scores("u0")
+    m.cooc.prune(np.ones(len(m._iids), np.bool_))
 
 
 def _one_batch(user_id: str, item_id: str, rating: float | None, kind: int | None, event_time: float | None,
