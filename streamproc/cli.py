@@ -32,6 +32,15 @@ def print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, sort_keys=False, default=str))
 
 
+def print_result(obj: dict[str, Any], as_json: bool) -> None:
+    """A bench's result: one JSON object (``--json``) or ``key: value`` lines."""
+    if as_json:
+        print_json(obj)
+    else:
+        for k, v in obj.items():
+            print(f"{k}: {v}")
+
+
 def client_settings(settings: Settings) -> Settings:
     """Client commands with no RECO_KAFKA_BOOTSTRAP talk to `reco broker`'s default address."""
     if settings.kafka_bootstrap:

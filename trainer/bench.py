@@ -116,7 +116,19 @@ def _cmd_bench_trainer(args: argparse.Namespace, settings: Settings) -> int:
     from trainer.model import HybridMF
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
-    users, items, ratings, times = load_ratings(args.ratings)
+    if args.ratings is None and not DEFAULT_RATINGS.is_file():
+        # nothing beside the clone: the built-in demo data's ratings (and rated comments)
+        from trainer.quality import demo_stream
+
+        s = demo_stream()
+        keep = ~np.isnan(s.ratings)
+        users = [u for u, k in zip(s.users, keep) if k]
+        items = [i for i, k in zip(s.items, keep) if k]
+        ratings, times = s.ratings[keep], s.times[keep]
+        args.ratings = s.source
+        log.info("no ratings at %s: using %s", DEFAULT_RATINGS, s.source)
+    else:
+        users, items, ratings, times = load_ratings(args.ratings or DEFAULT_RATINGS)
     if args.limit:
         users, items, ratings, times = users[: args.limit], items[: args.limit], ratings[: args.limit], times[: args.limit]
     n = len(ratings)
@@ -224,13 +236,9 @@ def _cmd_bench_trainer(args: argparse.Namespace, settings: Settings) -> int:
         out["target_speed_ratio"] = 4.0
         out["meets_targets"] = bool(out["rmse_ratio_vs_river_biasedmf"] <= 0.99 and out["speed_ratio_vs_river_biasedmf"] >= 4.0)
     out = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}
-    if args.json:
-        from streamproc.cli import print_json
+    from streamproc.cli import print_result
 
-        print_json(out)
-    else:
-        for k, v in out.items():
-            print(f"{k}: {v}")
+    print_result(out, args.json)
     return 0
 
 
@@ -238,7 +246,7 @@ def register_bench(bench: argparse._SubParsersAction) -> None:
     """Add ``reco bench trainer``."""
     p = bench.add_parser("trainer", help="online model vs river BiasedMF/Baseline on a MovieLens-style stream")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--ratings", default=str(DEFAULT_RATINGS), help="MovieLens-style ratings CSV (default ml-latest-small)")
+    p.add_argument("--ratings", default=None, help="MovieLens-style ratings CSV (default: ml-latest-small beside the clone, else the built-in demo data)")
     p.add_argument("--batch-size", type=int, default=1000, help="examples per learn_batch call (default 1000)")
     p.add_argument("--limit", type=int, default=0, help="use only the first N ratings (0 = all)")
     p.add_argument("--quick", action="store_true", help="skip the replay grid and the other batch sizes")

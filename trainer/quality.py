@@ -539,13 +539,9 @@ def _cmd_bench_quality(args: argparse.Namespace, settings: Settings) -> int:
             out["drift"][name] = {k: r[k] for k in ("hr10", "ndcg10", "rmse")}
     out["targets"] = {"hr10_ratio_vs_best_anchor": 1.3, "ndcg10_ratio_vs_best_anchor": 1.3, "events_per_s": 100_000}
     out["seconds"] = round(time.perf_counter() - t0, 1)
-    if args.json:
-        from streamproc.cli import print_json
+    from streamproc.cli import print_result
 
-        print_json(out)
-    else:
-        for k, v in out.items():
-            print(f"{k}: {v}")
+    print_result(out, args.json)
     return 0
 
 
