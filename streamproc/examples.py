@@ -6,7 +6,9 @@ One Kafka message carries a batch of examples in a compact binary layout::
 
 header      {"n": N, "dim": D, "n_emb": E, "event_ids": [...], "user_ids": [...], "item_ids": [...]}
 records     N little-endian packed records (``RECORD_DTYPE``):
-            kind u1 (0 rating, 1 click, 2 comment) · target f4 (rating value, NaN if none) ·
+            kind u1 (0 rating, 1 click, 2 comment, 3 item content: a catalogue record's
+            encoded title/description for ``item_ids[i]``, ``user_ids[i]`` empty, ``emb_row`` its
+            content vector, ``target`` NaN, ``weight`` 1 if available else 0) · target f4 (rating value, NaN if none) ·
             weight f4 · emb_row i4 (row in embeddings, -1 if none) · event_time f8 (Unix s) ·
             published f8 (Unix s, Kafka timestamp of the event) · processed f8 (Unix s, when the
             stream worker emitted it)
@@ -36,11 +38,11 @@ import numpy as np
 
 from streamproc.errors import RecoError
 
-__all__ = ["ExampleBatch", "RECORD_DTYPE", "KIND_RATING", "KIND_CLICK", "KIND_COMMENT", "KIND_NAMES"]
+__all__ = ["ExampleBatch", "RECORD_DTYPE", "KIND_RATING", "KIND_CLICK", "KIND_COMMENT", "KIND_ITEM", "KIND_NAMES"]
 
 MAGIC = b"RXB1"
-KIND_RATING, KIND_CLICK, KIND_COMMENT = 0, 1, 2
-KIND_NAMES = ("rating", "click", "comment")
+KIND_RATING, KIND_CLICK, KIND_COMMENT, KIND_ITEM = 0, 1, 2, 3
+KIND_NAMES = ("rating", "click", "comment", "item")
 RECORD_DTYPE = np.dtype(
     [
         ("kind", "<u1"),
