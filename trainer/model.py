@@ -539,6 +539,8 @@ class HybridMF:
         self._last_expiry = 0.0
         self._expired_u: list[str] = []
         self._expired_i: list[str] = []
+        self._erased_u: list[str] = []  # forgotten (erasure) since the last delta: never in state()
+        self._erased_i: list[str] = []
         self._replay = ReplayBuffer(self.replay_size, self.replay_policy, self.seed + 1)
         self._replay_credit = 0.0
         self._empty_emb = np.zeros((0, dim), np.float32)
@@ -876,8 +878,32 @@ class HybridMF:
         alive_u = np.array([x is not None for x in self._uids], bool)
         dead_u = np.flatnonzero(alive_u & (self._SEEN_U[:nu] < cut))
         dead_i = np.flatnonzero(self._ALIVE_I[:ni] & (self._SEEN_I[:ni] < cut))
-        users = [self._uids[r] for r in dead_u]
-        items = [self._iids[r] for r in dead_i]
+        users, items = self._drop(dead_u, dead_i)
+        self._expired_u += users
+        self._expired_i += items
+        return users, items
+
+    def forget(self, users: Any = (), items: Any = ()) -> tuple[list[str], list[str]]:
+        """Erase users and items: their rows are zeroed and freed, their co-occurrence ring and
+        pairs, popularity and replay-buffer entries dropped; returns the ids that were known.
+
+        The next delta :meth:`export` lists them as expired (so every replica drops them); they are
+        kept out of :meth:`state` and out of full exports, so no checkpoint or snapshot written
+        after this call holds the ids. What the rest of the model learned from them (shared
+        weights such as item factors, the text projection and item-item pair counts) is aggregate
+        and stays. A later event for the same id starts a fresh row.
+        """
+        dead_u = np.array([r for r in map(self._umap.get, users) if r is not None], np.intp)
+        dead_i = np.array([r for r in map(self._imap.get, items) if r is not None], np.intp)
+        gone_u, gone_i = self._drop(dead_u, dead_i)
+        self._erased_u += gone_u
+        self._erased_i += gone_i
+        return gone_u, gone_i
+
+    def _drop(self, dead_u: np.ndarray, dead_i: np.ndarray) -> tuple[list[str], list[str]]:
+        """Free user rows ``dead_u`` and item rows ``dead_i`` (zeroed, reusable); returns their ids."""
+        users: list[str] = [self._uids[r] for r in dead_u]  # type: ignore[misc]
+        items: list[str] = [self._iids[r] for r in dead_i]  # type: ignore[misc]
         for r, uid in zip(dead_u.tolist(), users):
             del self._umap[uid]
             self._uids[r] = None
@@ -886,18 +912,17 @@ class HybridMF:
             del self._imap[iid]
             self._iids[r] = None
             self._free_i.append(r)
-        self._ALIVE_I[dead_i] = False
-        self._TOUCH_U[dead_u] = False
-        self._TOUCH_I[dead_i] = False
+        for name in self._USER_ARRAYS:
+            getattr(self, name)[dead_u] = 0
+        for name in self._ITEM_ARRAYS:
+            getattr(self, name)[dead_i] = 0
         if len(dead_u) or len(dead_i):
             self._replay.drop_rows(users=dead_u, items=dead_i)
         for r in dead_u.tolist():
             self._knn.forget_user(r)
         if len(dead_i):
-            self._knn.prune(keep=self._ALIVE_I[:ni].copy())
-        self._expired_u += users  # type: ignore[arg-type]
-        self._expired_i += items  # type: ignore[arg-type]
-        return users, items  # type: ignore[return-value]
+            self._knn.prune(keep=self._ALIVE_I[: len(self._iids)].copy())
+        return users, items
 
     # ------------------------------------------------------------------ export
     def export(self, full: bool) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -934,8 +959,9 @@ class HybridMF:
             "ranking": self.rank_weights.to_dict(),
         }
         if not full:
-            header["expired_user_ids"], header["expired_item_ids"] = self._expired_u, self._expired_i
-            self._expired_u, self._expired_i = [], []
+            header["expired_user_ids"] = self._expired_u + self._erased_u
+            header["expired_item_ids"] = self._expired_i + self._erased_i
+            self._expired_u, self._expired_i, self._erased_u, self._erased_i = [], [], [], []
         tensors = {
             "user_factors": np.ascontiguousarray(self._P[ur] + self._TU[ur], np.float32),
             "user_bias": np.ascontiguousarray(self._BU[ur], np.float32),

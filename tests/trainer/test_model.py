@@ -96,6 +96,27 @@ def test_rows_expire_after_ttl_and_are_reused() -> None:
     assert m.predict_one("old", "stale") == m.predict_one("nobody", "nothing")
 
 
+def test_forget_erases_rows_from_state_and_snapshots_and_tells_the_next_delta() -> None:
+    m = HybridMF(n_factors=4, replay_size=100, replay_ratio=0.0)
+    m.learn_batch(ratings(["alice-secret", "bob", "alice-secret"], ["x", "y", "gone-item"], [5.0, 4.0, 2.0], [1.0, 2.0, 3.0]))
+    m.export(full=False)
+    assert m.forget(users=["alice-secret", "nobody"], items=["gone-item"]) == (["alice-secret"], ["gone-item"])
+    meta, arrays = m.state()
+    blob = repr(meta).encode() + b"".join(a.tobytes() for a in arrays.values())
+    assert b"alice-secret" not in blob and b"gone-item" not in blob
+    full_head, _ = m.export(full=True)
+    assert "alice-secret" not in repr(full_head) and "gone-item" not in repr(full_head)
+    assert len(m.replay.entries) == 1  # bob's only
+    head, _ = m.export(full=False)
+    assert head["expired_user_ids"] == ["alice-secret"] and head["expired_item_ids"] == ["gone-item"]
+    assert m.export(full=False)[0]["expired_user_ids"] == []
+    # a later event starts a fresh profile: nothing of the old one comes back
+    m.learn_batch(ratings(["alice-secret"], ["y"], [3.0], [4.0]))
+    assert m.cooc.recent_items(m._umap["alice-secret"]).tolist() == [m._imap["y"]]
+    restored = HybridMF.from_state(*m.state())
+    assert restored.n_users == 2 and restored.n_items == 2
+
+
 def test_delta_export_has_touched_rows_only() -> None:
     m = HybridMF(n_factors=4)
     m.learn_batch(ratings(["a", "b"], ["x", "y"], [4.0, 3.0], [1.0, 2.0]))
