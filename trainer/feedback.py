@@ -60,7 +60,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ItemFeedback", "FEEDBACK_COLUMNS", "FEEDBACK_TENSOR"]
+__all__ = ["FEEDBACK_COLUMNS", "FEEDBACK_TENSOR", "ItemFeedback"]
 
 FEEDBACK_TENSOR = "item_feedback"
 FEEDBACK_COLUMNS = ("comments", "comments_scored", "sentiment_mean", "sentiment_recent", "ratings", "rating_mean",
@@ -256,7 +256,7 @@ class ItemFeedback:
                 {"item_feedback_state": np.ascontiguousarray(self._S[: self._n])})
 
     @classmethod
-    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> "ItemFeedback":
+    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> ItemFeedback:
         """Rebuild from :meth:`state` output."""
         if meta.get("version") != _STATE_VERSION:
             raise ValueError(f"unsupported item feedback state version {meta.get('version')!r}")
