@@ -23,7 +23,9 @@ Every example is predicted before it is learned, in stream order: ids are mapped
 sequential predict-then-learn loop, replayed examples interleaved per ``replay_ratio``.
 
 Predictions returned by :meth:`HybridMF.learn_batch`: the clipped rating-scale prediction for
-ratings and rated comments; the sentiment head's clipped estimate for unrated comments; for clicks a
+ratings; for a rated comment, once the head is trained, a blend of that prediction and the head's
+estimate from the comment's own text (the head's share learned online from the blend's error); the
+sentiment head's clipped estimate for unrated comments; for clicks a
 score in [0, 1], the fraction of ``RANK_CANDIDATES`` sampled items the clicked item outscores
 (``rank = round((1 - score) * RANK_CANDIDATES)``, see :mod:`trainer.prequential`).
 
@@ -49,7 +51,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from streamproc.examples import KIND_CLICK, KIND_COMMENT, KIND_RATING, ExampleBatch
+from streamproc.examples import KIND_CLICK, KIND_COMMENT, KIND_ITEM, KIND_RATING, ExampleBatch
 from trainer.cooc import SequentialKNN
 from trainer.replay import POLICIES, ReplayBuffer
 from trainer.scoring import RankWeights, log_popularity, popularity_part, score_items
@@ -66,6 +68,7 @@ _GAIN_KEEP = 0.998  # memory of the per-bucket NDCG@10 sums (events of young pro
 _GAIN_PRIOR = 0.5  # NDCG@10 credit the default gain starts with: the data must outweigh it
 _LP_REBASE = 1e6  # events between moves of the log-popularity reference (at a full export)
 _LL_EVERY = 4  # events per likelihood update of the popularity horizons
+_BLEND_LR = 0.05  # step of the sentiment head's share in a rated comment's prediction (squared error / span²)
 _LL_SWITCH = 1.25  # nats (on scored events) a horizon must lead by before the served one switches (no flapping)
 
 # parameter vector handed to the kernel
@@ -168,6 +171,15 @@ def _learn(u_rows, i_rows, kinds, targets, weights, emb_rows, fresh, times, emb,
                     y = _clip(s_raw, rmin, rmax)
                     w = w * par[_P_SW]
             else:
+                if is_fresh and SST[1] >= par[_P_SMIN]:
+                    # the comment's own text predicts its rating: blend the head into the factor
+                    # prediction, with the head's share learned online on rated comments
+                    s_c = _clip(s_raw, rmin, rmax)
+                    h = SST[2]
+                    blend = (1.0 - h) * pred + h * s_c
+                    span2 = (rmax - rmin) * (rmax - rmin)
+                    SST[2] = _clip(h - _BLEND_LR * (blend - y) * (s_c - pred) / span2, 0.0, 1.0)
+                    pred = blend
                 g = s_raw - y
                 for d in range(dim):
                     SW[d] -= slr * (g * emb[er, d] + l2 * SW[d])
@@ -484,6 +496,7 @@ class HybridMF:
         k, dim = self.n_factors, self.text_dim
         self._knn = self._new_knn()
         self.last_ranks = np.zeros(0)  # see _rank_sampled
+        self.last_sentiment = np.zeros(0)  # see _sentiment
         self._rng = np.random.default_rng(self.seed)
         # separate streams for new user and new item rows: a row's initial factors depend only on
         # the order ids first appear in their own table, so any batching gives the same model
@@ -530,7 +543,7 @@ class HybridMF:
         self._CNT_I = np.zeros(cap_i, np.float32)
         self._W = (self._rng.standard_normal((dim, k)) * (self.init_std / math.sqrt(dim))).astype(np.float32)
         self._SW = np.zeros(dim, np.float32)
-        self._SST = np.zeros(2, np.float64)  # sentiment head bias, rated comments seen
+        self._SST = np.zeros(3, np.float64)  # sentiment head: bias, rated comments seen, share in rated comments' prediction
         self._GM = np.zeros(2, np.float64)  # sum, count of explicit targets
         self._lr_mult = 1.0
         self._boost_left = 0
@@ -640,7 +653,10 @@ class HybridMF:
         elif emb.shape[1] != self.text_dim:
             raise ValueError(f"embeddings have dimension {emb.shape[1]}, the model expects text_dim={self.text_dim}")
         kinds = np.ascontiguousarray(rec["kind"], np.uint8)
+        if (kinds == KIND_ITEM).any():
+            return self._learn_with_content(batch, kinds, emb)
         targets = np.ascontiguousarray(rec["target"], np.float64)
+        self.last_sentiment = self._sentiment(kinds, rec["emb_row"], emb)
         self.last_ranks = self._rank_sampled(batch, kinds, targets)
         u_rows = self._rows(batch.user_ids, True)
         i_rows = self._rows(batch.item_ids, False)
@@ -696,6 +712,51 @@ class HybridMF:
         if self.row_ttl_s > 0 and self._newest_time - self._last_expiry >= self.row_ttl_s / 10:
             self.expire(self._newest_time)
         return out
+
+    def _sentiment(self, kinds: np.ndarray, emb_rows: np.ndarray, emb: np.ndarray) -> np.ndarray:
+        """The sentiment head's rating-scale estimate for each comment with text (as of the batch's
+        start), NaN elsewhere and until the head has seen ``sentiment_min`` rated comments."""
+        out = np.full(len(kinds), np.nan)
+        has = (kinds == KIND_COMMENT) & (emb_rows >= 0)
+        if has.any() and self._SST[1] >= self.sentiment_min:
+            raw = self.global_mean + self._SST[0] + emb[emb_rows[has]] @ self._SW
+            out[has] = np.clip(raw, self.rating_min, self.rating_max)
+        return out
+
+    def _learn_with_content(self, batch: ExampleBatch, kinds: np.ndarray, emb: np.ndarray) -> np.ndarray:
+        """A batch holding item-content examples (catalogue records, ``KIND_ITEM``): each gives its
+        item a row and folds the content vector into the item's text profile ``x_i`` (like one
+        comment), so ``x_i W`` places an item with no feedback among items with similar text; the
+        other examples are learned as usual, in order around them. Predictions NaN for content."""
+        out = np.full(len(kinds), np.nan)
+        is_item = kinds == KIND_ITEM
+        lo = 0
+        sentiment = np.full(len(kinds), np.nan)
+        ranks = np.full(len(kinds), np.nan)
+        for hi in [*np.flatnonzero(np.diff(is_item.astype(np.int8)) != 0) + 1, len(kinds)]:
+            if is_item[lo]:
+                self._learn_content([batch.item_ids[k] for k in range(lo, hi)], batch.records["emb_row"][lo:hi],
+                                    batch.records["event_time"][lo:hi], emb)
+            else:
+                part = ExampleBatch(batch.event_ids[lo:hi], batch.user_ids[lo:hi], batch.item_ids[lo:hi], batch.records[lo:hi], batch.embeddings)
+                out[lo:hi] = self.learn_batch(part)
+                sentiment[lo:hi], ranks[lo:hi] = self.last_sentiment, self.last_ranks
+            lo = hi
+        self.last_sentiment, self.last_ranks = sentiment, ranks
+        return out
+
+    def _learn_content(self, item_ids: list[str], emb_rows: np.ndarray, times: np.ndarray, emb: np.ndarray) -> None:
+        ok = np.asarray(emb_rows) >= 0
+        if not ok.any():
+            return
+        rows = self._rows([x for x, keep in zip(item_ids, ok) if keep], False)
+        vecs = emb[np.asarray(emb_rows)[ok]]
+        for r, v, t in zip(rows.tolist(), vecs, np.asarray(times)[ok].tolist()):
+            self._XN[r] += 1.0
+            self._X[r] += (v - self._X[r]) / self._XN[r]
+            self._XW[r] = self._X[r] @ self._W
+            self._SEEN_I[r] = max(self._SEEN_I[r], t)
+            self._TOUCH_I[r] = True
 
     def _rank_sampled(self, batch: ExampleBatch, kinds: np.ndarray, targets: np.ndarray) -> np.ndarray:
         """Full-catalogue rank (0 = best) of a sample of the batch's positive events, before the
@@ -1074,7 +1135,11 @@ class HybridMF:
         for name in cls._USER_ARRAYS + cls._ITEM_ARRAYS:
             getattr(m, name)[: len(arrays[name.lstrip("_")])] = arrays[name.lstrip("_")]
         for name in cls._GLOBAL_ARRAYS:
-            getattr(m, name)[...] = arrays[name.lstrip("_")]
+            src, dst = arrays[name.lstrip("_")], getattr(m, name)
+            if dst.ndim == 1 and len(src) < len(dst):  # a slot added since (state of an older build): default
+                dst[: len(src)] = src
+            else:
+                dst[...] = src
         m._uids, m._iids = list(meta["user_ids"]), list(meta["item_ids"])
         m._umap = {x: r for r, x in enumerate(m._uids) if x is not None}
         m._imap = {x: r for r, x in enumerate(m._iids) if x is not None}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from streamproc.examples import KIND_CLICK, KIND_COMMENT, KIND_RATING, ExampleBatch
+from streamproc.examples import KIND_CLICK, KIND_COMMENT, KIND_ITEM, KIND_RATING, ExampleBatch
 from trainer.model import HybridMF
 
 
@@ -188,3 +188,50 @@ def test_log_popularity_stays_small_on_a_long_stream_and_keeps_its_order() -> No
     ids, kw = m.ranking_inputs("nobody")
     top = int(np.argmax(score_items(m.rank_weights, **kw)))
     assert ids[top] == "i0"  # the most frequent item
+
+
+def test_item_content_places_a_cold_item_near_items_with_similar_text() -> None:
+    rng = np.random.default_rng(5)
+    topic_a, topic_b = unit(rng.standard_normal(384)), unit(rng.standard_normal(384))
+    m = HybridMF(n_factors=8, seed=2, text_lr=0.05)
+    items = [f"a{k}" for k in range(10)] + [f"b{k}" for k in range(10)]
+    emb = np.concatenate([topic_embeddings(rng, topic_a, 10), topic_embeddings(rng, topic_b, 10)])
+    t = np.arange(20, dtype=float)
+    m.learn_batch(ExampleBatch.build(event_ids=[""] * 20, user_ids=[""] * 20, item_ids=items, kinds=[KIND_ITEM] * 20,
+                                     targets=[np.nan] * 20, event_times=t, published=t, processed=t,
+                                     embeddings=emb, emb_rows=list(range(20))))
+    assert m.n_items == 20 and m.n_users == 0  # content gives items rows, never a user ""
+    users = [f"u{k}" for k in range(30)]
+    for epoch in range(15):
+        us = [u for u in users for _ in range(4)]
+        its = [f"{'ab'[c]}{j}" for c, j in zip(rng.integers(0, 2, 120), rng.integers(0, 10, 120))]
+        r = [5.0 if (k % 2 == 0) == (x[0] == "a") else 1.0 for k in range(30) for x in its[4 * k : 4 * k + 4]]
+        m.learn_batch(ratings(us, its, r, list(100.0 + epoch * 200 + np.arange(len(us)))))
+    new = ExampleBatch.build(event_ids=["", ""], user_ids=["", ""], item_ids=["a-new", "b-new"], kinds=[KIND_ITEM] * 2,
+                             targets=[np.nan] * 2, event_times=[9e3, 9e3], published=[9e3, 9e3], processed=[9e3, 9e3],
+                             embeddings=np.stack([topic_embeddings(rng, topic_a, 1)[0], topic_embeddings(rng, topic_b, 1)[0]]),
+                             emb_rows=[0, 1])
+    assert np.isnan(m.learn_batch(new)).all()
+    # an "a" lover scores the new "a" item above the new "b" one, with no feedback on either
+    a_new, b_new = m.item_rows(["a-new", "b-new"])
+    for user, liked, other in (("u0", a_new, b_new), ("u1", b_new, a_new)):
+        _, s = m.rank_scores(user)
+        assert s[liked] > s[other]
+
+
+def test_rated_comment_prediction_uses_its_own_text_once_the_head_is_trained() -> None:
+    rng = np.random.default_rng(1)
+    pos, neg = unit(rng.standard_normal(384)), unit(rng.standard_normal(384))
+    m = HybridMF(n_factors=4, seed=0)
+    n = 400
+    good = rng.random(n) < 0.5
+    emb = np.where(good[:, None], topic_embeddings(rng, pos, n), topic_embeddings(rng, neg, n))
+    y = np.where(good, 5.0, 1.0)
+    users, items = [f"u{k}" for k in range(n)], [f"i{k % 7}" for k in range(n)]
+    m.learn_batch(comments(users[:300], items[:300], emb[:300], y[:300]))
+    assert m._SST[2] > 0.3  # the head earned a share
+    # new users, busy items: the factors alone cannot tell good from bad, the text can
+    preds = m.learn_batch(comments(users[300:], items[300:], emb[300:], y[300:]))
+    assert np.abs(preds - y[300:]).mean() < 1.0
+    head = m.last_sentiment  # the head's own estimates, as of the batch's start
+    assert np.isfinite(head).all() and (head[good[300:]] > 4).all() and (head[~good[300:]] < 2).all()
