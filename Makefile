@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install system-deps clean
+.PHONY: demo test lint install system-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -24,6 +24,11 @@ system-deps:
 
 test: $(STAMP) system-deps
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Linter and type check (settings in pyproject.toml). Not yet part of `make test`.
+lint: $(STAMP)
+	$(BIN)/ruff check streamproc trainer serving tests
+	$(BIN)/mypy streamproc trainer serving
 
 clean:
 	rm -rf $(VENV) build *.egg-info
