@@ -56,3 +56,5 @@ class ServingMetrics:
         self.kafka_requests = Counter("reco_serving_kafka_requests", "Recommendation requests read from Kafka, by status", ["status"], registry=r)
         self.ready = Gauge("reco_serving_ready", "1 when a model is loaded and Kafka is reachable", registry=r)
         self.kafka_connected = Gauge("reco_serving_kafka_connected", "1 while the Kafka clients are connected", registry=r)
+        self.erasure_requests = Counter("reco_serving_erasure_requests", "Erasure requests accepted (DELETE /v1/users|items/{id}), by kind",
+                                        ["kind"], registry=r)

@@ -90,6 +90,7 @@ class Settings:
     checkpoint_dir: str = _s("checkpoints", "Directory of trainer checkpoints")
     checkpoint_interval_s: float = _s(10.0, "Checkpoint this often (s); bounds re-learning after a crash", min=0.1)
     row_ttl_s: float = _s(0.0, "Expire users/items inactive this long (s); 0 = never", min=0)
+    erasure_tombstones: int = _s(100_000, "Erasures remembered (as salted hashes) to drop older events of an erased id that arrive late", min=1)
     seed: int = _s(42, "Random seed")
     rank_window: int = _s(20, "Ranking: a user's latest feedback items that pair up and score neighbours", min=1, max=1000)
     rank_popularity: float = _s(0.2, "Ranking: weight of recent popularity in the served score", min=0)

@@ -12,6 +12,8 @@ examples          streamproc → trainer            1           none (batches); 
 model-updates     trainer → every serving replica 1           none; versions in order
 rec-requests      services → serving (group)      P           user_id
 recommendations   serving → services              P           user_id
+control           ``DELETE /v1/users|items/{id}`` 1           the erased id; erasure
+                  → trainer                                   requests (:mod:`streamproc.control`)
 ================  ==============================  ==========  ============================
 
 ``P`` is ``RECO_PARTITIONS`` (default 4); names are prefixed with ``RECO_TOPIC_PREFIX``
@@ -44,6 +46,7 @@ class Topics:
     requests: str
     recommendations: str
     partitions: int
+    control: str = ""  # erasure requests (:mod:`streamproc.control`); "" = none (no control consumer)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Topics":
@@ -56,6 +59,7 @@ class Topics:
             requests=f"{p}rec-requests",
             recommendations=f"{p}recommendations",
             partitions=settings.partitions,
+            control=f"{p}control",
         )
 
     def plan(self) -> dict[str, int]:
@@ -67,4 +71,5 @@ class Topics:
             self.model_updates: 1,
             self.requests: self.partitions,
             self.recommendations: self.partitions,
+            **({self.control: 1} if self.control else {}),
         }

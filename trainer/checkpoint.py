@@ -5,7 +5,9 @@ Layout of ``settings.checkpoint_dir``::
     ckpt-000000000007/           one checkpoint (the last ``keep`` = 2 are kept)
         meta.json                version, offsets, counts, and each component's JSON meta
         arrays.safetensors       every component's arrays, keys "<component>/<name>" (never pickle)
-    learned_ids.log              append-only: the event id of every example learned, one per line
+    learned_ids.log              append-only: the event id of every example learned, one per line,
+                                 optionally followed by tab-separated tags (salted hashes of the
+                                 example's user and item, so an erasure can remove its lines)
 
 Writing is atomic: files go to a temporary directory, are fsynced, the directory is renamed to
 its final name and the parent directory fsynced. A reader therefore sees either a whole
@@ -24,6 +26,11 @@ Kafka's committed offsets are only a hint for lag monitoring.
 The ids of learned examples are appended to ``learned_ids.log`` and fsynced *before* the
 checkpoint that covers them is renamed into place, so every example covered by a checkpoint has
 its id in the log (an id may appear twice when it was re-learned after a crash).
+
+Erasure: ``save(erase_tags=...)`` first rewrites the log without the lines carrying any of those
+tags (atomically: a fsynced copy renamed over it), and ``save(drop_older=True)`` removes every
+older checkpoint once the new one is in place, so no file in the directory still holds an erased
+id (see the README section "Erasure").
 
 Examples
 --------
@@ -187,7 +194,30 @@ class CheckpointStore:
         """Every id in ``learned_ids.log`` (duplicates kept), for accounting tests."""
         if not self.ids_log.exists():
             return []
-        return [line for line in self.ids_log.read_text().splitlines() if line]
+        return [line.split("\t", 1)[0] for line in self.ids_log.read_text().splitlines() if line]
+
+    def _erase_from_log(self, tags: set[str]) -> int:
+        """Rewrite the id log without lines tagged with any of ``tags``; returns lines removed."""
+        if not tags or not self.ids_log.exists():
+            return 0
+        kept, removed = [], 0
+        with open(self.ids_log, encoding="utf-8") as f:
+            for line in f:
+                fields = line.rstrip("\n").split("\t")
+                if len(fields) > 1 and not tags.isdisjoint(fields[1:]):
+                    removed += 1
+                else:
+                    kept.append(line)
+        if not removed:
+            return 0
+        tmp = self.directory / f".tmp-{IDS_LOG}-{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(kept)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.ids_log)
+        _fsync_dir(self.directory)
+        return removed
 
     # ------------------------------------------------------------------ writing
     def save(
@@ -198,8 +228,18 @@ class CheckpointStore:
         components: dict[str, State],
         info: dict[str, Any] | None = None,
         learned_ids: Iterable[str] = (),
+        erase_tags: Iterable[str] = (),
+        drop_older: bool = False,
     ) -> Checkpoint:
-        """Append ``learned_ids`` to the id log (fsynced), then write one checkpoint atomically."""
+        """Append ``learned_ids`` to the id log (fsynced), then write one checkpoint atomically.
+
+        ``erase_tags``: first remove the log lines carrying any of these tags. ``drop_older``:
+        remove every older checkpoint after this one is in place (after an erasure).
+        """
+        try:
+            self._erase_from_log(set(erase_tags))
+        except OSError as exc:
+            raise CheckpointError(f"erasing from {self.ids_log}: {exc}") from exc
         ids = list(learned_ids)
         if ids:
             with open(self.ids_log, "a", encoding="utf-8") as f:
@@ -236,7 +276,7 @@ class CheckpointStore:
         except (OSError, TypeError, ValueError) as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             raise CheckpointError(f"writing checkpoint {final}: {exc}") from exc
-        for old in self.paths()[: -self.keep]:
+        for old in self.paths()[: -1 if drop_older else -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
         return Checkpoint(seq, int(version), meta["offsets"], components, meta["info"], final)
 

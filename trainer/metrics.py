@@ -72,6 +72,18 @@ class TrainerMetrics:
         self.invalid_batches = Counter(
             "reco_trainer_invalid_batches_total", "Examples-topic messages that were not an example batch (skipped)", registry=r)
 
+        # Erasure (DELETE /v1/users|items/{id}, the control topic): see README "Erasure".
+        self.erasures = Counter(
+            "reco_trainer_erasures_total", "Erasure requests applied from the control topic, by kind (user|item)", ["kind"], registry=r)
+        for kind in ("user", "item"):
+            self.erasures.labels(kind=kind)
+        self.erasure_dropped_examples = Counter(
+            "reco_trainer_erasure_dropped_examples_total",
+            "Examples dropped because their user or item was erased after the source event was published", registry=r)
+        self.invalid_control_records = Counter(
+            "reco_trainer_invalid_control_records_total", "Control-topic records refused (sent to the dead-letter topic), by reason",
+            ["reason"], registry=r)
+
     def set_prequential(self, values: dict[str, float]) -> None:
         """Copy a :meth:`Prequential.get` result onto the ``window=running|recent`` gauges."""
         pairs = ((self.prequential_rmse, "rmse"), (self.prequential_mae, "mae"),

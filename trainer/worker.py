@@ -19,6 +19,15 @@ Model updates (:class:`trainer.updates.ModelUpdate`) go to the model-updates top
 Versions only move forward, also across restarts and take-overs: on assignment the trainer reads
 the tail of the model-updates topic and continues after the highest version found there.
 
+Erasure: the active trainer also reads the control topic (:mod:`streamproc.control`, one
+partition, its offset kept in the checkpoint like the examples offset). An erasure record drops
+the id's rows (``model.forget``), its entries in the pending delta and in the learned-id log, and
+is followed at once by a delta that lists the id as expired (every replica drops it), a checkpoint
+(the only one kept) and, at most once a second, a snapshot: none of them holds the id. A bounded
+map of salted hashes of erased ids to the erasure time (the control record's Kafka timestamp;
+``erasure_tombstones`` entries, checkpointed) drops examples whose source event was published at
+or before the erasure, however late they arrive; later events start a fresh profile.
+
 Examples
 --------
 >>> from streamproc.settings import Settings
@@ -29,15 +38,18 @@ Examples
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import logging
+import os
 import threading
 import time
 from typing import Any, Callable
 
 import numpy as np
 
+from streamproc.control import ControlRecord, InvalidControl
 from streamproc.errors import RecoError
 from streamproc.examples import KIND_NAMES, ExampleBatch, InvalidExampleBatch
 from streamproc.kafka import GROUP_TIMEOUTS, client_config
@@ -57,6 +69,9 @@ _LAG_EVERY_S = 1.0
 SETTLE_MIN_S, SETTLE_MAX_S = 1.2, 15.0  # before leaving the group: see _settle_group
 _REPUBLISH_PAUSE_S = 1.0  # after the broker refused a model update
 _HEADER_SLACK = 2048  # bytes reserved for the fixed header fields and safetensors framing
+_ERASURE_FLUSH_MIN_S = 0.25  # erasures arriving closer together share one delta + checkpoint
+_ERASURE_SNAPSHOT_MIN_S = 1.0  # ... and snapshots after erasures are at least this far apart
+_CONTROL_POLL_RECORDS = 500
 
 
 def _header_bytes(x: Any) -> int:
@@ -165,7 +180,16 @@ class TrainerWorker:
         self._stopping = False
         self._mem_seq: int | None = None  # checkpoint seq the in-memory state equals (skip reloads)
         self._reset_pending()
-        self._ids_since_ckpt: list[str] = []
+        self._reset_ids()
+        self._control: Any = None  # assign()-mode consumer of the control topic (active trainer only)
+        self._control_seek = False
+        self._salt = b""  # key of the salted id hashes (tombstones, learned-id log tags); checkpointed
+        self._tombs: dict[str, float] = {}  # tag of an erased id -> erasure time (Unix s), oldest first
+        self._tomb_max = 0.0
+        self._erase_tags: set[str] = set()  # erased since the last checkpoint: their id-log lines go
+        self._erasure_flush = False
+        self._last_erasure_flush = 0.0
+        self.erasures_applied = 0
         self._learned_at_ckpt = 0
         self._newest_event_time = 0.0
         self._newest_published = 0.0
@@ -212,6 +236,11 @@ class TrainerWorker:
             compression_type=self.settings.compression_type, **cfg)  # RECO_COMPRESSION: zstd halves snapshots (README)
         self._listener = _Listener()
         self._open_consumer()
+        if self.topics.control:
+            from kafka import KafkaConsumer
+
+            self._control = KafkaConsumer(enable_auto_commit=False, auto_offset_reset="earliest",
+                                          fetch_max_wait_ms=POLL_TIMEOUT_MS, **client_config(self.settings))
 
     def _open_consumer(self) -> None:
         from kafka import KafkaConsumer
@@ -243,6 +272,12 @@ class TrainerWorker:
         log.warning("leaving group %s while a rebalance is still in progress", self.group_id)
 
     def close(self) -> None:
+        if self._control is not None:
+            try:
+                self._control.close(autocommit=False)
+            except Exception as exc:  # noqa: BLE001 - closing is best effort
+                log.warning("closing the control consumer: %s", exc)
+            self._control = None
         if self._consumer is not None:
             try:
                 self._consumer.close(autocommit=False)  # LeaveGroup: a standby takes over at once
@@ -275,12 +310,15 @@ class TrainerWorker:
             raise RecoError(f"trainer cannot continue: {self._fatal}") from self._fatal
         with self._lock:  # kafka-python runs rebalance callbacks on its I/O thread
             if self.active:
+                self._poll_control()
                 self._learn_and_publish(records)
         if self._commit_due:
             self._commit_due = False
             self._commit_hint()
 
     def _learn_and_publish(self, records: dict[Any, list[Any]]) -> None:
+        if self._erasure_flush and time.monotonic() - self._last_erasure_flush >= _ERASURE_FLUSH_MIN_S:
+            self.flush_erasures()
         for tp, msgs in records.items():
             for msg in msgs:
                 self._learn_message(tp, msg)
@@ -319,6 +357,8 @@ class TrainerWorker:
         """Test-then-train one batch: predictions, prequential metrics, drift, pending update."""
         if self.model is None:
             self._fresh_components()
+        if self._tombs and len(batch):
+            batch = self._drop_erased(batch)
         n = len(batch)
         if n == 0:
             return np.zeros(0, np.float32)
@@ -338,6 +378,8 @@ class TrainerWorker:
                 self.metrics.examples_learned.labels(kind=KIND_NAMES[kind]).inc(int(count))
         self.examples_learned += n
         self._ids_since_ckpt.extend(batch.event_ids)
+        self._ids_users.extend(batch.user_ids)
+        self._ids_items.extend(batch.item_ids)
         pub = rec["published"]
         self._pending_users.extend(batch.user_ids)
         self._pending_items.extend(batch.item_ids)
@@ -399,7 +441,7 @@ class TrainerWorker:
         t0 = time.perf_counter()
         head, tensors = self.model.export(full=False)
         published = [[u, i, p] for u, i, p in zip(self._pending_users, self._pending_items, self._pending_published)]
-        if not published and not head.get("user_ids") and not head.get("item_ids"):
+        if not published and not any(head.get(k) for k in ("user_ids", "item_ids", "expired_user_ids", "expired_item_ids")):
             return 0
         extra = {"newest_event_time": self._pending_event_time or self._newest_event_time,
                  "newest_published": self._pending_newest_published or self._newest_published}
@@ -491,11 +533,16 @@ class TrainerWorker:
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint(self) -> Checkpoint | None:
-        """Write model, prequential and drift state with the consumed offsets (atomic)."""
+        """Write model, prequential, drift and erasure state with the consumed offsets (atomic).
+
+        After an erasure the learned-id log loses the erased ids' lines and older checkpoints are
+        removed once this one is in place."""
         self._last_ckpt = time.monotonic()
         if self.model is None:
             return None
-        components = {"model": _state_of(self.model), "prequential": _state_of(self.prequential), "drift": _state_of(self.drift)}
+        components = {"model": _state_of(self.model), "prequential": _state_of(self.prequential), "drift": _state_of(self.drift),
+                      "erasures": self._erasure_state()}
+        erased = set(self._erase_tags)
         info = {
             "examples_learned": self.examples_learned,
             "examples_in_checkpoint": self.examples_learned - self._learned_at_ckpt,
@@ -505,11 +552,12 @@ class TrainerWorker:
         }
         try:
             ck = self.store.save(version=self.version, offsets=self._offsets, components=components, info=info,
-                                 learned_ids=self._ids_since_ckpt)
+                                 learned_ids=self._tagged_ids(), erase_tags=erased, drop_older=bool(erased))
         except CheckpointError as exc:
             log.error("%s", exc)
             return None
-        self._ids_since_ckpt = []
+        self._erase_tags -= erased
+        self._reset_ids()
         self._learned_at_ckpt = self.examples_learned
         self._mem_seq = ck.seq
         self.last_checkpoint = ck
@@ -539,6 +587,8 @@ class TrainerWorker:
         self.model = model_cls.from_settings(self.settings)
         self.prequential = preq_cls()
         self.drift = drift_cls(detector=self.settings.drift_detector)
+        if not self._salt:
+            self._salt = os.urandom(16)
 
     def _on_revoked(self, revoked: Any) -> None:
         if self.active:
@@ -572,6 +622,7 @@ class TrainerWorker:
         else:
             self.model = None
             self._offsets = {}
+            self._tombs, self._tomb_max, self._erase_tags = {}, 0.0, set()
             self.examples_learned = 0
             self._learned_at_ckpt = 0
         topic_version = self._published_version()
@@ -584,7 +635,8 @@ class TrainerWorker:
             else:
                 self._consumer.seek_to_beginning(tp)
         self._reset_pending()
-        self._ids_since_ckpt = []
+        self._reset_ids()
+        self._control_seek = True
         self._need_snapshot = self.model is not None
         self._last_ckpt = time.monotonic()
         self.active = True
@@ -597,6 +649,7 @@ class TrainerWorker:
         self.model = _restore(model_cls, *ck.components["model"])
         self.prequential = _restore(preq_cls, *ck.components["prequential"])
         self.drift = _restore(drift_cls, *ck.components["drift"])
+        self._restore_erasures(ck.components.get("erasures"))
         self._offsets = dict(ck.offsets)
         self.examples_learned = int(ck.info.get("examples_learned", 0))
         self._learned_at_ckpt = self.examples_learned
@@ -648,3 +701,172 @@ class TrainerWorker:
                 continue
             done = self._offsets.get(f"{tp.topic}:{tp.partition}", 0)
             self.metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(max(0, hw - done))
+
+    # ------------------------------------------------------------------ erasure
+    def _reset_ids(self) -> None:
+        self._ids_since_ckpt: list[str] = []
+        self._ids_users: list[str] = []
+        self._ids_items: list[str] = []
+
+    def _tag(self, kind: str, id_: str) -> str:
+        """Salted hash of an id (16 hex digits): what tombstones and the learned-id log hold."""
+        return hashlib.blake2b(id_.encode(), digest_size=8, key=self._salt, person=kind.encode()).hexdigest()
+
+    def _tagged_ids(self) -> list[str]:
+        """The learned-id log lines since the last checkpoint: ``event_id<TAB>user tag<TAB>item tag``."""
+        if not self._salt:
+            return list(self._ids_since_ckpt)
+        memo_u: dict[str, str] = {}
+        memo_i: dict[str, str] = {}
+        out = []
+        for e, u, i in zip(self._ids_since_ckpt, self._ids_users, self._ids_items):
+            tu = memo_u.get(u)
+            if tu is None:
+                tu = memo_u[u] = self._tag("user", u) if u else ""
+            ti = memo_i.get(i)
+            if ti is None:
+                ti = memo_i[i] = self._tag("item", i) if i else ""
+            out.append(f"{e}\t{tu}\t{ti}")
+        return out
+
+    def _erasure_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        tags = np.array([int(t, 16) for t in self._tombs], np.uint64)
+        times = np.array(list(self._tombs.values()), np.float64)
+        return {"form": "pair", "meta": {"salt": self._salt.hex()}}, {"tag": tags, "time": times}
+
+    def _restore_erasures(self, comp: Any) -> None:
+        if comp is None:  # a checkpoint written before erasure existed
+            self._tombs, self._tomb_max = {}, 0.0
+            self._salt = self._salt or os.urandom(16)
+            return
+        meta, arrays = comp
+        self._salt = bytes.fromhex(meta["meta"]["salt"])
+        tags, times = arrays.get("tag", np.zeros(0, np.uint64)), arrays.get("time", np.zeros(0))
+        self._tombs = {format(int(t), "016x"): float(x) for t, x in zip(tags.tolist(), times.tolist())}
+        self._tomb_max = max(self._tombs.values(), default=0.0)
+        self._erase_tags = set()
+
+    def _drop_erased(self, batch: ExampleBatch) -> ExampleBatch:
+        """``batch`` without examples of erased ids published at or before their erasure."""
+        pub = batch.records["published"]
+        cand = np.flatnonzero(pub <= self._tomb_max)  # later events cannot be affected: no hashing
+        if not len(cand):
+            return batch
+        tombs, memo = self._tombs, {}
+        keep = np.ones(len(batch), bool)
+        for j in cand.tolist():
+            p = float(pub[j])
+            for kind, x in (("user", batch.user_ids[j]), ("item", batch.item_ids[j])):
+                if not x:
+                    continue
+                t = memo.get((kind, x))
+                if t is None:
+                    t = memo[(kind, x)] = tombs.get(self._tag(kind, x), -1.0)
+                if p <= t:
+                    keep[j] = False
+                    break
+        if keep.all():
+            return batch
+        n_drop = int((~keep).sum())
+        self.metrics.erasure_dropped_examples.inc(n_drop)
+        idx = np.flatnonzero(keep).tolist()
+        pick = lambda xs: [xs[j] for j in idx]  # noqa: E731
+        return ExampleBatch(pick(batch.event_ids), pick(batch.user_ids), pick(batch.item_ids),
+                            batch.records[keep], batch.embeddings)
+
+    def erase(self, kind: str, id_: str, at: float, erasure_id: str = "") -> bool:
+        """Apply one erasure: forget the id's rows, remember its tombstone (erasure time ``at``, Unix
+        s), drop it from the pending delta and id log; the flush (delta, checkpoint) follows.
+        Returns whether the model held the id."""
+        if kind not in ("user", "item"):
+            raise ValueError(f"kind: must be 'user' or 'item', got {kind!r}")
+        if self.model is None:
+            self._fresh_components()
+        tag = self._tag(kind, id_)
+        prev = self._tombs.pop(tag, -1.0)
+        self._tombs[tag] = max(prev, float(at))  # re-inserted: the newest entry
+        while len(self._tombs) > self.settings.erasure_tombstones:
+            del self._tombs[next(iter(self._tombs))]
+        self._tomb_max = max(self._tomb_max, float(at))
+        forget = getattr(self.model, "forget", None)
+        gone: tuple[list[str], list[str]] = ([], [])
+        if forget is not None:
+            gone = forget(users=[id_]) if kind == "user" else forget(items=[id_])
+        col = self._pending_users if kind == "user" else self._pending_items
+        if id_ in col:
+            keep = [n for n, x in enumerate(col) if x != id_]
+            self._pending_users = [self._pending_users[n] for n in keep]
+            self._pending_items = [self._pending_items[n] for n in keep]
+            self._pending_published = [self._pending_published[n] for n in keep]
+        col = self._ids_users if kind == "user" else self._ids_items
+        if id_ in col:
+            keep = [n for n, x in enumerate(col) if x != id_]
+            self._ids_since_ckpt = [self._ids_since_ckpt[n] for n in keep]
+            self._ids_users = [self._ids_users[n] for n in keep]
+            self._ids_items = [self._ids_items[n] for n in keep]
+        self._erase_tags.add(tag)
+        self._erasure_flush = True
+        self.erasures_applied += 1
+        self.metrics.erasures.labels(kind=kind).inc()
+        self._update_model_gauges()
+        known = bool(gone[0] or gone[1])
+        # the id itself is never logged: logs are not erased
+        log.info("erasure %s applied: %s %s", erasure_id or "-", kind, "rows dropped" if known else "was not in the model")
+        return known
+
+    def flush_erasures(self) -> None:
+        """After erasures: a delta listing them as expired, a checkpoint without them (the only one
+        kept) and a snapshot without them (at most once per ``_ERASURE_SNAPSHOT_MIN_S``)."""
+        self._erasure_flush = False
+        self._last_erasure_flush = time.monotonic()
+        if self.model is None:
+            return
+        self.publish_delta()
+        self._need_snapshot = True
+        self._snapshot_not_before = max(self._snapshot_not_before, self._last_snapshot + _ERASURE_SNAPSHOT_MIN_S)
+        if time.monotonic() >= self._snapshot_not_before:
+            self.publish_snapshot()
+        self.checkpoint()
+
+    def _poll_control(self) -> None:
+        """Apply the control records that arrived (the active trainer only)."""
+        c = self._control
+        if c is None:
+            return
+        from kafka import TopicPartition
+
+        tp = TopicPartition(self.topics.control, 0)
+        key = f"{tp.topic}:{tp.partition}"
+        if self._control_seek:
+            self._control_seek = False
+            c.assign([tp])
+            if key in self._offsets:
+                c.seek(tp, self._offsets[key])
+            else:
+                c.seek_to_beginning(tp)
+        applied = False
+        for msgs in c.poll(timeout_ms=0, max_records=_CONTROL_POLL_RECORDS).values():
+            for msg in msgs:
+                applied = self._apply_control(key, msg) or applied
+        if applied and time.monotonic() - self._last_erasure_flush >= _ERASURE_FLUSH_MIN_S:
+            self.flush_erasures()
+
+    def _apply_control(self, key: str, msg: Any) -> bool:
+        expected = self._offsets.get(key)
+        if expected is not None and msg.offset < expected:
+            return False
+        self._offsets[key] = msg.offset + 1
+        try:
+            rec = ControlRecord.parse(msg.value)
+        except InvalidControl as exc:
+            self.metrics.invalid_control_records.labels(reason=exc.reason).inc()
+            log.warning("control record %s@%d refused (%s): %s; sent to %s", key, msg.offset, exc.reason, exc, self.topics.dead_letters)
+            headers = [("reason", exc.reason.encode()), ("message", str(exc).encode("utf-8", "replace")[:1000]),
+                       ("field", (exc.field or "").encode()), ("source_topic", msg.topic.encode()),
+                       ("source_partition", str(msg.partition).encode()), ("source_offset", str(msg.offset).encode())]
+            self._producer.send(self.topics.dead_letters, value=msg.value or b"", key=msg.key, headers=headers)
+            return False
+        ts = getattr(msg, "timestamp", None)
+        at = ts / 1000.0 if isinstance(ts, (int, float)) and ts > 0 else rec.requested_at
+        self.erase(rec.kind, rec.id, at, rec.erasure_id)
+        return True
