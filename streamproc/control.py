@@ -71,7 +71,7 @@ class ControlRecord:
     action: str = "erase"
 
     @classmethod
-    def erase(cls, kind: str, id: str, *, requested_at: float | None = None, erasure_id: str | None = None) -> "ControlRecord":
+    def erase(cls, kind: str, id: str, *, requested_at: float | None = None, erasure_id: str | None = None) -> ControlRecord:
         """A validated erasure request for a ``"user"`` or ``"item"`` id."""
         rec = cls(kind, id, erasure_id or uuid.uuid4().hex, time.time() if requested_at is None else float(requested_at))
         return cls.parse(rec.to_json())
@@ -88,7 +88,7 @@ class ControlRecord:
         return json.dumps(self.to_dict(), separators=(",", ":")).encode()
 
     @classmethod
-    def parse(cls, data: bytes | None) -> "ControlRecord":
+    def parse(cls, data: bytes | None) -> ControlRecord:
         """Decode and validate one record; raises :class:`InvalidControl` naming what is wrong."""
         if data is None:
             raise InvalidControl("empty record (tombstone)", reason="empty")

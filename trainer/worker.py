@@ -45,7 +45,8 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -72,6 +73,9 @@ _HEADER_SLACK = 2048  # bytes reserved for the fixed header fields and safetenso
 _ERASURE_FLUSH_MIN_S = 0.25  # erasures arriving closer together share one delta + checkpoint
 _ERASURE_SNAPSHOT_MIN_S = 1.0  # ... and snapshots after erasures are at least this far apart
 _CONTROL_POLL_RECORDS = 500
+# Examples published up to this long after the erasure record are dropped too: the record's Kafka
+# timestamp is taken before the DELETE is acknowledged, and producers' clocks differ a little.
+ERASURE_SLACK_S = 1.0
 
 
 def _header_bytes(x: Any) -> int:
@@ -440,7 +444,7 @@ class TrainerWorker:
             return 0
         t0 = time.perf_counter()
         head, tensors = self.model.export(full=False)
-        published = [[u, i, p] for u, i, p in zip(self._pending_users, self._pending_items, self._pending_published)]
+        published = [[u, i, p] for u, i, p in zip(self._pending_users, self._pending_items, self._pending_published, strict=True)]
         if not published and not any(head.get(k) for k in ("user_ids", "item_ids", "expired_user_ids", "expired_item_ids")):
             return 0
         extra = {"newest_event_time": self._pending_event_time or self._newest_event_time,
@@ -478,7 +482,7 @@ class TrainerWorker:
         cands = head.get("user_candidates")
         u_cost = [u_fixed + _header_bytes(x) for x in users]
         if cands is not None:
-            u_cost = [c + _header_bytes(x) for c, x in zip(u_cost, cands)]
+            u_cost = [c + _header_bytes(x) for c, x in zip(u_cost, cands, strict=False)]
         i_cost = [i_fixed + _header_bytes(x) for x in items]
         p_cost = [_header_bytes(p) for p in published]
         expired = sum(_header_bytes(head.get(k, [])) for k in ("expired_user_ids", "expired_item_ids"))
@@ -719,7 +723,7 @@ class TrainerWorker:
         memo_u: dict[str, str] = {}
         memo_i: dict[str, str] = {}
         out = []
-        for e, u, i in zip(self._ids_since_ckpt, self._ids_users, self._ids_items):
+        for e, u, i in zip(self._ids_since_ckpt, self._ids_users, self._ids_items, strict=True):
             tu = memo_u.get(u)
             if tu is None:
                 tu = memo_u[u] = self._tag("user", u) if u else ""
@@ -742,7 +746,7 @@ class TrainerWorker:
         meta, arrays = comp
         self._salt = bytes.fromhex(meta["meta"]["salt"])
         tags, times = arrays.get("tag", np.zeros(0, np.uint64)), arrays.get("time", np.zeros(0))
-        self._tombs = {format(int(t), "016x"): float(x) for t, x in zip(tags.tolist(), times.tolist())}
+        self._tombs = {format(int(t), "016x"): float(x) for t, x in zip(tags.tolist(), times.tolist(), strict=True)}
         self._tomb_max = max(self._tombs.values(), default=0.0)
         self._erase_tags = set()
 
@@ -868,5 +872,5 @@ class TrainerWorker:
             return False
         ts = getattr(msg, "timestamp", None)
         at = ts / 1000.0 if isinstance(ts, (int, float)) and ts > 0 else rec.requested_at
-        self.erase(rec.kind, rec.id, at, rec.erasure_id)
+        self.erase(rec.kind, rec.id, at + ERASURE_SLACK_S, rec.erasure_id)
         return True
