@@ -4,13 +4,14 @@
 ``GET /v1/users/{user_id}/recommendations``  ``?k=10&exclude_seen=true`` → items with scores, the
                                              model version, whether the fallback was used; before
                                              the first model, popularity so far (``"fallback":
-                                             true, "version": null``) once events were seen
+                                             true, "version": null``) once events were seen;
+                                             rules: ``category=`` (any-of), ``exclude=`` (ids),
+                                             ``fields=title,categories`` (:mod:`serving.catalog`)
+``POST /v1/items``                           batch of item records (JSON list or ``{"items":
+                                             [...]}``) to the compacted items topic; ``X-API-Key``
 ``POST /v1/events``                          batch of events (JSON list or ``{"events": [...]}``),
                                              validated and published keyed by user; needs
                                              ``X-API-Key``
-``DELETE /v1/users/{user_id}``               erasure request (:mod:`streamproc.control`) on the
-``DELETE /v1/items/{item_id}``               control topic; 202 with the acknowledgement once the
-                                             broker has it; ``X-API-Key`` (README "Erasure")
 ``GET /healthz``                             alive
 ``GET /readyz``                              200 once a model is loaded and Kafka reachable,
                                              else 503 with the reasons
@@ -47,14 +48,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from streamproc.control import ControlRecord, InvalidControl
 from streamproc.errors import InvalidEvent
 from streamproc.events import SCHEMA_VERSION, EventValidator
+from streamproc.items import ItemValidator
 from streamproc.settings import Settings
 from streamproc.topics import Topics
 
 from serving import dashboard, try_page
-from serving.catalog import Catalog
+from serving.catalog import Catalog, Rules, RuleError
 from serving.early import EarlyPopularity
 from serving.kafka_io import KafkaIO
 from serving.metrics import ServingMetrics
@@ -141,23 +142,16 @@ def create_app(
         needs no typing (``reco serve --try-writes``; ``reco demo`` sets it).
     """
     registry = registry if registry is not None else CollectorRegistry()
+    catalog = catalog if catalog is not None else Catalog()
     metrics = store.metrics if store is not None and store.metrics.registry is registry else ServingMetrics(registry)
     store = store if store is not None else ModelStore(settings, metrics)
     topics = Topics.from_settings(settings)
     validator = EventValidator(settings)
+    item_validator = ItemValidator(settings)
     state: dict[str, Any] = {"kafka": None, "early_task": None}
     early = EarlyPopularity(seen_per_user=max(1, min(settings.seen_per_user, 1000)))
     feedback = try_page.FeedbackLog()
     store.listeners.append(feedback.on_swap)
-
-    def forget_feedback(model: Any, update: Any) -> None:  # erased/expired users leave the /try page's log
-        gone = update.header.get("expired_user_ids") or ()
-        if gone:
-            with feedback._lock:  # noqa: SLF001 - the log has no removal method yet
-                for uid in gone:
-                    feedback._log.pop(str(uid), None)  # noqa: SLF001
-
-    store.listeners.append(forget_feedback)
 
     def kafka_ok() -> bool:
         kio = state["kafka"]
@@ -170,6 +164,11 @@ def create_app(
         connected = kafka_ok()
         if not connected:
             reasons.append("kafka_unreachable" if start_kafka else "kafka_not_started")
+        kio = state["kafka"]
+        if kio is not None and kio.catalog_follower is not None and not kio.catalog_follower.caught_up.is_set():
+            reasons.append("catalog_catching_up")  # hidden items could still be served
+        metrics.catalog_items.set(catalog.size)
+        metrics.catalog_unavailable.set(catalog.unavailable_count)
         metrics.kafka_connected.set(1 if connected else 0)
         metrics.ready.set(0 if reasons else 1)
         return not reasons, reasons
@@ -193,24 +192,32 @@ def create_app(
         raw_ex = q.get("exclude_seen", "true").lower()
         if raw_ex not in _TRUE + _FALSE:
             return _error(400, "invalid_exclude_seen", "exclude_seen must be true or false", field="exclude_seen")
-        out = recommend(request.path_params["user_id"], k, raw_ex in _TRUE)
+        try:
+            rules = Rules.from_query(q)
+        except RuleError as exc:
+            return _error(400, f"invalid_{exc.field}", str(exc), field=exc.field)
+        out = recommend(request.path_params["user_id"], k, raw_ex in _TRUE, rules)
         if out is None:
             return _error(503, "no_model", "no model loaded yet and no events seen")
         return _Json(out)
 
-    def recommend(user_id: str, k: int, exclude_seen: bool) -> dict[str, Any] | None:
-        """The served model's answer; before the first model, popularity so far (None: nothing yet)."""
+    def recommend(user_id: str, k: int, exclude_seen: bool, rules: Rules = Rules()) -> dict[str, Any] | None:
+        """The served model's answer under the request-time ``rules`` (unavailable items never);
+        before the first model, popularity so far (None: nothing yet)."""
+        if rules.filtered:
+            metrics.count_filtered(rules)
         model = store.current
         if model is None:
             if not early.active or not early.events:
                 return None
             metrics.fallbacks.inc()
-            items = early.top(user_id, k, exclude_seen)
-            return {"user_id": user_id, "items": [{"item_id": i, "score": s} for i, s in items], "version": None, "fallback": True}
-        rec = model.recommend(user_id, k, exclude_seen)
-        if rec.fallback:
+            items = catalog.filter_items(early.top(user_id, max(10 * k, 1000), exclude_seen), k, rules)
+            answer = [{"item_id": i, "score": s, **catalog.fields(i, rules.fields)} for i, s in items]
+            return {"user_id": user_id, "items": answer, "version": None, "fallback": True}
+        out = catalog.recommend(model, user_id, k, exclude_seen, rules)
+        if out["fallback"]:
             metrics.fallbacks.inc()
-        return rec.to_dict()
+        return out
 
     def read_ok(request: Request) -> bool:
         return not settings.read_api_key_required or settings.auth_disabled or key_ok(request)
@@ -270,47 +277,56 @@ def create_app(
             out.update(detail="no_valid_events", message="every event was rejected")
         return _Json(out, status_code=status)
 
-    async def erase(request: Request, kind: str) -> Response:
-        """``DELETE /v1/users/{id}`` / ``DELETE /v1/items/{id}``: one erasure record on the control topic."""
+    async def items(request: Request) -> Response:
+        """``POST /v1/items``: item records, validated (:mod:`streamproc.items`) and published keyed by item_id."""
         if not settings.auth_disabled:
             if not settings.api_key:
                 return _error(403, "writes_disabled", "no API key is configured (RECO_API_KEY); writes are refused")
             if not key_ok(request):
                 return _error(401, "unauthorized", "missing or wrong X-API-Key")
-        field = f"{kind}_id"
+        limit = settings.max_body_bytes
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                return _error(413, "body_too_large", f"request body larger than {limit} bytes")
+            chunks.append(chunk)
         try:
-            rec = ControlRecord.erase(kind, request.path_params[field])
-        except InvalidControl as exc:
-            return _error(400, f"invalid_{field}", f"{field}: {str(exc).split(': ', 1)[-1]}", field=field)
-        try:
-            message = [(rec.key, rec.to_json(), [])]
-            if state["kafka"] is not None:
-                await asyncio.wait_for(state["kafka"].publish(topics.control, message), PUBLISH_TIMEOUT_S)
-            elif event_sink is not None:
-                await asyncio.wait_for(event_sink(topics.control, message), PUBLISH_TIMEOUT_S)
-            else:
-                return _error(503, "kafka_unavailable", "no Kafka producer")
-        except Exception as exc:  # noqa: BLE001 - broker trouble is the client's 503, not a 500
-            log.warning("publishing erasure %s failed: %s", rec.erasure_id, exc)
-            return _error(503, "kafka_unavailable", "the erasure could not be recorded; retry")
-        metrics.erasure_requests.labels(kind=kind).inc()
-        erases = (["the user's model rows (factors, bias, co-occurrence history) and replay-buffer entries",
-                   "the user's seen list and pushes on every serving replica",
-                   "training examples of the user's events published before this acknowledgement"]
-                  if kind == "user" else
-                  ["the item's model rows (factors, bias, popularity, co-occurrence pairs) and replay-buffer entries",
-                   "the item from every serving replica's answers",
-                   "training examples of the item's events published before this acknowledgement"])
-        return _Json({"status": "accepted", "erasure_id": rec.erasure_id, "kind": kind, field: rec.id,
-                      "requested_at": rec.requested_at, "acknowledged_at": time.time(), "erases": erases,
-                      "retained": "raw events on the events topic (operator retention), dead letters, logs and "
-                                  "aggregate metrics: see the README section Erasure"}, status_code=202)
-
-    async def erase_user(request: Request) -> Response:
-        return await erase(request, "user")
-
-    async def erase_item(request: Request) -> Response:
-        return await erase(request, "item")
+            body = json.loads(b"".join(chunks))
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            return _error(400, "invalid_json", "body is not valid JSON")
+        if isinstance(body, dict) and isinstance(body.get("items"), list):
+            body = body["items"]
+        if not isinstance(body, list):
+            return _error(400, "invalid_body", 'body must be a JSON list of item records or {"items": [...]}')
+        accepted: list[str] = []
+        errors: list[dict[str, Any]] = []
+        messages = []
+        now = time.time()
+        for n, obj in enumerate(body):
+            try:
+                rec = item_validator.parse_obj(item_validator.complete(obj, now))
+            except InvalidEvent as exc:
+                errors.append({"index": n, "field": exc.field, "reason": exc.reason, "message": str(exc)})
+                continue
+            accepted.append(rec.item_id)
+            messages.append((rec.item_id.encode(), rec.to_json(), []))
+        if messages:
+            try:
+                if state["kafka"] is not None:
+                    await asyncio.wait_for(state["kafka"].publish(topics.items, messages), PUBLISH_TIMEOUT_S)
+                elif event_sink is not None:
+                    await asyncio.wait_for(event_sink(topics.items, messages), PUBLISH_TIMEOUT_S)
+                else:
+                    return _error(503, "kafka_unavailable", "no Kafka producer")
+            except Exception as exc:  # noqa: BLE001 - broker trouble is the client's 503, not a 500
+                log.warning("publishing %d item records failed: %s", len(messages), exc)
+                return _error(503, "kafka_unavailable", "item records could not be published; retry")
+        status = 202 if accepted or not errors else 400
+        out: dict[str, Any] = {"accepted": accepted, "errors": errors}
+        if status == 400:
+            out.update(detail="no_valid_items", message="every item record was rejected")
+        return _Json(out, status_code=status)
 
     async def healthz(request: Request) -> Response:
         return _Json({"status": "alive"})
@@ -328,28 +344,25 @@ def create_app(
     routes = [
         Route("/v1/users/{user_id:path}/recommendations", recommendations, methods=["GET"]),
         Route("/v1/events", events, methods=["POST"]),
-        Route("/v1/users/{user_id:path}", erase_user, methods=["DELETE"]),
-        Route("/v1/items/{item_id:path}", erase_item, methods=["DELETE"]),
+        Route("/v1/items", items, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
     ]
-    names: dict[Any, str] = {recommendations: "recommendations", events: "events", healthz: "healthz",
+    names: dict[Any, str] = {recommendations: "recommendations", events: "events", items: "items", healthz: "healthz",
                              readyz: "readyz", metrics_endpoint: "metrics"}
-    names[erase_user] = names[erase_item] = "erase"
     for r in dashboard.routes(settings, registry):
         routes.append(r)
         if getattr(r, "endpoint", None) is not None:
             names[r.endpoint] = "dashboard"
-    for r in try_page.routes(settings, recommend, catalog or Catalog(), feedback, try_writes=try_writes, read_ok=read_ok):
+    for r in try_page.routes(settings, recommend, catalog, feedback, try_writes=try_writes, read_ok=read_ok):
         routes.append(r)
         if getattr(r, "endpoint", None) is not None:
             names[r.endpoint] = "try"
-
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if start_kafka:
-            kio = KafkaIO(settings, store, metrics)
+            kio = KafkaIO(settings, store, metrics, catalog=catalog)
             state["kafka"] = kio
             await kio.start()
             if store.current is None:  # answer from popularity so far until the first model

@@ -13,7 +13,10 @@ Threads and the event loop:
 
 Messages (JSON):
 
-- request (``rec-requests``, key: user_id): ``{"request_id", "user_id", "k": 10, "exclude_seen": true}``
+- request (``rec-requests``, key: user_id): ``{"request_id", "user_id", "k": 10, "exclude_seen": true}``,
+  optionally with the request-time rules ``"category"``, ``"exclude"``, ``"fields"`` (each a string,
+  comma-separated, or a list of strings; :class:`serving.catalog.Rules`); an invalid rule gets the
+  error ``invalid_<rule>``
 - reply (``recommendations``, key: user_id, header ``correlation_id`` = request_id):
   ``{"request_id", "user_id", "items": [{"item_id", "score"}], "version", "fallback", "reason": "request"}``,
   or ``{"request_id", "user_id", "error": <code>, "message"}`` for an invalid request (no reply
@@ -36,6 +39,7 @@ from streamproc.settings import Settings
 from streamproc.topics import Topics
 from trainer.updates import ModelUpdate
 
+from serving.catalog import Catalog, CatalogFollower, RuleError, Rules
 from serving.metrics import ServingMetrics
 from serving.model import ServingModel
 from serving.store import ModelStore
@@ -204,9 +208,10 @@ class Pusher(threading.Thread):
     """
 
     def __init__(self, settings: Settings, store: ModelStore, send: Callable[[list[Message]], None],
-                 metrics: ServingMetrics, *, k: int = 10) -> None:
+                 metrics: ServingMetrics, *, k: int = 10, catalog: Catalog | None = None) -> None:
         super().__init__(name="push", daemon=True)
         self.settings, self.store, self.send, self.metrics, self.k = settings, store, send, metrics, k
+        self.catalog = catalog if catalog is not None else Catalog()  # unavailable items are never pushed
         self._queue: queue.SimpleQueue[list[str] | None] = queue.SimpleQueue()
         self._due: dict[str, float] = {}
         self._last: dict[str, float] = {}
@@ -256,16 +261,11 @@ class Pusher(threading.Thread):
         created = time.time()
         for u in users:
             del self._due[u]
-            if not model.has_user(u):  # erased (or expired) since its feedback was queued: no push
-                self._last.pop(u, None)
-                continue
             self._last[u] = now
-            rec = model.recommend(u, self.k, True).to_dict()
+            rec = self.catalog.recommend(model, u, self.k, True)
             rec["reason"] = "push"
             rec["created"] = created
             msgs.append((u.encode(), json.dumps(rec).encode(), []))
-        if not msgs:
-            return
         try:
             self.send(msgs)
             self.metrics.push_messages.inc(len(msgs))
@@ -273,7 +273,8 @@ class Pusher(threading.Thread):
             log.warning("push of %d messages failed: %s", len(msgs), exc)
 
 
-def answer_request(raw: bytes | None, store: ModelStore, settings: Settings) -> tuple[Message, str]:
+def answer_request(raw: bytes | None, store: ModelStore, settings: Settings, catalog: Catalog | None = None,
+                   metrics: ServingMetrics | None = None) -> tuple[Message, str]:
     """Answer one message of the requests topic: ``((key, value, headers), status)``.
 
     ``status`` is ``ok``, ``invalid`` (bad request; the reply carries ``error``) or ``error``
@@ -312,10 +313,16 @@ def answer_request(raw: bytes | None, store: ModelStore, settings: Settings) -> 
     exclude = req.get("exclude_seen", True)
     if not isinstance(exclude, bool):
         return error("invalid_exclude_seen", "exclude_seen must be true or false")
+    try:
+        rules = Rules.from_request(req)
+    except RuleError as exc:
+        return error(f"invalid_{exc.field}", str(exc))
     model = store.current
     if model is None:
         return error("no_model", "no model loaded yet", "error")
-    body = model.recommend(user, k, exclude).to_dict()
+    if rules.filtered and metrics is not None:
+        metrics.count_filtered(rules)
+    body = (catalog if catalog is not None else Catalog()).recommend(model, user, k, exclude, rules)
     body["request_id"] = rid
     body["reason"] = "request"
     return (key, json.dumps(body).encode(), headers), "ok"
@@ -324,10 +331,12 @@ def answer_request(raw: bytes | None, store: ModelStore, settings: Settings) -> 
 class KafkaIO:
     """The serving role's Kafka clients, started and stopped with the app (see ``create_app``)."""
 
-    def __init__(self, settings: Settings, store: ModelStore, metrics: ServingMetrics) -> None:
+    def __init__(self, settings: Settings, store: ModelStore, metrics: ServingMetrics, *, catalog: Catalog | None = None) -> None:
         self.settings, self.store, self.metrics = settings, store, metrics
         self.topics = Topics.from_settings(settings)
         self.follower = UpdateFollower(settings, store)
+        self.catalog = catalog if catalog is not None else Catalog()
+        self.catalog_follower: CatalogFollower | None = CatalogFollower(settings, self.catalog)
         self.pusher: Pusher | None = None
         self._producer: Any = None
         self._requests_task: asyncio.Task[None] | None = None
@@ -343,8 +352,10 @@ class KafkaIO:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.follower.start()
+        if self.catalog_follower is not None:
+            self.catalog_follower.start()
         if self.settings.push_enabled:
-            self.pusher = Pusher(self.settings, self.store, self._send_threadsafe, self.metrics)
+            self.pusher = Pusher(self.settings, self.store, self._send_threadsafe, self.metrics, catalog=self.catalog)
             self.store.listeners.append(self.pusher.on_swap)
             self.pusher.start()
         self._producer_task = asyncio.create_task(self._start_producer())
@@ -417,7 +428,8 @@ class KafkaIO:
                     if not raws:
                         continue
                     # Scoring a burst off the loop keeps HTTP latency flat.
-                    answers = await asyncio.to_thread(lambda: [answer_request(r, self.store, self.settings) for r in raws])
+                    answers = await asyncio.to_thread(
+                        lambda: [answer_request(r, self.store, self.settings, self.catalog, self.metrics) for r in raws])
                     for _, status in answers:
                         self.metrics.kafka_requests.labels(status).inc()
                     replies = [msg for msg, _ in answers if msg[1]]
@@ -450,6 +462,9 @@ class KafkaIO:
             await asyncio.to_thread(self.pusher.join, 5)
         self.follower.stop()
         await asyncio.to_thread(self.follower.join, 5)
+        if self.catalog_follower is not None:
+            self.catalog_follower.stop()
+            await asyncio.to_thread(self.catalog_follower.join, 5)
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None

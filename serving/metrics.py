@@ -11,6 +11,8 @@ Examples
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = ["ServingMetrics", "FEEDBACK_LATENCY_BUCKETS", "REQUEST_BUCKETS"]
@@ -58,3 +60,18 @@ class ServingMetrics:
         self.kafka_connected = Gauge("reco_serving_kafka_connected", "1 while the Kafka clients are connected", registry=r)
         self.erasure_requests = Counter("reco_serving_erasure_requests", "Erasure requests accepted (DELETE /v1/users|items/{id}), by kind",
                                         ["kind"], registry=r)
+        # The live catalogue (serving.catalog) and the request-time rules.
+        self.catalog_items = Gauge("reco_serving_catalog_items", "Items in the live catalogue (items topic + --catalog file)", registry=r)
+        self.catalog_unavailable = Gauge(
+            "reco_serving_catalog_unavailable_items", "Catalogue items marked unavailable (never recommended)", registry=r)
+        # Extra label (bounded): rule = category | exclude.
+        self.filtered_requests = Counter(
+            "reco_serving_filtered_requests", "Recommendation requests (HTTP and Kafka) with a request-time rule, by rule", ["rule"], registry=r)
+        self._filtered = {rule: self.filtered_requests.labels(rule) for rule in ("category", "exclude")}
+
+    def count_filtered(self, rules: Any) -> None:
+        """Count one request with rules (:class:`serving.catalog.Rules`)."""
+        if rules.categories:
+            self._filtered["category"].inc()
+        if rules.exclude:
+            self._filtered["exclude"].inc()

@@ -293,12 +293,6 @@ class ServingModel:
                 dead_users.difference_update(uid)
             if dead_items and iid:
                 dead_items.difference_update(items.index[key] for key in iid)
-            gone = [x for x in map(str, u.header.get("expired_user_ids") or ()) if x in seen]
-            if gone:  # expired or erased users: their seen lists go with them (a fresh profile starts empty)
-                if not seen_copied:
-                    seen, seen_copied = dict(seen), True
-                for x in gone:
-                    del seen[x]
             published = u.header.get("published") or []
             if published and seen_per_user > 0:
                 if not seen_copied:
@@ -373,15 +367,31 @@ class ServingModel:
         rows = [r for r in (index.get(i) for i in seen) if r is not None and r < n]  # unknown items ignored
         return np.fromiter(rows, np.int64, len(rows))
 
-    def recommend(self, user_id: str, k: int = 10, exclude_seen: bool = True) -> Recommendation:
-        """Top-``k`` items for ``user_id``; unknown users get the popularity fallback."""
+    def item_rows(self, item_ids: Iterable[str]) -> np.ndarray:
+        """Rows of the known ``item_ids`` in this version (unknown ids skipped), for :meth:`recommend`'s masks."""
+        index, n = self._items.index, self._items.n
+        rows = [r for r in map(index.get, item_ids) if r is not None and r < n]
+        return np.fromiter(rows, np.int64, len(rows))
+
+    def recommend(self, user_id: str, k: int = 10, exclude_seen: bool = True, *, allowed: np.ndarray | None = None,
+                  blocked: np.ndarray | None = None) -> Recommendation:
+        """Top-``k`` items for ``user_id``; unknown users get the popularity fallback.
+
+        ``allowed`` (item rows, :meth:`item_rows`) restricts the answer to those rows and
+        ``blocked`` removes rows (request-time rules, :mod:`serving.catalog`); both are applied
+        before the top-k, so the answer has ``k`` items whenever ``k`` eligible items exist.
+        """
         if k < 1:
             raise ValueError(f"k: must be >= 1, got {k}")
         n = self._items.n
         excluded = self._seen_rows(user_id) if exclude_seen else np.empty(0, np.int64)
         if len(self._dead_items):
             excluded = np.concatenate([excluded, self._dead_items])
+        if blocked is not None and len(blocked):
+            excluded = np.concatenate([excluded, blocked])
         r = self._user_row(user_id)
+        if allowed is not None:
+            return self._recommend_among(user_id, k, r, np.unique(allowed), excluded)
         if r is None or n == 0:
             return self._fallback(user_id, k, excluded)
         if self.ranking is not None:
@@ -398,6 +408,36 @@ class ServingModel:
         ids = self._items.ids
         items = [(ids[c], float(scores[c])) for c in top.tolist() if scores[c] != -np.inf]
         return Recommendation(user_id, items, self.version, False)
+
+    def _recommend_among(self, user_id: str, k: int, r: int | None, allowed: np.ndarray, excluded: np.ndarray) -> Recommendation:
+        """Top-``k`` among the ``allowed`` rows minus ``excluded`` (an exact masked scan)."""
+        n = self._items.n
+        ok = np.zeros(n, bool)
+        ok[allowed[allowed < n]] = True
+        if len(excluded):
+            ok[excluded] = False
+        cand = np.flatnonzero(ok)
+        ids = self._items.ids
+        if r is None:  # unknown user: the most popular eligible items
+            order = self._popular[ok[self._popular]][:k]
+            if self.ranking is not None:
+                pop = np.exp(self._lp[order].astype(np.float64) - self._lp_max)
+            else:
+                pop = self._items.arrays["item_popularity"][order]
+            return Recommendation(user_id, [(ids[c], float(p)) for c, p in zip(order.tolist(), pop.tolist())], self.version, True)
+        if not len(cand):
+            return Recommendation(user_id, [], self.version, False)
+        if self.ranking is not None:
+            sub = self._scores(r)[cand]
+        else:
+            sub = self._if[cand] @ self._uf[r]
+            sub += self._ib[cand]
+            sub += self.global_mean + float(self._ub[r])
+        m = len(cand)
+        kk = min(k, m)
+        top = np.argpartition(sub, m - kk)[m - kk :] if kk < m else np.arange(m)
+        top = top[np.argsort(-sub[top], kind="stable")]
+        return Recommendation(user_id, [(ids[c], float(s)) for c, s in zip(cand[top].tolist(), sub[top].tolist())], self.version, False)
 
     def _fallback(self, user_id: str, k: int, excluded: np.ndarray) -> Recommendation:
         ids = self._items.ids

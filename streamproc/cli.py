@@ -101,6 +101,10 @@ def _cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
     from streamproc.publisher import EventPublisher
 
+    if args.type == "item":
+        return _cmd_publish_item(args, settings)
+    if not args.user or not args.item:
+        raise RecoError(f"{'user' if not args.user else 'item'}: --{'user' if not args.user else 'item'} is required for a {args.type} event")
     event: dict[str, Any] = {"type": args.type, "user_id": args.user, "item_id": args.item}
     if args.event_id:
         event["event_id"] = args.event_id
@@ -115,6 +119,31 @@ def _cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
     with EventPublisher(client_settings(settings)) as pub:
         event_id = pub.publish(event)
     print_json({"published": event_id, "topic": pub.topic})
+    return 0
+
+
+def _cmd_publish_item(args: argparse.Namespace, settings: Settings) -> int:
+    """``reco publish item --item ID --title T [--category C ...] [--description D] [--unavailable]``."""
+    from streamproc.publisher import ItemPublisher
+
+    if not args.item:
+        raise RecoError("item_id: --item is required")
+    with ItemPublisher(client_settings(settings)) as pub:
+        if args.remove:
+            pub.remove(args.item)
+            print_json({"removed": args.item, "topic": pub.topic})
+            return 0
+        if args.title is None:
+            raise RecoError("title: --title is required for an item record (or --remove)")
+        rec: dict[str, Any] = {"item_id": args.item, "title": args.title,
+                               "categories": [c.strip() for raw in args.category or [] for c in raw.split(",") if c.strip()],
+                               "available": not args.unavailable}
+        if args.description is not None:
+            rec["description"] = args.description
+        if args.updated_at is not None:
+            rec["updated_at"] = args.updated_at
+        item_id = pub.publish(rec)
+    print_json({"published": item_id, "topic": pub.topic})
     return 0
 
 
@@ -599,10 +628,16 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     tc = tp.add_parser("create", help="create the service's topics (idempotent) and report what exists")
     tc.set_defaults(func=_cmd_topics)
 
-    p = commands.add_parser("publish", help="validate and publish one event")
-    p.add_argument("type", choices=["click", "rating", "comment"])
-    p.add_argument("--user", required=True, help="user_id")
-    p.add_argument("--item", required=True, help="item_id")
+    p = commands.add_parser("publish", help="validate and publish one event, or one item record (reco publish item ...)")
+    p.add_argument("type", choices=["click", "rating", "comment", "item"])
+    p.add_argument("--user", help="user_id (events)")
+    p.add_argument("--item", help="item_id")
+    p.add_argument("--title", help="item: title")
+    p.add_argument("--category", action="append", help="item: a category (repeat, or comma-separated)")
+    p.add_argument("--description", help="item: description text (encoded into its content vector)")
+    p.add_argument("--unavailable", action="store_true", help="item: hide it from every recommendation")
+    p.add_argument("--remove", action="store_true", help="item: remove it from the catalogue (a tombstone)")
+    p.add_argument("--updated-at", type=float, help="item: Unix seconds (default: now)")
     p.add_argument("--rating", type=float, help="rating value (rating events; optional for comments)")
     p.add_argument("--text", help="comment text")
     p.add_argument("--event-id", help="event_id (default: a new UUID)")

@@ -67,8 +67,9 @@ def create_topics(settings: Settings, topics: Topics | None = None) -> dict[str,
     try:
         existing = set(admin.list_topics())
         report: dict[str, dict[str, Any]] = {}
+        configs = topics.configs()
         new = [
-            NewTopic(name, num_partitions=n, replication_factor=settings.replication_factor)
+            NewTopic(name, num_partitions=n, replication_factor=settings.replication_factor, topic_configs=configs.get(name, {}))
             for name, n in topics.plan().items()
             if name not in existing
         ]

@@ -25,6 +25,7 @@ from streamproc.undecodable import REASONS as UNDECODABLE_REASONS
 __all__ = ["StreamMetrics", "EVENT_TYPE_LABELS", "LATENCY_BUCKETS"]
 
 EVENT_TYPE_LABELS = ("click", "rating", "comment", "invalid")
+ITEM_STATUS_LABELS = ("available", "unavailable", "invalid", "tombstone")
 # Publish -> example emitted spans milliseconds (live) to minutes (catching up on a backlog).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0)
 ENCODE_DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -77,11 +78,17 @@ class StreamMetrics:
             "reco_streamproc_undecodable_records_total",
             "Offsets spanned by the undecodable record batches (events that never reached the model)", registry=r,
         )
+        self.items_consumed = Counter(
+            "reco_streamproc_items_consumed_total",
+            "Item records consumed from the items topic, by status (available, unavailable, invalid, tombstone)",
+            ["status"], registry=r,
+        )
         for reason in UNDECODABLE_REASONS:  # exported at 0, so the first increase() is seen by the alert
             self.undecodable_batches.labels(reason=reason)
         # Pre-bound children for the hot path.
         self.consumed_by_type = {t: self.events_consumed.labels(type=t) for t in EVENT_TYPE_LABELS}
         self.examples_by_kind = [self.examples_produced.labels(kind=k) for k in KIND_NAMES]
+        self.items_consumed_by_status = {st: self.items_consumed.labels(status=st) for st in ITEM_STATUS_LABELS}
         self._invalid_by_reason: dict[str, Counter] = {}
 
     def invalid(self, reason: str, n: int = 1) -> None:

@@ -5,6 +5,8 @@ Examples
 >>> with EventPublisher(settings) as pub:                         # doctest: +SKIP
 ...     pub.rating(user_id="u1", item_id="m42", rating=4.5)
 ...     pub.comment(user_id="u1", item_id="m42", text="loved the ending", rating=5.0)
+>>> with ItemPublisher(settings) as items:                        # doctest: +SKIP
+...     items.item(item_id="m42", title="Quiet Years (1990)", categories=["Drama"], available=True)
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from streamproc.kafka import client_config
 from streamproc.settings import Settings
 from streamproc.topics import Topics
 
-__all__ = ["EventPublisher"]
+__all__ = ["EventPublisher", "ItemPublisher"]
 
 
 class EventPublisher:
@@ -97,3 +99,39 @@ class EventPublisher:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
+
+
+class ItemPublisher(EventPublisher):
+    """Synchronous producer of validated item records (:mod:`streamproc.items`) to the compacted
+    items topic, keyed by ``item_id``. Invalid records raise :class:`~streamproc.items.InvalidItem`
+    before anything is sent; :meth:`remove` sends a tombstone (the item leaves the catalogue)."""
+
+    def __init__(self, settings: Settings, **kw: Any) -> None:
+        from streamproc.items import ItemValidator
+
+        super().__init__(settings, **kw)
+        self.topic = Topics.from_settings(settings).items
+        self.item_validator = ItemValidator(settings)
+
+    def publish(self, record: dict[str, Any]) -> str:  # type: ignore[override]
+        """Validate and send one item record; ``updated_at`` (now) is filled in if absent. Returns the ``item_id``."""
+        rec = self.item_validator.parse_obj(self.item_validator.complete(record))
+        self.send_raw(rec.to_json(), rec.item_id)
+        return rec.item_id
+
+    def item(self, *, item_id: str, title: str, categories: list[str] | tuple[str, ...] = (), description: str | None = None,
+             available: bool = True, **kw: Any) -> str:
+        rec: dict[str, Any] = {"item_id": item_id, "title": title, "categories": list(categories), "available": available, **kw}
+        if description is not None:
+            rec["description"] = description
+        return self.publish(rec)
+
+    def remove(self, item_id: str) -> None:
+        """A tombstone for ``item_id``: the catalogue forgets the item (compaction drops its records)."""
+        if not item_id:
+            raise ValueError("item_id: must not be empty")
+        try:
+            self._producer.send(self.topic, value=None, key=item_id.encode())
+        except Exception as exc:  # noqa: BLE001
+            raise RecoError(f"could not send to {self.topic}: {exc}") from exc
+        self.sent += 1

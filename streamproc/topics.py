@@ -11,6 +11,9 @@ examples          streamproc → trainer            1           none (batches); 
                                                               = one active trainer, global order
 model-updates     trainer → every serving replica 1           none; versions in order
 rec-requests      services → serving (group)      P           user_id
+items             apps, ``POST /v1/items``        P           item_id; **compacted**
+                  → streamproc (group), every                 (``cleanup.policy=compact``):
+                  serving replica (from the start)            the newest record per item
 recommendations   serving → services              P           user_id
 control           ``DELETE /v1/users|items/{id}`` 1           the erased id; erasure
                   → trainer                                   requests (:mod:`streamproc.control`)
@@ -47,6 +50,7 @@ class Topics:
     recommendations: str
     partitions: int
     control: str = ""  # erasure requests (:mod:`streamproc.control`); "" = none (no control consumer)
+    items: str = ""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Topics":
@@ -60,6 +64,7 @@ class Topics:
             recommendations=f"{p}recommendations",
             partitions=settings.partitions,
             control=f"{p}control",
+            items=f"{p}items",
         )
 
     def plan(self) -> dict[str, int]:
@@ -72,4 +77,9 @@ class Topics:
             self.requests: self.partitions,
             self.recommendations: self.partitions,
             **({self.control: 1} if self.control else {}),
+            **({self.items: self.partitions} if self.items else {}),
         }
+
+    def configs(self) -> dict[str, dict[str, str]]:
+        """Topic name → topic configs set at creation (only where they differ from the broker's defaults)."""
+        return {self.items: {"cleanup.policy": "compact"}} if self.items else {}

@@ -59,6 +59,7 @@ from streamproc.dedupe import Deduper
 from streamproc.encoder import EncodeFn, MicroBatcher
 from streamproc.errors import BrokerUnavailable, InvalidEvent, RecoError
 from streamproc.events import EventValidator
+from streamproc.items import ItemStream
 from streamproc.examples import KIND_CLICK, KIND_COMMENT, KIND_RATING, RECORD_DTYPE, ExampleBatch
 from streamproc.kafka import GROUP_TIMEOUTS, client_config
 from streamproc.metrics import StreamMetrics
@@ -276,6 +277,7 @@ class StreamWorker:
         self.duplicates = 0
         self.first_consumed_at: float | None = None
         self.last_acked_at: float | None = None
+        self.items: ItemStream | None = None
 
     # ------------------------------------------------------------------ public API
     def run(self, stop_event: threading.Event | None = None) -> None:
@@ -331,6 +333,9 @@ class StreamWorker:
                 await self._consumer.stop()
                 raise BrokerUnavailable(f"no Kafka broker reachable at {s.kafka_bootstrap} ({exc})") from exc
             tasks = [asyncio.ensure_future(c) for c in (self._emitter(), self._acker(), self._lag_updater())]
+            # The catalogue: item records -> KIND_ITEM examples (streamproc.items), same producer and encoder.
+            self.items = ItemStream(self)
+            tasks.append(asyncio.ensure_future(self.items.run(lambda: stop_event.is_set() or self._stop.is_set() or self._failure)))
             log.info("stream worker joined group %s on %s", self.group_id, self.topics.events)
             try:
                 while not (stop_event.is_set() or self._stop.is_set() or self._failure):

@@ -44,7 +44,7 @@ def test_metric_names_match_the_catalog() -> None:
         "reco_streamproc_events_consumed", "reco_streamproc_events_invalid", "reco_streamproc_dead_letters",
         "reco_streamproc_duplicates", "reco_streamproc_examples_produced", "reco_streamproc_encode_batch_size",
         "reco_streamproc_encode_duration_seconds", "reco_streamproc_stage_latency_seconds", "reco_streamproc_consumer_lag_messages",
-        "reco_streamproc_undecodable_batches", "reco_streamproc_undecodable_records",
+        "reco_streamproc_undecodable_batches", "reco_streamproc_undecodable_records", "reco_streamproc_items_consumed",
     }
 
 
