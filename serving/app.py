@@ -12,6 +12,9 @@
 ``POST /v1/events``                          batch of events (JSON list or ``{"events": [...]}``),
                                              validated and published keyed by user; needs
                                              ``X-API-Key``
+``DELETE /v1/users/{user_id}``               erasure request (:mod:`streamproc.control`) on the
+``DELETE /v1/items/{item_id}``               control topic; 202 with the acknowledgement once the
+                                             broker has it; ``X-API-Key`` (README "Erasure")
 ``GET /healthz``                             alive
 ``GET /readyz``                              200 once a model is loaded and Kafka reachable,
                                              else 503 with the reasons
@@ -48,6 +51,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from streamproc.control import ControlRecord, InvalidControl
 from streamproc.errors import InvalidEvent
 from streamproc.events import SCHEMA_VERSION, EventValidator
 from streamproc.items import ItemValidator
@@ -152,6 +156,15 @@ def create_app(
     early = EarlyPopularity(seen_per_user=max(1, min(settings.seen_per_user, 1000)))
     feedback = try_page.FeedbackLog()
     store.listeners.append(feedback.on_swap)
+
+    def forget_feedback(model: Any, update: Any) -> None:  # erased/expired users leave the /try page's log
+        gone = update.header.get("expired_user_ids") or ()
+        if gone:
+            with feedback._lock:  # noqa: SLF001 - the log has no removal method yet
+                for uid in gone:
+                    feedback._log.pop(str(uid), None)  # noqa: SLF001
+
+    store.listeners.append(forget_feedback)
 
     def kafka_ok() -> bool:
         kio = state["kafka"]
@@ -328,6 +341,48 @@ def create_app(
             out.update(detail="no_valid_items", message="every item record was rejected")
         return _Json(out, status_code=status)
 
+    async def erase(request: Request, kind: str) -> Response:
+        """``DELETE /v1/users/{id}`` / ``DELETE /v1/items/{id}``: one erasure record on the control topic."""
+        if not settings.auth_disabled:
+            if not settings.api_key:
+                return _error(403, "writes_disabled", "no API key is configured (RECO_API_KEY); writes are refused")
+            if not key_ok(request):
+                return _error(401, "unauthorized", "missing or wrong X-API-Key")
+        field = f"{kind}_id"
+        try:
+            rec = ControlRecord.erase(kind, request.path_params[field])
+        except InvalidControl as exc:
+            return _error(400, f"invalid_{field}", f"{field}: {str(exc).split(': ', 1)[-1]}", field=field)
+        try:
+            message = [(rec.key, rec.to_json(), [])]
+            if state["kafka"] is not None:
+                await asyncio.wait_for(state["kafka"].publish(topics.control, message), PUBLISH_TIMEOUT_S)
+            elif event_sink is not None:
+                await asyncio.wait_for(event_sink(topics.control, message), PUBLISH_TIMEOUT_S)
+            else:
+                return _error(503, "kafka_unavailable", "no Kafka producer")
+        except Exception as exc:  # noqa: BLE001 - broker trouble is the client's 503, not a 500
+            log.warning("publishing erasure %s failed: %s", rec.erasure_id, exc)
+            return _error(503, "kafka_unavailable", "the erasure could not be recorded; retry")
+        metrics.erasure_requests.labels(kind=kind).inc()
+        erases = (["the user's model rows (factors, bias, co-occurrence history) and replay-buffer entries",
+                   "the user's seen list and pushes on every serving replica",
+                   "training examples of the user's events published before this acknowledgement"]
+                  if kind == "user" else
+                  ["the item's model rows (factors, bias, popularity, co-occurrence pairs) and replay-buffer entries",
+                   "the item from every serving replica's answers",
+                   "training examples of the item's events published before this acknowledgement"])
+        return _Json({"status": "accepted", "erasure_id": rec.erasure_id, "kind": kind, field: rec.id,
+                      "requested_at": rec.requested_at, "acknowledged_at": time.time(), "erases": erases,
+                      "retained": "raw events on the events topic (operator retention), dead letters, logs and "
+                                  "aggregate metrics: see the README section Erasure"}, status_code=202)
+
+    async def erase_user(request: Request) -> Response:
+        return await erase(request, "user")
+
+    async def erase_item(request: Request) -> Response:
+        return await erase(request, "item")
+
     async def healthz(request: Request) -> Response:
         return _Json({"status": "alive"})
 
@@ -344,6 +399,8 @@ def create_app(
     routes = [
         Route("/v1/users/{user_id:path}/recommendations", recommendations, methods=["GET"]),
         Route("/v1/events", events, methods=["POST"]),
+        Route("/v1/users/{user_id:path}", erase_user, methods=["DELETE"]),
+        Route("/v1/items/{item_id:path}", erase_item, methods=["DELETE"]),
         Route("/v1/items", items, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
@@ -351,6 +408,7 @@ def create_app(
     ]
     names: dict[Any, str] = {recommendations: "recommendations", events: "events", items: "items", healthz: "healthz",
                              readyz: "readyz", metrics_endpoint: "metrics"}
+    names[erase_user] = names[erase_item] = "erase"
     for r in dashboard.routes(settings, registry):
         routes.append(r)
         if getattr(r, "endpoint", None) is not None:

@@ -261,11 +261,16 @@ class Pusher(threading.Thread):
         created = time.time()
         for u in users:
             del self._due[u]
+            if not model.has_user(u):  # erased (or expired) since its feedback was queued: no push
+                self._last.pop(u, None)
+                continue
             self._last[u] = now
             rec = self.catalog.recommend(model, u, self.k, True)
             rec["reason"] = "push"
             rec["created"] = created
             msgs.append((u.encode(), json.dumps(rec).encode(), []))
+        if not msgs:
+            return
         try:
             self.send(msgs)
             self.metrics.push_messages.inc(len(msgs))

@@ -293,6 +293,12 @@ class ServingModel:
                 dead_users.difference_update(uid)
             if dead_items and iid:
                 dead_items.difference_update(items.index[key] for key in iid)
+            gone = [x for x in map(str, u.header.get("expired_user_ids") or ()) if x in seen]
+            if gone:  # expired or erased users: their seen lists go with them (a fresh profile starts empty)
+                if not seen_copied:
+                    seen, seen_copied = dict(seen), True
+                for x in gone:
+                    del seen[x]
             published = u.header.get("published") or []
             if published and seen_per_user > 0:
                 if not seen_copied:
