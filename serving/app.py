@@ -20,6 +20,9 @@
                                              else 503 with the reasons
 ``GET /metrics``                             Prometheus text format
 ``GET /try``                                 the "be the user" page (:mod:`serving.try_page`)
+``GET /v1/items/{item_id}/feedback``         an item's comment sentiment, ratings and trend;
+                                             ``GET /v1/items/feedback?order=falling`` lists the
+                                             items slipping fastest (:mod:`serving.feedback`)
 ==========================================  ====================================================
 
 Errors are JSON ``{"detail": <code>, "message": <text>}`` with a bounded ``detail`` code.
@@ -61,6 +64,8 @@ from streamproc.topics import Topics
 from serving import dashboard, try_page
 from serving.catalog import Catalog, Rules, RuleError
 from serving.early import EarlyPopularity
+from serving.feedback import FeedbackView
+from serving.feedback import routes as feedback_routes
 from serving.kafka_io import KafkaIO
 from serving.metrics import ServingMetrics
 from serving.store import ModelStore
@@ -156,6 +161,8 @@ def create_app(
     early = EarlyPopularity(seen_per_user=max(1, min(settings.seen_per_user, 1000)))
     feedback = try_page.FeedbackLog()
     store.listeners.append(feedback.on_swap)
+    item_view = FeedbackView(lambda: store.current, metrics)  # item feedback analysis: gauges + dashboard panel
+    store.listeners.append(item_view.on_swap)
 
     def forget_feedback(model: Any, update: Any) -> None:  # erased/expired users leave the /try page's log
         gone = update.header.get("expired_user_ids") or ()
@@ -409,7 +416,7 @@ def create_app(
     names: dict[Any, str] = {recommendations: "recommendations", events: "events", items: "items", healthz: "healthz",
                              readyz: "readyz", metrics_endpoint: "metrics"}
     names[erase_user] = names[erase_item] = "erase"
-    for r in dashboard.routes(settings, registry):
+    for r in dashboard.routes(settings, registry, feedback=item_view.summary):
         routes.append(r)
         if getattr(r, "endpoint", None) is not None:
             names[r.endpoint] = "dashboard"
@@ -417,6 +424,9 @@ def create_app(
         routes.append(r)
         if getattr(r, "endpoint", None) is not None:
             names[r.endpoint] = "try"
+    for r in feedback_routes(lambda: store.current, read_ok):
+        routes.append(r)
+        names[r.endpoint] = "item_feedback"
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if start_kafka:

@@ -32,6 +32,11 @@ JSON keys of ``/dashboard/data``::
                prequential_ndcg_at_10 (= ndcg_running), drift_detections (= drift_total),
                dead_letters (= dead_letters_total), requests_per_s, request_p99_s
     history    points with t > since (all kept points without ``since``), oldest first
+    feedback   item feedback analysis of the served model (:meth:`serving.feedback.FeedbackView.summary`)
+               or null (no model yet, or a page mounted without it): version, items, commented,
+               falling, trend_min, buckets (upper bounds of item mean sentiment, last "+Inf"),
+               counts (items per bucket), top_falling (the falling list, entries as
+               ``GET /v1/items/{id}/feedback``; an empty list when reads need an API key)
 
 A point is a flat object; every value is a number or null (null = no data yet: a metric not
 exposed yet, a source down, fewer than two scrapes, or no observation in the window; a counter
@@ -67,7 +72,11 @@ DOM of the page (stable, for tests and people): ``<body data-state="nodata|live|
 element ``#val-<k>`` whose text is the formatted value ("—" when null) and whose ``data-value``
 is the raw number ("" when null); charts are ``canvas#chart-<panel>`` with ``data-points`` (the
 number of points drawn). Panels: events, deadletters, feedback, model, quality, drift, latency,
-requests.
+requests, sentiment. The sentiment panel (item feedback analysis, from ``feedback``): readouts
+``#fb-commented``, ``#fb-falling``, ``#fb-trend_min`` (text, and ``data-value``: raw number or "");
+``ol#falling-list`` with one ``li[data-item=<id>][data-trend=<trend>]`` per falling item (most
+negative trend first; ``data-empty`` on the list when there is none) and ``canvas#chart-sentiment``
+(bars of items per mean-sentiment bucket) whose ``data-items`` is the number of items drawn.
 
 Examples
 --------
@@ -86,7 +95,7 @@ import time
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 from urllib.parse import urlparse
 from urllib.request import ProxyHandler, build_opener
 
@@ -624,8 +633,12 @@ class Dashboard:
         }
 
 
-def routes(settings: Settings, registry: Any = None) -> list[BaseRoute]:
+def routes(settings: Settings, registry: Any = None, *,
+           feedback: Callable[[], dict[str, Any] | None] | None = None) -> list[BaseRoute]:
     """Starlette routes of the dashboard (page + JSON data); mounted by the serving app.
+
+    ``feedback`` returns the item feedback summary of the served model (the data's ``feedback``
+    key); the falling list's item ids are left out when reads need an API key (the page has none).
 
     Examples
     --------
@@ -644,7 +657,16 @@ def routes(settings: Settings, registry: Any = None) -> list[BaseRoute]:
         except ValueError:
             return JSONResponse({"detail": f"since must be a number, got {raw!r}"}, status_code=400)
         await dash.scrape()
-        return JSONResponse(dash.data(since), headers={"Cache-Control": "no-store"})
+        body = dash.data(since)
+        body["feedback"] = await run_in_threadpool(feedback_summary) if feedback is not None else None
+        return JSONResponse(body, headers={"Cache-Control": "no-store"})
+
+    def feedback_summary() -> dict[str, Any] | None:
+        assert feedback is not None
+        s = feedback()
+        if s is not None and settings.read_api_key_required and not settings.auth_disabled:
+            s = {**s, "top_falling": []}  # item ids are a read: the page carries no key
+        return s
 
     page_route = Route("/dashboard", page, methods=["GET"], name="dashboard")
     data_route = Route("/dashboard/data", data, methods=["GET"], name="dashboard_data")

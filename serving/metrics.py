@@ -58,6 +58,13 @@ class ServingMetrics:
         self.kafka_requests = Counter("reco_serving_kafka_requests", "Recommendation requests read from Kafka, by status", ["status"], registry=r)
         self.ready = Gauge("reco_serving_ready", "1 when a model is loaded and Kafka is reachable", registry=r)
         self.kafka_connected = Gauge("reco_serving_kafka_connected", "1 while the Kafka clients are connected", registry=r)
+        # Feedback analysis (serving.feedback), set on every model swap; no per-item labels.
+        self.items_commented = Gauge("reco_serving_items_commented", "Items in the served model with at least one comment sentiment estimate", registry=r)
+        self.items_sentiment_falling = Gauge("reco_serving_items_sentiment_falling", "Items whose comment sentiment is flagged falling", registry=r)
+        self.items_sentiment_trend_min = Gauge("reco_serving_items_sentiment_trend_min",
+                                               "Most negative item sentiment trend (recent minus slow mean, rating points)", registry=r)
+        # cumulative like histogram buckets (le = 1, 1.5, ..., 5, +Inf): histogram_quantile() applies
+        self.items_by_sentiment = Gauge("reco_serving_items_by_sentiment", "Items whose mean comment sentiment is <= le", ["le"], registry=r)
         self.erasure_requests = Counter("reco_serving_erasure_requests", "Erasure requests accepted (DELETE /v1/users|items/{id}), by kind",
                                         ["kind"], registry=r)
         # The live catalogue (serving.catalog) and the request-time rules.

@@ -30,12 +30,14 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from streamproc.errors import InvalidUpdate
+from trainer.feedback import FEEDBACK_COLUMNS, FEEDBACK_TENSOR
 from trainer.scoring import RankWeights, popularity_part, score_items
 
 __all__ = ["ServingModel", "Recommendation", "RejectedUpdate"]
 
 USER_TENSORS = ("user_factors", "user_bias", "user_candidate_scores", "user_candidate_rows", "user_mf_gain")
-ITEM_TENSORS = ("item_factors", "item_bias", "item_popularity", "item_log_popularity")
+ITEM_TENSORS = ("item_factors", "item_bias", "item_popularity", "item_log_popularity", FEEDBACK_TENSOR)
+# item_feedback (serving.feedback): [n, len(FEEDBACK_COLUMNS)]; rows an update never carried read 0 (no comments)
 # user_candidate_rows is serving's own: the rows of the header's user_candidates, stored + 1 (0 = none)
 
 
@@ -154,6 +156,9 @@ def _check_shapes(tensors: dict[str, np.ndarray], factors: int | None) -> int | 
     arr = tensors.get("item_log_popularity")
     if arr is not None and arr.ndim not in (1, 2):
         raise RejectedUpdate(f"item_log_popularity must be 1-d or 2-d, got shape {arr.shape}", reason="shape")
+    arr = tensors.get(FEEDBACK_TENSOR)
+    if arr is not None and (arr.ndim != 2 or arr.shape[1] != len(FEEDBACK_COLUMNS)):
+        raise RejectedUpdate(f"{FEEDBACK_TENSOR} must have shape (n, {len(FEEDBACK_COLUMNS)}), got {arr.shape}", reason="shape")
     arr = tensors.get("user_candidate_scores")
     if arr is not None and arr.ndim != 2:
         raise RejectedUpdate(f"user_candidate_scores must be 2-d, got shape {arr.shape}", reason="shape")
@@ -247,7 +252,8 @@ class ServingModel:
             users = _Table.empty({"user_factors": (factors,), "user_bias": (), "user_candidate_scores": (width,),
                                   "user_candidate_rows": (width,), "user_mf_gain": ()}, {"user_candidate_rows": np.int32})
             lp_tail = next((u.tensors["item_log_popularity"].shape[1:] for u in updates if "item_log_popularity" in u.tensors), ())
-            items = _Table.empty({"item_factors": (factors,), "item_bias": (), "item_popularity": (), "item_log_popularity": lp_tail})
+            items = _Table.empty({"item_factors": (factors,), "item_bias": (), "item_popularity": (), "item_log_popularity": lp_tail,
+                                  FEEDBACK_TENSOR: (len(FEEDBACK_COLUMNS),)})
             seen = dict(base.seen) if base is not None else {}
             seen_copied = True
             dead_users: set[str] = set()
@@ -333,6 +339,18 @@ class ServingModel:
 
     def has_user(self, user_id: str) -> bool:
         return self._user_row(user_id) is not None
+
+    def item_row(self, item_id: str) -> int | None:
+        """Row of ``item_id`` in this version; None when unknown or expired."""
+        r = self._items.index.get(item_id)
+        if r is None or r >= self._items.n or (len(self._dead_items) and r in self._dead_items):
+            return None
+        return r
+
+    def item_feedback(self) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """``(item ids by row, read-only item_feedback rows [n, len(FEEDBACK_COLUMNS)], rows of
+        expired items)`` for :mod:`serving.feedback`."""
+        return self._items.ids[: self._items.n], self._items.view(FEEDBACK_TENSOR), self._dead_items
 
     def item_ids(self) -> list[str]:
         return self._items.ids[: self._items.n]

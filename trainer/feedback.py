@@ -29,17 +29,19 @@ Updates are vectorised: a batch is applied in rounds, round ``k`` taking every i
 example in the batch, so an item's comments are folded in their stream order.
 
 Exported per row (:meth:`ItemFeedback.export`, tensor ``item_feedback``, float32, columns
-:data:`FEEDBACK_COLUMNS`)::
+:data:`FEEDBACK_COLUMNS`; model updates carry finite values only, so "nothing to report" is 0 and
+the counts / ``trended`` say which values mean something)::
 
     0 comments          comment examples seen
     1 comments_scored   comments with a sentiment estimate
-    2 sentiment_mean    mean estimated sentiment (rating units; NaN without scored comments)
-    3 sentiment_recent  EWMA over ~recent_comments comments (NaN without scored comments)
+    2 sentiment_mean    mean estimated sentiment (rating units; 0 when comments_scored is 0)
+    3 sentiment_recent  EWMA over ~recent_comments comments (0 when comments_scored is 0)
     4 ratings           ratings and rated comments
-    5 rating_mean       their mean (NaN without ratings)
-    6 trend             sentiment_recent - slow EWMA (NaN below min_comments scored comments)
-    7 trend_z           trend / its standard error (NaN below min_comments)
+    5 rating_mean       their mean (0 when ratings is 0)
+    6 trend             sentiment_recent - slow EWMA (0 when not trended)
+    7 trend_z           trend / its standard error (0 when not trended)
     8 falling           1.0 when flagged falling, else 0.0
+    9 trended           1.0 once the item has min_comments scored comments (trend and trend_z valid)
 
 Examples
 --------
@@ -64,7 +66,7 @@ __all__ = ["FEEDBACK_COLUMNS", "FEEDBACK_TENSOR", "ItemFeedback"]
 
 FEEDBACK_TENSOR = "item_feedback"
 FEEDBACK_COLUMNS = ("comments", "comments_scored", "sentiment_mean", "sentiment_recent", "ratings", "rating_mean",
-                    "trend", "trend_z", "falling")
+                    "trend", "trend_z", "falling", "trended")
 
 _KIND_RATING, _KIND_COMMENT = 0, 2  # streamproc.examples.KIND_*; kept literal to stay import-light
 _STATE_VERSION = 1
@@ -220,8 +222,8 @@ class ItemFeedback:
 
     # ------------------------------------------------------------------ reading
     def columns(self, rows: np.ndarray) -> np.ndarray:
-        """The exported columns (:data:`FEEDBACK_COLUMNS`) of ``rows`` as float64 ``[n, 9]``;
-        rows never updated read as no comments and no ratings."""
+        """The exported columns (:data:`FEEDBACK_COLUMNS`) of ``rows`` as float64 ``[n, 10]``;
+        rows never updated read as no comments and no ratings (all 0)."""
         rows = np.asarray(rows, np.int64)
         st = np.zeros((len(rows), _NSTATE), np.float64)
         ok = (rows >= 0) & (rows < self._n)
@@ -230,22 +232,23 @@ class ItemFeedback:
         ns, nr = st[:, _NS], st[:, _NR]
         has = ns > 0
         out[:, 0], out[:, 1], out[:, 4] = st[:, _C], ns, nr
-        out[:, 2] = np.where(has, st[:, _MEAN], np.nan)
-        out[:, 3] = np.where(has, st[:, _FAST], np.nan)
-        out[:, 5] = np.where(nr > 0, st[:, _RMEAN], np.nan)
+        out[:, 2] = np.where(has, st[:, _MEAN], 0.0)
+        out[:, 3] = np.where(has, st[:, _FAST], 0.0)
+        out[:, 5] = np.where(nr > 0, st[:, _RMEAN], 0.0)
         trend = st[:, _FAST] - st[:, _SLOW]
         factor = np.maximum(st[:, _VF] + st[:, _VS] - 2.0 * st[:, _CV], 0.0)
         se = np.sqrt(np.maximum(st[:, _VAR], self.sigma_min ** 2) * factor)
         with np.errstate(divide="ignore", invalid="ignore"):
             z = np.where(se > 0, trend / np.where(se > 0, se, 1.0), 0.0)
         enough = ns >= self.min_comments
-        out[:, 6] = np.where(enough, trend, np.nan)
-        out[:, 7] = np.where(enough, z, np.nan)
+        out[:, 6] = np.where(enough, trend, 0.0)
+        out[:, 7] = np.where(enough, z, 0.0)
         out[:, 8] = (enough & (trend <= -self.min_drop) & (z <= -self.z_min)).astype(np.float64)
+        out[:, 9] = enough
         return out
 
     def export(self, rows: np.ndarray) -> dict[str, np.ndarray]:
-        """Tensors of a model update for item ``rows``: ``{"item_feedback": float32 [n, 9]}``,
+        """Tensors of a model update for item ``rows``: ``{"item_feedback": float32 [n, 10]}``,
         row ``j`` for ``rows[j]`` (columns :data:`FEEDBACK_COLUMNS`)."""
         return {FEEDBACK_TENSOR: np.ascontiguousarray(self.columns(rows), np.float32)}
 

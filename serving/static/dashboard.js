@@ -220,8 +220,90 @@ function drawLegend(ctx, legend) {
   }
 }
 
+let feedback = null;  // the latest item feedback summary (doc.feedback) or null
+
 function drawAll() {
   for (const [name, panel] of Object.entries(PANELS)) drawChart(name, panel, points);
+  drawSentiment(feedback);
+}
+
+function setFb(id, v, text) {
+  const el = document.getElementById(id);
+  const ok = v !== null && v !== undefined && isFinite(v);
+  el.dataset.value = ok ? String(v) : "";
+  el.textContent = ok ? text : "—";
+}
+
+// the falling list and readouts of the sentiment panel
+function renderFeedback(fb) {
+  feedback = fb || null;
+  setFb("fb-falling", fb ? fb.falling : null, fb ? fmt(fb.falling, "count") : "");
+  setFb("fb-commented", fb ? fb.commented : null, fb ? fmt(fb.commented, "count") : "");
+  setFb("fb-trend_min", fb ? fb.trend_min : null, fb && fb.trend_min !== null ? fb.trend_min.toFixed(2) : "");
+  const ol = document.getElementById("falling-list");
+  ol.replaceChildren();
+  const top = fb ? fb.top_falling || [] : [];
+  for (const it of top) {
+    const li = document.createElement("li");
+    li.dataset.item = it.item_id;
+    li.dataset.trend = String(it.trend);
+    const id = document.createElement("span"); id.className = "id"; id.textContent = it.item_id;
+    const tr = document.createElement("span"); tr.className = "trend"; tr.textContent = (it.trend >= 0 ? "+" : "") + it.trend.toFixed(2);
+    const more = document.createElement("span"); more.className = "more";
+    more.textContent = `recent ${fmtNum(it.sentiment_recent)} · mean ${fmtNum(it.sentiment_mean)} · ${it.comments} comments` + (it.falling ? " · falling" : "");
+    li.append(id, tr, more);
+    ol.appendChild(li);
+  }
+  ol.dataset.empty = top.length ? "false" : "true";
+  ol.dataset.note = !fb ? "no model yet" : fb.falling === 0 && !top.length ? "no item's comments are turning negative" : top.length ? "" : "items hidden: reads need an API key";
+}
+
+function fmtNum(v) { return v === null || v === undefined ? "—" : v.toFixed(2); }
+
+// bars: items per mean-sentiment bucket, red (low) to green (high)
+function drawSentiment(fb) {
+  const canvas = document.getElementById("chart-sentiment");
+  if (!canvas) return;
+  const dpr = window.devicePixelRatio || 1;
+  const w = canvas.clientWidth, h = canvas.clientHeight;
+  if (canvas.width !== Math.round(w * dpr) || canvas.height !== Math.round(h * dpr)) {
+    canvas.width = Math.round(w * dpr); canvas.height = Math.round(h * dpr);
+  }
+  const ctx = canvas.getContext("2d");
+  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+  ctx.clearRect(0, 0, w, h);
+  ctx.font = "11px system-ui, sans-serif";
+  const counts = fb ? fb.counts || [] : [];
+  const total = counts.reduce((a, b) => a + b, 0);
+  canvas.dataset.items = String(total);
+  const m = { l: 40, r: 10, t: 16, b: 30 };
+  const pw = w - m.l - m.r, ph = h - m.t - m.b;
+  ctx.fillStyle = "#7d8a99"; ctx.textAlign = "left"; ctx.textBaseline = "top";
+  ctx.fillText("items by mean comment sentiment", m.l, 1);
+  if (!total) {
+    ctx.textAlign = "center"; ctx.textBaseline = "middle"; ctx.font = "13px system-ui, sans-serif";
+    ctx.fillText(fb ? "no comments yet" : "no model yet", m.l + pw / 2, m.t + ph / 2);
+    return;
+  }
+  const hi = Math.max(...counts);
+  const n = counts.length, bw = pw / n;
+  ctx.strokeStyle = "#263140"; ctx.strokeRect(m.l + 0.5, m.t + 0.5, pw, ph);
+  ctx.textAlign = "right"; ctx.textBaseline = "middle";
+  for (let i = 0; i <= 2; i++) {
+    const v = hi * i / 2, yy = m.t + ph * (1 - i / 2);
+    ctx.fillText(Math.round(v).toString(), m.l - 4, yy);
+  }
+  const bounds = fb.buckets;
+  for (let i = 0; i < n; i++) {
+    const bh = ph * counts[i] / hi;
+    const hue = Math.round(120 * i / Math.max(1, n - 1));
+    ctx.fillStyle = `hsl(${hue}, 55%, 50%)`;
+    ctx.fillRect(m.l + i * bw + 2, m.t + ph - bh, bw - 4, bh);
+    ctx.fillStyle = "#7d8a99"; ctx.textAlign = "center"; ctx.textBaseline = "top";
+    const lo = i === 0 ? null : bounds[i - 1];
+    const label = i === 0 ? "≤" + bounds[0] : bounds[i] === "+Inf" ? ">" + lo : lo + "–" + bounds[i];
+    ctx.fillText(label, m.l + (i + 0.5) * bw, m.t + ph + 4);
+  }
 }
 
 function anyValue(p) {
@@ -248,6 +330,7 @@ function render(doc) {
     status.textContent = latest ? `no data yet · ${up}/${total} sources up` : "no data yet";
   }
   if (latest) document.getElementById("updated").textContent = new Date(latest.t * 1000).toLocaleTimeString();
+  renderFeedback(doc.feedback);
   drawAll();
 }
 
