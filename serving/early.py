@@ -22,7 +22,8 @@ import asyncio
 import json
 import logging
 from collections import Counter, OrderedDict
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 # Imported here, on the importing thread: importing aiokafka (which imports kafka-python) on the
 # event loop while the model-updates thread imports kafka-python raced into a half-initialised

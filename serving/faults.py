@@ -25,14 +25,14 @@ import io
 import json
 import os
 import random
-import re
 import signal
 import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from streamproc.settings import Settings
 
@@ -314,9 +314,9 @@ class FaultHarness:
         event_pos: dict[str, tuple[int, int]] = {}
         if topic_dups:
             for m in read_all(self.settings, self.topics.events, idle_ms=500):
-                i = dead_letter_id(m.value)
-                if i in topic_dups:
-                    event_pos[i] = (m.partition, m.offset)
+                dead_id = dead_letter_id(m.value)
+                if dead_id is not None and dead_id in topic_dups:
+                    event_pos[dead_id] = (m.partition, m.offset)
         sp_kills = [k for k in self.kills if k.role.startswith("streamproc")]
         outside_sp = {i for i in topic_dups
                       if not any(event_pos.get(i, (0, -1))[1] >= k.committed.get(event_pos.get(i, (0, -1))[0], 0) for k in sp_kills)}

@@ -26,17 +26,17 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict, deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from streamproc.settings import Settings
-
 from serving.catalog import Catalog
 from serving.dashboard import STATIC_DIR
+from streamproc.settings import Settings
 
 __all__ = ["FeedbackLog", "routes"]
 

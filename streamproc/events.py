@@ -31,10 +31,9 @@ streamproc.errors.InvalidEvent: rating: 9.0 is outside the rating scale [0.5, 5.
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -97,7 +96,7 @@ class CommentEvent(_Envelope):
     rating: float | None = Field(default=None, description="Rating given with the comment, if any")
 
 
-Event = Annotated[Union[ClickEvent, RatingEvent, CommentEvent], Field(discriminator="type")]
+Event = Annotated[ClickEvent | RatingEvent | CommentEvent, Field(discriminator="type")]
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(Event)
 
 _REASONS = {
@@ -153,12 +152,13 @@ class EventValidator:
                 f"message is {len(raw)} bytes, larger than the limit {self.settings.max_event_bytes}",
                 reason="too_large",
             )
+        data = bytes(raw)  # the same object for bytes; pydantic's JSON parser takes no memoryview
         try:
-            bytes(raw).decode("utf-8")
+            data.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise InvalidEvent(f"message is not valid UTF-8 ({exc.reason} at byte {exc.start})", reason="invalid_utf8") from None
         try:
-            event = _ADAPTER.validate_json(raw)
+            event = _ADAPTER.validate_json(data)
         except ValidationError as exc:
             raise _from_validation_error(exc) from None
         except RecursionError:  # pathological nesting

@@ -32,8 +32,9 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 __all__ = ["install", "undecodable", "UndecodableBatch", "MARKER_HEADER", "REASONS"]
 

@@ -99,8 +99,8 @@ def _river(users: list[str], items: list[str], ratings: np.ndarray, lo: float, h
     for name, m in models.items():
         preds = np.empty(len(ratings))
         t0 = time.perf_counter()
-        for n, (u, i, y) in enumerate(zip(users, items, ratings.tolist())):
-            preds[n] = m.predict_one(u, i)
+        for n, (u, i, y) in enumerate(zip(users, items, ratings.tolist(), strict=True)):
+            preds[n] = m.predict_one(u, i)  # type: ignore[assignment]  # river annotates predictions as numbers.Number
             m.learn_one(u, i, y)
         dt = time.perf_counter() - t0
         preds = np.clip(preds, lo, hi)
@@ -122,8 +122,8 @@ def _cmd_bench_trainer(args: argparse.Namespace, settings: Settings) -> int:
 
         s = demo_stream()
         keep = ~np.isnan(s.ratings)
-        users = [u for u, k in zip(s.users, keep) if k]
-        items = [i for i, k in zip(s.items, keep) if k]
+        users = [u for u, k in zip(s.users, keep, strict=True) if k]
+        items = [i for i, k in zip(s.items, keep, strict=True) if k]
         ratings, times = s.ratings[keep], s.times[keep]
         args.ratings = s.source
         log.info("no ratings at %s: using %s", DEFAULT_RATINGS, s.source)

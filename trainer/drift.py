@@ -158,7 +158,7 @@ class DriftMonitor:
         before = acc[0] / acc[1] if acc[1] else None
         est_before = getattr(det, "estimation", None)
         w_before = int(getattr(det, "width", 0))
-        n_before = acc[1]
+        n_before = int(acc[1])
         self._blocks[signal].append(value)
         pend = self._pending.get(signal)
         if pend is not None:
@@ -215,7 +215,7 @@ class DriftMonitor:
                 "pending": self._pending}
 
     @classmethod
-    def from_state(cls, s: dict[str, Any]) -> "DriftMonitor":
+    def from_state(cls, s: dict[str, Any]) -> DriftMonitor:
         """Rebuild (see the module docstring): detectors re-fed with the stored recent values."""
         m = cls(s["detector"], s["delta"], s["threshold"], s["block"], s["history"], s["seed"], s.get("min_shift", 0.25),
                 s.get("confirm_blocks", 20))

@@ -65,7 +65,7 @@ class _Window:
         return {"size": self.size, "n": self._n, "buf": self._buf[: min(self._n, self.size)].tolist()}
 
     @classmethod
-    def from_state(cls, s: dict[str, Any]) -> "_Window":
+    def from_state(cls, s: dict[str, Any]) -> _Window:
         w = cls(s["size"])
         w._n = int(s["n"])
         w._buf[: len(s["buf"])] = s["buf"]
@@ -153,7 +153,7 @@ class Prequential:
                 "n_ranked": self._n_ranked, "win": {k: v.state() for k, v in self._win.items()}}
 
     @classmethod
-    def from_state(cls, s: dict[str, Any]) -> "Prequential":
+    def from_state(cls, s: dict[str, Any]) -> Prequential:
         p = cls(s["window"])
         p._sum = {k: float(v) for k, v in s["sum"].items()}
         p._n_ratings, p._n_clicks = int(s["n_ratings"]), int(s["n_clicks"])

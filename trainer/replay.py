@@ -24,7 +24,8 @@ Examples
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -34,6 +35,7 @@ POLICIES = ("reservoir", "recency", "per_user")
 REPLAY_DTYPE = np.dtype(
     [("user", "<i4"), ("item", "<i4"), ("kind", "u1"), ("target", "<f4"), ("weight", "<f4"), ("time", "<f8"), ("seq", "<i8")]
 )
+_FIELDS: tuple[str, ...] = REPLAY_DTYPE.names or ()
 
 
 class ReplayBuffer:
@@ -173,14 +175,14 @@ class ReplayBuffer:
             "rng": self._rng.bit_generator.state,
         }
         data = self._data[: self._len]
-        arrays = {f"replay_{name}": np.ascontiguousarray(data[name]) for name in REPLAY_DTYPE.names}
+        arrays = {f"replay_{name}": np.ascontiguousarray(data[name]) for name in _FIELDS}
         return meta, arrays
 
     @classmethod
-    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> "ReplayBuffer":
+    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> ReplayBuffer:
         buf = cls(size=meta["size"], policy=meta["policy"], seed=meta["seed"])
         n = len(arrays["replay_user"])
-        for name in REPLAY_DTYPE.names:
+        for name in _FIELDS:
             buf._data[name][:n] = arrays[f"replay_{name}"]
         buf._len, buf._seen = int(meta["len"]), int(meta["seen"])
         buf._recent_since, buf._recent_until = int(meta["recent_since"]), int(meta["recent_until"])

@@ -84,7 +84,7 @@ class ModelUpdate:
         return header if isinstance(header, dict) else None
 
     @classmethod
-    def decode(cls, data: bytes) -> "ModelUpdate":
+    def decode(cls, data: bytes) -> ModelUpdate:
         """Parse and sanity-check; any corruption raises :class:`InvalidUpdate`."""
         from safetensors import SafetensorError
         from safetensors.numpy import load

@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 import sys
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -13,7 +12,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import prom  # noqa: E402
 from metrics_catalog import DEPLOY, ROOT, Metric, load_catalog  # noqa: E402,F401
-
 
 SKIP_NO_PROMTOOL = "promtool not installed (run `bash deploy/system-deps.sh`: Debian package `prometheus`)"
 

@@ -6,8 +6,7 @@ import json
 
 import pytest
 import yaml
-from metrics_catalog import DEPLOY
-from metrics_catalog import base_metric, promql_metric_names
+from metrics_catalog import DEPLOY, base_metric, promql_metric_names
 
 GRAFANA = DEPLOY / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "reco.json"

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import time
 
+import prom
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
-
-import prom
 from metrics_catalog import DEPLOY
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 
 @pytest.fixture

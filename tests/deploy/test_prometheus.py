@@ -6,8 +6,7 @@ import subprocess
 
 import pytest
 import yaml
-from metrics_catalog import DEPLOY
-from metrics_catalog import base_metric, promql_metric_names
+from metrics_catalog import DEPLOY, base_metric, promql_metric_names
 
 PROM_DIR = DEPLOY / "prometheus"
 CONFIG = PROM_DIR / "prometheus.yml"

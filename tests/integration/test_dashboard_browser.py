@@ -8,17 +8,16 @@ A screenshot lands in ``artifacts/dashboard.png``.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
-
-from serving.faults import poll  # the one deadline-poll helper (raises TimeoutError)
 import uvicorn
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from starlette.applications import Starlette
 
 from serving.dashboard import routes
+from serving.faults import poll  # the one deadline-poll helper (raises TimeoutError)
 from streamproc.broker import free_port
 from streamproc.settings import Settings
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 import io
 import random
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
 
 import httpx
 import pytest

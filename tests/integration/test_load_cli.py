@@ -37,7 +37,7 @@ def test_load_publishes_rate_times_duration_valid_events_and_says_so(settings: S
     validator = EventValidator(settings)
     events = [validator.parse(m.value) for m in msgs]
     assert len(events) == 2000 and Counter(e.type for e in events) == Counter(summary["by_type"])
-    assert all(m.key == e.user_id.encode() for m, e in zip(msgs, events))  # keyed by user
+    assert all(m.key == e.user_id.encode() for m, e in zip(msgs, events, strict=True))  # keyed by user
     assert {e.user_id for e in events} <= {f"u{n}" for n in range(1, 31)}
 
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
-import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest

@@ -17,7 +17,8 @@ import io
 import json
 import time
 import uuid
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -143,9 +144,8 @@ def test_every_client_and_codec_is_learned(loop: tuple[FaultHarness, io.StringIO
 
 
 def test_corrupt_batch_is_dead_lettered_and_the_events_behind_it_are_learned(loop: tuple[FaultHarness, io.StringIO]) -> None:
-    from kafka import KafkaProducer
-
     import kafka.record.default_records as dr
+    from kafka import KafkaProducer
 
     h, log = loop
     user = f"fresh-{uuid.uuid4().hex[:6]}"
@@ -235,9 +235,8 @@ def test_confluent_consumer_gets_answers_and_pushes(loop: tuple[FaultHarness, io
 
 
 def test_trainer_and_serving_move_past_undecodable_batches_on_their_topics(loop: tuple[FaultHarness, io.StringIO]) -> None:
-    from kafka import KafkaProducer
-
     import kafka.record.default_records as dr
+    from kafka import KafkaProducer
 
     h, log = loop
     p = KafkaProducer(compression_type="zstd", linger_ms=50, **client_config(h.settings))

@@ -6,13 +6,14 @@ import json
 import threading
 import time
 import warnings
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
-
-from serving.faults import poll  # the one deadline-poll helper (raises TimeoutError)
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from prometheus_client import CollectorRegistry
+
+from serving.faults import poll  # the one deadline-poll helper (raises TimeoutError)
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")

@@ -6,14 +6,14 @@ import json
 import math
 import threading
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
-
-from serving.faults import poll  # the one deadline-poll helper (raises TimeoutError)
 from prometheus_client import CollectorRegistry
 
+from serving.faults import poll  # the one deadline-poll helper (raises TimeoutError)
 from streamproc.examples import KIND_CLICK, KIND_COMMENT, KIND_RATING, ExampleBatch
 from streamproc.kafka import client_config, read_all
 from streamproc.publisher import EventPublisher
@@ -193,7 +193,7 @@ def test_malformed_messages_go_to_dead_letters_and_valid_ones_arrive_in_order(se
     ids = ex.ids()
     ex.close()
     assert len(ids) == 2000 and set(ids) == {e for v in valid.values() for e in v}
-    for user, expected in valid.items():  # per user (= per partition) order is event order
+    for _user, expected in valid.items():  # per user (= per partition) order is event order
         assert [e for e in ids if e in set(expected)] == expected
     dead = read_all(settings, Topics.from_settings(settings).dead_letters)
     assert len(dead) == 1000

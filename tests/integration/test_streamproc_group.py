@@ -13,7 +13,7 @@ from streamproc.topics import Topics
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def test_two_workers_share_the_partitions_and_produce_each_example_once(settings: Settings, start) -> None:
+def test_two_workers_share_the_partitions_and_produce_each_example_once(settings: Settings, start) -> None:  # noqa: F811 - the fixture imported above
     a = start()
     wait_for(lambda: len(a.worker.assigned) == 4, what="first worker owns every partition")
     send_raw(settings, [(f"u{i % 40}".encode(), raw_event("click", f"a{i}", f"u{i % 40}", "m")) for i in range(2000)])
@@ -37,7 +37,7 @@ def test_two_workers_share_the_partitions_and_produce_each_example_once(settings
     assert len(ids) == 5000 and len(set(ids)) == 5000
 
 
-def test_rebalances_while_events_flow_lose_and_duplicate_nothing(settings: Settings, start) -> None:
+def test_rebalances_while_events_flow_lose_and_duplicate_nothing(settings: Settings, start) -> None:  # noqa: F811 - the fixture imported above
     import threading
 
     from streamproc.publisher import EventPublisher

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
-
-from serving.faults import poll  # the one deadline-poll helper (raises TimeoutError)
 from prometheus_client import CollectorRegistry
 
+from serving.faults import poll  # the one deadline-poll helper (raises TimeoutError)
 from streamproc.examples import KIND_CLICK, KIND_RATING, ExampleBatch
 from streamproc.kafka import client_config, read_all
 from streamproc.settings import Settings

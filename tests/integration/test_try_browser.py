@@ -10,12 +10,12 @@ Also: serving answers from the first events, before any model exists (popularity
 from __future__ import annotations
 
 import io
-import json
 import re
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest

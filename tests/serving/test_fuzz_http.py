@@ -16,7 +16,9 @@ import uuid
 import warnings
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 with warnings.catch_warnings():  # starlette nags about httpx in its test client; not ours

@@ -66,8 +66,8 @@ def test_push_after_feedback_is_rate_limited_per_user() -> None:
         pusher.join()
     bodies = [json.loads(m[1]) for _, m in sent]
     assert bodies[0]["version"] == 2 and bodies[-1]["version"] == 4  # the newest model is pushed in the end
-    assert all(m[0] == b"u1" and b["reason"] == "push" for (_, m), b in zip(sent, bodies))
+    assert all(m[0] == b"u1" and b["reason"] == "push" for (_, m), b in zip(sent, bodies, strict=True))
     assert len(sent) < 4  # three updates for u1 inside one interval were coalesced
     times = [t for t, _ in sent]
-    assert all(b - a >= 0.25 for a, b in zip(times, times[1:]))  # never more often than the 0.3 s interval
+    assert all(b - a >= 0.25 for a, b in zip(times, times[1:], strict=False))  # never more often than the 0.3 s interval
     assert store.metrics.registry.get_sample_value("reco_serving_push_messages_total") == len(sent)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import math
 
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from streamproc.errors import InvalidEvent
 from streamproc.events import EventValidator

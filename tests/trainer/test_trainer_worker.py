@@ -28,7 +28,7 @@ class FakeModel:
         self.drifts = 0
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "FakeModel":
+    def from_settings(cls, settings: Settings) -> FakeModel:
         return cls()
 
     @property
@@ -41,7 +41,7 @@ class FakeModel:
 
     def learn_batch(self, batch: ExampleBatch) -> np.ndarray:
         preds = np.full(len(batch), self.total / max(self.count, 1), np.float32)
-        for u, i, t in zip(batch.user_ids, batch.item_ids, batch.records["target"]):
+        for u, i, t in zip(batch.user_ids, batch.item_ids, batch.records["target"], strict=True):
             self.users.setdefault(u, len(self.users))
             self.items.setdefault(i, len(self.items))
             self.touched_u.add(u)
@@ -66,7 +66,7 @@ class FakeModel:
             "dummy": np.arange(3, dtype=np.float32)}
 
     @classmethod
-    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> "FakeModel":
+    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> FakeModel:
         m = cls()
         m.users = {u: n for n, u in enumerate(meta["users"])}
         m.items = {i: n for n, i in enumerate(meta["items"])}
@@ -93,7 +93,7 @@ class FakePrequential:
         return {"n": self.n}
 
     @classmethod
-    def from_state(cls, d: dict[str, Any]) -> "FakePrequential":
+    def from_state(cls, d: dict[str, Any]) -> FakePrequential:
         p = cls()
         p.n = d["n"]
         return p
@@ -112,7 +112,7 @@ class FakeDrift:
         return {"detector": self.detector}, {}
 
     @classmethod
-    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> "FakeDrift":
+    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> FakeDrift:
         return cls(meta["detector"])
 
 
