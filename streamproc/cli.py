@@ -215,8 +215,11 @@ def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     events = src.events if src.generated or args.limit is None else list(src.events)[: args.limit]
     total = src.total if args.limit is None else min(args.limit, src.total or args.limit)
     with (embedded_or_configured(settings) if args.embedded else contextlib.nullcontext(client_settings(settings))) as s:
+        from streamproc.items import catalog_records, publish_items
+
+        n_items = publish_items(s, catalog_records(src.catalog))  # the catalogue first: item records (items topic)
         res = replay(s, events, rate=rate, progress=not args.quiet, total=total)
-    print_json({"source": src.label, "events": res.events, "seconds": round(res.seconds, 3), "events_per_s": round(res.events_per_s, 1)})
+    print_json({"source": src.label, "items": n_items, "events": res.events, "seconds": round(res.seconds, 3), "events_per_s": round(res.events_per_s, 1)})
     return 0
 
 

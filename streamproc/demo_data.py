@@ -211,11 +211,27 @@ class DemoData:
         r = 3.0 + item.quality + (1.3 if item.category in user.likes else 0.0) - (1.8 if item.category == user.dislikes else 0.0)
         return max(0.5, min(5.0, r))
 
+    def description(self, item: DemoItem) -> str:
+        """A short blurb about ``item`` (its category's vocabulary; seeded by the item): the text an
+        item record carries, so the encoder has something to place a cold item with.
+
+        >>> d = DemoData(users=2, items=3, seed=1)
+        >>> d.description(d.catalogue[0]) == d.description(d.catalogue[0])
+        True
+        """
+        rng = random.Random(f"description-{self.seed}-{item.item_id}")
+        adjs, nouns, aspects = _BANKS.get(item.category, (("new",), ("story",), ("the story",)))
+        a, b = rng.sample(list(aspects), 2) if len(aspects) > 1 else (aspects[0], aspects[0])
+        return (f"A {rng.choice(adjs).lower()} {item.category.lower()} film about a {rng.choice(nouns).lower()}, "
+                f"known for {a} and {b}.")
+
     def catalog(self) -> dict[str, Any]:
-        """The catalogue as serving reads it (``reco serve --catalog``): titles, categories, users."""
+        """The catalogue as serving reads it (``reco serve --catalog``): titles, categories,
+        descriptions (published as item records too), users."""
         return {
             "source": f"demo (seed {self.seed})",
-            "items": {it.item_id: {"title": it.title, "category": it.category} for it in self.catalogue},
+            "items": {it.item_id: {"title": it.title, "category": it.category, "description": self.description(it)}
+                      for it in self.catalogue},
             "users": [{"user_id": u.user_id, "likes": list(u.likes), "dislikes": u.dislikes} for u in self.users[:50]],
         }
 

@@ -111,15 +111,16 @@ def load_events(dataset: str | Path, *, ratings: bool = True, comments: bool = T
 
 
 def load_catalog(dataset: str | Path) -> dict[str, Any] | None:
-    """Titles and categories from a MovieLens-style ``movies.csv`` (first genre), in the format of
-    :meth:`streamproc.demo_data.DemoData.catalog`; None when the directory has no movies.csv."""
+    """Titles and categories from a MovieLens-style ``movies.csv`` (``category``: the first genre,
+    ``categories``: every genre), in the format of :meth:`streamproc.demo_data.DemoData.catalog`;
+    None when the directory has no movies.csv. ``reco replay`` publishes it as item records."""
     path = Path(dataset) / "movies.csv"
     if not path.is_file():
         return None
     items = {}
     for _, row in _rows(path, ("movieId", "title", "genres")):
-        genre = (row["genres"] or "").split("|")[0]
-        items[row["movieId"]] = {"title": row["title"], "category": "" if genre == "(no genres listed)" else genre}
+        genres = [g for g in (row["genres"] or "").split("|") if g and g != "(no genres listed)"]
+        items[row["movieId"]] = {"title": row["title"], "category": genres[0] if genres else "", "categories": genres}
     return {"source": str(dataset), "items": items, "users": []}
 
 

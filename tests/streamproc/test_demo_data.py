@@ -40,7 +40,9 @@ def test_catalogue_has_unique_titles_and_every_category() -> None:
     assert {it.category for it in d.catalogue} == set(CATEGORIES)
     assert [it.item_id for it in d.catalogue[:3]] == ["i1", "i2", "i3"]
     cat = d.catalog()
-    assert cat["items"]["i1"] == {"title": d.catalogue[0].title, "category": d.catalogue[0].category}
+    assert cat["items"]["i1"] == {"title": d.catalogue[0].title, "category": d.catalogue[0].category,
+                                  "description": d.description(d.catalogue[0])}
+    assert d.catalogue[0].category.lower() in cat["items"]["i1"]["description"]
     assert cat["users"][0]["user_id"] == "u1" and cat["users"][0]["likes"]
 
 
