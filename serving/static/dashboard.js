@@ -248,7 +248,7 @@ function renderFeedback(fb) {
     li.dataset.item = it.item_id;
     li.dataset.trend = String(it.trend);
     const id = document.createElement("span"); id.className = "id"; id.textContent = it.item_id;
-    const tr = document.createElement("span"); tr.className = "trend"; tr.textContent = (it.trend >= 0 ? "+" : "") + it.trend.toFixed(2);
+    const tr = document.createElement("span"); tr.className = "trend"; tr.textContent = Math.abs(it.trend) < 0.005 ? "0.00" : (it.trend > 0 ? "+" : "") + it.trend.toFixed(2);
     const more = document.createElement("span"); more.className = "more";
     more.textContent = `recent ${fmtNum(it.sentiment_recent)} · mean ${fmtNum(it.sentiment_mean)} · ${it.comments} comments` + (it.falling ? " · falling" : "");
     li.append(id, tr, more);
@@ -289,9 +289,8 @@ function drawSentiment(fb) {
   const n = counts.length, bw = pw / n;
   ctx.strokeStyle = "#263140"; ctx.strokeRect(m.l + 0.5, m.t + 0.5, pw, ph);
   ctx.textAlign = "right"; ctx.textBaseline = "middle";
-  for (let i = 0; i <= 2; i++) {
-    const v = hi * i / 2, yy = m.t + ph * (1 - i / 2);
-    ctx.fillText(Math.round(v).toString(), m.l - 4, yy);
+  for (const v of hi % 2 === 0 ? [0, hi / 2, hi] : [0, hi]) {  // whole item counts only
+    ctx.fillText(String(v), m.l - 4, m.t + ph * (1 - v / hi));
   }
   const bounds = fb.buckets;
   for (let i = 0; i < n; i++) {
