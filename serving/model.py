@@ -201,13 +201,14 @@ class ServingModel:
     """
 
     __slots__ = ("version", "global_mean", "factors", "_users", "_items", "seen", "_popular", "header", "_if", "_ib", "_uf", "_ub",
-                 "_dead_users", "_dead_items", "ranking", "_lp", "_lp_max", "_cs", "_cr", "_pop_part", "_mg")
+                 "_dead_users", "_dead_items", "ranking", "_lp", "_lp_max", "_cs", "_cr", "_pop_part", "_mg", "_ann")
 
     def __init__(self, version: int, global_mean: float, factors: int, users: _Table, items: _Table,
                  seen: dict[str, tuple[str, ...]], header: dict[str, Any], popular: np.ndarray | None = None,
                  dead_users: frozenset[str] = frozenset(), dead_items: np.ndarray | None = None,
-                 ranking: RankWeights | None = None, mf_gain_known: bool = False) -> None:
+                 ranking: RankWeights | None = None, mf_gain_known: bool = False, ann: Any = None) -> None:
         self.version = version
+        self._ann = ann  # serving.ann.VersionIndex above RECO_ANN_MIN_ITEMS items, else None (exact top-k)
         self.ranking = ranking  # None: an update without the ranking blend (scores = the factor model)
         self.global_mean = float(global_mean)
         self.factors = factors
@@ -234,7 +235,8 @@ class ServingModel:
 
     # ------------------------------------------------------------------ building
     @classmethod
-    def build(cls, base: "ServingModel | None", updates: Sequence[Any], *, seen_per_user: int = 1000) -> "ServingModel":
+    def build(cls, base: "ServingModel | None", updates: Sequence[Any], *, seen_per_user: int = 1000, ann_min_items: int = 0,
+              ann_fetch: int = 200) -> "ServingModel":
         """Apply ``updates`` (decoded :class:`~trainer.updates.ModelUpdate`): all chunks of one
         snapshot, or one delta on top of ``base``. Raises :class:`RejectedUpdate` (with
         ``reason``) when the update cannot be applied; ``base`` is never modified."""
@@ -319,8 +321,11 @@ class ServingModel:
             mf_gain_known = any("user_mf_gain" in u.tensors for u in updates)
         else:
             mf_gain_known = base._mg is not None
+        from serving.ann import index_for  # approximate top-k for big catalogues (RECO_ANN_MIN_ITEMS)
+
+        ann = index_for(base._ann if base is not None else None, kind, items, [i for _, i in pending], ann_min_items, ann_fetch)
         return cls(version, global_mean, int(factors), users, items, seen, head, popular, frozenset(dead_users), dead, ranking,
-                   mf_gain_known)
+                   mf_gain_known, ann)
 
     # ------------------------------------------------------------------ reading
     @property
@@ -418,6 +423,10 @@ class ServingModel:
             return self._recommend_among(user_id, k, r, np.unique(allowed), excluded)
         if r is None or n == 0:
             return self._fallback(user_id, k, excluded)
+        if self.ranking is not None and self._ann is not None:
+            hit = self._approximate(user_id, r, k, excluded)
+            if hit is not None:
+                return hit
         if self.ranking is not None:
             scores = self._scores(r)
         else:
@@ -462,6 +471,21 @@ class ServingModel:
         top = np.argpartition(sub, m - kk)[m - kk :] if kk < m else np.arange(m)
         top = top[np.argsort(-sub[top], kind="stable")]
         return Recommendation(user_id, [(ids[c], float(s)) for c, s in zip(cand[top].tolist(), sub[top].tolist())], self.version, False)
+
+    def _approximate(self, user_id: str, r: int, k: int, excluded: np.ndarray) -> Recommendation | None:
+        """Top-``k`` through the item index (:mod:`serving.ann`); None: scan exactly instead."""
+        from serving.ann import approximate_top_k
+
+        w, g = self.ranking, float(self._mg[r]) if self._mg is not None else 1.0
+        assert w is not None and self._pop_part is not None
+        got = approximate_top_k(k=min(k, self._items.n), fetch=max(self._ann.fetch, k), pop_part=self._pop_part, popular=self._popular,
+                                index=self._ann.index, item_factors=self._if, item_bias=self._ib, user_vector=self._uf[r],
+                                c=w.mf * g / w.rating_span if w.mf else 0.0, cand_rows=self._cr[r].astype(np.int64) - 1,
+                                cand_vals=self._cs[r], w_knn=w.knn, excluded=excluded)
+        if got is None:
+            return None
+        ids = self._items.ids
+        return Recommendation(user_id, [(ids[c], float(s)) for c, s in zip(got[0].tolist(), got[1].tolist())], self.version, False)
 
     def _fallback(self, user_id: str, k: int, excluded: np.ndarray) -> Recommendation:
         ids = self._items.ids

@@ -133,7 +133,8 @@ class ModelStore:
                     return self._reject("stale", f"delta {version} is not newer than the served version {cur}")
                 updates = [update]
             try:
-                model = ServingModel.build(self._current, updates, seen_per_user=self.settings.seen_per_user)
+                model = ServingModel.build(self._current, updates, seen_per_user=self.settings.seen_per_user,
+                                           ann_min_items=self.settings.ann_min_items, ann_fetch=self.settings.ann_fetch)
             except RejectedUpdate as exc:
                 return self._reject(exc.reason, str(exc))
             except (KeyError, TypeError, ValueError, IndexError) as exc:  # well-formed file, nonsense content

@@ -108,6 +108,8 @@ class Settings:
     push_enabled: bool = _s(True, "Push refreshed top-k to the recommendations topic after feedback")
     push_min_interval_s: float = _s(1.0, "At most one push per user per this many seconds", min=0)
     seen_per_user: int = _s(1000, "Items remembered per user for exclude_seen", min=0)
+    ann_min_items: int = _s(200_000, "Catalogue size from which top-k uses the approximate index (serving.ann; exact below, and as fallback); 0 = never", min=0)
+    ann_fetch: int = _s(200, "Approximate top-k: items fetched from the index and from the popularity order before the exact re-scoring", min=10)
     metrics_port: int = _s(0, "Port of /metrics for worker roles; 0 = role default (streamproc 9101, trainer 9102)", min=0, max=65535)
     metrics_host: str = _s("127.0.0.1", "Bind address of the worker roles' /metrics endpoints")
     dashboard_sources: str = _s(

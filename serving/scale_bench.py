@@ -1,0 +1,547 @@
+"""``reco bench scale``: how each role's cost grows with users, items and the event rate.
+
+Drives the real roles' code with a synthetic stream (:func:`synthetic_stream`: every user at least
+once, Zipf-like item popularity and user activity, half clicks and half ratings from a low-rank
+truth) at growing sizes. Each size runs in its own process, so resident memory is that size's:
+
+* **trainer** (:class:`trainer.worker.TrainerWorker`, the real one, on the embedded broker):
+  events/s of ``learn`` on batches of 1,000 examples; resident memory growth and
+  ``HybridMF.memory_bytes_per_row``; checkpoint write time and bytes; a full snapshot's bytes and
+  publish time (export + encoding + send); then 10 s of stream at 2,000 events/s in deltas of
+  ``update_interval_ms`` and their bytes (raw and as ``RECO_COMPRESSION`` stores them);
+* **new replica** (:class:`serving.kafka_io.UpdateFollower` into a :class:`serving.store.ModelStore`,
+  in a fresh process): time until the snapshot is applied and the replica is ready, its memory,
+  and top-10 latency on the model it built;
+* **serving alone** (items 1k → 1M): a :class:`serving.bench.SyntheticModel` snapshot built into a
+  :class:`serving.model.ServingModel`; top-10 latency (in process, no HTTP) and memory;
+* **feedback latency** at a steady 2,000 events/s: ``reco bench freshness``'s probe loop, whole
+  loop up (streamproc → trainer → model update → serving).
+
+Model-updates traffic per replica at 2,000 events/s = delta bytes per second (measured) + snapshot
+bytes / ``snapshot_interval_s``. Sizes whose full snapshot would not fit the run's time budget
+(above ``--snapshot-max-users``) report snapshot and replica figures extrapolated linearly per user
+row from the largest measured size, marked ``"extrapolated": true``.
+
+The JSON holds, for every target of issue 14, the figure and a ``meets_<target>`` boolean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from streamproc.settings import Settings
+
+__all__ = ["synthetic_stream", "run_scale", "register", "register_bench", "plot", "TARGETS"]
+
+FULL_SIZES = ((10_000, 1_000), (100_000, 10_000), (1_000_000, 100_000))
+QUICK_SIZES = ((2_000, 200), (6_000, 600))
+FULL_SERVING_ITEMS = (1_000, 10_000, 100_000, 1_000_000)
+QUICK_SERVING_ITEMS = (1_000, 5_000)
+FEEDBACK_RATE = 2_000.0  # events/s of the feedback-latency and traffic figures
+TARGETS = {
+    "trainer_memory_gib_per_1m_users": 0.5,
+    "serving_p99_ms_100k_items": 10.0,
+    "serving_p99_ms_1m_items": 20.0,
+    "replica_ready_s": 30.0,
+    "feedback_p99_s": 3.0,
+    "model_updates_mb_per_s_per_replica": 2.0,
+}
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _zipf_choice(rng: np.random.Generator, n: int, size: int, s: float) -> np.ndarray:
+    """``size`` draws from ranks ``0..n-1`` with P(rank r) ∝ 1 / (r + 1)^s (rank 0 the most popular)."""
+    cdf = np.cumsum(1.0 / np.arange(1, n + 1, dtype=np.float64) ** s)
+    cdf /= cdf[-1]
+    return np.minimum(np.searchsorted(cdf, rng.random(size)), n - 1)
+
+
+def synthetic_stream(users: int, items: int, events: int, seed: int = 0, *, item_skew: float = 1.0,
+                     user_skew: float = 0.6, click_share: float = 0.5, start: float = 1.7e9, rate: float = 1_000.0
+                     ) -> dict[str, Any]:
+    """A stream of ``events`` feedback events over ``users`` x ``items``.
+
+    Every user appears at least once (``events >= users``); other events pick users and every
+    event picks its item from Zipf-like laws (exponents ``user_skew``, ``item_skew``; ids are
+    shuffled, so popularity is not the id order). Ratings come from a rank-4 truth, clipped to
+    0.5..5 in half steps; ``click_share`` of the events are clicks. Event times advance at ``rate``
+    events/s from ``start``.
+
+    Returns ``{"users", "items"}`` (id lists), ``kinds`` (uint8), ``targets`` (NaN for clicks)
+    and ``times`` (float64), one entry per event, in stream order.
+
+    Examples
+    --------
+    >>> s = synthetic_stream(50, 20, 200, seed=1)
+    >>> len(s["users"]), len(set(s["users"]))
+    (200, 50)
+    """
+    from streamproc.examples import KIND_CLICK, KIND_RATING
+
+    if users < 1 or items < 1:
+        raise ValueError(f"users={users!r}, items={items!r}: both must be >= 1")
+    if events < users:
+        raise ValueError(f"events={events!r}: must be >= users={users!r} (every user appears)")
+    rng = np.random.default_rng(seed)
+    u = np.concatenate([np.arange(users), rng.permutation(users)[_zipf_choice(rng, users, events - users, user_skew)]])
+    u = u[rng.permutation(events)]
+    i = rng.permutation(items)[_zipf_choice(rng, items, events, item_skew)]
+    pu, qi = rng.normal(0, 0.6, (users, 4)), rng.normal(0, 0.6, (items, 4))
+    truth = 3.2 + np.einsum("ij,ij->i", pu[u], qi[i]) + rng.normal(0, 0.5, events)
+    kinds = np.where(rng.random(events) < click_share, KIND_CLICK, KIND_RATING).astype(np.uint8)
+    targets = np.where(kinds == KIND_RATING, np.clip(np.round(truth * 2) / 2, 0.5, 5.0), np.nan)
+    return {"users": [f"u{x}" for x in u.tolist()], "items": [f"i{x}" for x in i.tolist()], "kinds": kinds,
+            "targets": targets, "times": start + np.arange(events, dtype=np.float64) / rate}
+
+
+def _batches(stream: dict[str, Any], size: int) -> list[Any]:
+    from streamproc.examples import ExampleBatch
+
+    out = []
+    n = len(stream["users"])
+    for lo in range(0, n, size):
+        hi = min(n, lo + size)
+        t = stream["times"][lo:hi]
+        out.append(ExampleBatch.build(event_ids=[""] * (hi - lo), user_ids=stream["users"][lo:hi], item_ids=stream["items"][lo:hi],
+                                      kinds=stream["kinds"][lo:hi], targets=stream["targets"][lo:hi], event_times=t,
+                                      published=t, processed=t, emb_rows=np.full(hi - lo, -1, np.int32), embeddings=None))
+    return out
+
+
+def _q(values: list[float], q: float) -> float | None:
+    return round(float(np.percentile(np.asarray(values), q)), 4) if values else None
+
+
+class _SizeRecorder:
+    """Wraps the trainer's real producer: forwards every send, keeps each message's size (and the
+    message itself while ``keep`` is set, for the codec's stored size afterwards)."""
+
+    def __init__(self, producer: Any) -> None:
+        self._p = producer
+        self.sizes: list[int] = []
+        self.kept: list[bytes] = []
+        self.keep = False
+
+    def send(self, topic: str, value: bytes, **kw: Any) -> Any:
+        self.sizes.append(len(value))
+        if self.keep:
+            self.kept.append(value)
+        return self._p.send(topic, value=value, **kw)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._p, name)
+
+
+def _stored_bytes(values: list[bytes], codec: str) -> int:
+    """Bytes of ``values`` as the producer stores them with ``codec`` (one batch per message)."""
+    import kafka.codec as kc
+
+    if codec in ("none", "") or not values:
+        return sum(map(len, values))
+    enc = getattr(kc, f"{codec}_encode")
+    return sum(min(len(v), len(enc(v))) for v in values)
+
+
+# ---------------------------------------------------------------------------------- one size (own process)
+def _trainer_size(settings: Settings, users: int, items: int, events: int, snapshot: bool, seed: int) -> dict[str, Any]:
+    from prometheus_client import CollectorRegistry
+
+    from trainer.model import warm_up
+    from trainer.worker import TrainerWorker
+
+    warm_up(settings)
+    out: dict[str, Any] = {"users": users, "items": items, "events": events}
+    stream = synthetic_stream(users, items, events + 20_000, seed)
+    # the last 10 s at 2,000 events/s are the delta stream, learned after the snapshot
+    learn_part = {k: v[:events] for k, v in stream.items()}
+    tail = {k: v[events:] for k, v in stream.items()}
+    rss0 = _rss()  # the stream (ids included) is resident already; batches are built one at a time
+    w = TrainerWorker(settings, registry=CollectorRegistry())
+    first = 1000
+    w.learn(_batches({k: v[:first] for k, v in learn_part.items()}, first)[0])
+    learn_s = 0.0
+    for lo in range(first, events, 1000):
+        b = _batches({k: v[lo : lo + 1000] for k, v in learn_part.items()}, 1000)[0]
+        t0 = time.perf_counter()
+        w.learn(b)
+        learn_s += time.perf_counter() - t0
+    rss1 = _rss()
+    m = w.model
+    per_row = m.memory_bytes_per_row()
+    out.update(trainer_events_per_s=round((events - first) / learn_s, 1), learn_s=round(learn_s, 2),
+               user_rows=m.n_users, item_rows=m.n_items, memory_bytes_per_user_row=per_row["user"],
+               memory_bytes_per_item_row=per_row["item"], trainer_rss_growth_bytes=rss1 - rss0,
+               knn_pairs=int(m.cooc.memory_bytes()["pairs"]))
+    # per 1M users: the rows' own bytes here; run_scale also takes the resident growth between
+    # the two largest sizes (fixed costs like the replay buffer and compiled code cancel out)
+    out["trainer_memory_gib_per_1m_users"] = round(per_row["user"] * 1e6 / 2**30, 4)
+    del learn_part
+
+    t0 = time.perf_counter()
+    ck = w.checkpoint()
+    out["checkpoint_write_s"] = round(time.perf_counter() - t0, 3)
+    out["checkpoint_bytes"] = sum(p.stat().st_size for p in Path(ck.path).rglob("*") if p.is_file()) if ck is not None else None
+
+    w.open()
+    rec = _SizeRecorder(w._producer)
+    w._producer = rec
+    try:
+        if snapshot:
+            rec.keep = True
+            t0 = time.perf_counter()
+            chunks = w.publish_snapshot()
+            out["snapshot_publish_s"] = round(time.perf_counter() - t0, 3)
+            rec.keep = False
+            out["snapshot_chunks"] = chunks
+            out["snapshot_bytes"] = sum(rec.sizes)
+            out["snapshot_bytes_stored"] = _stored_bytes(rec.kept, settings.compression)
+            out["snapshot_version"] = w.version
+            rec.kept = []
+        # 10 s of stream at 2,000 events/s: one delta per update_interval_ms of events
+        per_delta = max(1, int(FEEDBACK_RATE * settings.update_interval_ms / 1000))
+        rec.sizes, rec.keep = [], True
+        delta_s = []
+        tail_batches = _batches(tail, per_delta)
+        for b in tail_batches:
+            w.learn(b)
+            t0 = time.perf_counter()
+            w.publish_delta()
+            delta_s.append(time.perf_counter() - t0)
+        seconds = len(tail["users"]) / FEEDBACK_RATE
+        out["delta_messages"] = len(rec.sizes)
+        out["delta_bytes_per_s"] = round(sum(rec.sizes) / seconds, 1)
+        out["delta_bytes_stored_per_s"] = round(_stored_bytes(rec.kept, settings.compression) / seconds, 1)
+        out["delta_publish_ms_p50"] = round(1000 * float(np.median(delta_s)), 2)
+        out["delta_publish_s_per_s_of_stream"] = round(sum(delta_s) / seconds, 4)
+        out["final_version"] = w.version
+    finally:
+        w._producer = rec._p
+        w.close()
+    return out
+
+
+def _replica_size(settings: Settings, version: int, samples: int) -> dict[str, Any]:
+    """A new replica: follow the model-updates topic from a fresh process until ``version`` is served."""
+    from prometheus_client import CollectorRegistry
+
+    from serving.kafka_io import UpdateFollower
+    from serving.metrics import ServingMetrics
+    from serving.store import ModelStore
+
+    import kafka  # noqa: F401 - imported before the baseline: the replica's memory is its model's
+
+    rss0 = _rss()
+    store = ModelStore(settings, ServingMetrics(CollectorRegistry()))
+    follower = UpdateFollower(settings, store)
+    t0 = time.perf_counter()
+    follower.start()
+    deadline = time.monotonic() + 600
+    while (store.version or 0) < version and time.monotonic() < deadline:
+        time.sleep(0.02)
+    ready_s = time.perf_counter() - t0
+    follower.stop()
+    model = store.current
+    out: dict[str, Any] = {"replica_ready_s": round(ready_s, 3), "replica_version": store.version,
+                           "replica_rss_growth_bytes": _rss() - rss0}
+    if model is not None:
+        out.update(_latency(model, samples))
+    return out
+
+
+def _latency(model: Any, samples: int, k: int = 10) -> dict[str, Any]:
+    rng = np.random.default_rng(1)
+    users = model._users.ids[: model.n_users]
+    picks = rng.integers(0, max(len(users), 1), samples)
+    for n in range(min(50, samples)):  # warm caches
+        model.recommend(users[int(picks[n])], k)
+    lat = []
+    for p in picks.tolist():
+        t0 = time.perf_counter()
+        model.recommend(users[p], k)
+        lat.append((time.perf_counter() - t0) * 1000)
+    return {"serving_p50_ms": _q(lat, 50), "serving_p99_ms": _q(lat, 99), "serving_requests": len(lat)}
+
+
+def _serving_size(items: int, users: int, samples: int, seed: int) -> dict[str, Any]:
+    from serving.bench import SyntheticModel
+    from serving.model import ServingModel
+
+    rss0 = _rss()
+    syn = SyntheticModel(users, items, 32, seed=seed, candidates=50,
+                         ranking={"knn": 1.0, "popularity": 0.2, "mf": 0.5, "rating_span": 4.5})
+    snap = syn.snapshot(max_bytes=1 << 40)
+    del syn
+    t0 = time.perf_counter()
+    model = ServingModel.build(None, snap)
+    build_s = time.perf_counter() - t0
+    del snap
+    out = {"items": items, "users": users, "build_s": round(build_s, 3), "serving_rss_bytes": _rss() - rss0}
+    out.update(_latency(model, samples))
+    return out
+
+
+def _child(argv: list[str]) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("part", choices=("trainer", "replica", "serving"))
+    p.add_argument("--users", type=int, default=0)
+    p.add_argument("--items", type=int, default=0)
+    p.add_argument("--events", type=int, default=0)
+    p.add_argument("--snapshot", action="store_true")
+    p.add_argument("--version", type=int, default=0)
+    p.add_argument("--samples", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    settings = Settings.load()
+    if a.part == "trainer":
+        out = _trainer_size(settings, a.users, a.items, a.events, a.snapshot, a.seed)
+    elif a.part == "replica":
+        out = _replica_size(settings, a.version, a.samples)
+    else:
+        out = _serving_size(a.items, a.users, a.samples, a.seed)
+    print("SCALE-RESULT " + json.dumps(out), flush=True)
+    return 0
+
+
+def _run_child(args: list[str], env: dict[str, str], timeout: float) -> dict[str, Any]:
+    proc = subprocess.run([sys.executable, "-m", "serving.scale_bench", *args], env=env, capture_output=True, text=True, timeout=timeout)
+    for line in proc.stdout.splitlines():
+        if line.startswith("SCALE-RESULT "):
+            return json.loads(line[len("SCALE-RESULT "):])
+    raise RuntimeError(f"scale bench part {args[0]} failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+
+
+# ---------------------------------------------------------------------------------- the run
+def _env(settings: Settings, prefix: str, ckpt: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECO_") or k == "RECO_CONFIG"}
+    env.update({"RECO_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "RECO_TOPIC_PREFIX": prefix, "RECO_CHECKPOINT_DIR": ckpt,
+                "RECO_COMPRESSION": settings.compression, "RECO_MAX_MESSAGE_BYTES": str(settings.max_message_bytes),
+                "RECO_UPDATE_INTERVAL_MS": str(settings.update_interval_ms), "RECO_SEED": str(settings.seed)})
+    return env
+
+
+def _extrapolate(size: dict[str, Any], ref: dict[str, Any], keys: tuple[str, ...]) -> None:
+    """Fill ``keys`` of ``size`` linearly per user row from ``ref`` (the largest measured size)."""
+    scale = size["user_rows"] / max(ref["user_rows"], 1)
+    for key in keys:
+        if ref.get(key) is not None:
+            size[key] = round(ref[key] * scale, 3)
+    size["extrapolated"] = True
+    size["extrapolated_from_users"] = ref["users"]
+
+
+def run_scale(settings: Settings, *, quick: bool = False, out_dir: str | None = None, snapshot_max_users: int | None = None,
+              feedback: bool = True, progress: bool = True) -> dict[str, Any]:
+    """Run every size (see the module docstring); returns the JSON object (and writes the plots
+    and ``scale.json`` into ``out_dir`` when given)."""
+    from tqdm import tqdm
+
+    from streamproc.cli import embedded_or_configured
+    from streamproc.kafka import create_topics
+    from streamproc.topics import Topics
+
+    sizes = QUICK_SIZES if quick else FULL_SIZES
+    serving_items = QUICK_SERVING_ITEMS if quick else FULL_SERVING_ITEMS
+    snap_max = snapshot_max_users if snapshot_max_users is not None else (10**9 if quick else 100_000)
+    samples = 500 if quick else 2000
+    steps = 2 * len(sizes) + len(serving_items) + (1 if feedback else 0)
+    bar = tqdm(total=steps, desc="reco bench scale", unit="step", file=sys.stderr, disable=not progress)
+    t_start = time.perf_counter()
+    result: dict[str, Any] = {"quick": quick, "sizes": [], "serving": [], "settings": {
+        "factors": settings.factors, "compression": settings.compression, "update_interval_ms": settings.update_interval_ms,
+        "snapshot_interval_s": settings.snapshot_interval_s, "max_message_bytes": settings.max_message_bytes},
+        "feedback_rate_events_per_s": FEEDBACK_RATE, "cpu_count": os.cpu_count()}
+    run_id = int(time.time())
+    with tempfile.TemporaryDirectory(prefix="reco-scale-") as tmp, embedded_or_configured(settings, create=False) as s:
+        for n, (users, items) in enumerate(sizes):
+            prefix = f"{settings.topic_prefix}scale{run_id}x{n}."
+            env = _env(s, prefix, str(Path(tmp) / f"ckpt{n}"))
+            create_topics(Settings(**{**s.__dict__, "topic_prefix": prefix}))
+            events = 2 * users if users <= 100_000 else int(1.5 * users)
+            snapshot = users <= snap_max
+            bar.set_postfix_str(f"trainer {users:,} users x {items:,} items")
+            size = _run_child(["trainer", "--users", str(users), "--items", str(items), "--events", str(events),
+                               "--seed", str(settings.seed)] + (["--snapshot"] if snapshot else []), env, 1800)
+            bar.update()
+            bar.set_postfix_str(f"replica {users:,} users")
+            if snapshot:
+                size.update(_run_child(["replica", "--version", str(size["snapshot_version"]), "--samples", str(samples)], env, 900))
+                size["extrapolated"] = False
+            bar.update()
+            result["sizes"].append(size)
+        measured = [z for z in result["sizes"] if not z.get("extrapolated", True)]
+        for z in result["sizes"]:
+            if z.get("extrapolated", True) and measured:
+                _extrapolate(z, measured[-1], ("snapshot_bytes", "snapshot_bytes_stored", "snapshot_publish_s", "snapshot_chunks",
+                                               "replica_ready_s", "replica_rss_growth_bytes"))
+        for items in serving_items:
+            bar.set_postfix_str(f"serving {items:,} items")
+            result["serving"].append(_run_child(["serving", "--items", str(items), "--users", "10000" if not quick else "2000",
+                                                 "--samples", str(samples), "--seed", str(settings.seed)], _env(s, "x.", tmp), 900))
+            bar.update()
+    if feedback:
+        bar.set_postfix_str(f"feedback latency at {FEEDBACK_RATE:,.0f} events/s")
+        result["feedback"] = _feedback(settings, quick)
+        bar.update()
+    bar.close()
+    _marginal_memory(result["sizes"])
+    for z in result["sizes"]:
+        z["model_updates_bytes_per_s_per_replica"] = round(
+            z.get("delta_bytes_stored_per_s", 0) + (z.get("snapshot_bytes_stored") or 0) / settings.snapshot_interval_s, 1)
+    result.update(_verdicts(result))
+    result["seconds"] = round(time.perf_counter() - t_start, 1)
+    if out_dir:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "scale.json").write_text(json.dumps(result, indent=2))
+        result["plots"] = plot(result, out)
+    return result
+
+
+def _marginal_memory(sizes: list[dict[str, Any]]) -> None:
+    """Resident bytes per extra user row between consecutive sizes (the item rows' bytes taken
+    out); the per-1M-users figure is the larger of that and the rows' own bytes."""
+    for a, b in zip(sizes, sizes[1:]):
+        du = b["user_rows"] - a["user_rows"]
+        if du <= 0:
+            continue
+        grow = (b["trainer_rss_growth_bytes"] - a["trainer_rss_growth_bytes"]) - b["memory_bytes_per_item_row"] * (b["item_rows"] - a["item_rows"])
+        b["trainer_rss_bytes_per_user_row"] = round(max(grow, 0) / du, 1)
+        b["trainer_memory_gib_per_1m_users"] = round(max(b["trainer_rss_bytes_per_user_row"], b["memory_bytes_per_user_row"]) * 1e6 / 2**30, 4)
+
+
+def _feedback(settings: Settings, quick: bool) -> dict[str, Any]:
+    """Publish → visible latency with the whole loop up and background load at 2,000 events/s
+    (:func:`serving.freshness.run_freshness`: the demo/ml-latest-small stream, quick size)."""
+    from serving.freshness import run_freshness
+
+    s = Settings(**{**settings.__dict__, "topic_prefix": f"{settings.topic_prefix}scalefb{int(time.time())}."})
+    r = run_freshness(s, probes=6 if quick else 20, comment_probes=0, background_rate=FEEDBACK_RATE, warmup_s=5 if quick else 10)
+    return {"p50_s": r["p50_s"], "p99_s": r["p99_s"], "max_s": r["max_s"], "probes": r["probes"], "probes_missed": r["probes_missed"],
+            "background_events_per_s": r["background_events_per_s"],
+            "size": "the loop's own stream (ml-latest-small beside the clone, else the demo data): quick size, not 1M users"}
+
+
+def _verdicts(r: dict[str, Any]) -> dict[str, Any]:
+    """One figure and one ``meets_<target>`` per target of issue 14 (None where not measured)."""
+    out: dict[str, Any] = {"targets": TARGETS}
+    big = r["sizes"][-1] if r["sizes"] else {}
+    serving = {z["items"]: z for z in r["serving"]}
+
+    def put(name: str, value: Any, target_key: str, where: str) -> None:
+        out[name] = value
+        out[f"meets_{name}"] = None if value is None else bool(value <= TARGETS[target_key])
+        out[f"{name}_at"] = where
+
+    put("trainer_memory_gib_per_1m_users", big.get("trainer_memory_gib_per_1m_users"), "trainer_memory_gib_per_1m_users",
+        f"{big.get('users', 0):,} users x {big.get('items', 0):,} items")
+    p100k = serving.get(100_000, {}).get("serving_p99_ms")
+    put("serving_p99_100k_items", p100k, "serving_p99_ms_100k_items", "100,000 items")
+    put("serving_p99_1m_items", serving.get(1_000_000, {}).get("serving_p99_ms"), "serving_p99_ms_1m_items", "1,000,000 items")
+    put("replica_ready", big.get("replica_ready_s"), "replica_ready_s",
+        f"{big.get('users', 0):,} users" + (" (extrapolated)" if big.get("extrapolated") else ""))
+    fb = r.get("feedback") or {}
+    put("feedback_p99_2000_events_per_s", fb.get("p99_s"), "feedback_p99_s", "quick size (the loop's own stream)")
+    mbps = big.get("model_updates_bytes_per_s_per_replica")
+    put("model_updates_traffic_per_replica", None if mbps is None else round(mbps / 1e6, 3), "model_updates_mb_per_s_per_replica",
+        f"{big.get('users', 0):,} users, MB/s, deltas + snapshot every snapshot_interval_s")
+    return out
+
+
+# ---------------------------------------------------------------------------------- plots
+CURVES = (
+    ("trainer_events_per_s", "trainer events/s", "sizes"),
+    ("memory_bytes_per_user_row", "trainer bytes per user row", "sizes"),
+    ("trainer_rss_growth_bytes", "trainer resident memory growth (bytes)", "sizes"),
+    ("snapshot_bytes", "full snapshot bytes (raw)", "sizes"),
+    ("snapshot_publish_s", "snapshot publish time (s)", "sizes"),
+    ("checkpoint_write_s", "checkpoint write time (s)", "sizes"),
+    ("replica_ready_s", "new replica ready (s)", "sizes"),
+    ("model_updates_bytes_per_s_per_replica", "model-updates bytes/s per replica at 2,000 events/s", "sizes"),
+    ("serving_p99_ms", "serving top-10 p99 (ms)", "serving"),
+    ("serving_rss_bytes", "serving memory (bytes)", "serving"),
+)
+
+
+def plot(result: dict[str, Any], out: Path) -> list[str]:
+    """One PNG per curve (log-log, x = users for trainer curves, items for serving); returns paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for key, label, table in CURVES:
+        rows = [z for z in result[table] if z.get(key) is not None]
+        if not rows:
+            continue
+        xkey = "users" if table == "sizes" else "items"
+        fig, ax = plt.subplots(figsize=(5, 3.4), dpi=90)
+        xs, ys = [z[xkey] for z in rows], [z[key] for z in rows]
+        ax.plot(xs, ys, "o-")
+        for z, x, y in zip(rows, xs, ys):
+            if z.get("extrapolated") and key in ("snapshot_bytes", "snapshot_publish_s", "replica_ready_s", "model_updates_bytes_per_s_per_replica"):
+                ax.plot([x], [y], "o", mfc="white", color="C0")
+        if table == "serving" and key == "serving_p99_ms":
+            ax.plot(xs, [z.get("serving_p50_ms") for z in rows], "s--", label="p50")
+            ax.legend(["p99", "p50"])
+        ax.set_xscale("log")
+        if min(ys) > 0:
+            ax.set_yscale("log")
+        ax.set_xlabel(xkey)
+        ax.set_title(label, fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+        fig.tight_layout()
+        p = out / f"{key}.png"
+        fig.savefig(p)
+        plt.close(fig)
+        paths.append(str(p))
+    return paths
+
+
+# ---------------------------------------------------------------------------------- CLI
+def _cmd(args: argparse.Namespace, settings: Settings) -> int:
+    from streamproc.cli import print_result
+
+    out = run_scale(settings, quick=args.quick, out_dir=args.out, snapshot_max_users=args.snapshot_max_users,
+                    feedback=not args.no_feedback, progress=not args.no_progress)
+    print_result(out, args.json)
+    return 0
+
+
+def register_bench(bench: argparse._SubParsersAction) -> None:
+    """Add ``reco bench scale``."""
+    p = bench.add_parser("scale", help="cost curves: users 10k-1M, items 1k-1M (trainer, snapshots, replicas, serving, feedback)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quick", action="store_true", help="CI-sized: two small sizes, serving at 1k/5k items, 6 probes")
+    p.add_argument("--out", default="", help="directory for scale.json and one PNG per curve (default: none)")
+    p.add_argument("--snapshot-max-users", type=int, default=None,
+                   help="largest size whose full snapshot and replica start are measured (default 100,000; larger sizes are extrapolated)")
+    p.add_argument("--no-feedback", action="store_true", help="skip the feedback-latency loop")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.set_defaults(func=_cmd)
+
+
+def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
+    """``reco.commands`` entry point: adds ``reco bench scale``."""
+    register_bench(bench)
+
+
+if __name__ == "__main__":
+    sys.exit(_child(sys.argv[1:]))
