@@ -53,6 +53,7 @@ from numba import njit
 
 from streamproc.examples import KIND_CLICK, KIND_COMMENT, KIND_ITEM, KIND_RATING, ExampleBatch
 from trainer.cooc import SequentialKNN
+from trainer.feedback import ItemFeedback
 from trainer.replay import POLICIES, ReplayBuffer
 from trainer.scoring import RankWeights, log_popularity, popularity_part, score_items
 
@@ -557,6 +558,7 @@ class HybridMF:
         self._replay = ReplayBuffer(self.replay_size, self.replay_policy, self.seed + 1)
         self._replay_credit = 0.0
         self._empty_emb = np.zeros((0, dim), np.float32)
+        self._feedback = ItemFeedback()  # per-item comment sentiment and its trend (feedback analysis)
         self._par = np.zeros(17, np.float64)
 
     @property
@@ -575,6 +577,11 @@ class HybridMF:
     @property
     def replay(self) -> ReplayBuffer:
         return self._replay
+
+    @property
+    def feedback(self) -> ItemFeedback:
+        """Per-item comment sentiment, ratings and sentiment trend (exported as ``item_feedback``)."""
+        return self._feedback
 
     # ------------------------------------------------------------------ rows
     _USER_ARRAYS = ("_P", "_BU", "_TU", "_TUN", "_SEEN_U", "_TOUCH_U", "_CNT_U")
@@ -692,6 +699,7 @@ class HybridMF:
                self._SW, self._SST, self._GM, self._POP, self._SEEN_U, self._SEEN_I, self._ALIVE_I, self._CNT_U, self._CNT_I,
                self._TOUCH_U, self._TOUCH_I, self._params(), n_items, self._krng, out, stored)
         self._knn.learn(u_rows, i_rows, self._preference(kinds, stored), n_users=len(self._uids), n_items=len(self._iids))
+        self._feedback.update(i_rows, kinds, targets, self.last_sentiment)
         self._clock = _bump_popularity(i_rows, self._RPOP, self._RPOPT, self._clock, self._pop_taus, self._POPTOT, self._POPLL,
                                        _LL_KEEP, max(len(self._imap), 1))
         best = int(np.argmax(self._POPLL))
@@ -979,6 +987,7 @@ class HybridMF:
             getattr(self, name)[dead_i] = 0
         if len(dead_u) or len(dead_i):
             self._replay.drop_rows(users=dead_u, items=dead_i)
+        self._feedback.forget(dead_i)
         for r in dead_u.tolist():
             self._knn.forget_user(r)
         if len(dead_i):
@@ -1033,6 +1042,7 @@ class HybridMF:
             "user_candidate_scores": np.ascontiguousarray(cand_vals, np.float32),
             "user_mf_gain": self._user_mf_gain(ur),
         }
+        tensors.update(self._feedback.export(ir))
         return header, tensors
 
     def _item_side(self) -> dict[str, Any]:
@@ -1122,6 +1132,8 @@ class HybridMF:
             arrays[name.lstrip("_")] = np.ascontiguousarray(getattr(self, name))
         arrays.update(rarrays)
         arrays.update(karrays)
+        meta["feedback"], farrays = self._feedback.state()
+        arrays.update(farrays)
         return meta, arrays
 
     @classmethod
@@ -1155,6 +1167,8 @@ class HybridMF:
         m._replay_credit = float(meta["replay_credit"])
         m._replay = ReplayBuffer.from_state(meta["replay"], arrays)
         m._knn = SequentialKNN.from_state(meta["knn"], arrays)
+        if "feedback" in meta:  # checkpoints of older builds start it empty
+            m._feedback = ItemFeedback.from_state(meta["feedback"], arrays)
         return m
 
 

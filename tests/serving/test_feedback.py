@@ -191,3 +191,57 @@ def test_an_update_with_a_malformed_feedback_tensor_is_rejected() -> None:
                       {"item_feedback": np.zeros((1, 4), np.float32)})
     assert store.apply(bad.encode()).reason == "shape"
     assert store.version == 1
+
+
+def _comment_batch(item_ids: list[str], vecs: np.ndarray, ratings: np.ndarray, t0: float) -> Any:
+    from streamproc.examples import KIND_COMMENT, ExampleBatch
+
+    n = len(item_ids)
+    return ExampleBatch.build(event_ids=[f"e{t0 + j}" for j in range(n)], user_ids=[f"u{int(t0) + j}" for j in range(n)],
+                              item_ids=item_ids, kinds=[KIND_COMMENT] * n, targets=ratings, event_times=t0 + np.arange(n),
+                              published=t0 + np.arange(n), processed=t0 + np.arange(n), embeddings=vecs.astype(np.float32),
+                              emb_rows=list(range(n)))
+
+
+def test_trainer_model_to_endpoint_an_item_whose_comments_turn_negative() -> None:
+    """HybridMF learns the sentiment head from rated comments, reads unrated ones on two items, and
+    its model update tells serving which item's comments turned negative; checkpoints keep it."""
+    from trainer.model import HybridMF
+
+    dim = 16
+    r = np.random.default_rng(2)
+    pos, neg = np.eye(dim)[0], np.eye(dim)[1]
+
+    def texts(k: int, good: bool) -> np.ndarray:  # "embeddings" of positive or negative comments
+        v = np.where(good, pos, neg) + 0.15 * r.standard_normal((k, dim))
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    model = HybridMF(n_factors=4, text_dim=dim, seed=1)
+    good = r.random(200) < 0.5  # rated comments on other items teach the head what the text says
+    model.learn_batch(_comment_batch([f"other{j % 7}" for j in range(200)], texts(200, True) * good[:, None]
+                                     + texts(200, False) * ~good[:, None], np.where(good, 5.0, 1.0), 0.0))
+    t = 1000.0
+    for step in range(60):  # unrated comments: "cafe" turns negative after 40, "diner" stays positive
+        vecs = np.vstack([texts(1, step < 40), texts(1, True)])
+        model.learn_batch(_comment_batch(["cafe", "diner"], vecs, np.full(2, np.nan), t))
+        t += 10
+    header, tensors = model.export(full=True)
+    meta, arrays = model.state()
+    again = HybridMF.from_state(meta, arrays)
+    assert np.array_equal(again.export(full=True)[1]["item_feedback"], tensors["item_feedback"])
+
+    settings = Settings(api_key=KEY, topic_prefix="x.")
+    registry = CollectorRegistry()
+    store = ModelStore(settings, ServingMetrics(registry))
+    client = TestClient(create_app(settings, store, start_kafka=False, registry=registry))
+    snap = ModelUpdate({"version": 1, "kind": "snapshot", **header}, tensors)
+    assert store.apply(snap.encode()).swapped
+    with client:
+        cafe = _get(client, "/v1/items/cafe/feedback")
+        diner = _get(client, "/v1/items/diner/feedback")
+        falling = _get(client, "/v1/items/feedback", order="falling", limit=5)["items"]
+    assert cafe["comments"] == cafe["comments_scored"] == 60 and cafe["ratings"] == 0
+    assert diner["sentiment_mean"] > 4.0 and not diner["falling"]
+    assert cafe["sentiment_recent"] < 2.5 < 4.0 < diner["sentiment_recent"]
+    assert cafe["falling"] and falling[0]["item_id"] == "cafe"
+    assert registry.get_sample_value("reco_serving_items_sentiment_falling") == 1
