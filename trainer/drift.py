@@ -206,22 +206,34 @@ class DriftMonitor:
             found.append({"signal": signal, "index": index, "evidence": evidence})
 
     # ------------------------------------------------------------------ checkpoints
-    def state(self) -> dict[str, Any]:
-        """JSON-able state: parameters, counters and the recent values of each signal."""
-        return {"detector": self.detector, "delta": self.delta, "threshold": self.threshold, "block": self.block,
+    def get(self) -> dict[str, Any]:
+        """Detections so far per signal and the number of examples seen."""
+        return {"detections": dict(self.detections), "index": self._index}
+
+    def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """JSON-able meta (parameters, counters, pending shifts) and arrays: the recent values of
+        each signal (``values_<signal>``)."""
+        meta = {"detector": self.detector, "delta": self.delta, "threshold": self.threshold, "block": self.block,
                 "history": self.history, "min_shift": self.min_shift, "confirm_blocks": self.confirm_blocks,
-                "seed": self.seed, "index": self._index, "detections": self.detections,
-                "values": {s: list(h) for s, h in self._hist.items()},
-                "pending": self._pending}
+                "seed": self.seed, "index": self._index, "detections": dict(self.detections),
+                "signals": list(self._hist), "pending": self._pending}
+        return meta, {f"values_{s}": np.array(h, np.float64) for s, h in self._hist.items()}
 
     @classmethod
-    def from_state(cls, s: dict[str, Any]) -> DriftMonitor:
-        """Rebuild (see the module docstring): detectors re-fed with the stored recent values."""
+    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> DriftMonitor:
+        """Rebuild (see the module docstring): detectors re-fed with the stored recent values.
+
+        Also takes the single dict older checkpoints hold (``from_state(d)``, values in ``d["values"]``)."""
+        s = meta
         m = cls(s["detector"], s["delta"], s["threshold"], s["block"], s["history"], s["seed"], s.get("min_shift", 0.25),
                 s.get("confirm_blocks", 20))
-        for signal, values in s["values"].items():
+        if "values" in s:  # the dict state of older checkpoints
+            values_of = {signal: [float(v) for v in values] for signal, values in s["values"].items()}
+        else:
+            values_of = {signal: np.asarray((arrays or {})[f"values_{signal}"], np.float64).tolist() for signal in s["signals"]}
+        for signal, values in values_of.items():
             for v in values:
-                m._feed(signal, float(v), 0, None)
+                m._feed(signal, v, 0, None)
         m._pending = {k: dict(v) for k, v in (s.get("pending") or {}).items()}  # not the ones the re-feed raised
         m._index = int(s["index"])
         m.detections = {k: int(v) for k, v in s["detections"].items()}

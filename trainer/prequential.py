@@ -61,14 +61,16 @@ class _Window:
         k = min(self._n, self.size)
         return float(self._buf[:k].mean()) if k else None if k == 0 else None
 
-    def state(self) -> dict[str, Any]:
-        return {"size": self.size, "n": self._n, "buf": self._buf[: min(self._n, self.size)].tolist()}
+    def state(self) -> tuple[dict[str, Any], np.ndarray]:
+        return {"size": self.size, "n": self._n}, self._buf[: min(self._n, self.size)].copy()
 
     @classmethod
-    def from_state(cls, s: dict[str, Any]) -> _Window:
+    def from_state(cls, s: dict[str, Any], buf: Any = None) -> _Window:
+        """``buf``: the values (an array; before the ``(meta, arrays)`` state, a list in ``s["buf"]``)."""
         w = cls(s["size"])
         w._n = int(s["n"])
-        w._buf[: len(s["buf"])] = s["buf"]
+        values = np.asarray(s["buf"] if buf is None else buf, np.float64)
+        w._buf[: len(values)] = values
         return w
 
 
@@ -147,16 +149,21 @@ class Prequential:
             "n_ranked": nc,
         }
 
-    def state(self) -> dict[str, Any]:
-        """JSON-able state for checkpoints."""
-        return {"window": self.window, "sum": self._sum, "n_ratings": self._n_ratings, "n_clicks": self._n_clicks,
-                "n_ranked": self._n_ranked, "win": {k: v.state() for k, v in self._win.items()}}
+    def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """JSON-able meta (counts, sums) and arrays (the windows' values, ``win_<key>``) for checkpoints."""
+        wins = {k: v.state() for k, v in self._win.items()}
+        meta = {"window": self.window, "sum": dict(self._sum), "n_ratings": self._n_ratings, "n_clicks": self._n_clicks,
+                "n_ranked": self._n_ranked, "win": {k: m for k, (m, _) in wins.items()}}
+        return meta, {f"win_{k}": buf for k, (_, buf) in wins.items()}
 
     @classmethod
-    def from_state(cls, s: dict[str, Any]) -> Prequential:
-        p = cls(s["window"])
-        p._sum = {k: float(v) for k, v in s["sum"].items()}
-        p._n_ratings, p._n_clicks = int(s["n_ratings"]), int(s["n_clicks"])
-        p._n_ranked = int(s.get("n_ranked", s["n_clicks"]))
-        p._win = {k: _Window.from_state(v) for k, v in s["win"].items()}
+    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> Prequential:
+        """Rebuild from :meth:`state` output; also from the single dict older checkpoints hold
+        (``from_state(d)``: the windows' values inline)."""
+        p = cls(meta["window"])
+        p._sum = {k: float(v) for k, v in meta["sum"].items()}
+        p._n_ratings, p._n_clicks = int(meta["n_ratings"]), int(meta["n_clicks"])
+        p._n_ranked = int(meta.get("n_ranked", meta["n_clicks"]))
+        arrays = arrays or {}
+        p._win = {k: _Window.from_state(v, arrays.get(f"win_{k}")) for k, v in meta["win"].items()}
         return p

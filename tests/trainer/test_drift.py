@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from safetensors.numpy import load, save
 
 from streamproc.examples import KIND_COMMENT, KIND_RATING, ExampleBatch
 from trainer.drift import DriftMonitor
@@ -70,8 +71,9 @@ def test_state_is_json_and_rebuilds() -> None:
     y = ratings(rng, 3_000, 3.5)
     mon = DriftMonitor(history=1000)
     feed(mon, np.full(len(y), KIND_RATING, np.uint8), y, np.full(len(y), 3.5))
-    copy = DriftMonitor.from_state(json.loads(json.dumps(mon.state())))
-    assert copy.detections == mon.detections and copy.state()["index"] == mon.state()["index"]
+    meta, arrays = mon.state()
+    copy = DriftMonitor.from_state(json.loads(json.dumps(meta)), load(save(arrays)))
+    assert copy.detections == mon.detections and copy.get() == mon.get()
     shifted = ratings(rng, 3_000, 1.0)
     a = feed(mon, np.zeros(3_000, np.uint8), shifted, np.full(3_000, 3.5))
     b = feed(copy, np.zeros(3_000, np.uint8), shifted, np.full(3_000, 3.5))
@@ -98,3 +100,26 @@ def test_one_users_burst_of_low_ratings_is_not_a_rating_drift_but_a_lasting_shif
     # without the confirmation and the minimum shift, the burst alarms (what the defaults prevent)
     raw = feed(DriftMonitor(min_shift=0.0, confirm_blocks=0), kinds[: len(burst)], burst, burst)
     assert [d for d in raw if d["signal"] == "rating"]
+
+
+def test_dict_state_of_older_checkpoints_still_loads() -> None:
+    from trainer.worker import _restore
+
+    rng = np.random.default_rng(5)
+    y = ratings(rng, 3_000, 3.5)
+    mon = DriftMonitor(history=1000)
+    feed(mon, np.full(len(y), KIND_RATING, np.uint8), y, np.full(len(y), 3.5))
+    meta, arrays = mon.state()
+    text, tensors = json.dumps(meta), save(arrays)
+    # the layout state() had before it returned (meta, arrays): the recent values inline
+    old = {k: v for k, v in meta.items() if k != "signals"}
+    old["values"] = {s: arrays[f"values_{s}"].tolist() for s in meta["signals"]}
+    old_text = json.dumps(old)
+    shifted = ratings(rng, 3_000, 1.0)
+    # rebuilt from the current (meta, arrays) state
+    want = feed(DriftMonitor.from_state(json.loads(text), load(tensors)), np.zeros(3_000, np.uint8), shifted, np.full(3_000, 3.5))
+    assert {d["signal"] for d in want} == {"error", "rating"}
+    for copy in (DriftMonitor.from_state(json.loads(old_text)), _restore(DriftMonitor, {"form": "dict", "meta": json.loads(old_text)}, {})):
+        assert copy.get() == mon.get()
+        got = feed(copy, np.zeros(3_000, np.uint8), shifted, np.full(3_000, 3.5))
+        assert [(d["signal"], d["index"]) for d in got] == [(d["signal"], d["index"]) for d in want]

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from safetensors.numpy import load, save
 
 from streamproc.examples import KIND_CLICK, KIND_COMMENT, KIND_RATING, ExampleBatch
 from trainer.model import RANK_CANDIDATES
@@ -56,10 +57,27 @@ def test_click_hit_rate_and_ndcg() -> None:
 def test_state_round_trip() -> None:
     p = Prequential(window=3)
     p.update_batch(batch([KIND_RATING] * 4, [1.0, 2.0, 3.0, 4.0]), np.array([2.0, 2.0, 2.0, 2.0]))
-    q = Prequential.from_state(json.loads(json.dumps(p.state())))
+    meta, arrays = p.state()
+    q = Prequential.from_state(json.loads(json.dumps(meta)), load(save(arrays)))
     assert q.get() == p.get()
     for x in (p, q):
         x.update_batch(batch([KIND_RATING], [5.0]), np.array([1.0]))
+    assert q.get() == p.get()
+
+
+def test_dict_state_of_older_checkpoints_still_loads() -> None:
+    from trainer.worker import _restore
+
+    p = Prequential(window=3)
+    p.update_batch(batch([KIND_RATING] * 4, [1.0, 2.0, 3.0, 4.0]), np.array([2.0, 2.0, 2.0, 4.0]))
+    meta, arrays = p.state()
+    # the layout state() had before it returned (meta, arrays): the windows' values inline
+    old = {**meta, "win": {k: {**w, "buf": arrays[f"win_{k}"].tolist()} for k, w in meta["win"].items()}}
+    old = json.loads(json.dumps(old))
+    for q in (Prequential.from_state(old), _restore(Prequential, {"form": "dict", "meta": old}, {})):
+        assert q.get() == p.get()
+        q.update_batch(batch([KIND_RATING], [5.0]), np.array([1.0]))
+    p.update_batch(batch([KIND_RATING], [5.0]), np.array([1.0]))
     assert q.get() == p.get()
 
 
@@ -85,4 +103,4 @@ def test_full_catalogue_ranks_of_sampled_positive_feedback_drive_hit_rate_and_nd
     # the first 40 steps meet new items (misses); after that the next item is predictable
     assert got["hit_rate_at_10_recent"] > 0.8 and got["hit_rate_at_10"] > 0.3
     assert 0 < got["ndcg_at_10"] <= got["hit_rate_at_10"]
-    assert p.state()["n_ranked"] == got["n_ranked"] and Prequential.from_state(p.state()).get() == got
+    assert p.state()[0]["n_ranked"] == got["n_ranked"] and Prequential.from_state(*p.state()).get() == got
