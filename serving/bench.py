@@ -1,9 +1,13 @@
-"""``reco bench serving``: HTTP top-k latency of ``reco serve``, steady and during model swaps.
+"""``reco bench serving``: HTTP top-k latency of ``reco serve``, steady, during model swaps, filtered.
 
-The bench publishes a synthetic model (≥ 9,000 items, ≥ 600 users) as a snapshot to the broker,
+The bench publishes a synthetic model (≥ 9,000 items, ≥ 600 users) as a snapshot to the broker and
+a catalogue of item records for it (10 categories of ~10 % of the items each, ~1 % unavailable),
 runs ``reco serve`` (uvicorn) as a subprocess, and drives it from a second process with
-``concurrency`` async HTTP clients: first steady, then while deltas (~200 rows) and full
-snapshots arrive through Kafka at ``swap_rate`` updates per second.
+``concurrency`` async HTTP clients: steady, while deltas (~200 rows) and full snapshots arrive
+through Kafka at ``swap_rate`` updates per second, and *filtered* (one category, ~10 % of the
+items, plus 50 excluded ids of that category: ``p99_ms_filtered``, ``short_answers_filtered`` =
+answers with fewer than k items although k eligible items exist). A correctness sweep after the
+timed phases asks every user once with the same rules and counts answers that break them.
 
 :class:`SyntheticModel` is also the update generator of the serving tests.
 
@@ -132,7 +136,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 # ---------------------------------------------------------------------------------- client
-async def _client(url: str, users: list[str], concurrency: int, duration: float, k: int) -> dict[str, Any]:
+async def _client(url: str, users: list[str], concurrency: int, duration: float, k: int, query: str = "") -> dict[str, Any]:
     """``concurrency`` keep-alive HTTP/1.1 connections, each sending one request at a time.
 
     A minimal raw-socket client: on a 2-core machine the load generator competes with the
@@ -143,6 +147,7 @@ async def _client(url: str, users: list[str], concurrency: int, duration: float,
     parts = urlsplit(url)
     lat: list[float] = []
     errors = [0]
+    short = [0]
     stop_at = time.perf_counter() + duration
 
     async def worker(n: int) -> None:
@@ -151,7 +156,7 @@ async def _client(url: str, users: list[str], concurrency: int, duration: float,
         try:
             while time.perf_counter() < stop_at:
                 user = users[int(rng.integers(len(users)))]
-                req = f"GET /v1/users/{user}/recommendations?k={k} HTTP/1.1\r\nHost: {parts.netloc}\r\n\r\n".encode()
+                req = f"GET /v1/users/{user}/recommendations?k={k}{query} HTTP/1.1\r\nHost: {parts.netloc}\r\n\r\n".encode()
                 t0 = time.perf_counter()
                 try:
                     writer.write(req)
@@ -162,6 +167,8 @@ async def _client(url: str, users: list[str], concurrency: int, duration: float,
                             length = int(line[15:])
                     body = await reader.readexactly(length)
                     ok = head.startswith(b"HTTP/1.1 200") and b'"items":[{' in body
+                    if ok and body.count(b'"item_id"') < k:  # every bench user has far more than k eligible items
+                        short[0] += 1
                 except Exception:  # noqa: BLE001 - every failure is an error of the run
                     ok = False
                     writer.close()
@@ -175,7 +182,7 @@ async def _client(url: str, users: list[str], concurrency: int, duration: float,
     t0 = time.perf_counter()
     await asyncio.gather(*(worker(n) for n in range(concurrency)))
     wall = time.perf_counter() - t0
-    return {"requests": len(lat), "errors": errors[0], "seconds": wall, "latencies_ms": [round(x * 1000, 4) for x in lat]}
+    return {"requests": len(lat), "errors": errors[0], "short": short[0], "seconds": wall, "latencies_ms": [round(x * 1000, 4) for x in lat]}
 
 
 def _client_main(argv: list[str]) -> int:
@@ -185,19 +192,59 @@ def _client_main(argv: list[str]) -> int:
     p.add_argument("--concurrency", type=int, default=6)
     p.add_argument("--duration", type=float, default=8.0)
     p.add_argument("--k", type=int, default=10)
+    p.add_argument("--query", default="", help="appended to every request's query string (request-time rules)")
     a = p.parse_args(argv)
     # ~5% unknown users exercise the fallback path too.
     users = [f"u{i}" for i in range(a.users)] + [f"new{i}" for i in range(max(1, a.users // 20))]
-    print(json.dumps(asyncio.run(_client(a.url, users, a.concurrency, a.duration, a.k))), flush=True)
+    print(json.dumps(asyncio.run(_client(a.url, users, a.concurrency, a.duration, a.k, a.query))), flush=True)
     return 0
 
 
-def _run_client(url: str, users: int, concurrency: int, duration: float) -> subprocess.Popen[str]:
+def _run_client(url: str, users: int, concurrency: int, duration: float, query: str = "") -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "serving.bench", "--url", url, "--users", str(users),
-         "--concurrency", str(concurrency), "--duration", str(duration)],
+         "--concurrency", str(concurrency), "--duration", str(duration), "--query", query],
         stdout=subprocess.PIPE, text=True,
     )
+
+
+# ---------------------------------------------------------------------------------- catalogue
+N_CATEGORIES = 10
+FILTER_CATEGORY = "cat3"
+
+
+def bench_catalog(item_ids: list[str], *, unavailable_every: int = 97, excluded: int = 50) -> tuple[list[dict[str, Any]], list[str]]:
+    """Item records for ``item_ids`` (item n in ``cat{n % 10}``, every ``unavailable_every``-th
+    unavailable) and ``excluded`` ids of :data:`FILTER_CATEGORY` for the filtered run.
+
+    >>> recs, ex = bench_catalog([f"i{n}" for n in range(200)], excluded=3)
+    >>> recs[3]["categories"], ex, sum(not r["available"] for r in recs)
+    (['cat3'], ['i13', 'i23', 'i33'], 3)
+    """
+    now = time.time()
+    recs = [{"item_id": i, "title": f"Item {i}", "categories": [f"cat{n % N_CATEGORIES}"], "available": n % unavailable_every != 0,
+             "updated_at": now} for n, i in enumerate(item_ids)]
+    members = [r["item_id"] for r in recs if r["categories"] == [FILTER_CATEGORY] and r["available"]]
+    return recs, members[1 : excluded + 1]
+
+
+def _filter_query(excluded: list[str]) -> str:
+    return f"&category={FILTER_CATEGORY}&exclude={','.join(excluded)}"
+
+
+def _sweep(url: str, users: int, k: int, excluded: list[str], unavailable: set[str]) -> dict[str, int]:
+    """Every user once with the filter and ``fields=categories``: answers that are short or break a rule."""
+    import httpx
+
+    forbidden = set(excluded) | unavailable
+    short = broken = 0
+    with httpx.Client(timeout=5.0) as client:
+        for u in [f"u{i}" for i in range(users)] + [f"new{i}" for i in range(20)]:
+            body = client.get(f"{url}/v1/users/{u}/recommendations?k={k}{_filter_query(excluded)}&fields=categories").json()
+            items = body.get("items", [])
+            short += len(items) < k
+            broken += sum(i["item_id"] in forbidden or FILTER_CATEGORY not in i.get("categories", []) for i in items)
+    return {"sweep_answers": users + 20, "sweep_short_answers": short, "sweep_rule_violations": broken}
 
 
 # ---------------------------------------------------------------------------------- bench
@@ -220,21 +267,42 @@ def _swaps(url: str) -> float:
     return 0.0
 
 
+def _catalog_size(url: str) -> float:
+    import httpx
+
+    try:
+        for line in httpx.get(url + "/metrics", timeout=5.0).text.splitlines():
+            if line.startswith("reco_serving_catalog_items "):
+                return float(line.split()[1])
+    except Exception:  # noqa: BLE001 - not up yet
+        pass
+    return 0.0
+
+
 def _version_of(data: bytes) -> int:
     hlen = int.from_bytes(data[:8], "little")
     return int(json.loads(json.loads(data[8 : 8 + hlen])["__metadata__"]["reco"])["version"])
 
 
 def _anchors(model: SyntheticModel) -> dict[str, float]:
-    """In-process numbers of the same run: top-k without HTTP, delta build, full-copy cost."""
+    """In-process numbers of the same run: top-k without HTTP (plain and filtered), delta build, full-copy cost."""
+    from serving.catalog import Catalog, Rules
     from serving.model import ServingModel
 
     base = ServingModel.build(None, model.snapshot(max_bytes=1 << 40))
-    times = []
+    recs, excluded = bench_catalog(model.item_ids)
+    catalog = Catalog()
+    for r in recs:
+        catalog.apply_json(json.dumps(r).encode())
+    rules = Rules.build([FILTER_CATEGORY], excluded)
+    times, filtered = [], []
     for n in range(2000):
         t0 = time.perf_counter()
         base.recommend(f"u{n % model.n_users}", 10, True)
-        times.append(time.perf_counter() - t0)
+        t1 = time.perf_counter()
+        catalog.recommend(base, f"u{n % model.n_users}", 10, True, rules)
+        filtered.append(time.perf_counter() - t1)
+        times.append(t1 - t0)
     build = []
     m = base
     for _ in range(30):
@@ -247,6 +315,8 @@ def _anchors(model: SyntheticModel) -> dict[str, float]:
         _ = (model.item_factors.copy(), model.user_factors.copy(), model.item_bias.copy(), model.item_popularity.copy())
     full_copy = (time.perf_counter() - t0) / 10
     return {"inproc_topk_p50_us": round(percentile(times, 50) * 1e6, 1), "inproc_topk_p99_us": round(percentile(times, 99) * 1e6, 1),
+            "inproc_topk_filtered_p50_us": round(percentile(filtered, 50) * 1e6, 1),
+            "inproc_topk_filtered_p99_us": round(percentile(filtered, 99) * 1e6, 1),
             "delta_build_p50_ms": round(percentile(build, 50) * 1000, 3), "full_copy_ms": round(full_copy * 1000, 3)}
 
 
@@ -272,6 +342,11 @@ def run_bench(settings: Settings, *, items: int = 10_000, users: int = 1000, fac
 
         publish([u.encode() for u in model.snapshot(max_bytes=s.max_message_bytes)])
         model_version0 = model.version
+        from streamproc.items import publish_items
+
+        records, excluded = bench_catalog(list(model.item_ids))
+        unavailable = {r["item_id"] for r in records if not r["available"]}
+        publish_items(s, records)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         env = {**os.environ, "RECO_KAFKA_BOOTSTRAP": s.kafka_bootstrap, "RECO_TOPIC_PREFIX": s.topic_prefix,
@@ -281,7 +356,7 @@ def run_bench(settings: Settings, *, items: int = 10_000, users: int = 1000, fac
             deadline = time.monotonic() + 60
             while True:
                 code, body = _get_json(url + "/readyz")
-                if code == 200 and body["version"] == model_version0:
+                if code == 200 and body["version"] == model_version0 and _catalog_size(url) >= len(records):
                     break
                 if time.monotonic() > deadline or server.poll() is not None:
                     raise RuntimeError(f"reco serve did not become ready: {code} {body}")
@@ -322,12 +397,12 @@ def run_bench(settings: Settings, *, items: int = 10_000, users: int = 1000, fac
             th = threading.Thread(target=swapper, daemon=True)
             th.start()
             # Steady and swap windows alternate, so load from outside the bench hits both alike.
-            phases: dict[str, dict[str, Any]] = {p: {"lat": [], "errors": 0, "seconds": 0.0} for p in ("steady", "swaps")}
+            phases: dict[str, dict[str, Any]] = {p: {"lat": [], "errors": 0, "short": 0, "seconds": 0.0} for p in ("steady", "swaps", "filtered")}
             window = duration / rounds
             swap_wall = 0.0
             for _ in range(rounds):
-                for phase in ("steady", "swaps"):
-                    client = _run_client(url, users, concurrency, window)
+                for phase in ("steady", "swaps", "filtered"):
+                    client = _run_client(url, users, concurrency, window, _filter_query(excluded) if phase == "filtered" else "")
                     if phase == "swaps":
                         swapping.set()
                         t_set = time.perf_counter()
@@ -344,6 +419,7 @@ def run_bench(settings: Settings, *, items: int = 10_000, users: int = 1000, fac
                     ph = phases[phase]
                     ph["lat"] += res["latencies_ms"]
                     ph["errors"] += res["errors"]
+                    ph["short"] += res["short"]
                     ph["seconds"] += res["seconds"]
             done.set()
             th.join()
@@ -353,7 +429,8 @@ def run_bench(settings: Settings, *, items: int = 10_000, users: int = 1000, fac
                 time.sleep(0.1)
             swaps = _swaps(url) - swaps_before
             _, ready = _get_json(url + "/readyz")
-            st, sw = phases["steady"], phases["swaps"]
+            st, sw, fl = phases["steady"], phases["swaps"], phases["filtered"]
+            sweep = _sweep(url, users, 10, excluded, unavailable)
         finally:
             t_stop = time.perf_counter()
             server.terminate()  # SIGTERM: graceful shutdown
@@ -367,10 +444,16 @@ def run_bench(settings: Settings, *, items: int = 10_000, users: int = 1000, fac
         "p50_ms_during_swaps": round(percentile(sw["lat"], 50), 3), "p99_ms_during_swaps": round(percentile(sw["lat"], 99), 3),
         "rps_during_swaps": round(len(sw["lat"]) / sw["seconds"], 1), "requests_during_swaps": len(sw["lat"]),
         "errors_during_swaps": sw["errors"], "updates_published": published[0],
+        "p50_ms_filtered": round(percentile(fl["lat"], 50), 3), "p99_ms_filtered": round(percentile(fl["lat"], 99), 3),
+        "rps_filtered": round(len(fl["lat"]) / fl["seconds"], 1), "requests_filtered": len(fl["lat"]), "errors_filtered": fl["errors"],
+        "short_answers_filtered": fl["short"], **sweep,
+        "filter": {"category": FILTER_CATEGORY, "category_items": sum(r["categories"] == [FILTER_CATEGORY] for r in records),
+                   "excluded_ids": len(excluded), "unavailable_items": len(unavailable), "k": 10},
         "updates_per_s": round(published[0] / swap_wall, 2), "swaps_observed": int(swaps), "rounds": rounds,
         "final_version_served": ready["version"], "final_version_published": final,
         "delta_rows": 200, "snapshot_every_n_updates": snapshot_every, **anchors,
-        "targets": {"p99_ms": 10.0, "p99_ms_during_swaps": "<= 2 x p99_ms", "errors_during_swaps": 0},
+        "targets": {"p99_ms": 10.0, "p99_ms_during_swaps": "<= 2 x p99_ms", "errors_during_swaps": 0, "p99_ms_filtered": 10.0,
+                    "short_answers_filtered": 0},
         "server_http": http, "server_exit_code_on_sigterm": exit_code, "server_stop_s": round(stop_s, 2),
         "client": "raw asyncio HTTP/1.1 keep-alive, second process", "load_avg_1m": round(os.getloadavg()[0], 2),
         "cpu_count": os.cpu_count(),

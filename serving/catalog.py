@@ -40,9 +40,10 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -102,7 +103,7 @@ class Rules:
         return bool(self.categories or self.exclude)
 
     @classmethod
-    def build(cls, category: Iterable[Any] = (), exclude: Iterable[Any] = (), fields: Iterable[Any] = ()) -> "Rules":
+    def build(cls, category: Iterable[Any] = (), exclude: Iterable[Any] = (), fields: Iterable[Any] = ()) -> Rules:
         cats = _split(category, "category", limit=MAX_CATEGORIES_PER_REQUEST, max_len=100)
         ex = _split(exclude, "exclude", limit=MAX_EXCLUDE)
         fl = _split(fields, "fields", limit=len(FIELDS))
@@ -112,14 +113,14 @@ class Rules:
         return cls(cats, ex, fl)
 
     @classmethod
-    def from_query(cls, params: Mapping[str, Sequence[str]] | Any) -> "Rules":
+    def from_query(cls, params: Mapping[str, Sequence[str]] | Any) -> Rules:
         """From query parameters (repeatable or comma-separated): ``category``, ``exclude``, ``fields``.
         ``params`` is starlette's ``QueryParams`` or a dict of lists."""
         get = params.getlist if hasattr(params, "getlist") else (lambda k: params.get(k, []))
         return cls.build(get("category"), get("exclude"), get("fields"))
 
     @classmethod
-    def from_request(cls, req: Mapping[str, Any]) -> "Rules":
+    def from_request(cls, req: Mapping[str, Any]) -> Rules:
         """From a request message: each of ``category``, ``exclude``, ``fields`` a string
         (comma-separated) or a list of strings."""
         def values(key: str) -> list[Any]:
@@ -168,10 +169,12 @@ class Catalog:
             for c in e.categories:
                 self._by_category.setdefault(c, set()).add(k)
         self.version = 0  # bumped by every change
+        self._set_versions: dict[str, int] = {}  # category (or "" for unavailable) -> bumped when its members change
+        self._rows_cache: dict[str, tuple[int, list[str], int, np.ndarray]] = {}
         self.invalid = 0  # topic records that failed validation (skipped; streamproc dead-letters them)
 
     @classmethod
-    def load(cls, path: str | Path) -> "Catalog":
+    def load(cls, path: str | Path) -> Catalog:
         path = Path(path)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -211,6 +214,11 @@ class Catalog:
             return True
 
     def _set(self, item_id: str, old: _Entry | None, new: _Entry | None) -> None:
+        sv = self._set_versions
+        for c in set(old.categories if old is not None else ()) ^ set(new.categories if new is not None else ()):
+            sv[c] = sv.get(c, 0) + 1
+        if (old is not None and not old.available) != (new is not None and not new.available):
+            sv[""] = sv.get("", 0) + 1
         if old is not None:
             for c in old.categories:
                 members = self._by_category.get(c)
@@ -291,14 +299,33 @@ class Catalog:
             return list(self._unavailable)
 
     # ------------------------------------------------------------------ answering
+    def _rows(self, model: Any, key: str) -> np.ndarray:
+        """Rows of ``model`` holding the members of category ``key`` ("" = the unavailable items),
+        cached until the members or the model's row space change (a delta with new items, a snapshot)."""
+        ids, n = model.item_row_space
+        version = self._set_versions.get(key, 0)
+        hit = self._rows_cache.get(key)
+        if hit is not None and hit[0] == version and hit[1] is ids and hit[2] == n:
+            return hit[3]
+        with self._lock:
+            members = list(self._unavailable) if key == "" else list(self._by_category.get(key, ()))
+        rows = np.unique(model.item_rows(members))
+        rows.flags.writeable = False
+        if len(self._rows_cache) > 1024:  # bounded: a flood of distinct categories starts over
+            self._rows_cache.clear()
+        self._rows_cache[key] = (version, ids, n, rows)
+        return rows
+
     def masks(self, model: Any, rules: Rules) -> tuple[np.ndarray | None, np.ndarray]:
         """``(allowed, blocked)`` item rows of ``model`` for ``rules``: ``allowed`` None = every row;
         ``blocked`` = unavailable + excluded rows."""
-        allowed = model.item_rows(self.category_members(rules.categories)) if rules.categories else None
-        blocked_ids = self.unavailable_ids() if self._unavailable else []
+        allowed = None
+        if rules.categories:
+            parts = [self._rows(model, c) for c in rules.categories]
+            allowed = parts[0] if len(parts) == 1 else np.concatenate(parts)  # duplicates are harmless (a row mask)
+        blocked = self._rows(model, "") if self._unavailable else np.empty(0, np.int64)
         if rules.exclude:
-            blocked_ids = [*blocked_ids, *rules.exclude]
-        blocked = model.item_rows(blocked_ids) if blocked_ids else np.empty(0, np.int64)
+            blocked = np.concatenate([blocked, model.item_rows(rules.exclude)])
         return allowed, blocked
 
     def recommend(self, model: Any, user_id: str, k: int, exclude_seen: bool = True, rules: Rules = Rules()) -> dict[str, Any]:

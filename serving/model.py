@@ -396,6 +396,12 @@ class ServingModel:
         rows = [r for r in (index.get(i) for i in seen) if r is not None and r < n]  # unknown items ignored
         return np.fromiter(rows, np.int64, len(rows))
 
+    @property
+    def item_row_space(self) -> tuple[list[str], int]:
+        """``(ids, n)``: the id list shared by versions that number their item rows alike, and this
+        version's row count. Rows computed by :meth:`item_rows` stay valid while both are the same."""
+        return self._items.ids, self._items.n
+
     def item_rows(self, item_ids: Iterable[str]) -> np.ndarray:
         """Rows of the known ``item_ids`` in this version (unknown ids skipped), for :meth:`recommend`'s masks."""
         index, n = self._items.index, self._items.n
@@ -420,7 +426,7 @@ class ServingModel:
             excluded = np.concatenate([excluded, blocked])
         r = self._user_row(user_id)
         if allowed is not None:
-            return self._recommend_among(user_id, k, r, np.unique(allowed), excluded)
+            return self._recommend_among(user_id, k, r, allowed, excluded)
         if r is None or n == 0:
             return self._fallback(user_id, k, excluded)
         if self.ranking is not None and self._ann is not None:

@@ -71,7 +71,8 @@ def test_filtered_answers_are_the_exact_top_k_of_the_eligible_items(candidates: 
         assert len(got) == min(k, len(eligible)), (user, k, len(eligible))  # never short while k eligible exist
         assert set(got) <= eligible and len(set(got)) == len(got)
         if not out["fallback"]:  # best first, and nothing eligible scores higher than the last answer
-            scores = dict(zip(eligible, model.score(user, list(eligible))))
+            el = sorted(eligible)
+            scores = dict(zip(el, model.score(user, el), strict=True))
             assert [i["score"] for i in out["items"]] == sorted((i["score"] for i in out["items"]), reverse=True)
             if len(got) == k and len(eligible) > k:
                 rest = max(s for i, s in scores.items() if i not in got)

@@ -1,0 +1,152 @@
+"""The item catalogue on the real embedded broker: item records through the stream worker (KIND_ITEM
+examples, dead letters), and serving's live catalogue (category filter, a hidden item never served
+again, a late replica reading the compacted topic from the start)."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import warnings
+from typing import Any
+
+import numpy as np
+import pytest
+from kafka import KafkaProducer
+from prometheus_client import CollectorRegistry
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
+
+from serving.app import create_app
+from serving.bench import SyntheticModel
+from serving.faults import poll
+from streamproc.examples import KIND_ITEM, ExampleBatch
+from streamproc.kafka import client_config, read_all
+from streamproc.publisher import ItemPublisher
+from streamproc.settings import Settings
+from streamproc.topics import Topics
+from streamproc.worker import StreamWorker
+
+pytestmark = pytest.mark.integration
+
+KEY = "k3y"
+
+
+def fake_encode(texts: list[str]) -> np.ndarray:
+    out = np.zeros((len(texts), 384), np.float32)
+    for i, t in enumerate(texts):
+        out[i, len(t) % 384] = 1.0
+    return out
+
+
+def _item_rows(s: Settings) -> list[tuple[str, str, int, float, float, int]]:
+    rows = []
+    for msg in read_all(s, Topics.from_settings(s).examples, idle_ms=300):
+        b = ExampleBatch.decode(msg.value)
+        for n in range(len(b)):
+            r = b.records[n]
+            if r["kind"] == KIND_ITEM:
+                rows.append((b.item_ids[n], b.user_ids[n], int(r["emb_row"]), float(r["weight"]), float(r["target"]),
+                             int(b.embeddings.shape[1]) if b.embeddings.size else 0))
+    return rows
+
+
+def test_item_records_become_item_examples_and_bad_ones_dead_letters(settings: Settings) -> None:
+    topics = Topics.from_settings(settings)
+    registry = CollectorRegistry()
+    worker = StreamWorker(settings, registry=registry, encode_fn=fake_encode)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    thread = threading.Thread(target=lambda: _run(worker, stop, errors), daemon=True)
+    thread.start()
+    try:
+        with ItemPublisher(settings) as pub:
+            pub.item(item_id="m1", title="Heat (1995)", categories=["Action", "Crime"], description="A heist in Los Angeles.")
+            pub.item(item_id="m2", title="Toy Story (1995)", categories=["Animation"])
+            pub.item(item_id="m3", title="Gone", categories=["Drama"], available=False)
+            pub.remove("m4")  # a tombstone: no example, no dead letter
+        raw = KafkaProducer(**client_config(settings))
+        raw.send(topics.items, key=b"bad1", value=b'{"item_id":"bad1","title":"x","updated_at":1700000000,"price":3}')
+        raw.send(topics.items, key=b"bad2", value=b"not json")
+        raw.flush()
+        raw.close()
+        rows = poll(lambda: (r if len(r := _item_rows(settings)) >= 3 else None), 60, "3 item examples", 0.3)
+        dead = poll(lambda: (d if len(d := read_all(settings, topics.dead_letters, idle_ms=300)) >= 2 else None), 30, "2 dead letters", 0.3)
+    finally:
+        stop.set()
+        thread.join(60)
+    assert not errors, errors
+    by_id = {r[0]: r for r in rows}
+    assert sorted(by_id) == ["m1", "m2", "m3"]
+    assert all(r[1] == "" and r[2] >= 0 and math.isnan(r[4]) and r[5] == 384 for r in rows)  # content vector, no user, no target
+    assert (by_id["m1"][3], by_id["m2"][3], by_id["m3"][3]) == (1.0, 1.0, 0.0)  # unavailable: weight 0
+    reasons = {m.key: dict(m.headers) for m in dead}
+    assert reasons[b"bad1"]["reason"] == b"extra_field" and reasons[b"bad1"]["field"] == b"price"
+    assert reasons[b"bad2"]["reason"] == b"invalid_json"
+    assert all(h["source_topic"] == topics.items.encode() for h in reasons.values())
+    assert registry.get_sample_value("reco_streamproc_items_consumed_total", {"status": "invalid"}) == 2
+    assert registry.get_sample_value("reco_streamproc_items_consumed_total", {"status": "tombstone"}) == 1
+    assert registry.get_sample_value("reco_streamproc_examples_produced_total", {"kind": "item"}) == 3
+
+
+def _run(worker: StreamWorker, stop: threading.Event, errors: list[BaseException]) -> None:
+    try:
+        worker.run(stop)
+    except BaseException as exc:  # noqa: BLE001
+        errors.append(exc)
+
+
+def _recs(client: TestClient, user: str, **params: Any) -> list[str]:
+    r = client.get(f"/v1/users/{user}/recommendations", params=params)
+    assert r.status_code == 200, r.text
+    return [i["item_id"] for i in r.json()["items"]]
+
+
+def test_serving_catalogue_filters_by_category_and_never_serves_a_hidden_item(settings: Settings) -> None:
+    s = Settings(**{**settings.__dict__, "api_key": KEY})
+    topics = Topics.from_settings(s)
+    sm = SyntheticModel(20, 60, 4, seed=3)
+    producer = KafkaProducer(max_request_size=4 * s.max_message_bytes, **client_config(s))
+    for u in sm.snapshot(max_bytes=s.max_message_bytes):
+        producer.send(topics.model_updates, u.encode())
+    producer.flush()
+    producer.close()
+    with ItemPublisher(s) as pub:
+        for n in range(60):
+            pub.item(item_id=f"i{n}", title=f"Item {n}", categories=["small"] if n % 6 == 0 else ["big"])
+    with TestClient(create_app(s, registry=CollectorRegistry())) as client:
+        poll(lambda: client.get("/readyz").status_code == 200, 60, "ready with the catalogue", 0.1)
+        small = _recs(client, "u1", k=20, category="small", fields="categories", exclude_seen="false")
+        assert sorted(small, key=lambda i: int(i[1:])) == [f"i{n}" for n in range(0, 60, 6)]  # all 10 eligible, nothing else
+        top = _recs(client, "u1", k=1, exclude_seen="false")[0]
+        hide = client.post("/v1/items", headers={"X-API-Key": KEY},
+                           json=[{"item_id": top, "title": f"Item {top}", "categories": ["big"], "available": False}])
+        assert hide.status_code == 202, hide.text
+        poll(lambda: top not in _recs(client, "u1", k=5, exclude_seen="false"), 30, "the hidden item gone", 0.1)
+        for u in [f"u{n}" for n in range(20)] + ["stranger"]:  # never served again, to anyone, whatever the rules
+            assert top not in _recs(client, u, k=60, exclude_seen="false")
+            assert len(_recs(client, u, k=50, exclude_seen="false", category="big")) == 49  # 50 "big" minus the hidden one
+        metrics = client.get("/metrics").text
+    assert "reco_serving_catalog_items 60.0" in metrics and "reco_serving_catalog_unavailable_items 1.0" in metrics
+    # A replica started later reads the compacted topic from the start: it never serves the hidden item either.
+    with TestClient(create_app(s, registry=CollectorRegistry())) as late:
+        poll(lambda: late.get("/readyz").status_code == 200, 60, "late replica ready", 0.1)
+        assert top not in _recs(late, "u1", k=60, exclude_seen="false")
+        # the request topic applies the same rules
+        req = {"request_id": "r-cat", "user_id": "u2", "k": 5, "category": "small", "exclude_seen": False}
+        p = KafkaProducer(**client_config(s))
+        p.send(topics.requests, key=b"u2", value=json.dumps(req).encode())
+        p.flush()
+        p.close()
+
+        def reply() -> Any:
+            for m in read_all(s, topics.recommendations, idle_ms=300):
+                body = json.loads(m.value)
+                if body.get("request_id") == "r-cat":
+                    return body
+            return None
+
+        body = poll(reply, 30, "the Kafka reply", 0.2)
+    assert len(body["items"]) == 5 and all(int(i["item_id"][1:]) % 6 == 0 for i in body["items"])
