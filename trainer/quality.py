@@ -45,7 +45,7 @@ import numpy as np
 from numba import njit
 
 from streamproc.errors import RecoError
-from streamproc.examples import KIND_CLICK, KIND_COMMENT, KIND_RATING, ExampleBatch
+from streamproc.examples import KIND_CLICK, KIND_COMMENT, KIND_ITEM, KIND_RATING, ExampleBatch
 from streamproc.settings import Settings
 
 __all__ = ["Stream", "load_stream", "evaluate", "register_bench"]
@@ -71,6 +71,8 @@ class Stream:
     source: str
     embeddings: np.ndarray | None = None  # [n, dim] rows for comments (zeros elsewhere)
     meta: dict[str, Any] = field(default_factory=dict)
+    item_texts: dict[str, str] | None = None  # catalogue text (title, genres, description) by item id
+    item_embeddings: np.ndarray | None = None  # [len(item_texts), dim], in item_texts' order
 
     def __len__(self) -> int:
         return len(self.users)
@@ -133,6 +135,8 @@ def load_stream(*, dataset: str | Path | None = None, ratings: str | Path | None
                     u, m = row["userId"], row["movieId"]
                     rows.append((float(row["timestamp"]), u, m, KIND_COMMENT, rated.get((u, m), math.nan), text))
         stream = _sorted(rows, str(csv_path if dataset is None else dataset))
+        if dataset is not None:
+            stream.item_texts = movie_texts(Path(dataset))
     if not len(stream):
         raise RecoError(f"{stream.source}: no events")
     if hide_ratings > 0:
@@ -143,15 +147,29 @@ def load_stream(*, dataset: str | Path | None = None, ratings: str | Path | None
     return stream
 
 
+def movie_texts(dataset: Path) -> dict[str, str] | None:
+    """``"Title (year). Genre, Genre"`` per movie of a MovieLens ``movies.csv``; None without one."""
+    path = dataset / "movies.csv"
+    if not path.is_file():
+        return None
+    with open(path, newline="", encoding="utf-8") as f:
+        return {row["movieId"]: f"{row['title']}. {(row.get('genres') or '').replace('|', ', ')}"
+                for row in csv.DictReader(f) if row.get("movieId")}
+
+
 def demo_stream(events: int = 30_000, users: int = 500, items: int = 1_000, seed: int = 42) -> Stream:
     """The built-in generated data (:mod:`streamproc.demo_data`): clicks, ratings and comments
     whose text agrees with the rating — what a fresh clone has when no dataset is beside it."""
     from streamproc.demo_data import DemoData
 
     kinds = {"rating": KIND_RATING, "click": KIND_CLICK, "comment": KIND_COMMENT}
+    data = DemoData(users=users, items=items, seed=seed)
     rows = [(float(e["event_time"]), e["user_id"], e["item_id"], kinds[e["type"]], float(e.get("rating", math.nan)), e.get("text"))
-            for e in DemoData(users=users, items=items, seed=seed).events(events)]
-    return _sorted(rows, f"demo data (seed {seed}, {users} users, {items} items, {events} events)")
+            for e in data.events(events)]
+    stream = _sorted(rows, f"demo data (seed {seed}, {users} users, {items} items, {events} events)")
+    stream.item_texts = {it.item_id: ". ".join(x for x in (it.title, it.category, getattr(it, "description", "")) if x)
+                         for it in data.catalogue}
+    return stream
 
 
 def encode_texts(stream: Stream, settings: Settings, chunk: int = 64) -> None:
@@ -174,6 +192,31 @@ def encode_texts(stream: Stream, settings: Settings, chunk: int = 64) -> None:
     stream.embeddings = emb
     stream.meta["texts_encoded"] = len(uniq)
     stream.meta["encode_seconds"] = round(time.perf_counter() - t0, 1)
+
+
+def encode_item_texts(stream: Stream, settings: Settings, chunk: int = 64) -> None:
+    """Fill ``stream.item_embeddings`` from ``stream.item_texts`` with the project's encoder."""
+    if not stream.item_texts:
+        return
+    from streamproc.encoder import get_encoder
+
+    enc = get_encoder(settings)
+    texts = list(stream.item_texts.values())
+    t0 = time.perf_counter()
+    stream.item_embeddings = np.concatenate([enc.encode(texts[s : s + chunk]) for s in range(0, len(texts), chunk)])
+    stream.meta["item_texts_encoded"] = len(texts)
+    stream.meta["item_texts_encode_seconds"] = round(time.perf_counter() - t0, 1)
+
+
+def content_batch(stream: Stream) -> ExampleBatch:
+    """The catalogue as item-content examples (``KIND_ITEM``), what the stream workers emit for
+    item records: learned before the stream, as a catalogue published ahead of feedback."""
+    ids = list(stream.item_texts or ())
+    n = len(ids)
+    t = np.full(n, float(stream.times[0]) if len(stream) else 0.0)
+    return ExampleBatch.build(event_ids=[""] * n, user_ids=[""] * n, item_ids=ids, kinds=np.full(n, KIND_ITEM),
+                              targets=np.full(n, math.nan), event_times=t, published=t, processed=t,
+                              emb_rows=np.arange(n), embeddings=stream.item_embeddings)
 
 
 def batch_of(stream: Stream, lo: int, hi: int, text: bool = True) -> ExampleBatch:
@@ -275,10 +318,16 @@ def _top10(scores: np.ndarray, eligible: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------------------ the loop
 def evaluate(stream: Stream, model: Any, *, every: int, positive: float, anchors: bool = True, text: bool = True,
-             progress: Callable[[int], None] | None = None, monitor: Any = None) -> dict[str, Any]:
+             progress: Callable[[int], None] | None = None, monitor: Any = None, item_text: bool = False) -> dict[str, Any]:
     """Run the protocol; ``model`` is a fresh :class:`~trainer.model.HybridMF` (learns the stream).
     With ``monitor`` (a :class:`~trainer.drift.DriftMonitor`), every detection calls
-    ``model.on_drift()``, as the trainer's worker does."""
+    ``model.on_drift()``, as the trainer's worker does. With ``item_text`` the model first learns
+    the catalogue's item texts (:func:`content_batch`) and ranks among every catalogue item, so an
+    item's first event can be a hit for it (never for the anchors)."""
+    if item_text and stream.item_embeddings is not None:
+        model.learn_batch(content_batch(stream))
+    else:
+        item_text = False
     n = len(stream)
     item_index: dict[str, int] = {}
     item_of = np.array([item_index.setdefault(x, len(item_index)) for x in stream.items], np.int64)
@@ -388,7 +437,7 @@ def evaluate(stream: Stream, model: Any, *, every: int, positive: float, anchors
         # our model, scored as serving scores it
         ids, s = model.rank_scores(stream.users[e])  # score_items with the weights the newest update carries
         rows = model.item_rows([stream.items[e]])
-        if known and rows[0] >= 0:
+        if (known or item_text) and rows[0] >= 0:
             m_elig = np.isfinite(s)
             m_past = model.item_rows([item_names[x] for x in user_past.tolist()])
             m_elig[m_past[m_past >= 0]] = False
@@ -528,6 +577,14 @@ def _cmd_bench_quality(args: argparse.Namespace, settings: Settings) -> int:
         for k in ("hr10", "rmse"):
             if out.get(k) and r.get(k):
                 out[f"{k}_change_from_text"] = round(out[k] / r[k] - 1.0, 4)
+    if stream.item_texts and not args.no_item_text:
+        # the catalogue's texts (titles, genres, descriptions) as item content, learned before the
+        # stream: what they add for cold items, the model ranking among the whole catalogue
+        encode_item_texts(stream, settings)
+        r = evaluate(stream, proto.clone(), every=every, positive=args.positive, anchors=False, text=not args.no_text, item_text=True)
+        out["with_item_text"] = {k: r[k] for k in ("hr10", "ndcg10", "cold_items", "coverage10")}
+        if out["cold_items"]["hr10"]:
+            out["with_item_text"]["cold_items_hr10_change"] = round(r["cold_items"]["hr10"] / out["cold_items"]["hr10"] - 1.0, 4)
     if not args.no_drift:
         from trainer.drift import DriftMonitor
 
@@ -621,6 +678,8 @@ def register_bench(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--hide-ratings", type=float, default=0.0, help="fraction of comments that arrive without their rating")
     p.add_argument("--no-text", action="store_true", help="do not encode comment texts")
     p.add_argument("--no-anchors", action="store_true", help="skip the anchors")
+    p.add_argument("--no-item-text", action="store_true",
+                   help="skip the run with catalogue item texts (movies.csv titles+genres, the demo catalogue)")
     p.add_argument("--ablations", action="store_true", help="also run the model without each part (knn, popularity, text, ...)")
     p.add_argument("--no-drift", action="store_true", help="skip the drift checks (detections; ranking with/without the reaction)")
     p.add_argument("--params", default="", help='JSON of HybridMF parameters to override, e.g. \'{"knn_window": 30}\'')

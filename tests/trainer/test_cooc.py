@@ -138,6 +138,8 @@ def test_an_unrated_comment_that_reads_negative_pushes_the_item_neighbourhood_do
 
     neutral = _rank_of(trained(None), "me", "inception")
     assert _rank_of(trained(neg), "me", "inception") < neutral < _rank_of(trained(pos), "me", "inception")
+    # and the commented item itself: this user's score of it is lower after "awful" than after "loved it"
+    assert _rank_of(trained(neg), "me", "matrix") < _rank_of(trained(pos), "me", "matrix")
 
 
 def test_an_expired_item_leaves_no_trace_for_the_item_that_reuses_its_row() -> None:
