@@ -182,14 +182,14 @@ class ItemFeedback:
         if not len(rows):
             return
         S = self._S
-        # the mean is order-free: sums per row in one pass
-        cnt = np.bincount(rows, minlength=self._n)[: self._n].astype(np.float64)
-        tot = np.bincount(rows, weights=y, minlength=self._n)[: self._n]
-        hit = cnt > 0
-        old_n = S[: self._n, _NR][hit]
-        new_n = old_n + cnt[hit]
-        S[: self._n, _RMEAN][hit] = (S[: self._n, _RMEAN][hit] * old_n + tot[hit]) / new_n
-        S[: self._n, _NR][hit] = new_n
+        # the mean is order-free: sums per distinct row (cost of the batch, not of the table)
+        hit, inv = np.unique(rows, return_inverse=True)
+        cnt = np.bincount(inv).astype(np.float64)
+        tot = np.bincount(inv, weights=y)
+        old_n = S[hit, _NR]
+        new_n = old_n + cnt
+        S[hit, _RMEAN] = (S[hit, _RMEAN] * old_n + tot) / new_n
+        S[hit, _NR] = new_n
 
     def _fold_sentiment(self, rows: np.ndarray, x: np.ndarray) -> None:
         S = self._S
@@ -225,9 +225,12 @@ class ItemFeedback:
         """The exported columns (:data:`FEEDBACK_COLUMNS`) of ``rows`` as float64 ``[n, 10]``;
         rows never updated read as no comments and no ratings (all 0)."""
         rows = np.asarray(rows, np.int64)
-        st = np.zeros((len(rows), _NSTATE), np.float64)
         ok = (rows >= 0) & (rows < self._n)
-        st[ok] = self._S[rows[ok]]
+        if ok.all():
+            st = self._S[rows]
+        else:
+            st = np.zeros((len(rows), _NSTATE), np.float64)
+            st[ok] = self._S[rows[ok]]
         out = np.empty((len(rows), len(FEEDBACK_COLUMNS)), np.float64)
         ns, nr = st[:, _NS], st[:, _NR]
         has = ns > 0
