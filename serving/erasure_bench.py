@@ -51,16 +51,31 @@ def checkpoint_holds(directory: str | Path, needle: bytes) -> bool | None:
     d = Path(directory)
     try:
         newest = CheckpointStore(d).paths()[-1]
-        found = any(needle in f.read_bytes() for f in sorted(newest.iterdir()) if f.is_file())
         log = d / IDS_LOG
-        return found or (log.exists() and needle in log.read_bytes())
+        st = log.stat() if log.exists() else None
+        key = (str(newest), needle, st and (st.st_size, st.st_mtime_ns, st.st_ino))
+        if key in _scanned:  # checkpoints never change once in place: scan each one once
+            return _scanned[key]
+        found = any(needle in f.read_bytes() for f in sorted(newest.iterdir()) if f.is_file())
+        found = found or (st is not None and needle in log.read_bytes())
+        if len(_scanned) > 10_000:
+            _scanned.clear()
+        _scanned[key] = found
+        return found
     except (IndexError, OSError):
         return None
 
 
+_scanned: dict[Any, bool] = {}
+
+
 def run_erasure(settings: Settings, *, erasures: int = 20, replicas: int = 2, ratings_per_user: int = 4,
-                background_rate: float = 300.0, anchors: int = 5, timeout_s: float = 30.0, log: Any = None) -> dict[str, Any]:
-    """Run the loop, erase ``erasures`` users one after another and time each (see the module doc)."""
+                background_rate: float = 300.0, preload: int = 0, anchors: int = 5, timeout_s: float = 30.0,
+                log: Any = None) -> dict[str, Any]:
+    """Run the loop, erase ``erasures`` users one after another and time each (see the module doc).
+
+    ``preload``: events of the background source published at full speed first (a larger model:
+    checkpoints and snapshots take longer)."""
     import httpx
 
     from serving.loop import running_loop, wait_http
@@ -81,7 +96,7 @@ def run_erasure(settings: Settings, *, erasures: int = 20, replicas: int = 2, ra
     for n, port in enumerate(ports):
         roles[f"serve-{n + 1}"] = ["serve"]
         role_env[f"serve-{n + 1}"] = {"RECO_HTTP_PORT": str(port)}
-    background = bench_events()[0] if background_rate > 0 else []
+    background, source = bench_events(comments=False) if background_rate > 0 or preload else ([], "none")
     run = uuid.uuid4().hex[:8]
     users = [f"erase-{run}-{n:05d}-x" for n in range(erasures)]  # no id is a substring of another
     with running_loop(settings, log=log, roles=roles, role_env=role_env) as (s, sup):
@@ -91,7 +106,10 @@ def run_erasure(settings: Settings, *, erasures: int = 20, replicas: int = 2, ra
                 raise RuntimeError(f"serving replica {b} did not come up:\n{log.getvalue()[-3000:]}")
         stop_bg = threading.Event()
         bg: dict[str, Any] = {}
-        if background:
+        if preload:
+            replay(s, background[:preload], rate=None, progress=False)
+            background = background[preload:]
+        if background and background_rate > 0:
             def run_background() -> None:
                 t0 = time.perf_counter()
                 res = replay(s, background, rate=background_rate, progress=False, stop=stop_bg)
@@ -164,11 +182,12 @@ def run_erasure(settings: Settings, *, erasures: int = 20, replicas: int = 2, ra
                 ckpt_s.append(t_ckpt - t_ack)
                 total_s.append(max(t_serving, t_ckpt) - t_ack)
             metrics = client.get(f"{bases[0]}/metrics").text
+            trainer = client.get(f"http://{s.metrics_host}:{role_env['trainer']['RECO_METRICS_PORT']}/metrics").text
         finally:
             stop_bg.set()
             client.close()
         deadline = time.monotonic() + 10
-        while background and "events" not in bg and time.monotonic() < deadline:
+        while background and background_rate > 0 and "events" not in bg and time.monotonic() < deadline:
             time.sleep(0.05)
     p99 = _q(total_s, 0.99)
     return {
@@ -184,6 +203,10 @@ def run_erasure(settings: Settings, *, erasures: int = 20, replicas: int = 2, ra
         "anchor_visible_p50_s": _q(anchor, 0.5),
         "anchor_visible_max_s": _q(anchor, 1.0),
         "replicas": replicas,
+        "model_users": _metric(trainer, "reco_trainer_rows{table=\"users\"}"),
+        "model_items": _metric(trainer, "reco_trainer_rows{table=\"items\"}"),
+        "preload_events": preload,
+        "background_source": source,
         "background_events_per_s": round(bg["events"] / bg["seconds"], 1) if bg.get("seconds") else 0.0,
         "target": {"p99_s": TARGET_P99_S},
         "meets_p99_s": p99 is not None and p99 <= TARGET_P99_S and missed == 0,
@@ -212,7 +235,8 @@ def _metric(text: str, name: str) -> float | None:
 def _cmd(args: argparse.Namespace, settings: Settings) -> int:
     from streamproc.cli import print_result
 
-    out = run_erasure(settings, erasures=args.erasures, replicas=args.replicas, background_rate=args.background_rate)
+    out = run_erasure(settings, erasures=args.erasures, replicas=args.replicas, background_rate=args.background_rate,
+                      preload=args.preload)
     print_result(out, args.json)
     return 0
 
@@ -223,5 +247,6 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     p.add_argument("--erasures", type=int, default=20, help="users erased one after another (default 20)")
     p.add_argument("--replicas", type=int, default=2, help="serving replicas (default 2)")
     p.add_argument("--background-rate", type=float, default=300.0, help="background events/s while erasing (0 = none)")
+    p.add_argument("--preload", type=int, default=0, help="background events published at full speed before measuring (a larger model)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd)

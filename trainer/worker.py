@@ -71,7 +71,7 @@ SETTLE_MIN_S, SETTLE_MAX_S = 1.2, 15.0  # before leaving the group: see _settle_
 _REPUBLISH_PAUSE_S = 1.0  # after the broker refused a model update
 _HEADER_SLACK = 2048  # bytes reserved for the fixed header fields and safetensors framing
 _ERASURE_FLUSH_MIN_S = 0.25  # erasures arriving closer together share one delta + checkpoint
-_ERASURE_SNAPSHOT_MIN_S = 1.0  # ... and snapshots after erasures are at least this far apart
+_ERASURE_SNAPSHOT_MIN_S = 5.0  # ... and snapshots after erasures are at least this far apart (replicas rebuild)
 _CONTROL_POLL_RECORDS = 500
 # Examples published up to this long after the erasure record are dropped too: the record's Kafka
 # timestamp is taken before the DELETE is acknowledged, and producers' clocks differ a little.
@@ -819,18 +819,19 @@ class TrainerWorker:
         return known
 
     def flush_erasures(self) -> None:
-        """After erasures: a delta listing them as expired, a checkpoint without them (the only one
-        kept) and a snapshot without them (at most once per ``_ERASURE_SNAPSHOT_MIN_S``)."""
+        """After erasures: a delta listing them as expired (every replica drops them), a checkpoint
+        without them (the only one kept), then a snapshot without them (at most once per
+        ``_ERASURE_SNAPSHOT_MIN_S``: replicas rebuild from it; until then the delta covers them)."""
         self._erasure_flush = False
         self._last_erasure_flush = time.monotonic()
         if self.model is None:
             return
         self.publish_delta()
+        self.checkpoint()
         self._need_snapshot = True
         self._snapshot_not_before = max(self._snapshot_not_before, self._last_snapshot + _ERASURE_SNAPSHOT_MIN_S)
         if time.monotonic() >= self._snapshot_not_before:
             self.publish_snapshot()
-        self.checkpoint()
 
     def _poll_control(self) -> None:
         """Apply the control records that arrived (the active trainer only)."""
