@@ -161,8 +161,7 @@ def create_app(
     early = EarlyPopularity(seen_per_user=max(1, min(settings.seen_per_user, 1000)))
     feedback = try_page.FeedbackLog()
     store.listeners.append(feedback.on_swap)
-    item_view = FeedbackView(lambda: store.current, metrics)  # item feedback analysis: gauges + dashboard panel
-    store.listeners.append(item_view.on_swap)
+    item_view = FeedbackView(lambda: store.current, metrics)  # item feedback analysis: gauges (read when scraped), dashboard
 
     def forget_feedback(model: Any, update: Any) -> None:  # erased/expired users leave the /try page's log
         gone = update.header.get("expired_user_ids") or ()

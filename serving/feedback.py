@@ -26,7 +26,7 @@ and answer 503 ``no_model`` before the first model. Numbers are rounded to 4 dec
 with nothing behind it is ``null``.
 
 :class:`FeedbackView` summarises a model version once (cached by version): the counts behind the
-``reco_serving_items_*`` gauges (set on every swap, see :meth:`FeedbackView.on_swap`) and the
+``reco_serving_items_*`` gauges (read when scraped, see :meth:`FeedbackView.bind`) and the
 dashboard's panel (:meth:`FeedbackView.summary`: the falling list and the distribution of item
 mean sentiment over :data:`SENTIMENT_BUCKETS`).
 
@@ -81,13 +81,13 @@ def _num(x: float) -> float | None:
 
 
 def _table(model: ServingModel) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """(ids by row, feedback rows as float64 with trend NaN where no scored comment, live-row mask)."""
+    """(ids by row, the float32 feedback rows, live-row mask); columns are read as strided views,
+    never copied whole (a summary runs on every model swap)."""
     ids, fb, dead = model.item_feedback()
-    t = fb.astype(np.float64)
-    t[t[:, _COL["trended"]] < 0.5, _COL["trend"]] = np.nan  # no trend yet (rows never carried: all 0)
-    live = np.ones(len(t), bool)
-    live[dead[dead < len(t)]] = False
-    return ids, t, live
+    live = np.ones(len(fb), bool)
+    if len(dead):
+        live[dead[dead < len(fb)]] = False
+    return ids, fb, live
 
 
 def _entry(item_id: str, row: np.ndarray) -> dict[str, Any]:
@@ -130,13 +130,13 @@ def ranked(model: ServingModel, order: str, limit: int) -> list[dict[str, Any]]:
         key = -key
     else:
         trend = t[:, _COL["trend"]]
-        ok = live & np.isfinite(trend) & ((trend < 0) if order == "falling" else (trend > 0))
+        ok = live & (t[:, _COL["trended"]] >= 0.5) & ((trend < 0) if order == "falling" else (trend > 0))
         key = trend if order == "falling" else -trend
     rows = np.flatnonzero(ok)
     if len(rows) > limit:
         rows = rows[np.argpartition(key[rows], limit - 1)[:limit]]
     rows = rows[np.lexsort((rows, key[rows]))]
-    return [_entry(ids[r], t[r]) for r in rows.tolist()]
+    return [_entry(ids[r], t[r].astype(np.float64)) for r in rows.tolist()]
 
 
 class FeedbackView:
@@ -147,7 +147,7 @@ class FeedbackView:
     current
         Returns the model being served (``ModelStore.current``), or None before the first.
     metrics
-        Where :meth:`on_swap` sets the gauges (None: no gauges).
+        Whose ``reco_serving_items_*`` gauges read this view when scraped (:meth:`bind`; None: none).
     top
         Items in the dashboard's falling list.
     """
@@ -155,9 +155,12 @@ class FeedbackView:
     def __init__(self, current: Callable[[], ServingModel | None], metrics: ServingMetrics | None = None, *, top: int = 10) -> None:
         if top < 1:
             raise ValueError(f"top must be >= 1, got {top!r}")
-        self.current, self.metrics, self.top = current, metrics, top
+        self.current, self.top = current, top
         self._lock = threading.Lock()
         self._cached: tuple[int, dict[str, Any]] | None = None
+        self._bound: ServingMetrics | None = None
+        if metrics is not None:
+            self.bind(metrics)
 
     def summary(self, model: ServingModel | None = None) -> dict[str, Any] | None:
         """``{version, items, commented, falling, trend_min, buckets, counts, top_falling}`` for
@@ -170,12 +173,11 @@ class FeedbackView:
         with self._lock:
             if self._cached is not None and self._cached[0] == model.version:
                 return self._cached[1]
-        ids, t, live = _table(model)
+        _, t, live = _table(model)
         scored = live & (t[:, _COL["comments_scored"]] > 0)
         falling = live & (t[:, _COL["falling"]] >= 0.5)
-        trend = t[live, _COL["trend"]]
-        trend = trend[np.isfinite(trend)]
-        means = t[scored, _COL["sentiment_mean"]]
+        trend = t[live & (t[:, _COL["trended"]] >= 0.5), _COL["trend"]].astype(np.float64)
+        means = t[scored, _COL["sentiment_mean"]].astype(np.float64)
         edges = np.array(SENTIMENT_BUCKETS)
         counts = np.bincount(np.searchsorted(edges, means, side="left"), minlength=len(edges) + 1)
         out = {
@@ -192,21 +194,31 @@ class FeedbackView:
             self._cached = (model.version, out)
         return out
 
-    def on_swap(self, model: ServingModel, update: Any) -> None:
-        """:class:`~serving.store.ModelStore` listener: refresh the gauges for the new version."""
-        if self.metrics is None:
+    def bind(self, metrics: ServingMetrics) -> None:
+        """Make the ``reco_serving_items_*`` gauges read the current model's summary when scraped
+        (computed once per model version, nothing done per swap)."""
+        if self._bound is metrics:
             return
-        s = self.summary(model)
-        if s is None:
-            return
-        m = self.metrics
-        m.items_commented.set(s["commented"])
-        m.items_sentiment_falling.set(s["falling"])
-        m.items_sentiment_trend_min.set(s["trend_min"] if s["trend_min"] is not None else 0.0)
-        total = 0
-        for le, c in zip(s["buckets"], s["counts"]):
-            total += c
-            m.items_by_sentiment.labels("+Inf" if le == "+Inf" else repr(float(le))).set(total)
+        self._bound = metrics
+
+        def stat(key: str, default: float = 0.0) -> Callable[[], float]:
+            def read() -> float:
+                s = self.summary()
+                v = None if s is None else s[key]
+                return float(default if v is None else v)
+            return read
+
+        def cumulative(j: int) -> Callable[[], float]:
+            def read() -> float:
+                s = self.summary()
+                return 0.0 if s is None else float(sum(s["counts"][: j + 1]))
+            return read
+
+        metrics.items_commented.set_function(stat("commented"))
+        metrics.items_sentiment_falling.set_function(stat("falling"))
+        metrics.items_sentiment_trend_min.set_function(stat("trend_min"))
+        for j, le in enumerate((*SENTIMENT_BUCKETS, math.inf)):
+            metrics.items_by_sentiment.labels("+Inf" if le == math.inf else repr(float(le))).set_function(cumulative(j))
 
 
 def _json(body: Any, status: int = 200) -> Response:

@@ -58,7 +58,7 @@ class ServingMetrics:
         self.kafka_requests = Counter("reco_serving_kafka_requests", "Recommendation requests read from Kafka, by status", ["status"], registry=r)
         self.ready = Gauge("reco_serving_ready", "1 when a model is loaded and Kafka is reachable", registry=r)
         self.kafka_connected = Gauge("reco_serving_kafka_connected", "1 while the Kafka clients are connected", registry=r)
-        # Feedback analysis (serving.feedback), set on every model swap; no per-item labels.
+        # Feedback analysis (serving.feedback.FeedbackView.bind): read from the served model when scraped; no per-item labels.
         self.items_commented = Gauge("reco_serving_items_commented", "Items in the served model with at least one comment sentiment estimate", registry=r)
         self.items_sentiment_falling = Gauge("reco_serving_items_sentiment_falling", "Items whose comment sentiment is flagged falling", registry=r)
         self.items_sentiment_trend_min = Gauge("reco_serving_items_sentiment_trend_min",

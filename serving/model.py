@@ -354,8 +354,9 @@ class ServingModel:
 
     def item_feedback(self) -> tuple[list[str], np.ndarray, np.ndarray]:
         """``(item ids by row, read-only item_feedback rows [n, len(FEEDBACK_COLUMNS)], rows of
-        expired items)`` for :mod:`serving.feedback`."""
-        return self._items.ids[: self._items.n], self._items.view(FEEDBACK_TENSOR), self._dead_items
+        expired items)`` for :mod:`serving.feedback`. The id list is shared, not copied: it may run
+        past ``n`` (rows of newer versions); index it only with rows of the feedback table."""
+        return self._items.ids, self._items.view(FEEDBACK_TENSOR), self._dead_items
 
     def item_ids(self) -> list[str]:
         return self._items.ids[: self._items.n]
