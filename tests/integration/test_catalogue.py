@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 import threading
 import warnings
 from typing import Any
@@ -150,3 +153,24 @@ def test_serving_catalogue_filters_by_category_and_never_serves_a_hidden_item(se
 
         body = poll(reply, 30, "the Kafka reply", 0.2)
     assert len(body["items"]) == 5 and all(int(i["item_id"][1:]) % 6 == 0 for i in body["items"])
+
+
+def _reco(s: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "RECO_KAFKA_BOOTSTRAP": s.kafka_bootstrap, "RECO_TOPIC_PREFIX": s.topic_prefix}
+    return subprocess.run([sys.executable, "-m", "streamproc.cli", *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_cli_publish_item(settings: Settings) -> None:
+    ok = _reco(settings, "publish", "item", "--item", "m1", "--title", "Heat (1995)", "--category", "Action,Crime",
+               "--description", "A heist.", "--unavailable")
+    assert ok.returncode == 0, ok.stderr
+    bad = _reco(settings, "publish", "item", "--item", "m2")
+    assert bad.returncode == 2 and "title" in bad.stderr
+    bad = _reco(settings, "publish", "item", "--item", "m3", "--title", "x", "--category", "a" * 101)
+    assert bad.returncode == 2 and "categories.0" in bad.stderr
+    gone = _reco(settings, "publish", "item", "--item", "m1", "--remove")
+    assert gone.returncode == 0, gone.stderr
+    msgs = read_all(settings, Topics.from_settings(settings).items, idle_ms=500)
+    assert [(m.key, m.value is None) for m in msgs] == [(b"m1", False), (b"m1", True)]
+    rec = json.loads(msgs[0].value)
+    assert rec["categories"] == ["Action", "Crime"] and rec["available"] is False and rec["description"] == "A heist."

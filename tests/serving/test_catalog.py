@@ -211,3 +211,19 @@ def test_delta_new_items_join_their_category() -> None:
                         {"item_factors": np.ones((1, 8), np.float32), "item_bias": np.zeros(1, np.float32)})
     model2 = ServingModel.build(model, [delta])
     assert [i["item_id"] for i in catalog.recommend(model2, "u1", 5, True, Rules.build(["fresh"]))["items"]] == ["new1"]
+
+
+def test_popularity_before_the_first_model_obeys_the_rules() -> None:
+    settings = Settings(topic_prefix="c.")
+    catalog = Catalog()
+    for n in range(6):
+        catalog.apply_json(_record(f"p{n}", ["x"] if n % 2 else ["y"], available=n != 5))
+    app = create_app(settings, start_kafka=False, registry=CollectorRegistry(), catalog=catalog)
+    for n, count in enumerate([9, 8, 7, 6, 5, 4]):
+        for c in range(count):
+            app.state.early.observe(f"someone{c}", f"p{n}")
+    with TestClient(app) as client:
+        plain = client.get("/v1/users/new/recommendations", params={"k": 6}).json()
+        cat = client.get("/v1/users/new/recommendations", params={"k": 6, "category": "x", "exclude": "p1", "fields": "title"}).json()
+    assert plain["version"] is None and [i["item_id"] for i in plain["items"]] == ["p0", "p1", "p2", "p3", "p4"]  # p5 hidden
+    assert [(i["item_id"], i["title"]) for i in cat["items"]] == [("p3", "Title p3")]
