@@ -222,9 +222,9 @@ def bench_catalog(item_ids: list[str], *, unavailable_every: int = 97, excluded:
     (['cat3'], ['i13', 'i23', 'i33'], 3)
     """
     now = time.time()
-    recs = [{"item_id": i, "title": f"Item {i}", "categories": [f"cat{n % N_CATEGORIES}"], "available": n % unavailable_every != 0,
+    recs: list[dict[str, Any]] = [{"item_id": i, "title": f"Item {i}", "categories": [f"cat{n % N_CATEGORIES}"], "available": n % unavailable_every != 0,
              "updated_at": now} for n, i in enumerate(item_ids)]
-    members = [r["item_id"] for r in recs if r["categories"] == [FILTER_CATEGORY] and r["available"]]
+    members: list[str] = [r["item_id"] for r in recs if r["categories"] == [FILTER_CATEGORY] and r["available"]]
     return recs, members[1 : excluded + 1]
 
 

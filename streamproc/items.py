@@ -136,7 +136,7 @@ class ItemValidator:
         except UnicodeDecodeError as exc:
             raise InvalidItem(f"message is not valid UTF-8 ({exc.reason} at byte {exc.start})", reason="invalid_utf8") from None
         try:
-            rec = ItemRecord.model_validate_json(raw)
+            rec = ItemRecord.model_validate_json(bytes(raw))
         except ValidationError as exc:
             raise _from_validation_error(exc) from None
         except RecursionError:
@@ -328,7 +328,8 @@ class ItemStream:
                 except Exception as exc:  # noqa: BLE001 - the encoder failed: no content vector
                     log.warning("encoder failed on an item text: %s", exc)
                     vecs.append(None)
-            rows, embs = [], []
+            rows: list[int] = []
+            embs: list[np.ndarray] = []
             for v in vecs:
                 rows.append(-1 if v is None else len(embs))
                 if v is not None:

@@ -113,7 +113,7 @@ class ItemPublisher(EventPublisher):
         self.topic = Topics.from_settings(settings).items
         self.item_validator = ItemValidator(settings)
 
-    def publish(self, record: dict[str, Any]) -> str:  # type: ignore[override]
+    def publish(self, record: dict[str, Any]) -> str:
         """Validate and send one item record; ``updated_at`` (now) is filled in if absent. Returns the ``item_id``."""
         rec = self.item_validator.parse_obj(self.item_validator.complete(record))
         self.send_raw(rec.to_json(), rec.item_id)
@@ -125,6 +125,9 @@ class ItemPublisher(EventPublisher):
         if description is not None:
             rec["description"] = description
         return self.publish(rec)
+
+    def __enter__(self) -> ItemPublisher:
+        return self
 
     def remove(self, item_id: str) -> None:
         """A tombstone for ``item_id``: the catalogue forgets the item (compaction drops its records)."""
