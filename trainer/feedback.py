@@ -164,7 +164,9 @@ class ItemFeedback:
             return
         self._grow(int(rows.max()) + 1)
         S = self._S
-        np.add.at(S[:, _C], rows[is_comment], 1.0)
+        if is_comment.any():
+            hit, cnt = np.unique(rows[is_comment], return_counts=True)
+            S[hit, _C] += cnt
         self._fold_ratings(rows[rated], ratings[rated])
         if scored.any():
             self._fold_sentiment(rows[scored], sentiment[scored])
@@ -174,9 +176,10 @@ class ItemFeedback:
         """Order (stable by row) and, in that order, each example's occurrence index within its row."""
         order = np.argsort(rows, kind="stable")
         r = rows[order]
-        start = np.r_[0, np.flatnonzero(r[1:] != r[:-1]) + 1]
-        occ = np.arange(len(r)) - np.repeat(start, np.diff(np.r_[start, len(r)]))
-        return order, occ
+        idx = np.arange(len(r))
+        first = np.zeros(len(r), np.int64)  # position of the first example of each one's row
+        first[1:] = np.where(r[1:] != r[:-1], idx[1:], 0)
+        return order, idx - np.maximum.accumulate(first)
 
     def _fold_ratings(self, rows: np.ndarray, y: np.ndarray) -> None:
         if not len(rows):
@@ -197,22 +200,28 @@ class ItemFeedback:
         a_slow = 2.0 / (self.slow_comments + 1)
         order, occ = self._rounds(rows)
         rows, x = rows[order], x[order]
-        for k in range(int(occ.max()) + 1):
-            sel = occ == k
-            r, v = rows[sel], x[sel]  # distinct rows: plain fancy indexing is safe
-            n = S[r, _NS] + 1.0
-            S[r, _NS] = n
-            S[r, _MEAN] += (v - S[r, _MEAN]) / n
+        last = int(occ.max())
+        for k in range(last + 1):
+            if last == 0:  # every row once (the usual batch): no selection
+                r, v = rows, x
+            else:
+                sel = occ == k
+                r, v = rows[sel], x[sel]  # distinct rows: plain fancy indexing is safe
+            t = S[r]  # one gather and one scatter per round; columns updated in place on the copy
+            n = t[:, _NS] + 1.0
+            t[:, _NS] = n
+            t[:, _MEAN] += (v - t[:, _MEAN]) / n
             af = np.maximum(1.0 / n, a_fast)
             as_ = np.maximum(1.0 / n, a_slow)
-            d = v - S[r, _SLOW]
-            S[r, _SLOW] += as_ * d
-            S[r, _VAR] = (1.0 - as_) * (S[r, _VAR] + as_ * d * d)
-            S[r, _FAST] += af * (v - S[r, _FAST])
+            d = v - t[:, _SLOW]
+            t[:, _SLOW] += as_ * d
+            t[:, _VAR] = (1.0 - as_) * (t[:, _VAR] + as_ * d * d)
+            t[:, _FAST] += af * (v - t[:, _FAST])
             # variance factors of fast, slow and their covariance for unit-variance iid comments
-            S[r, _VF] = (1.0 - af) ** 2 * S[r, _VF] + af * af
-            S[r, _VS] = (1.0 - as_) ** 2 * S[r, _VS] + as_ * as_
-            S[r, _CV] = (1.0 - af) * (1.0 - as_) * S[r, _CV] + af * as_
+            t[:, _VF] = (1.0 - af) ** 2 * t[:, _VF] + af * af
+            t[:, _VS] = (1.0 - as_) ** 2 * t[:, _VS] + as_ * as_
+            t[:, _CV] = (1.0 - af) * (1.0 - as_) * t[:, _CV] + af * as_
+            S[r] = t
 
     def forget(self, rows: np.ndarray) -> None:
         """Reset rows (expired or erased items; a reused row starts from nothing)."""
