@@ -24,7 +24,9 @@ JSON header:
 Tensors (float32): ``user_factors`` [U, k], ``user_bias`` [U], ``user_candidate_scores`` [U, N]
 (0-padded), ``user_mf_gain`` [U] (weight of the factor part for that user), ``item_factors`` [I, k], ``item_bias`` [I], ``item_popularity`` [I] (time-decayed
 interaction count, as of the update), ``item_log_popularity`` [I] (event-clock decayed count,
-log, comparable across updates). The factors are the *effective* vectors (text projections folded
+log, comparable across updates), ``item_feedback`` [I, 10] (per-item comment sentiment, ratings and
+sentiment trend for feedback analysis; columns ``trainer.feedback.FEEDBACK_COLUMNS``, finite, 0 for
+"nothing yet"). The factors are the *effective* vectors (text projections folded
 in). Serving ranks by :func:`trainer.scoring.score_items` with the header's ``ranking``.
 
 Examples
@@ -49,7 +51,7 @@ from streamproc.errors import InvalidUpdate
 __all__ = ["ModelUpdate", "TENSOR_NAMES"]
 
 TENSOR_NAMES = ("user_factors", "user_bias", "user_candidate_scores", "user_mf_gain", "item_factors", "item_bias", "item_popularity",
-                "item_log_popularity")
+                "item_log_popularity", "item_feedback")
 _REQUIRED = ("version", "kind")
 
 
