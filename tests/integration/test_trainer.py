@@ -101,7 +101,7 @@ def test_examples_in_deltas_and_snapshot_out(settings: Settings, tmp_path: Path)
         assert d.header["base_version"] == d.header["version"] - 1
         assert set(d.header) >= {"global_mean", "newest_event_time", "newest_published", "offsets", "created"}
         assert set(d.tensors) == {"user_factors", "user_bias", "user_candidate_scores", "user_mf_gain", "item_factors", "item_bias", "item_popularity",
-                                  "item_log_popularity"}
+                                  "item_log_popularity", "item_feedback"}
         assert len(d.header["user_candidates"]) == len(d.header["user_ids"]) and d.header["ranking"]["knn"] > 0
     assert deltas[-1].header["offsets"] == {f"{Topics.from_settings(s).examples}:0": 11}
     ck = t.worker.store.latest()  # the shutdown checkpoint
