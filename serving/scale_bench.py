@@ -55,6 +55,7 @@ TARGETS = {
     "replica_ready_s": 30.0,
     "feedback_p99_s": 3.0,
     "model_updates_mb_per_s_per_replica": 2.0,
+    "ann_recall_at_10_min": 0.95,  # approximate top-k against the exact scan, at the largest catalogue (at least)
 }
 
 
@@ -262,7 +263,9 @@ def _replica_size(settings: Settings, version: int, samples: int) -> dict[str, A
     return out
 
 
-def _latency(model: Any, samples: int, k: int = 10) -> dict[str, Any]:
+def _latency(model: Any, samples: int, k: int = 10, prefix: str = "serving", tops: list[list[str]] | None = None) -> dict[str, Any]:
+    """Top-``k`` latency of ``model.recommend`` for ``samples`` known users (seeded picks, the
+    same for every model of a size); their answers go to ``tops`` when given."""
     rng = np.random.default_rng(1)
     users = model._users.ids[: model.n_users]
     picks = rng.integers(0, max(len(users), 1), samples)
@@ -271,12 +274,20 @@ def _latency(model: Any, samples: int, k: int = 10) -> dict[str, Any]:
     lat = []
     for p in picks.tolist():
         t0 = time.perf_counter()
-        model.recommend(users[p], k)
+        rec = model.recommend(users[p], k)
         lat.append((time.perf_counter() - t0) * 1000)
-    return {"serving_p50_ms": _q(lat, 50), "serving_p99_ms": _q(lat, 99), "serving_requests": len(lat)}
+        if tops is not None:
+            tops.append([i for i, _ in rec.items])
+    return {f"{prefix}_p50_ms": _q(lat, 50), f"{prefix}_p99_ms": _q(lat, 99), f"{prefix}_requests": len(lat)}
 
 
-def _serving_size(items: int, users: int, samples: int, seed: int) -> dict[str, Any]:
+def _serving_size(settings: Settings, items: int, users: int, samples: int, seed: int) -> dict[str, Any]:
+    """Serving alone at ``items``: the exact scan (as ``reco serve`` runs it: numpy's default BLAS
+    threads, and with one BLAS thread), the approximate path (:mod:`serving.ann`) with its recall@10
+    against the exact answers, and which of the two the settings serve at this size."""
+    from threadpoolctl import threadpool_limits
+
+    from serving.ann import recall_at_k
     from serving.bench import SyntheticModel
     from serving.model import ServingModel
 
@@ -289,8 +300,25 @@ def _serving_size(items: int, users: int, samples: int, seed: int) -> dict[str, 
     model = ServingModel.build(None, snap)
     build_s = time.perf_counter() - t0
     del snap
-    out = {"items": items, "users": users, "build_s": round(build_s, 3), "serving_rss_bytes": _rss() - rss0}
-    out.update(_latency(model, samples))
+    out: dict[str, Any] = {"items": items, "users": users, "build_s": round(build_s, 3), "serving_rss_bytes": _rss() - rss0}
+    exact_tops: list[list[str]] = []
+    out.update(_latency(model, samples, prefix="exact", tops=exact_tops))
+    with threadpool_limits(1):
+        out.update(_latency(model, samples, prefix="exact_blas1"))
+    if items >= 50_000 or (settings.ann_min_items and items >= settings.ann_min_items):
+        snap = SyntheticModel(users, items, 32, seed=seed, candidates=50,
+                              ranking={"knn": 1.0, "popularity": 0.2, "mf": 0.5, "rating_span": 4.5}).snapshot(max_bytes=1 << 40)
+        t0 = time.perf_counter()
+        approx = ServingModel.build(None, snap, ann_min_items=1, ann_fetch=settings.ann_fetch)
+        out["ann_build_s"] = round(time.perf_counter() - t0, 3)
+        del snap
+        ann_tops: list[list[str]] = []
+        out.update(_latency(approx, samples, prefix="ann", tops=ann_tops))
+        out["ann_recall_at_10"] = round(recall_at_k(ann_tops, exact_tops), 4)
+        out["ann_index_bytes"] = int(items * (model.factors + 1) * 4 + items * 8)
+    served = "ann" if settings.ann_min_items and items >= settings.ann_min_items else "exact"
+    out["served_path"] = served
+    out["serving_p50_ms"], out["serving_p99_ms"] = out[f"{served}_p50_ms"], out[f"{served}_p99_ms"]
     return out
 
 
@@ -314,7 +342,7 @@ def _child(argv: list[str]) -> int:
     elif a.part == "replica":
         out = _replica_size(settings, a.version, a.samples)
     else:
-        out = _serving_size(a.items, a.users, a.samples, a.seed)
+        out = _serving_size(settings, a.items, a.users, a.samples, a.seed)
     print("SCALE-RESULT " + json.dumps(out), flush=True)
     return 0
 
@@ -366,7 +394,7 @@ def run_scale(settings: Settings, *, quick: bool = False, out_dir: str | None = 
     result: dict[str, Any] = {"quick": quick, "sizes": [], "serving": [], "settings": {
         "factors": settings.factors, "compression": settings.compression, "update_interval_ms": settings.update_interval_ms,
         "snapshot_interval_s": settings.snapshot_interval_s, "max_message_bytes": settings.max_message_bytes},
-        "feedback_rate_events_per_s": FEEDBACK_RATE, "cpu_count": os.cpu_count()}
+        "feedback_rate_events_per_s": FEEDBACK_RATE, "cpu_count": os.cpu_count(), "load_avg_1m_at_start": round(os.getloadavg()[0], 2)}
     run_id = int(time.time())
     with tempfile.TemporaryDirectory(prefix="reco-scale-") as tmp, embedded_or_configured(settings, create=False) as s:
         for n, (users, items) in enumerate(sizes):
@@ -406,6 +434,7 @@ def run_scale(settings: Settings, *, quick: bool = False, out_dir: str | None = 
             z.get("delta_bytes_stored_per_s", 0) + (z.get("snapshot_bytes_stored") or 0) / settings.snapshot_interval_s, 1)
     result.update(_verdicts(result))
     result["seconds"] = round(time.perf_counter() - t_start, 1)
+    result["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)  # other work on the machine skews every figure
     if out_dir:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -459,6 +488,10 @@ def _verdicts(r: dict[str, Any]) -> dict[str, Any]:
     fb = r.get("feedback") or {}
     put("feedback_p99_2000_events_per_s", fb.get("p99_s"), "feedback_p99_s", "quick size (the loop's own stream)")
     mbps = big.get("model_updates_bytes_per_s_per_replica")
+    ann = [z for z in r["serving"] if z.get("ann_recall_at_10") is not None]
+    out["ann_recall_at_10"] = ann[-1]["ann_recall_at_10"] if ann else None
+    out["meets_ann_recall_at_10"] = None if not ann else bool(ann[-1]["ann_recall_at_10"] >= TARGETS["ann_recall_at_10_min"])
+    out["ann_recall_at_10_at"] = f"{ann[-1]['items']:,} items" if ann else "not measured (no catalogue above 50,000 items)"
     put("model_updates_traffic_per_replica", None if mbps is None else round(mbps / 1e6, 3), "model_updates_mb_per_s_per_replica",
         f"{big.get('users', 0):,} users, MB/s, deltas + snapshot every snapshot_interval_s")
     return out
@@ -539,8 +572,11 @@ def register_bench(bench: argparse._SubParsersAction) -> None:
 
 
 def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
-    """``reco.commands`` entry point: adds ``reco bench scale``."""
+    """``reco.commands`` entry point: adds ``reco bench scale`` and ``reco bench shards``."""
+    from serving.shard_bench import register_bench as register_shards
+
     register_bench(bench)
+    register_shards(bench)
 
 
 if __name__ == "__main__":

@@ -84,3 +84,47 @@ def test_quick_run_end_to_end(tmp_path: Path) -> None:
     for p in r["plots"]:
         assert Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert {Path(p).name for p in r["plots"]} >= {"trainer_events_per_s.png", "snapshot_bytes.png", "serving_p99_ms.png"}
+
+
+# ---------------------------------------------------------------------------------- reco bench shards
+def _shard_models(n: int = 2):
+    from trainer.model import HybridMF
+
+    models = [HybridMF(n_factors=4, seed=1, rank_sample=0.0) for _ in range(n)]
+    for s, m in enumerate(models):
+        for e in range(30):
+            m.learn_one(f"u{s}-{e % 3}", f"i{s}-{e % 5}" if e % 2 else "shared", 4.0, event_time=1.0 + e)
+    return models
+
+
+def test_item_sharing_gives_every_shard_every_item_and_counts_each_event_once() -> None:
+    from serving.shard_bench import ItemSharing
+
+    models = _shard_models()
+    share = ItemSharing()
+    share(models)
+    ids = [{x for x in m._iids if x is not None} for m in models]
+    assert ids[0] == ids[1] and {"shared", "i0-1", "i1-1"} <= ids[0]
+    m = models[0]
+    r = m._imap["shared"]
+    once = m._RPOP[r].copy()
+    assert once[-1] > 20  # 15 events in each shard, slow horizon: nearly all still counted
+    share(models)  # nothing learned in between: the shared counts must not grow
+    assert np.allclose(m._RPOP[r], once, rtol=1e-6)
+    assert np.allclose(models[0]._Q[r], models[1]._Q[models[1]._imap["shared"]])
+
+
+def test_shard_simulation_on_a_small_stream() -> None:
+    from serving.shard_bench import simulate
+    from trainer.quality import demo_stream
+
+    stream = demo_stream(events=3000, users=60, items=80)
+    params = {"n_factors": 8, "seed": 3, "rank_sample": 0.0}
+    one = simulate(stream, params, shards=1, sync=0, every=2)
+    four = simulate(stream, params, shards=4, sync=0, every=2)
+    shared = simulate(stream, params, shards=4, sync=200, every=2)
+    assert one["n_evaluated"] == four["n_evaluated"] == shared["n_evaluated"] > 100
+    assert one["target_item_unknown_to_shard"] < four["target_item_unknown_to_shard"]
+    assert shared["target_item_unknown_to_shard"] < four["target_item_unknown_to_shard"]
+    with pytest.raises(ValueError, match="shards"):
+        simulate(stream, params, shards=0, sync=0)
