@@ -174,3 +174,72 @@ def test_cli_publish_item(settings: Settings) -> None:
     assert [(m.key, m.value is None) for m in msgs] == [(b"m1", False), (b"m1", True)]
     rec = json.loads(msgs[0].value)
     assert rec["categories"] == ["Action", "Crime"] and rec["available"] is False and rec["description"] == "A heist."
+
+
+@pytest.mark.slow
+def test_whole_loop_catalogue_rules_and_a_hidden_item() -> None:
+    """``reco up``'s roles as processes: the catalogue flows through streamproc (item examples) and
+    the trainer without a crash, serving filters by category and stops serving a hidden item."""
+    import io
+    import uuid
+
+    import httpx
+
+    from serving.loop import running_loop
+    from streamproc.broker import free_port
+    from streamproc.publisher import EventPublisher
+
+    ports = {"http": free_port(), "streamproc": free_port(), "trainer": free_port()}
+    settings = Settings(http_port=ports["http"], topic_prefix=f"cat{uuid.uuid4().hex[:6]}.", api_key=KEY, snapshot_interval_s=5.0,
+                        dashboard_sources=f"http://127.0.0.1:{ports['streamproc']}/metrics,http://127.0.0.1:{ports['trainer']}/metrics")
+    role_env = {"streamproc": {"RECO_METRICS_PORT": str(ports["streamproc"])}, "trainer": {"RECO_METRICS_PORT": str(ports["trainer"])}}
+    base = f"http://127.0.0.1:{ports['http']}"
+    log = io.StringIO()
+    rng = np.random.default_rng(5)
+
+    def recs(user: str, **params: Any) -> list[str]:
+        r = httpx.get(f"{base}/v1/users/{user}/recommendations", params=params, timeout=5)
+        assert r.status_code == 200, r.text
+        return [i["item_id"] for i in r.json()["items"]]
+
+    with running_loop(settings, log=log, role_env=role_env) as (s, sup):
+        poll(lambda: _http_ok(f"{base}/healthz"), 120, "serving /healthz", 0.3)
+        with ItemPublisher(s) as items:
+            for n in range(40):
+                items.item(item_id=f"i{n}", title=f"Film {n}", categories=["drama"] if n < 12 else ["comedy"],
+                           description=f"A {'sad family drama' if n < 12 else 'silly comedy of errors'} number {n}.")
+        with EventPublisher(s) as pub:
+            for _ in range(1500):
+                pub.rating(user_id=f"u{rng.integers(30)}", item_id=f"i{rng.integers(40)}", rating=float(rng.choice([1, 2, 3, 4, 5])))
+        try:
+            poll(lambda: _http_ok(f"{base}/readyz"), 120, "serving /readyz", 0.3)
+            drama = poll(lambda: (r if len(r := recs("u1", k=5, category="drama", exclude_seen="false")) == 5 else None), 60,
+                         "5 drama answers", 0.3)
+            assert all(int(i[1:]) < 12 for i in drama)
+            top = recs("u1", k=1, exclude_seen="false")[0]
+            hide = httpx.post(f"{base}/v1/items", headers={"X-API-Key": KEY},
+                              json=[{"item_id": top, "title": "gone", "available": False}], timeout=10)
+            assert hide.status_code == 202, hide.text
+            poll(lambda: top not in recs("u1", k=40, exclude_seen="false"), 30, "the hidden item gone", 0.2)
+            with EventPublisher(s) as pub:  # more feedback on it, new model versions: still never served
+                for u in range(30):
+                    pub.rating(user_id=f"u{u}", item_id=top, rating=5.0)
+            version = httpx.get(f"{base}/readyz", timeout=5).json()["version"]
+            poll(lambda: httpx.get(f"{base}/readyz", timeout=5).json()["version"] > version, 60, "a newer model", 0.3)
+            for u in range(30):
+                assert top not in recs(f"u{u}", k=40, exclude_seen="false")
+        except BaseException:
+            print(log.getvalue()[-5000:])
+            raise
+        codes = sup.stop()
+    assert all(c == 0 for c in codes.values()), (codes, log.getvalue()[-3000:])
+    assert "Traceback" not in log.getvalue(), log.getvalue()[-3000:]
+
+
+def _http_ok(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
