@@ -27,7 +27,7 @@ Examples
 >>> import numpy as np
 >>> rng = np.random.default_rng(0)
 >>> q, b = rng.normal(size=(5000, 8)).astype(np.float32), np.zeros(5000, np.float32)
->>> idx = ItemIndex.build(q, b, seed=0)
+>>> idx = ItemIndex.build(q, b, nprobe=24, seed=0)  # 70 cells, 24 scanned per search
 >>> u = rng.normal(size=8).astype(np.float32)
 >>> exact = set(np.argsort(-(q @ u))[:10].tolist())
 >>> rows, _ = idx.search(u, 50)
