@@ -720,18 +720,10 @@ class TrainerWorker:
         """The learned-id log lines since the last checkpoint: ``event_id<TAB>user tag<TAB>item tag``."""
         if not self._salt:
             return list(self._ids_since_ckpt)
-        memo_u: dict[str, str] = {}
-        memo_i: dict[str, str] = {}
-        out = []
-        for e, u, i in zip(self._ids_since_ckpt, self._ids_users, self._ids_items, strict=True):
-            tu = memo_u.get(u)
-            if tu is None:
-                tu = memo_u[u] = self._tag("user", u) if u else ""
-            ti = memo_i.get(i)
-            if ti is None:
-                ti = memo_i[i] = self._tag("item", i) if i else ""
-            out.append(f"{e}\t{tu}\t{ti}")
-        return out
+        tag = self._tag
+        mu = {u: tag("user", u) if u else "" for u in set(self._ids_users)}
+        mi = {i: tag("item", i) if i else "" for i in set(self._ids_items)}
+        return [f"{e}\t{mu[u]}\t{mi[i]}" for e, u, i in zip(self._ids_since_ckpt, self._ids_users, self._ids_items, strict=True)]
 
     def _erasure_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         tags = np.array([int(t, 16) for t in self._tombs], np.uint64)
