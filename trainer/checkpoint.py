@@ -250,7 +250,7 @@ class CheckpointStore:
         existing = self.paths()
         seq = (int(existing[-1].name[len(_PREFIX):]) + 1) if existing else 1
         tensors, special = _pack_arrays(components)
-        meta = {
+        meta: dict[str, Any] = {
             "format": _FORMAT,
             "seq": seq,
             "version": int(version),

@@ -183,6 +183,8 @@ class TrainerWorker:
         self._commit_due = False
         self._stopping = False
         self._mem_seq: int | None = None  # checkpoint seq the in-memory state equals (skip reloads)
+        self._pending_event_time: float = 0.0
+        self._pending_newest_published: float = 0.0
         self._reset_pending()
         self._reset_ids()
         self._control: Any = None  # assign()-mode consumer of the control topic (active trainer only)
@@ -494,7 +496,7 @@ class TrainerWorker:
         futures = []
         for n, (us, its, ps) in enumerate(parts):
             version = snapshot_version if kind == "snapshot" else self.version + 1
-            header = {
+            header: dict[str, Any] = {
                 "version": version,
                 "kind": kind,
                 "base_version": base if kind == "snapshot" else version - 1,
@@ -748,7 +750,7 @@ class TrainerWorker:
         cand = np.flatnonzero(pub <= self._tomb_max)  # later events cannot be affected: no hashing
         if not len(cand):
             return batch
-        tombs, memo = self._tombs, {}
+        tombs, memo = self._tombs, {}  # type: dict[str, float], dict[tuple[str, str], float]
         keep = np.ones(len(batch), bool)
         for j in cand.tolist():
             p = float(pub[j])
