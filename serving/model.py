@@ -312,6 +312,9 @@ class ServingModel:
                 if not seen_copied:
                     seen, seen_copied = dict(seen), True
                 _add_seen(seen, published, seen_per_user)
+        if kind == "snapshot" and seen:  # users the trainer no longer has (erased, expired) keep no seen list
+            known = users.index
+            seen = {x: s for x, s in seen.items() if x in known}
         popular = None
         if kind == "delta" and items.n == base._items.n and ranking == base.ranking and not any(
                 name in u.tensors for u in updates for name in ("item_popularity", "item_log_popularity")):

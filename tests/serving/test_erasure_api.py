@@ -105,3 +105,17 @@ def test_pusher_sends_nothing_for_an_erased_user() -> None:
     pusher._due = {"u1": 0.0, "u2": 0.0}
     pusher._push(["u1", "u2"], time.monotonic())
     assert [m[0] for m in sent] == [b"u2"]
+
+
+def test_a_snapshot_without_a_user_drops_its_seen_list() -> None:
+    """A replica that missed the expiring delta (a gap, then the next snapshot) forgets the seen list too."""
+    _, store, _, _ = _setup()
+    now = time.time()
+    _delta(store, published=[["u1", "i5", now], ["u2", "i6", now]])
+    sm = SyntheticModel(20, 100, 4)
+    sm.version = store.current.version
+    sm.user_ids[1] = "someone-else"  # the snapshot no longer holds u1
+    for part in sm.snapshot():
+        store.apply(part.encode())
+    model = store.current
+    assert not model.has_user("u1") and "u1" not in model.seen and model.seen["u2"] == ("i6",)
