@@ -51,7 +51,8 @@ def _cmd_bench_serving(args: argparse.Namespace, settings: Settings) -> int:
         print_json(out)
     else:
         print(f"steady p50 {out['p50_ms']} ms p99 {out['p99_ms']} ms {out['rps']} req/s; during swaps "
-              f"p99 {out['p99_ms_during_swaps']} ms, {out['errors_during_swaps']} errors, {out['swaps_observed']} swaps")
+              f"p99 {out['p99_ms_during_swaps']} ms, {out['errors_during_swaps']} errors, {out['swaps_observed']} swaps; filtered "
+              f"(category + 50 excluded ids) p99 {out['p99_ms_filtered']} ms, {out['short_answers_filtered']} short answers")
     return 0
 
 
@@ -66,11 +67,11 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
                    help="hand the API key to the /try page's own script (same origin only), so it can post events: for demos")
     p.set_defaults(func=_cmd_serve)
 
-    p = bench.add_parser("serving", help="HTTP top-k latency, steady and during model swaps")
+    p = bench.add_parser("serving", help="HTTP top-k latency: steady, during model swaps, and with request-time rules (filtered)")
     p.add_argument("--items", type=int, default=10_000)
     p.add_argument("--users", type=int, default=1000)
     p.add_argument("--concurrency", type=int, default=6, help="concurrent HTTP clients (second process)")
-    p.add_argument("--duration", type=float, default=8.0, help="seconds per phase (steady, swaps)")
+    p.add_argument("--duration", type=float, default=8.0, help="seconds per phase (steady, swaps, filtered)")
     p.add_argument("--rounds", type=int, default=4, help="alternating steady/swap windows the phases are split into")
     p.add_argument("--swap-rate", type=float, default=4.0, help="model updates per second during the swap phase")
     p.add_argument("--server-http", default="auto", choices=["auto", "h11", "httptools"], help="uvicorn HTTP implementation of the server")
