@@ -230,7 +230,9 @@ def create_app(
             if not early.active or not early.events:
                 return None
             metrics.fallbacks.inc()
-            items = catalog.filter_items(early.top(user_id, max(10 * k, 1000), exclude_seen), k, rules)
+            # every counted item when rules can drop some: the answer is short only when too few are eligible
+            want = k if not (rules.filtered or catalog.unavailable_count) else len(early._counts) + k  # noqa: SLF001
+            items = catalog.filter_items(early.top(user_id, want, exclude_seen), k, rules)
             answer = [{"item_id": i, "score": s, **catalog.fields(i, rules.fields)} for i, s in items]
             return {"user_id": user_id, "items": answer, "version": None, "fallback": True}
         out = catalog.recommend(model, user_id, k, exclude_seen, rules)

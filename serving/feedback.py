@@ -52,17 +52,17 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from trainer.feedback import FEEDBACK_COLUMNS
-
 from serving.metrics import ServingMetrics
 from serving.model import ServingModel
+from trainer.feedback import FEEDBACK_COLUMNS
 
 __all__ = ["FeedbackView", "item_feedback", "ranked", "routes", "ORDERS", "SENTIMENT_BUCKETS", "MAX_LIMIT"]
 

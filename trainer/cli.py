@@ -11,6 +11,7 @@ from typing import Any
 
 from streamproc.settings import Settings
 from trainer.bench import register_bench
+from trainer.feedback_bench import register_bench as register_feedback_bench
 from trainer.quality import register_bench as register_quality_bench
 from trainer.update_bench import register_bench as register_updates_bench
 
@@ -62,3 +63,4 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     register_bench(bench)
     register_quality_bench(bench)
     register_updates_bench(bench)
+    register_feedback_bench(bench)

@@ -95,7 +95,7 @@ class ItemFeedback:
         identical comments do not make every later wobble significant.
     """
 
-    def __init__(self, recent_comments: int = 20, slow_comments: int = 200, min_comments: int = 10,
+    def __init__(self, recent_comments: int = 20, slow_comments: int = 500, min_comments: int = 10,
                  min_drop: float = 0.5, z_min: float = 4.0, sigma_min: float = 0.5) -> None:
         for name, v in (("recent_comments", recent_comments), ("slow_comments", slow_comments), ("min_comments", min_comments)):
             if not isinstance(v, (int, np.integer)) or v < 1:

@@ -167,3 +167,22 @@ def test_bad_update_shapes_are_refused() -> None:
         ItemFeedback().update(np.array([0, 1]), np.array([COMMENT]), np.array([np.nan]), np.array([3.0]))
     with pytest.raises(ValueError, match="item_rows"):
         ItemFeedback().update(np.array([-1]), np.array([COMMENT]), np.array([np.nan]), np.array([3.0]))
+
+
+def test_bench_feedback_reports_false_alarms_and_delays(tmp_path: Path) -> None:
+    """``reco bench feedback`` on a small reviews file: stable items are never flagged, a 2-point
+    drop is caught, and the magnitude-only anchor is reported beside it."""
+    from trainer.feedback_bench import run_bench
+
+    rng = np.random.default_rng(0)
+    lines = [json.dumps({"user_id": f"u{j}", "item_id": f"i{j % 3}", "rating": float(rng.choice([2, 3, 4, 4, 5, 5])),
+                         "time": 1_600_000_000 + j, "text": "fine"}) for j in range(300)]
+    path = tmp_path / "reviews.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    out = run_bench(str(path), trials=2)
+    assert out["reviews"] == 300 and out["items"] == 3 and out["params"] == ItemFeedback().get_params()
+    assert out["stars"]["flagged_real_order"] == 0 and out["stars"]["flagged_shuffled"] == 0
+    assert out["stars"]["drops"]["2"]["caught"] >= 0.8
+    assert set(out["anchor_no_z"]) == set(out["stars"]) and out["update_us_per_1000"]["ratings"] > 0
+    with pytest.raises(ValueError, match="trials"):
+        run_bench(str(path), trials=0)
