@@ -35,7 +35,8 @@ def test_movielens_directory_gives_events_and_a_catalog(tmp_path: Path) -> None:
     assert [e["type"] for e in evs] == ["rating", "rating", "comment"]  # event-time order; blank tag skipped
     assert evs[2] == {"schema_version": 1, "type": "comment", "event_id": "ml-t-0", "user_id": "1", "item_id": "10",
                       "event_time": 964982800.0, "text": "funny", "rating": 4.0}
-    assert load_catalog(d)["items"] == {"10": {"title": "Heat (1995)", "category": "Action"}, "11": {"title": "Odd", "category": ""}}
+    assert load_catalog(d)["items"] == {"10": {"title": "Heat (1995)", "category": "Action", "categories": ["Action", "Crime", "Thriller"]},
+                                        "11": {"title": "Odd", "category": "", "categories": []}}
     assert load_catalog(tmp_path) is None
 
 
