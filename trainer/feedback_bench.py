@@ -46,10 +46,12 @@ _COMMENT = 2
 DROPS = (1.0, 1.5, 2.0)
 
 
+#: Real reviews beside the clone (development only; the product never needs them).
+DEFAULT_REVIEWS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "yelp-sample" / "reviews.jsonl"
+
+
 def _reviews(path: str | None) -> tuple[list[str], np.ndarray, np.ndarray, list[str], str]:
     """(item ids, ratings (NaN if none), ratings' time order, texts, source) of the reviews."""
-    from streamproc.bench import DEFAULT_REVIEWS
-
     if path is None and not DEFAULT_REVIEWS.is_file():
         from streamproc.demo_data import DemoData
 
