@@ -342,7 +342,7 @@ def run_bench(settings: Settings, *, items: int = 10_000, users: int = 1000, fac
 
         publish([u.encode() for u in model.snapshot(max_bytes=s.max_message_bytes)])
         model_version0 = model.version
-        from streamproc.items import publish_items
+        from streamproc.publisher import publish_items
 
         records, excluded = bench_catalog(list(model.item_ids))
         unavailable = {r["item_id"] for r in records if not r["available"]}

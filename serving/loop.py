@@ -291,7 +291,8 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
               f"the loop: events -> streamproc (validates, encodes comments) -> trainer (learns from every event) -> "
               f"serving (swaps in each new model version, several a second)\n"
               f"publishing {src.label} at {speed} events/s; Ctrl-C to stop\n", flush=True)
-        from streamproc.items import catalog_records, publish_items
+        from streamproc.items import catalog_records
+        from streamproc.publisher import publish_items
 
         publish_items(s, catalog_records(src.catalog))  # the catalogue as item records (items topic), before the events
         result: dict[str, Any] = {}

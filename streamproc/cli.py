@@ -215,7 +215,8 @@ def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     events = src.events if src.generated or args.limit is None else list(src.events)[: args.limit]
     total = src.total if args.limit is None else min(args.limit, src.total or args.limit)
     with (embedded_or_configured(settings) if args.embedded else contextlib.nullcontext(client_settings(settings))) as s:
-        from streamproc.items import catalog_records, publish_items
+        from streamproc.items import catalog_records
+        from streamproc.publisher import publish_items
 
         n_items = publish_items(s, catalog_records(src.catalog))  # the catalogue first: item records (items topic)
         res = replay(s, events, rate=rate, progress=not args.quiet, total=total)

@@ -42,7 +42,6 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -52,7 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from streamproc.errors import InvalidEvent
 from streamproc.settings import Settings
 
-__all__ = ["ITEM_SCHEMA_VERSION", "ItemRecord", "InvalidItem", "ItemValidator", "item_text", "catalog_records", "publish_items",
+__all__ = ["ITEM_SCHEMA_VERSION", "ItemRecord", "InvalidItem", "ItemValidator", "item_text", "catalog_records",
            "ItemStream", "json_schema", "write_schema", "SCHEMA_PATH", "MAX_CATEGORIES"]
 
 log = logging.getLogger(__name__)
@@ -211,23 +210,6 @@ def catalog_records(catalog: dict[str, Any] | None, *, updated_at: float | None 
             rec["description"] = str(info["description"])
         out.append(rec)
     return out
-
-
-def publish_items(settings: Settings, records: Iterable[dict[str, Any]], *, timeout_s: float = 60.0) -> int:
-    """Validate and publish item records to the items topic (keyed by ``item_id``); returns how many.
-
-    Invalid records raise :class:`InvalidItem` before anything is sent.
-    """
-    from streamproc.publisher import ItemPublisher
-
-    recs = list(records)
-    if not recs:
-        return 0
-    with ItemPublisher(settings) as pub:
-        for r in recs:
-            pub.publish(r)
-        pub.flush(timeout_s)
-        return pub.sent
 
 
 class ItemStream:

@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterable
 from types import TracebackType
 from typing import Any
 
 from streamproc.errors import BrokerUnavailable, RecoError
 from streamproc.events import SCHEMA_VERSION, EventValidator
+from streamproc.items import ItemValidator
 from streamproc.kafka import client_config
 from streamproc.settings import Settings
 from streamproc.topics import Topics
 
-__all__ = ["EventPublisher", "ItemPublisher"]
+__all__ = ["EventPublisher", "ItemPublisher", "publish_items"]
 
 
 class EventPublisher:
@@ -107,8 +109,6 @@ class ItemPublisher(EventPublisher):
     before anything is sent; :meth:`remove` sends a tombstone (the item leaves the catalogue)."""
 
     def __init__(self, settings: Settings, **kw: Any) -> None:
-        from streamproc.items import ItemValidator
-
         super().__init__(settings, **kw)
         self.topic = Topics.from_settings(settings).items
         self.item_validator = ItemValidator(settings)
@@ -138,3 +138,18 @@ class ItemPublisher(EventPublisher):
         except Exception as exc:  # noqa: BLE001
             raise RecoError(f"could not send to {self.topic}: {exc}") from exc
         self.sent += 1
+
+
+def publish_items(settings: Settings, records: Iterable[dict[str, Any]], *, timeout_s: float = 60.0) -> int:
+    """Validate and publish item records to the items topic (keyed by ``item_id``); returns how many.
+
+    Invalid records raise :class:`~streamproc.items.InvalidItem` before anything is sent.
+    """
+    recs = list(records)
+    if not recs:
+        return 0
+    with ItemPublisher(settings) as pub:
+        for r in recs:
+            pub.publish(r)
+        pub.flush(timeout_s)
+        return pub.sent

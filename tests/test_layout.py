@@ -103,8 +103,6 @@ KNOWN_CIRCLES = {
     # the whole-loop supervisor imports the freshness bench and the fault harness to register their
     # commands; they import it to run the loop. Gone when the tooling leaves serving/ (issue 15).
     "serving": [["serving.faults", "serving.freshness", "serving.loop"]],
-    # ItemPublisher validates with streamproc.items; items' publish helper builds an ItemPublisher.
-    "streamproc": [["streamproc.items", "streamproc.publisher"]],
 }
 
 
