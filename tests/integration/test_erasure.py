@@ -91,14 +91,20 @@ def _metric(url: str, name: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " ") or line.startswith(name + "{"))
 
 
-def _newest_snapshot(s: Settings, after: float) -> list[bytes] | None:
-    """Every chunk of the newest complete snapshot created after ``after`` (None: none yet)."""
+def _snapshot_after_expiry(s: Settings, kind: str, id_: str) -> list[bytes] | None:
+    """Every chunk of the newest complete snapshot published after the delta that expired ``id_``
+    (None: no such snapshot yet)."""
+    expired_at: int | None = None
     snaps: dict[int, dict[int, tuple[int, bytes]]] = {}
     for m in read_all(s, Topics.from_settings(s).model_updates, idle_ms=700):
         h = peek_header(m.value)
-        if h["kind"] == "snapshot" and h["created"] > after:
+        if h["kind"] == "delta" and id_ in (h.get(f"expired_{kind}_ids") or ()):
+            expired_at = h["version"]
+        elif h["kind"] == "snapshot":
             snaps.setdefault(h["version"], {})[h["chunk"]] = (h["chunks"], m.value)
-    complete = [v for v, chunks in snaps.items() if len(chunks) == next(iter(chunks.values()))[0]]
+    if expired_at is None:
+        return None
+    complete = [v for v, chunks in snaps.items() if v > expired_at and len(chunks) == next(iter(chunks.values()))[0]]
     return [raw for _, raw in snaps[max(complete)].values()] if complete else None
 
 
@@ -124,7 +130,7 @@ def test_erase_a_user_everywhere_then_an_item(loop: tuple[Settings, list[str], s
     poll(gone_everywhere, 30, "the victim unknown on both replicas", 0.1)
     t_gone = time.time()
     poll(lambda: checkpoint_holds(s.checkpoint_dir, VICTIM.encode()) is False, 30, "the victim out of the checkpoint files", 0.1)
-    snapshot = poll(lambda: _newest_snapshot(s, t_ack - 1.0), 30, "a snapshot after the erasure", 0.5)
+    snapshot = poll(lambda: _snapshot_after_expiry(s, "user", VICTIM), 30, "a snapshot after the erasure", 0.5)
     assert all(VICTIM.encode() not in raw for raw in snapshot)
     assert any("u3" in peek_header(raw)["user_ids"] for raw in snapshot)  # the other users are all there
 
@@ -145,7 +151,6 @@ def test_erase_a_user_everywhere_then_an_item(loop: tuple[Settings, list[str], s
     # the item: served before, never after, nowhere in the snapshot or checkpoint
     assert any(ITEM in [i["item_id"] for i in _rec(bases[0], f"u{n}", 20)["items"]] + [i["item_id"] for i in _rec(bases[0], "nobody", 20)["items"]]
                for n in range(40))
-    t_item = time.time()
     assert httpx.delete(f"{bases[1]}/v1/items/{ITEM}", headers={"X-API-Key": KEY}, timeout=10).status_code == 202
 
     def item_gone() -> bool:
@@ -153,7 +158,7 @@ def test_erase_a_user_everywhere_then_an_item(loop: tuple[Settings, list[str], s
 
     poll(item_gone, 30, "the item in no answer", 0.2)
     poll(lambda: checkpoint_holds(s.checkpoint_dir, ITEM.encode()) is False, 30, "the item out of the checkpoint files", 0.2)
-    snapshot = poll(lambda: _newest_snapshot(s, t_item), 30, "a snapshot after the item erasure", 0.5)
+    snapshot = poll(lambda: _snapshot_after_expiry(s, "item", ITEM), 30, "a snapshot after the item erasure", 0.5)
     assert all(ITEM.encode() not in raw for raw in snapshot)
     with EventPublisher(s) as pub:  # more feedback on other items: the erased one stays out
         for n in range(40):
