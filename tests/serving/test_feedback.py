@@ -7,6 +7,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 with warnings.catch_warnings():  # starlette nags about httpx vs httpx2 in its test client; not ours
@@ -245,3 +248,30 @@ def test_trainer_model_to_endpoint_an_item_whose_comments_turn_negative() -> Non
     assert cafe["sentiment_recent"] < 2.5 < 4.0 < diner["sentiment_recent"]
     assert cafe["falling"] and falling[0]["item_id"] == "cafe"
     assert registry.get_sample_value("reco_serving_items_sentiment_falling") == 1
+
+
+_FUZZ_CLIENT: TestClient | None = None
+
+
+def _fuzz_client() -> TestClient:
+    global _FUZZ_CLIENT
+    if _FUZZ_CLIENT is None:
+        _FUZZ_CLIENT = _client()[0]
+    return _FUZZ_CLIENT
+
+
+@hsettings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(order=st.one_of(st.sampled_from(["falling", "rising", "most_commented"]), st.text(max_size=30)),
+       limit=st.one_of(st.integers(-5, 2000).map(str), st.text(max_size=12)), item=st.text(min_size=1, max_size=60))
+def test_any_parameters_or_item_id_get_json_never_a_500(order: str, limit: str, item: str) -> None:
+    from urllib.parse import quote
+
+    client = _fuzz_client()
+    r = client.get("/v1/items/feedback", params={"order": order, "limit": limit})
+    assert r.status_code in (200, 400) and r.headers["content-type"].startswith("application/json")
+    if r.status_code == 400:
+        assert r.json()["field"] in ("order", "limit")
+    else:
+        assert len(r.json()["items"]) <= int(limit)
+    r = client.get(f"/v1/items/{quote(item, safe='')}/feedback")
+    assert r.status_code in (200, 404) and isinstance(r.json(), dict)
