@@ -118,3 +118,39 @@ class ControlRecord:
             raise InvalidControl(f"requested_at: must be a finite number of Unix seconds, got {str(at)[:40]!r}",
                                  reason="invalid_field", field="requested_at")
         return cls(obj["kind"], _check_id(obj["id"], "id"), _check_id(obj["erasure_id"], "erasure_id"), float(at))
+
+
+def publish(settings: Any, rec: ControlRecord, *, timeout_s: float = 30.0) -> float:
+    """Publish ``rec`` on the control topic and wait for the broker's acknowledgement; returns the
+    record's Kafka timestamp (Unix s)."""
+    from kafka import KafkaProducer
+
+    from streamproc.kafka import client_config
+    from streamproc.topics import Topics
+
+    producer = KafkaProducer(acks="all", linger_ms=0, **client_config(settings))
+    try:
+        meta = producer.send(Topics.from_settings(settings).control, key=rec.key, value=rec.to_json()).get(timeout=timeout_s)
+    finally:
+        producer.close(5)
+    return meta.timestamp / 1000.0 if meta.timestamp and meta.timestamp > 0 else time.time()
+
+
+def _cmd_erase(args: Any, settings: Any) -> int:
+    """``reco erase user|item ID``: the same record ``DELETE /v1/users|items/{id}`` publishes."""
+    from streamproc.cli import client_settings, print_json
+
+    rec = ControlRecord.erase(args.kind, args.id)
+    s = client_settings(settings)
+    at = publish(s, rec)
+    print_json({"status": "accepted", "erasure_id": rec.erasure_id, "kind": rec.kind, f"{rec.kind}_id": rec.id,
+                "requested_at": rec.requested_at, "acknowledged_at": time.time(), "record_timestamp": at})
+    return 0
+
+
+def register(commands: Any, bench: Any) -> None:
+    """Add ``reco erase user|item ID`` (``reco.commands`` entry point)."""
+    p = commands.add_parser("erase", help="erase a user or an item (a record on the control topic; README: Erasure)")
+    p.add_argument("kind", choices=KINDS, help="user or item")
+    p.add_argument("id", help="the user_id or item_id to erase")
+    p.set_defaults(func=_cmd_erase)

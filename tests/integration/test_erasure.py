@@ -173,3 +173,19 @@ def test_erase_a_user_everywhere_then_an_item(loop: tuple[Settings, list[str], s
     producer.close()
     poll(lambda: all(_known(b, VICTIM) for b in bases), 60, "the victim's fresh profile on both replicas", 0.3)
     assert _metric(trainer_metrics, "reco_trainer_erasures_total") == 2
+
+
+def test_reco_erase_publishes_the_control_record(settings: Settings, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from streamproc.cli import main
+    from streamproc.control import ControlRecord
+
+    monkeypatch.setenv("RECO_KAFKA_BOOTSTRAP", settings.kafka_bootstrap)
+    monkeypatch.setenv("RECO_TOPIC_PREFIX", settings.topic_prefix)
+    assert main(["erase", "item", "m/42"]) == 0
+    ack = json.loads(capsys.readouterr().out)
+    [msg] = read_all(settings, Topics.from_settings(settings).control, idle_ms=500)
+    rec = ControlRecord.parse(msg.value)
+    assert (rec.kind, rec.id, rec.erasure_id, msg.key) == ("item", "m/42", ack["erasure_id"], b"m/42")
+    assert main(["erase", "user", "bad\x01id"]) == 2
+    assert "id" in capsys.readouterr().err
