@@ -399,7 +399,7 @@ class HybridMF:
                  text_dim: int = 384, rating_min: float = 0.5, rating_max: float = 5.0, replay_size: int = 50_000,
                  replay_ratio: float = 0.0, replay_policy: str = "reservoir", n_negatives: int = 4,
                  row_ttl_s: float = 0.0, seed: int = 42, *, l2_bias: float = 0.0, init_std: float = 0.05,
-                 text_lr: float = 0.01, sentiment_lr: float = 0.05, sentiment_weight: float = 0.5,
+                 text_lr: float = 0.05, sentiment_lr: float = 0.05, sentiment_weight: float = 0.5,
                  sentiment_min: int = 5, sentiment_ridge: float = 1.0, implicit_lr: float = 0.02, popularity_half_life_s: float = 7 * 86_400.0,
                  bias_shrink: float = 5.0, factor_boost: float = 2.0, drift_forget: float = 0.0, drift_lr_boost: float = 1.0, drift_boost_events: int = 5_000, drift_replay_recent: bool = True,
                  knn_window: int = 20, knn_decay: float = 0.85, knn_pair_decay: float = 0.95, knn_alpha: float = 0.3,
