@@ -368,70 +368,16 @@ def _bench_texts_source() -> str:
 
 
 def _cmd_bench_encoder(args: argparse.Namespace, settings: Settings) -> int:
-    import os
+    from streamproc.bench import encoder_bench
 
-    import numpy as np
-
-    from streamproc.encoder import MicroBatcher, TextEncoder, get_encoder
-
-    texts = _bench_texts(args.n)
-    t0 = time.perf_counter()
-    enc = get_encoder(settings)
-    load_s = time.perf_counter() - t0
-    bs = settings.encode_batch_size
-    enc.encode(texts[:bs])  # warm-up
-    # Anchor: the plain batched model (same texts, same batch size, submission order) against the
-    # worker's path (every text submitted to the micro-batcher, then wait for all). Interleaved in
-    # rounds so that load from other processes disturbs both alike.
-    mb = MicroBatcher.from_settings(settings, enc.encode)
-    raw_s = mb_s = 0.0
-    raw_parts, emb_parts = [], []
-    rounds = max(1, args.rounds)
-    step = -(-len(texts) // rounds)
-    for r in range(0, len(texts), step):
-        part = texts[r : r + step]
-        t0 = time.perf_counter()
-        raw_parts.append(np.concatenate([enc.encode(part[i : i + bs], sort=False) for i in range(0, len(part), bs)]))
-        raw_s += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        futs = mb.submit_many(part)
-        emb_parts.append(np.stack([f.result() for f in futs]))
-        mb_s += time.perf_counter() - t0
-    mb.close()
-    raw, emb = np.concatenate(raw_parts), np.concatenate(emb_parts)
-    # One at a time (low load), on a sample.
-    single = texts[: args.single]
-    t0 = time.perf_counter()
-    for t in single:
-        enc.encode([t])
-    single_s = time.perf_counter() - t0
-    out: dict[str, Any] = {
-        "texts": len(texts), "dataset": _bench_texts_source(), "model": settings.encoder_dir,
-        "batch_size": bs, "max_wait_ms": settings.encode_max_wait_ms, "torch_threads": settings.torch_threads,
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
-        "load_s": round(load_s, 2),
-        "comments_per_s": round(len(texts) / mb_s, 1),
-        "raw_model_comments_per_s": round(len(texts) / raw_s, 1),
-        "ratio": round(raw_s / mb_s, 3),
-        "single_comments_per_s": round(len(single) / single_s, 1),
-        "max_abs_diff_vs_raw": float(np.abs(emb - raw).max()),
-        "target_comments_per_s": 250, "target_ratio": 0.8,
-    }
-    if not args.no_quantize:
-        q = TextEncoder(settings.encoder_dir, threads=settings.torch_threads, quantize=True)
-        q.encode(texts[:bs])
-        t0 = time.perf_counter()
-        qemb = np.concatenate([q.encode(texts[i : i + bs]) for i in range(0, len(texts), bs)])
-        q_s = time.perf_counter() - t0
-        cos = (qemb * raw).sum(axis=1)
-        out["int8_comments_per_s"] = round(len(texts) / q_s, 1)
-        out["int8_cosine_mean"] = round(float(cos.mean()), 4)
-        out["int8_cosine_p05"] = round(float(np.quantile(cos, 0.05)), 4)
-        out["int8_cosine_min"] = round(float(cos.min()), 4)
+    out = encoder_bench(settings, reviews=args.reviews, n=args.n, tags=args.tags, rounds=args.rounds, single=args.single)
     if args.json:
         print_json(out)
     else:
-        print(f"{out['comments_per_s']:.0f} comments/s through the micro-batcher, raw model {out['raw_model_comments_per_s']:.0f}/s (ratio {out['ratio']})")
+        print(f"{out['comments_per_s']:.0f} reviews/s through the worker's encoder ({out['backend']}), plain fp32 model "
+              f"{out['raw_fp32_comments_per_s']:.0f}/s; cosine to fp32 {out['mean_cosine_vs_fp32']}, sentiment AUC "
+              f"{out['sentiment_auc']} (fp32 {out['sentiment_auc_fp32']}); short tags {out['tags_comments_per_s']:.0f}/s; "
+              f"peak RSS {out['peak_rss_mb']:.0f} MB")
     return 0
 
 
@@ -671,11 +617,13 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     p.add_argument("--no-metrics", action="store_true", help="do not serve /metrics")
     p.set_defaults(func=_cmd_streamproc)
 
-    p = bench.add_parser("encoder", help="comment encoder throughput: micro-batcher vs the plain batched model")
-    p.add_argument("--n", type=int, default=2000, help="texts (real ml-latest-small tags)")
-    p.add_argument("--single", type=int, default=100, help="texts encoded one at a time for the low-load number")
-    p.add_argument("--rounds", type=int, default=10, help="interleaved rounds of raw model vs micro-batcher")
-    p.add_argument("--no-quantize", action="store_true", help="skip the int8 comparison")
+    p = bench.add_parser("encoder", help="comment encoder on real reviews: the worker's path vs the plain fp32 model (speed, cosine, sentiment AUC)")
+    p.add_argument("--reviews", metavar="JSONL", help="reviews file (user_id, item_id, rating, time, text per line); "
+                   "default: ../shared/datasets/yelp-sample/reviews.jsonl beside the clone, else built-in demo comments")
+    p.add_argument("--n", type=int, default=None, help="use only the first N reviews (default: all)")
+    p.add_argument("--tags", type=int, default=2000, help="short texts for the short-comment figure (ml-latest-small tags, else demo comments)")
+    p.add_argument("--single", type=int, default=50, help="reviews encoded one at a time for the low-load number")
+    p.add_argument("--rounds", type=int, default=6, help="interleaved rounds of the plain model vs the worker's path")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_bench_encoder)
 

@@ -74,6 +74,11 @@ class Settings:
     encode_max_wait_ms: float = _s(20.0, "Longest a comment waits for its batch to fill (ms)", min=0)
     torch_threads: int = _s(2, "torch intra-op threads for the encoder", min=1, max=256)
     quantize_encoder: bool = _s(False, "Use int8 dynamic quantization for the encoder")
+    encoder_backend: str = _s("onnx-int8", "Comment encoder backend: onnx-int8 (ONNX Runtime, int8 weights), onnx (ONNX Runtime fp32) or torch (transformers fp32; int8 with RECO_QUANTIZE_ENCODER)", choices=("onnx-int8", "onnx", "torch"))
+    encoder_max_tokens: int = _s(256, "Comment tokens encoded, the rest truncated (capped at the model's maximum)", min=8, max=8192)
+    encoder_batch_tokens: int = _s(4096, "Most padded tokens per encoder call: bounds the encoder's memory for any number of comments", min=256, max=1_000_000)
+    encoder_device: str = _s("cpu", "cpu, or cuda to run the transformers model on a GPU (fails at start-up when none is visible)", choices=("cpu", "cuda"))
+    encoder_cache_dir: str = _s("", "Where the encoder's ONNX export is cached (made at first use); empty = $XDG_CACHE_HOME/reco/encoder or ~/.cache/reco/encoder")
     dedupe_window: int = _s(1_000_000, "How many recent event_ids are remembered for de-duplication", min=0)
     # Trainer
     factors: int = _s(32, "Latent factors per user/item", min=1, max=1024)

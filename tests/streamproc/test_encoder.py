@@ -1,20 +1,50 @@
-"""Comment encoder (the real packaged model) and the micro-batcher (with a fake encode function)."""
+"""Comment encoder (the real packaged model, every backend), its bounded batching, the ONNX export
+cache, the bench's sentiment head, and the micro-batcher (with a fake encode function)."""
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from streamproc.encoder import MicroBatcher, get_encoder
+from streamproc import encoder as encoder_mod
+from streamproc.bench import _auc, review_texts, sentiment_auc
+from streamproc.encoder import SLICE_TEXTS, MicroBatcher, TextEncoder, get_encoder
+from streamproc.errors import ConfigError, RecoError
 from streamproc.settings import Settings
+
+REVIEWS = [
+    "The food was cold, the waiter ignored us for forty minutes and the bill was wrong. Never again.",
+    "Absolutely loved this place! Friendly staff, fresh pasta, and the tiramisu was the best I have had in years.",
+    "It was fine. Parking is a pain on weekends but the coffee is decent and the wifi works.",
+    ("We came for a birthday dinner and stayed for three hours. " * 12).strip(),
+    "ok",
+]
 
 
 @pytest.fixture(scope="module")
 def encoder():
     return get_encoder(Settings())
+
+
+@pytest.fixture(scope="module")
+def fp32():
+    return get_encoder(Settings(encoder_backend="torch"))
+
+
+def test_the_default_backend_is_onnx_int8_and_close_to_fp32(encoder, fp32) -> None:
+    assert encoder.backend == "onnx-int8"
+    cos = (encoder.encode(REVIEWS) * fp32.encode(REVIEWS)).sum(axis=1)
+    assert cos.min() > 0.97 and cos.mean() > 0.98
+
+
+def test_onnx_fp32_matches_the_transformers_model(fp32) -> None:
+    onnx32 = get_encoder(Settings(encoder_backend="onnx"))
+    np.testing.assert_allclose(onnx32.encode(REVIEWS), fp32.encode(REVIEWS), atol=1e-4)
 
 
 def test_embeddings_are_384d_unit_norm(encoder) -> None:
@@ -35,11 +65,150 @@ def test_a_5000_char_text_is_truncated_not_rejected(encoder) -> None:
     assert encoder.max_tokens == 256
 
 
-def test_order_is_kept_when_the_batch_is_sorted_by_length(encoder) -> None:
+def test_order_is_kept_when_the_batch_is_sorted_by_length(encoder, fp32) -> None:
     texts = ["a much longer comment about the cinematography and the score", "ok", "nice acting"]
-    together = encoder.encode(texts)
-    alone = np.stack([encoder.encode([t])[0] for t in texts])
+    together = fp32.encode(texts)
+    alone = np.stack([fp32.encode([t])[0] for t in texts])
     np.testing.assert_allclose(together, alone, atol=1e-4)
+    # int8 activations are scaled per model call, so batch-mates move a row a little, never far
+    # ("ok" beside a 13-word comment: cosine ~0.96 to "ok" alone)
+    cos = (encoder.encode(texts) * np.stack([encoder.encode([t])[0] for t in texts])).sum(axis=1)
+    assert cos.min() > 0.93
+
+
+def test_10000_texts_encode_in_bounded_batches(monkeypatch) -> None:
+    """The model never sees more than batch_tokens padded tokens (nor the tokenizer more than a
+    slice of texts) at once, however many texts come in one call; rows keep their texts' order."""
+    enc = TextEncoder.__new__(TextEncoder)  # the real tokenizer and limits, a recording model
+    enc.__dict__.update(get_encoder(Settings()).__dict__)
+    enc.batch_tokens = 2048
+    enc.batch_shapes = []
+    tokenized: list[int] = []
+    real_tok = enc._tokenizer
+
+    def tokenizer(texts, **kw):
+        tokenized.append(len(texts))
+        return real_tok(texts, **kw)
+
+    def infer(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(ids), enc.dim), np.float32)
+        out[:, 0] = mask.sum(axis=1)  # each row says how many tokens its text had
+        return out
+
+    enc._tokenizer = tokenizer
+    monkeypatch.setattr(enc, "_infer", infer)
+    words = "great food friendly staff but slow service and loud music".split()
+    texts = [" ".join(words[: 1 + i % len(words)]) * (1 + (i % 7 == 0) * 60) for i in range(10_000)]
+    emb = enc.encode(texts)
+    assert emb.shape == (10_000, enc.dim)
+    assert max(b * t for b, t in enc.batch_shapes) <= 2048
+    assert max(t for _, t in enc.batch_shapes) <= enc.max_tokens == 256
+    assert max(tokenized) <= SLICE_TEXTS and sum(tokenized) == 10_000
+    expected = [min(len(real_tok(t)["input_ids"]), 256) for t in texts[:50]]
+    assert emb[:50, 0].tolist() == expected  # row i is text i's, despite the length ordering
+    # length ordering keeps padding small: padded tokens at most 10 % above the real ones
+    assert sum(b * t for b, t in enc.batch_shapes) <= 1.1 * emb[:, 0].sum()
+
+
+def test_a_text_longer_than_the_batch_budget_still_goes_alone(fp32) -> None:
+    small = TextEncoder(fp32.model_dir, backend="torch", batch_tokens=16)
+    small.batch_shapes = []
+    v = small.encode([REVIEWS[3], "ok"])
+    assert small.batch_shapes and all(b == 1 for b, _ in small.batch_shapes)
+    np.testing.assert_allclose(v, fp32.encode([REVIEWS[3], "ok"]), atol=1e-4)
+
+
+def test_max_tokens_truncates_and_is_capped_at_the_models_limit(fp32) -> None:
+    assert TextEncoder(fp32.model_dir, backend="torch", max_tokens=100_000).max_tokens == 256
+    short = TextEncoder(fp32.model_dir, backend="torch", max_tokens=16)
+    short.batch_shapes = []
+    short.encode([REVIEWS[3]])
+    assert short.batch_shapes == [(1, 16)]
+
+
+@pytest.mark.parametrize("env, needle", [
+    ({"RECO_ENCODER_BACKEND": "ctranslate"}, "RECO_ENCODER_BACKEND='ctranslate'"),
+    ({"RECO_ENCODER_DEVICE": "tpu"}, "RECO_ENCODER_DEVICE='tpu'"),
+    ({"RECO_ENCODER_MAX_TOKENS": "2"}, "RECO_ENCODER_MAX_TOKENS=2"),
+    ({"RECO_ENCODER_BATCH_TOKENS": "lots"}, "RECO_ENCODER_BATCH_TOKENS='lots'"),
+])
+def test_encoder_settings_are_checked_at_start_up(env: dict, needle: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        Settings.load(env=env)
+    assert needle in str(err.value)
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(fp32) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ConfigError, match="RECO_ENCODER_DEVICE='cuda'"):
+        TextEncoder(fp32.model_dir, device="cuda")
+
+
+def _fake_export(calls: list, *, fail: bool = False):
+    def run(cmd, **kw):
+        calls.append(cmd)
+        if fail:
+            return subprocess.CompletedProcess(cmd, 1, "", "Traceback ...\nRuntimeError: export exploded")
+        target = Path(cmd[-1])
+        (target / "model.onnx").write_bytes(b"fp32")
+        (target / "model.int8.onnx").write_bytes(b"int8")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+    return run
+
+
+def test_the_onnx_export_runs_once_and_is_reused_from_the_cache(fp32, tmp_path, monkeypatch) -> None:
+    calls: list = []
+    monkeypatch.setattr(encoder_mod.subprocess, "run", _fake_export(calls))
+    first = encoder_mod.onnx_export(fp32.model_dir, str(tmp_path / "cache"))
+    again = encoder_mod.onnx_export(fp32.model_dir, str(tmp_path / "cache"), quantized=False)
+    assert first.read_bytes() == b"int8" and again.read_bytes() == b"fp32" and first.parent == again.parent
+    assert len(calls) == 1 and calls[0][1:4] == ["-m", "streamproc.encoder", "export"]
+    assert first.is_relative_to(tmp_path / "cache")
+
+
+def test_an_unwritable_cache_falls_back_to_a_temporary_directory(fp32, tmp_path, monkeypatch) -> None:
+    calls: list = []
+    monkeypatch.setattr(encoder_mod.subprocess, "run", _fake_export(calls))
+    monkeypatch.setattr(encoder_mod.tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    path = encoder_mod.onnx_export(fp32.model_dir, str(blocker / "cache"))
+    assert path.is_relative_to(tmp_path / "tmp") and len(calls) == 1
+
+
+def test_a_failed_export_names_the_model_and_the_cause(fp32, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(encoder_mod.subprocess, "run", _fake_export([], fail=True))
+    with pytest.raises(RecoError, match=r"(?s)ONNX export of .* failed .*export exploded"):
+        encoder_mod.onnx_export(fp32.model_dir, str(tmp_path))
+
+
+def test_auc_and_the_sentiment_head() -> None:
+    assert _auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == 0.75
+    assert _auc(np.array([1.0, 1.0]), np.array([0, 1])) == 0.5
+    rng = np.random.default_rng(0)
+    y = rng.random(400) < 0.6
+    emb = rng.normal(size=(400, 8)) + y[:, None] * 1.5  # separable-ish
+    ratings = np.where(y, 5.0, 1.0).tolist()
+    auc, n_train, n_test = sentiment_auc(emb, ratings)
+    assert auc is not None and auc > 0.9 and (n_train, n_test) == (200, 200)
+    flipped, _, _ = sentiment_auc(emb, ratings[:200] + [6.0 - r for r in ratings[200:]])
+    assert flipped is not None and flipped < 0.1  # a head that learned nothing would sit near 0.5
+    assert sentiment_auc(emb, [3.0] * 400)[0] is None  # only neutral ratings: no AUC
+
+
+def test_review_texts_read_a_file_and_name_a_missing_one(tmp_path) -> None:
+    f = tmp_path / "r.jsonl"
+    f.write_text('{"user_id": "u1", "item_id": "i1", "rating": 5, "time": 2, "text": "great"}\n'
+                 '{"user_id": "u2", "item_id": "i1", "rating": 1, "time": 1, "text": "awful"}\n'
+                 '{"user_id": "u3", "item_id": "i2", "rating": 3, "time": 3}\n')
+    texts, ratings, source = review_texts(f)
+    assert texts == ["awful", "great"] and ratings == [1.0, 5.0] and "2 reviews" in source
+    with pytest.raises(RecoError, match="nope.jsonl"):
+        review_texts(tmp_path / "nope.jsonl")
 
 
 def test_the_model_is_loaded_once_per_process(encoder) -> None:
