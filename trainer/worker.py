@@ -52,7 +52,7 @@ import numpy as np
 
 from streamproc.control import ControlRecord, InvalidControl
 from streamproc.errors import RecoError
-from streamproc.examples import KIND_NAMES, ExampleBatch, InvalidExampleBatch
+from streamproc.examples import KIND_ITEM, KIND_NAMES, ExampleBatch, InvalidExampleBatch
 from streamproc.kafka import GROUP_TIMEOUTS, client_config
 from streamproc.settings import Settings
 from streamproc.topics import Topics
@@ -387,9 +387,16 @@ class TrainerWorker:
         self._ids_users.extend(batch.user_ids)
         self._ids_items.extend(batch.item_ids)
         pub = rec["published"]
-        self._pending_users.extend(batch.user_ids)
-        self._pending_items.extend(batch.item_ids)
-        self._pending_published.extend(pub.tolist())
+        feedback = rec["kind"] != KIND_ITEM  # catalogue content has no user whose answers it changes: no freshness sample
+        if feedback.all():
+            self._pending_users.extend(batch.user_ids)
+            self._pending_items.extend(batch.item_ids)
+            self._pending_published.extend(pub.tolist())
+        else:
+            keep = np.flatnonzero(feedback).tolist()
+            self._pending_users.extend(batch.user_ids[k] for k in keep)
+            self._pending_items.extend(batch.item_ids[k] for k in keep)
+            self._pending_published.extend(pub[feedback].tolist())
         self._pending_event_time = max(self._pending_event_time, float(rec["event_time"].max()))
         self._pending_newest_published = max(self._pending_newest_published, float(pub.max()))
         self._newest_event_time = max(self._newest_event_time, self._pending_event_time)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from streamproc.examples import KIND_CLICK, KIND_RATING, ExampleBatch
+from streamproc.examples import KIND_CLICK, KIND_ITEM, KIND_RATING, ExampleBatch
 from streamproc.settings import Settings
 from trainer.updates import ModelUpdate
 from trainer.worker import TrainerWorker, peek_header, split_rows
@@ -296,3 +296,14 @@ def test_a_refused_update_does_not_stop_the_trainer_and_a_snapshot_repairs_it(tm
     w._learn_and_publish({})
     last = prod.updates()[-1]
     assert last.header["kind"] == "snapshot" and last.header["version"] > 1 and not w._need_snapshot
+
+
+def test_catalogue_content_gives_no_freshness_sample(tmp_path: Path) -> None:
+    w, prod, _ = make_worker(tmp_path)
+    mixed = ExampleBatch.build(event_ids=["e0", "c1", "e2"], user_ids=["u0", "", "u2"], item_ids=["i0", "new-item", "i2"],
+                               kinds=[KIND_RATING, KIND_ITEM, KIND_RATING], targets=[4.0, float("nan"), 3.0],
+                               event_times=[1.0, 2.0, 3.0], published=[10.0, 20.0, 30.0], processed=[11.0, 21.0, 31.0])
+    w.learn(mixed)
+    w.publish_delta()
+    (d,) = prod.updates()
+    assert d.header["published"] == [["u0", "i0", 10.0], ["u2", "i2", 30.0]]  # no user "" for the catalogue record
