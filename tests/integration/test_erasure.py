@@ -37,7 +37,7 @@ ITEM = "item-erased-7c1d42"
 def loop() -> Iterator[tuple[Settings, list[str], str, io.StringIO]]:
     http, http2, trainer_metrics = free_port(), free_port(), free_port()
     settings = Settings(api_key=KEY, http_port=http, topic_prefix=f"er{uuid.uuid4().hex[:6]}.", checkpoint_interval_s=2.0,
-                        snapshot_interval_s=600.0, push_min_interval_s=0.0)
+                        snapshot_interval_s=5.0, push_min_interval_s=0.0)
     roles = {"streamproc": ["streamproc"], "trainer": ["trainer"], "serve-1": ["serve"], "serve-2": ["serve"]}
     role_env = {"streamproc": {"RECO_METRICS_PORT": str(free_port())}, "trainer": {"RECO_METRICS_PORT": str(trainer_metrics)},
                 "serve-2": {"RECO_HTTP_PORT": str(http2)}}
