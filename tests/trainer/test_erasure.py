@@ -218,3 +218,12 @@ def test_checkpoint_store_erases_tagged_lines_and_keeps_plain_ones(tmp_path: Pat
     store.save(version=1, offsets={}, components=comps, learned_ids=["plain", "e1\tua\tia", "e2\tub\tia", "e3\tuc\tib"])
     store.save(version=2, offsets={}, components=comps, erase_tags={"ia"}, drop_older=True)
     assert store.learned_ids() == ["plain", "e3"] and len(store.paths()) == 1
+
+
+def test_an_erasure_time_in_the_future_is_capped_at_the_trainers_clock(tmp_path: Path) -> None:
+    import time
+
+    w, _ = worker(tmp_path)
+    rec = ControlRecord.erase("user", ALICE)
+    w._apply_control("t.control:0", _msg(rec.to_json(), 0, timestamp=int((time.time() + 3600) * 1000)))
+    assert w._tombs[w._tag("user", ALICE)] <= time.time() + ERASURE_SLACK_S
