@@ -415,7 +415,7 @@ class SequentialKNN:
         return {"state_version": self._STATE_VERSION, "params": self.get_params()}, arrays
 
     @classmethod
-    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> "SequentialKNN":
+    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> SequentialKNN:
         if meta.get("state_version") != cls._STATE_VERSION:
             raise ValueError(f"unsupported co-occurrence state version {meta.get('state_version')!r}")
         m = cls(**meta["params"])

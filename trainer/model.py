@@ -495,7 +495,7 @@ class HybridMF:
         return {name: getattr(self, name) for name in self._PARAM_NAMES}
 
     @classmethod
-    def from_settings(cls, settings: Any) -> "HybridMF":
+    def from_settings(cls, settings: Any) -> HybridMF:
         """Build from :class:`streamproc.settings.Settings` (factors, rates, replay, TTL, seed, ranking)."""
         return cls(n_factors=settings.factors, lr=settings.learning_rate, bias_lr=settings.bias_learning_rate,
                    l2=settings.l2, rating_min=settings.rating_min, rating_max=settings.rating_max,
@@ -504,7 +504,7 @@ class HybridMF:
                    knn_window=settings.rank_window, rank_popularity=settings.rank_popularity, rank_mf=settings.rank_mf,
                    rank_knn=settings.rank_knn, rank_sample=settings.rank_sample)
 
-    def clone(self) -> "HybridMF":
+    def clone(self) -> HybridMF:
         """A fresh, unfitted model with the same parameters."""
         return type(self)(**self.get_params())
 
@@ -634,7 +634,7 @@ class HybridMF:
         n_reuse = min(m, len(free))
         rows = [free.pop() for _ in range(n_reuse)] + list(range(len(names), len(names) + m - n_reuse))
         names.extend([None] * (m - n_reuse))
-        for r, x in zip(rows, ids):
+        for r, x in zip(rows, ids, strict=True):
             names[r] = x
         self._grow(self._USER_ARRAYS if users else self._ITEM_ARRAYS, len(names))
         idx = np.array(rows, np.intp)
@@ -644,19 +644,19 @@ class HybridMF:
             self._P[idx] = self._rng_u.standard_normal((m, self.n_factors)) * self.init_std
             for r in rows[:n_reuse]:
                 self._knn.forget_user(r)
-            self._umap.update(zip(ids, rows))
+            self._umap.update(zip(ids, rows, strict=True))
         else:
             for a in (self._BI, self._XN, self._POP, self._SEEN_I, self._CNT_I, self._X, self._XW, self._RPOP, self._RPOPT):
                 a[idx] = 0
             self._Q[idx] = self._rng_i.standard_normal((m, self.n_factors)) * self.init_std
             self._ALIVE_I[idx] = True
-            self._imap.update(zip(ids, rows))
+            self._imap.update(zip(ids, rows, strict=True))
 
     def _rows(self, ids: list[str], users: bool) -> np.ndarray:
         get = (self._umap if users else self._imap).get
         rows = list(map(get, ids))
         if None in rows:
-            new = dict.fromkeys(x for x, r in zip(ids, rows) if r is None)  # unique, in order
+            new = dict.fromkeys(x for x, r in zip(ids, rows, strict=True) if r is None)  # unique, in order
             self._alloc(list(new), users)
             rows = list(map(get, ids))
         return np.array(rows, np.int32)
@@ -786,9 +786,9 @@ class HybridMF:
         ok = np.asarray(emb_rows) >= 0
         if not ok.any():
             return
-        rows = self._rows([x for x, keep in zip(item_ids, ok) if keep], False)
+        rows = self._rows([x for x, keep in zip(item_ids, ok, strict=True) if keep], False)
         vecs = emb[np.asarray(emb_rows)[ok]]
-        for r, v, t in zip(rows.tolist(), vecs, np.asarray(times)[ok].tolist()):
+        for r, v, t in zip(rows.tolist(), vecs, np.asarray(times)[ok].tolist(), strict=True):
             self._XN[r] += 1.0
             self._X[r] += (v - self._X[r]) / self._XN[r]
             self._XW[r] = self._X[r] @ self._W
@@ -1002,11 +1002,11 @@ class HybridMF:
         """Free user rows ``dead_u`` and item rows ``dead_i`` (zeroed, reusable); returns their ids."""
         users: list[str] = [self._uids[r] for r in dead_u]  # type: ignore[misc]
         items: list[str] = [self._iids[r] for r in dead_i]  # type: ignore[misc]
-        for r, uid in zip(dead_u.tolist(), users):
+        for r, uid in zip(dead_u.tolist(), users, strict=True):
             del self._umap[uid]
             self._uids[r] = None
             self._free_u.append(r)
-        for r, iid in zip(dead_i.tolist(), items):
+        for r, iid in zip(dead_i.tolist(), items, strict=True):
             del self._imap[iid]
             self._iids[r] = None
             self._free_i.append(r)
@@ -1166,7 +1166,7 @@ class HybridMF:
         return meta, arrays
 
     @classmethod
-    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> "HybridMF":
+    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> HybridMF:
         """Rebuild a model from :meth:`state` output (e.g. after safetensors/JSON round trips)."""
         if meta.get("state_version") != _STATE_VERSION:
             raise ValueError(f"unsupported model state version {meta.get('state_version')!r}")

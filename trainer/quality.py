@@ -37,9 +37,10 @@ import math
 import sys
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from numba import njit
@@ -551,7 +552,7 @@ def _cmd_bench_quality(args: argparse.Namespace, settings: Settings) -> int:
     out["memory"] = {"bytes_per_user": round(mem["user"], 1), "bytes_per_item": round(mem["item"], 1),
                      "cooc_pairs": model.cooc.n_pairs, "cooc_bytes": int(model.cooc.n_pairs * model.cooc.memory_bytes()["pair"])}
     bar.close()
-    out["knn_gains_by_profile_events"] = dict(zip(("1", "2", "3", "4", "5+"), model.knn_gains.tolist()))
+    out["knn_gains_by_profile_events"] = dict(zip(("1", "2", "3", "4", "5+"), model.knn_gains.tolist(), strict=True))
     if args.ablations:
         abl: dict[str, Any] = {}
         variants = {

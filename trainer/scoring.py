@@ -68,7 +68,7 @@ class RankWeights:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Any) -> "RankWeights":
+    def from_dict(cls, d: Any) -> RankWeights:
         """From a model-update header's ``ranking`` (unknown keys ignored, missing = default)."""
         if not isinstance(d, dict):
             return cls()

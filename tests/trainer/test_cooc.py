@@ -15,13 +15,13 @@ from trainer.scoring import score_items
 
 
 def _learn(knn: SequentialKNN, events: list[tuple[int, int, float]], n_users: int = 10, n_items: int = 10) -> None:
-    u, i, w = zip(*events)
+    u, i, w = zip(*events, strict=True)
     knn.learn(np.array(u, np.int32), np.array(i, np.int32), np.array(w, np.float32), n_users=n_users, n_items=n_items)
 
 
 def _cands(knn: SequentialKNN, user: int, n_items: int = 10) -> dict[int, float]:
     rows, vals = knn.candidates(np.array([user], np.int32), n_items=n_items)
-    return {int(r): float(v) for r, v in zip(rows[0], vals[0]) if r >= 0}
+    return {int(r): float(v) for r, v in zip(rows[0], vals[0], strict=True) if r >= 0}
 
 
 def test_items_that_follow_each_other_become_neighbours_in_order_of_strength() -> None:
@@ -74,11 +74,11 @@ def test_growth_and_state_round_trip_keep_every_pair_and_score() -> None:
     meta, arrays = knn.state(50, 400)
     copy = SequentialKNN.from_state(json.loads(json.dumps(meta)), load(save(arrays)))
     users = np.arange(50, dtype=np.int32)
-    for a, b in zip(knn.candidates(users, n_items=400), copy.candidates(users, n_items=400)):
+    for a, b in zip(knn.candidates(users, n_items=400), copy.candidates(users, n_items=400), strict=True):
         assert np.array_equal(a, b)
     _learn(knn, events[:500], n_users=50, n_items=400)
     _learn(copy, events[:500], n_users=50, n_items=400)
-    for a, b in zip(knn.candidates(users, n_items=400), copy.candidates(users, n_items=400)):
+    for a, b in zip(knn.candidates(users, n_items=400), copy.candidates(users, n_items=400), strict=True):
         assert np.array_equal(a, b)
 
 

@@ -204,7 +204,7 @@ def test_item_content_places_a_cold_item_near_items_with_similar_text() -> None:
     users = [f"u{k}" for k in range(30)]
     for epoch in range(15):
         us = [u for u in users for _ in range(4)]
-        its = [f"{'ab'[c]}{j}" for c, j in zip(rng.integers(0, 2, 120), rng.integers(0, 10, 120))]
+        its = [f"{'ab'[c]}{j}" for c, j in zip(rng.integers(0, 2, 120), rng.integers(0, 10, 120), strict=True)]
         r = [5.0 if (k % 2 == 0) == (x[0] == "a") else 1.0 for k in range(30) for x in its[4 * k : 4 * k + 4]]
         m.learn_batch(ratings(us, its, r, list(100.0 + epoch * 200 + np.arange(len(us)))))
     new = ExampleBatch.build(event_ids=["", ""], user_ids=["", ""], item_ids=["a-new", "b-new"], kinds=[KIND_ITEM] * 2,
