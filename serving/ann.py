@@ -118,11 +118,12 @@ class ItemIndex:
 
 def approximate_top_k(*, k: int, fetch: int, pop_part: np.ndarray, popular: np.ndarray, index: ItemIndex,
                       item_factors: np.ndarray, item_bias: np.ndarray, user_vector: np.ndarray, c: float,
-                      cand_rows: np.ndarray, cand_vals: np.ndarray, w_knn: float, excluded: np.ndarray
-                      ) -> tuple[np.ndarray, np.ndarray] | None:
+                      cand_rows: np.ndarray, cand_vals: np.ndarray, w_knn: float, excluded: np.ndarray,
+                      bound_check: bool = True) -> tuple[np.ndarray, np.ndarray] | None:
     """``(rows, scores)`` of the top ``k`` (best first) from the union described in the module
-    docstring, or None when the threshold check fails or fewer than ``k`` eligible rows remain
-    (the caller then scans exactly). ``excluded``: rows that must not be returned."""
+    docstring, or None when the threshold check fails (``bound_check``) or fewer than ``k``
+    eligible rows remain (the caller then scans exactly). ``excluded``: rows that must not be
+    returned."""
     n = len(pop_part)
     parts = [popular[:fetch]]
     bound = float(pop_part[popular[min(fetch, n) - 1]]) if n else 0.0
@@ -151,7 +152,7 @@ def approximate_top_k(*, k: int, fetch: int, pop_part: np.ndarray, popular: np.n
         np.add.at(scores, pos[hit], cand_vals[ok][hit].astype(np.float64) * w_knn)
     top = np.argpartition(scores, len(scores) - k)[len(scores) - k:] if k < len(scores) else np.arange(len(scores))
     top = top[np.argsort(-scores[top], kind="stable")]
-    if scores[top[-1]] < bound:
+    if bound_check and scores[top[-1]] < bound:
         return None  # an item outside the union could still beat the k-th: not provably the top-k
     return union[top], scores[top]
 
@@ -170,12 +171,23 @@ def recall_at_k(approx: list[list[Any]], exact: list[list[Any]]) -> float:
 
 
 class VersionIndex:
-    """What a :class:`~serving.model.ServingModel` holds: the shared :class:`ItemIndex` and ``fetch``."""
+    """What a :class:`~serving.model.ServingModel` holds: the shared :class:`ItemIndex`, ``fetch``,
+    and how many answers came from the index vs. fell back to the exact scan."""
 
-    __slots__ = ("index", "fetch")
+    __slots__ = ("index", "fetch", "answers", "fallbacks")
 
     def __init__(self, index: ItemIndex, fetch: int) -> None:
         self.index, self.fetch = index, fetch
+        self.answers = self.fallbacks = 0  # approximate (unsynchronised counts: a statistic, not a ledger)
+
+    def top_k(self, **kw: Any) -> tuple[np.ndarray, np.ndarray] | None:
+        """:func:`approximate_top_k` with this index and ``fetch``; counts the outcome."""
+        got = approximate_top_k(index=self.index, fetch=max(self.fetch, kw["k"]), **kw)
+        if got is None:
+            self.fallbacks += 1
+        else:
+            self.answers += 1
+        return got
 
 
 def index_for(base: VersionIndex | None, kind: str, items: Any, touched_ids: list[list[str]], min_items: int,

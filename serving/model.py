@@ -484,14 +484,11 @@ class ServingModel:
 
     def _approximate(self, user_id: str, r: int, k: int, excluded: np.ndarray) -> Recommendation | None:
         """Top-``k`` through the item index (:mod:`serving.ann`); None: scan exactly instead."""
-        from serving.ann import approximate_top_k
-
         w, g = self.ranking, float(self._mg[r]) if self._mg is not None else 1.0
         assert w is not None and self._pop_part is not None
-        got = approximate_top_k(k=min(k, self._items.n), fetch=max(self._ann.fetch, k), pop_part=self._pop_part, popular=self._popular,
-                                index=self._ann.index, item_factors=self._if, item_bias=self._ib, user_vector=self._uf[r],
-                                c=w.mf * g / w.rating_span if w.mf else 0.0, cand_rows=self._cr[r].astype(np.int64) - 1,
-                                cand_vals=self._cs[r], w_knn=w.knn, excluded=excluded)
+        got = self._ann.top_k(k=min(k, self._items.n), pop_part=self._pop_part, popular=self._popular, item_factors=self._if,
+                              item_bias=self._ib, user_vector=self._uf[r], c=w.mf * g / w.rating_span if w.mf else 0.0,
+                              cand_rows=self._cr[r].astype(np.int64) - 1, cand_vals=self._cs[r], w_knn=w.knn, excluded=excluded)
         if got is None:
             return None
         ids = self._items.ids

@@ -158,7 +158,7 @@ def _stored_bytes(values: list[bytes], codec: str) -> int:
 
 
 # ---------------------------------------------------------------------------------- one size (own process)
-def _trainer_size(settings: Settings, users: int, items: int, events: int, snapshot: bool, seed: int) -> dict[str, Any]:
+def _trainer_size(settings: Settings, users: int, items: int, events: int, snapshot: bool, seed: int, tail_events: int = 20_000) -> dict[str, Any]:
     from prometheus_client import CollectorRegistry
 
     from trainer.model import warm_up
@@ -166,8 +166,8 @@ def _trainer_size(settings: Settings, users: int, items: int, events: int, snaps
 
     warm_up(settings)
     out: dict[str, Any] = {"users": users, "items": items, "events": events}
-    stream = synthetic_stream(users, items, events + 20_000, seed)
-    # the last 10 s at 2,000 events/s are the delta stream, learned after the snapshot
+    stream = synthetic_stream(users, items, events + tail_events, seed)
+    # the last tail_events / 2,000 s are the delta stream at 2,000 events/s, learned after the snapshot
     learn_part = {k: v[:events] for k, v in stream.items()}
     tail = {k: v[events:] for k, v in stream.items()}
     rss0 = _rss()  # the stream (ids included) is resident already; batches are built one at a time
@@ -217,12 +217,15 @@ def _trainer_size(settings: Settings, users: int, items: int, events: int, snaps
         rec.sizes, rec.keep = [], True
         delta_s = []
         tail_batches = _batches(tail, per_delta)
+        t_tail = time.perf_counter()
         for b in tail_batches:
             w.learn(b)
             t0 = time.perf_counter()
             w.publish_delta()
             delta_s.append(time.perf_counter() - t0)
         seconds = len(tail["users"]) / FEEDBACK_RATE
+        out["tail_seconds_of_stream"] = seconds
+        out["tail_wall_s"] = round(time.perf_counter() - t_tail, 2)  # learn + publish of those seconds: > 1x = cannot keep up
         out["delta_messages"] = len(rec.sizes)
         out["delta_bytes_per_s"] = round(sum(rec.sizes) / seconds, 1)
         out["delta_bytes_stored_per_s"] = round(_stored_bytes(rec.kept, settings.compression) / seconds, 1)
@@ -332,13 +335,14 @@ def _child(argv: list[str]) -> int:
     p.add_argument("--version", type=int, default=0)
     p.add_argument("--samples", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tail", type=int, default=20_000)
     a = p.parse_args(argv)
     import logging
 
     logging.basicConfig(level=logging.WARNING)
     settings = Settings.load()
     if a.part == "trainer":
-        out = _trainer_size(settings, a.users, a.items, a.events, a.snapshot, a.seed)
+        out = _trainer_size(settings, a.users, a.items, a.events, a.snapshot, a.seed, a.tail)
     elif a.part == "replica":
         out = _replica_size(settings, a.version, a.samples)
     else:
@@ -348,11 +352,19 @@ def _child(argv: list[str]) -> int:
 
 
 def _run_child(args: list[str], env: dict[str, str], timeout: float) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, "-m", "serving.scale_bench", *args], env=env, capture_output=True, text=True, timeout=timeout)
+    """One part in a fresh process; a part that fails or overruns ``timeout`` is reported as
+    ``{"error": ...}`` and the run goes on with the next part."""
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "serving.scale_bench", *args], env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"part {' '.join(args)} overran {timeout:.0f} s"}
     for line in proc.stdout.splitlines():
         if line.startswith("SCALE-RESULT "):
-            return json.loads(line[len("SCALE-RESULT "):])
-    raise RuntimeError(f"scale bench part {args[0]} failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+            out = json.loads(line[len("SCALE-RESULT "):])
+            out["part_wall_s"] = round(time.perf_counter() - t0, 1)
+            return out
+    return {"error": f"part {' '.join(args)} failed (exit {proc.returncode}): {proc.stderr[-1500:]}"}
 
 
 # ---------------------------------------------------------------------------------- the run
@@ -375,7 +387,7 @@ def _extrapolate(size: dict[str, Any], ref: dict[str, Any], keys: tuple[str, ...
 
 
 def run_scale(settings: Settings, *, quick: bool = False, out_dir: str | None = None, snapshot_max_users: int | None = None,
-              feedback: bool = True, progress: bool = True) -> dict[str, Any]:
+              feedback: bool = True, progress: bool = True, max_users: int = 10**9, part_timeout: float = 1500.0) -> dict[str, Any]:
     """Run every size (see the module docstring); returns the JSON object (and writes the plots
     and ``scale.json`` into ``out_dir`` when given)."""
     from tqdm import tqdm
@@ -396,49 +408,73 @@ def run_scale(settings: Settings, *, quick: bool = False, out_dir: str | None = 
         "snapshot_interval_s": settings.snapshot_interval_s, "max_message_bytes": settings.max_message_bytes},
         "feedback_rate_events_per_s": FEEDBACK_RATE, "cpu_count": os.cpu_count(), "load_avg_1m_at_start": round(os.getloadavg()[0], 2)}
     run_id = int(time.time())
+    out = Path(out_dir) if out_dir else None
+
+    def save() -> None:  # partial results survive a part that overruns or a run cut short
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "scale.json").write_text(json.dumps(result, indent=2))
+
     with tempfile.TemporaryDirectory(prefix="reco-scale-") as tmp, embedded_or_configured(settings, create=False) as s:
-        for n, (users, items) in enumerate(sizes):
-            prefix = f"{settings.topic_prefix}scale{run_id}x{n}."
-            env = _env(s, prefix, str(Path(tmp) / f"ckpt{n}"))
-            create_topics(Settings(**{**s.__dict__, "topic_prefix": prefix}))
-            events = 2 * users if users <= 100_000 else int(1.5 * users)
-            snapshot = users <= snap_max
-            bar.set_postfix_str(f"trainer {users:,} users x {items:,} items")
-            size = _run_child(["trainer", "--users", str(users), "--items", str(items), "--events", str(events),
-                               "--seed", str(settings.seed)] + (["--snapshot"] if snapshot else []), env, 1800)
-            bar.update()
-            bar.set_postfix_str(f"replica {users:,} users")
-            if snapshot:
-                size.update(_run_child(["replica", "--version", str(size["snapshot_version"]), "--samples", str(samples)], env, 900))
-                size["extrapolated"] = False
-            bar.update()
-            result["sizes"].append(size)
-        measured = [z for z in result["sizes"] if not z.get("extrapolated", True)]
-        for z in result["sizes"]:
-            if z.get("extrapolated", True) and measured:
-                _extrapolate(z, measured[-1], ("snapshot_bytes", "snapshot_bytes_stored", "snapshot_publish_s", "snapshot_chunks",
-                                               "replica_ready_s", "replica_rss_growth_bytes"))
         for items in serving_items:
             bar.set_postfix_str(f"serving {items:,} items")
             result["serving"].append(_run_child(["serving", "--items", str(items), "--users", "10000" if not quick else "2000",
-                                                 "--samples", str(samples), "--seed", str(settings.seed)], _env(s, "x.", tmp), 900))
+                                                 "--samples", str(samples), "--seed", str(settings.seed)], _env(s, "x.", tmp), part_timeout))
             bar.update()
-    if feedback:
+            save()
+        for n, (users, items) in enumerate(sizes):
+            if users > max_users:
+                continue
+            if feedback and users >= 1_000_000 and "feedback" not in result:
+                bar.set_postfix_str(f"feedback latency at {FEEDBACK_RATE:,.0f} events/s")
+                result["feedback"] = _feedback(settings, quick)
+                bar.update()
+                save()
+            prefix = f"{settings.topic_prefix}scale{run_id}x{n}."
+            env = _env(s, prefix, str(Path(tmp) / f"ckpt{n}"))
+            create_topics(Settings(**{**s.__dict__, "topic_prefix": prefix}))
+            events = 2 * users if users <= 100_000 else users  # every user once at 1M: the CPU budget of the run
+            tail = 20_000 if users <= 100_000 else 8_000
+            snapshot = users <= snap_max
+            bar.set_postfix_str(f"trainer {users:,} users x {items:,} items")
+            size = {"users": users, "items": items, **_run_child(
+                ["trainer", "--users", str(users), "--items", str(items), "--events", str(events), "--tail", str(tail),
+                 "--seed", str(settings.seed)] + (["--snapshot"] if snapshot else []), env, part_timeout)}
+            bar.update()
+            bar.set_postfix_str(f"replica {users:,} users")
+            if snapshot and "error" not in size:
+                size.update(_run_child(["replica", "--version", str(size["snapshot_version"]), "--samples", str(samples)], env, part_timeout))
+                size["extrapolated"] = False
+            bar.update()
+            result["sizes"].append(size)
+            save()
+        result["sizes"] = [z for z in result["sizes"] if "error" not in z] + [z for z in result["sizes"] if "error" in z]
+        measured = [z for z in result["sizes"] if z.get("extrapolated") is False]
+        for z in result["sizes"]:
+            if "error" not in z and z.get("extrapolated") is not False and measured:
+                _extrapolate(z, measured[-1], ("snapshot_bytes", "snapshot_bytes_stored", "snapshot_publish_s", "snapshot_chunks",
+                                               "replica_ready_s", "replica_rss_growth_bytes"))
+    if feedback and "feedback" not in result:
         bar.set_postfix_str(f"feedback latency at {FEEDBACK_RATE:,.0f} events/s")
         result["feedback"] = _feedback(settings, quick)
         bar.update()
     bar.close()
-    _marginal_memory(result["sizes"])
+    _marginal_memory([z for z in result["sizes"] if "error" not in z])
     for z in result["sizes"]:
+        if "error" in z:
+            continue
         z["model_updates_bytes_per_s_per_replica"] = round(
             z.get("delta_bytes_stored_per_s", 0) + (z.get("snapshot_bytes_stored") or 0) / settings.snapshot_interval_s, 1)
     result.update(_verdicts(result))
     result["seconds"] = round(time.perf_counter() - t_start, 1)
+    import resource
+
+    ru_c, ru_s = resource.getrusage(resource.RUSAGE_CHILDREN), resource.getrusage(resource.RUSAGE_SELF)
+    # CPU the run used (its parts run one at a time): what the wall time would be on an idle machine, roughly
+    result["cpu_seconds"] = round(ru_c.ru_utime + ru_c.ru_stime + ru_s.ru_utime + ru_s.ru_stime, 1)
     result["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)  # other work on the machine skews every figure
-    if out_dir:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "scale.json").write_text(json.dumps(result, indent=2))
+    if out is not None:
+        save()
         result["plots"] = plot(result, out)
     return result
 
@@ -470,8 +506,9 @@ def _feedback(settings: Settings, quick: bool) -> dict[str, Any]:
 def _verdicts(r: dict[str, Any]) -> dict[str, Any]:
     """One figure and one ``meets_<target>`` per target of issue 14 (None where not measured)."""
     out: dict[str, Any] = {"targets": TARGETS}
-    big = r["sizes"][-1] if r["sizes"] else {}
-    serving = {z["items"]: z for z in r["serving"]}
+    ok = [z for z in r["sizes"] if "error" not in z]
+    big = ok[-1] if ok else {}
+    serving = {z["items"]: z for z in r["serving"] if "error" not in z}
 
     def put(name: str, value: Any, target_key: str, where: str) -> None:
         out[name] = value
@@ -488,7 +525,7 @@ def _verdicts(r: dict[str, Any]) -> dict[str, Any]:
     fb = r.get("feedback") or {}
     put("feedback_p99_2000_events_per_s", fb.get("p99_s"), "feedback_p99_s", "quick size (the loop's own stream)")
     mbps = big.get("model_updates_bytes_per_s_per_replica")
-    ann = [z for z in r["serving"] if z.get("ann_recall_at_10") is not None]
+    ann = [z for z in serving.values() if z.get("ann_recall_at_10") is not None]
     out["ann_recall_at_10"] = ann[-1]["ann_recall_at_10"] if ann else None
     out["meets_ann_recall_at_10"] = None if not ann else bool(ann[-1]["ann_recall_at_10"] >= TARGETS["ann_recall_at_10_min"])
     out["ann_recall_at_10_at"] = f"{ann[-1]['items']:,} items" if ann else "not measured (no catalogue above 50,000 items)"
@@ -521,7 +558,7 @@ def plot(result: dict[str, Any], out: Path) -> list[str]:
 
     paths = []
     for key, label, table in CURVES:
-        rows = [z for z in result[table] if z.get(key) is not None]
+        rows = [z for z in result[table] if z.get(key) is not None and "error" not in z]
         if not rows:
             continue
         xkey = "users" if table == "sizes" else "items"
@@ -553,7 +590,7 @@ def _cmd(args: argparse.Namespace, settings: Settings) -> int:
     from streamproc.cli import print_result
 
     out = run_scale(settings, quick=args.quick, out_dir=args.out, snapshot_max_users=args.snapshot_max_users,
-                    feedback=not args.no_feedback, progress=not args.no_progress)
+                    feedback=not args.no_feedback, progress=not args.no_progress, max_users=args.max_users)
     print_result(out, args.json)
     return 0
 
@@ -567,6 +604,7 @@ def register_bench(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--snapshot-max-users", type=int, default=None,
                    help="largest size whose full snapshot and replica start are measured (default 100,000; larger sizes are extrapolated)")
     p.add_argument("--no-feedback", action="store_true", help="skip the feedback-latency loop")
+    p.add_argument("--max-users", type=int, default=10**9, help="skip trainer sizes above this many users")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=_cmd)
 
