@@ -168,6 +168,9 @@ def test_recommendation_query_never_5xx(user: str, k: str, exclude_seen: str) ->
     body = _check_response(r)
     if r.status_code == 200:
         assert 1 <= len(body["items"]) <= 50 and body["version"] >= 1
+    elif user in (".", ".."):
+        # a dot segment the client resolves away: /v1/users/recommendations is DELETE /v1/users/{id}
+        assert r.status_code in (404, 405), (r.status_code, body)
     else:
         assert r.status_code in (400, 404), (r.status_code, body)
 
