@@ -13,7 +13,7 @@ import pytest
 
 from streamproc import encoder as encoder_mod
 from streamproc.bench import _auc, review_texts, sentiment_auc
-from streamproc.encoder import SLICE_TEXTS, MicroBatcher, TextEncoder, get_encoder
+from streamproc.encoder import SLICE_TEXTS, MicroBatcher, TextEncoder, get_encoder, native_bf16
 from streamproc.errors import ConfigError, RecoError
 from streamproc.settings import Settings
 
@@ -36,10 +36,26 @@ def fp32():
     return get_encoder(Settings(encoder_backend="torch"))
 
 
-def test_the_default_backend_is_onnx_int8_and_close_to_fp32(encoder, fp32) -> None:
-    assert encoder.backend == "onnx-int8"
-    cos = (encoder.encode(REVIEWS) * fp32.encode(REVIEWS)).sum(axis=1)
-    assert cos.min() > 0.97 and cos.mean() > 0.98
+@pytest.fixture(scope="module")
+def int8():
+    return get_encoder(Settings(encoder_backend="onnx-int8"))
+
+
+def test_the_default_backend_follows_the_cpu(encoder) -> None:
+    assert encoder.backend == ("torch-bf16" if native_bf16() else "onnx-int8")
+
+
+def test_bf16_is_close_to_fp32(fp32) -> None:
+    bf16 = get_encoder(Settings(encoder_backend="torch-bf16"))
+    v = bf16.encode(REVIEWS)
+    assert v.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-4)
+    assert (v * fp32.encode(REVIEWS)).sum(axis=1).min() > 0.995
+
+
+def test_onnx_int8_is_close_to_fp32(int8, fp32) -> None:
+    cos = (int8.encode(REVIEWS) * fp32.encode(REVIEWS)).sum(axis=1)
+    assert cos.min() > 0.95 and cos.mean() > 0.98
 
 
 def test_onnx_fp32_matches_the_transformers_model(fp32) -> None:
@@ -65,14 +81,14 @@ def test_a_5000_char_text_is_truncated_not_rejected(encoder) -> None:
     assert encoder.max_tokens == 256
 
 
-def test_order_is_kept_when_the_batch_is_sorted_by_length(encoder, fp32) -> None:
+def test_order_is_kept_when_the_batch_is_sorted_by_length(int8, fp32) -> None:
     texts = ["a much longer comment about the cinematography and the score", "ok", "nice acting"]
     together = fp32.encode(texts)
     alone = np.stack([fp32.encode([t])[0] for t in texts])
     np.testing.assert_allclose(together, alone, atol=1e-4)
     # int8 activations are scaled per model call, so batch-mates move a row a little, never far
     # ("ok" beside a 13-word comment: cosine ~0.96 to "ok" alone)
-    cos = (encoder.encode(texts) * np.stack([encoder.encode([t])[0] for t in texts])).sum(axis=1)
+    cos = (int8.encode(texts) * np.stack([int8.encode([t])[0] for t in texts])).sum(axis=1)
     assert cos.min() > 0.93
 
 
