@@ -17,6 +17,7 @@ embeddings  E × D float32, L2-normalised comment embeddings
 Examples
 --------
 >>> import numpy as np
+from numpy.typing import ArrayLike
 >>> b = ExampleBatch.build(
 ...     event_ids=["e1", "e2"], user_ids=["u", "u"], item_ids=["a", "b"],
 ...     kinds=[KIND_RATING, KIND_COMMENT], targets=[4.0, float("nan")],
@@ -31,10 +32,11 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from streamproc.errors import RecoError
 
@@ -78,15 +80,15 @@ class ExampleBatch:
         event_ids: Sequence[str],
         user_ids: Sequence[str],
         item_ids: Sequence[str],
-        kinds: Sequence[int],
-        targets: Sequence[float],
-        event_times: Sequence[float],
-        published: Sequence[float],
-        processed: Sequence[float],
-        weights: Sequence[float] | None = None,
-        emb_rows: Sequence[int] | None = None,
+        kinds: ArrayLike,
+        targets: ArrayLike,
+        event_times: ArrayLike,
+        published: ArrayLike,
+        processed: ArrayLike,
+        weights: ArrayLike | None = None,
+        emb_rows: ArrayLike | None = None,
         embeddings: np.ndarray | None = None,
-    ) -> "ExampleBatch":
+    ) -> ExampleBatch:
         n = len(event_ids)
         rec = np.empty(n, RECORD_DTYPE)
         rec["kind"] = kinds
@@ -112,7 +114,7 @@ class ExampleBatch:
         )
 
     @classmethod
-    def decode(cls, data: bytes) -> "ExampleBatch":
+    def decode(cls, data: bytes) -> ExampleBatch:
         try:
             if data[:4] != MAGIC:
                 raise ValueError("bad magic")

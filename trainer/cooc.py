@@ -253,9 +253,9 @@ class SequentialKNN:
 
     def __init__(self, window: int = 20, decay: float = 0.85, pair_decay: float = 0.95, alpha: float = 0.3,
                  beta: float = 0.5, n_candidates: int = 50, max_pairs: int = 20_000_000, confident: int = 5) -> None:
-        for name, value in (("window", window), ("n_candidates", n_candidates), ("max_pairs", max_pairs), ("confident", confident)):
-            if int(value) < 1:
-                raise ValueError(f"{name}={value!r}: must be >= 1")
+        for name, size in (("window", window), ("n_candidates", n_candidates), ("max_pairs", max_pairs), ("confident", confident)):
+            if int(size) < 1:
+                raise ValueError(f"{name}={size!r}: must be >= 1")
         for name, value in (("decay", decay), ("pair_decay", pair_decay)):
             if not 0 < value <= 1:
                 raise ValueError(f"{name}={value!r}: must be in (0, 1]")
@@ -405,7 +405,7 @@ class SequentialKNN:
 
     def state(self, n_users: int, n_items: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         n = int(self._n_ent[0])
-        arrays = {
+        arrays: dict[str, np.ndarray] = {
             "knn_hist": np.ascontiguousarray(self._hist[:n_users]), "knn_histw": np.ascontiguousarray(self._histw[:n_users]),
             "knn_hlen": np.ascontiguousarray(self._hlen[:n_users]), "knn_cnt": np.ascontiguousarray(self._cnt[:n_items]),
             # entries in order, twins adjacent: the lists and the hash are rebuilt from them on load

@@ -93,7 +93,7 @@ def _clip(x: float, lo: float, hi: float) -> float:
 
 
 @njit(cache=True)
-def _sample_item(rng: np.ndarray, n_items: int, alive: np.ndarray, avoid: int) -> int:
+def _sample_item(rng: np.ndarray, n_items: int, alive: np.ndarray, avoid: int) -> np.int64:
     for _ in range(32):
         j = np.int64(_rand(rng) % np.uint64(n_items))
         if j != avoid and alive[j]:
@@ -407,9 +407,9 @@ class HybridMF:
                  rank_mf: float = 0.5, click_weight: float = 0.5, dislike_weight: float = 0.5, like_floor: float = 0.5,
                  neutral_rating: float | None = None, popularity_half_lives: tuple[float, ...] = (100.0, 300.0, 1_000.0, 3_000.0, 10_000.0, 30_000.0),
                  rank_sample: float = 0.01, positive_rating: float | None = None) -> None:
-        for name, value in (("n_factors", n_factors), ("text_dim", text_dim)):
-            if int(value) < 1:
-                raise ValueError(f"{name}={value!r}: must be >= 1")
+        for name, size in (("n_factors", n_factors), ("text_dim", text_dim)):
+            if int(size) < 1:
+                raise ValueError(f"{name}={size!r}: must be >= 1")
         for name, value in (("lr", lr), ("bias_lr", bias_lr), ("l2", l2), ("l2_bias", l2_bias), ("replay_ratio", replay_ratio),
                             ("row_ttl_s", row_ttl_s), ("init_std", init_std), ("text_lr", text_lr),
                             ("sentiment_lr", sentiment_lr), ("sentiment_weight", sentiment_weight), ("sentiment_ridge", sentiment_ridge),
@@ -646,8 +646,8 @@ class HybridMF:
                 self._knn.forget_user(r)
             self._umap.update(zip(ids, rows, strict=True))
         else:
-            for a in (self._BI, self._XN, self._POP, self._SEEN_I, self._CNT_I, self._X, self._XW, self._RPOP, self._RPOPT):
-                a[idx] = 0
+            for arr in (self._BI, self._XN, self._POP, self._SEEN_I, self._CNT_I, self._X, self._XW, self._RPOP, self._RPOPT):
+                arr[idx] = 0
             self._Q[idx] = self._rng_i.standard_normal((m, self.n_factors)) * self.init_std
             self._ALIVE_I[idx] = True
             self._imap.update(zip(ids, rows, strict=True))
@@ -825,7 +825,7 @@ class HybridMF:
                 continue
             if u is not None and i in self._knn.recent_items(u):
                 continue  # feedback on an item the user just acted on: not a recommendation to judge
-            if young:
+            if young and u is not None:
                 side = side if side is not None else self._item_side()
                 self._learn_gains(u, i, user, side)
             if not sampled:
@@ -1000,8 +1000,8 @@ class HybridMF:
 
     def _drop(self, dead_u: np.ndarray, dead_i: np.ndarray) -> tuple[list[str], list[str]]:
         """Free user rows ``dead_u`` and item rows ``dead_i`` (zeroed, reusable); returns their ids."""
-        users: list[str] = [self._uids[r] for r in dead_u]  # type: ignore[misc]
-        items: list[str] = [self._iids[r] for r in dead_i]  # type: ignore[misc]
+        users: list[str] = [self._uids[r] for r in dead_u]
+        items: list[str] = [self._iids[r] for r in dead_i]
         for r, uid in zip(dead_u.tolist(), users, strict=True):
             del self._umap[uid]
             self._uids[r] = None

@@ -182,14 +182,14 @@ def encode_texts(stream: Stream, settings: Settings, chunk: int = 64) -> None:
     from streamproc.encoder import get_encoder
 
     enc = get_encoder(settings)
-    uniq = sorted({stream.texts[n] for n in idx})  # type: ignore[type-var]
+    uniq = sorted({t for t in (stream.texts[n] for n in idx) if t})
     pos = {t: k for k, t in enumerate(uniq)}
     t0 = time.perf_counter()
     vecs = np.concatenate([enc.encode(uniq[s : s + chunk]) for s in range(0, len(uniq), chunk)])
     log.info("encoded %d unique texts in %.1f s", len(uniq), time.perf_counter() - t0)
     emb = np.zeros((len(stream), vecs.shape[1]), np.float32)
     for n in idx:
-        emb[n] = vecs[pos[stream.texts[n]]]  # type: ignore[index]
+        emb[n] = vecs[pos[stream.texts[n] or ""]]
     stream.embeddings = emb
     stream.meta["texts_encoded"] = len(uniq)
     stream.meta["encode_seconds"] = round(time.perf_counter() - t0, 1)
@@ -353,7 +353,7 @@ def evaluate(stream: Stream, model: Any, *, every: int, positive: float, anchors
     rpop_scale = np.ones(len(half_lives))
     rpop_step = np.array([2.0 ** (1.0 / h) for h in half_lives])
     dense = n_items <= DENSE_KNN_MAX_ITEMS
-    river = None
+    river: Any = None
     if anchors:
         for name in ("popularity", *(f"recent_popularity_{h}" for h in half_lives), "itemknn", "river_biasedmf"):
             tallies[name] = _Tally()
@@ -555,7 +555,7 @@ def _cmd_bench_quality(args: argparse.Namespace, settings: Settings) -> int:
     out["knn_gains_by_profile_events"] = dict(zip(("1", "2", "3", "4", "5+"), model.knn_gains.tolist(), strict=True))
     if args.ablations:
         abl: dict[str, Any] = {}
-        variants = {
+        variants: dict[str, dict[str, Any]] = {
             "no_knn": {"rank_knn": 0.0},
             "no_popularity": {"rank_popularity": 0.0},
             "no_mf": {"rank_mf": 0.0},
