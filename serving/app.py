@@ -44,31 +44,31 @@ import json
 import logging
 import time
 import uuid
-from typing import Any, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
-
-from streamproc.control import ControlRecord, InvalidControl
-from streamproc.errors import InvalidEvent
-from streamproc.events import SCHEMA_VERSION, EventValidator
-from streamproc.items import ItemValidator
-from streamproc.settings import Settings
-from streamproc.topics import Topics
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 
 from serving import dashboard, try_page
-from serving.catalog import Catalog, Rules, RuleError
+from serving.catalog import Catalog, RuleError, Rules
 from serving.early import EarlyPopularity
 from serving.feedback import FeedbackView
 from serving.feedback import routes as feedback_routes
 from serving.kafka_io import KafkaIO
 from serving.metrics import ServingMetrics
 from serving.store import ModelStore
+from streamproc.control import ControlRecord, InvalidControl
+from streamproc.errors import InvalidEvent
+from streamproc.events import SCHEMA_VERSION, EventValidator
+from streamproc.items import ItemValidator
+from streamproc.settings import Settings
+from streamproc.topics import Topics
 
 __all__ = ["create_app", "EventSink"]
 
@@ -161,7 +161,6 @@ def create_app(
     early = EarlyPopularity(seen_per_user=max(1, min(settings.seen_per_user, 1000)))
     feedback = try_page.FeedbackLog()
     store.listeners.append(feedback.on_swap)
-    item_view = FeedbackView(lambda: store.current, metrics)  # item feedback analysis: gauges (read when scraped), dashboard
 
     def forget_feedback(model: Any, update: Any) -> None:  # erased/expired users leave the /try page's log
         gone = update.header.get("expired_user_ids") or ()
@@ -171,6 +170,7 @@ def create_app(
                     feedback._log.pop(str(uid), None)  # noqa: SLF001
 
     store.listeners.append(forget_feedback)
+    item_view = FeedbackView(lambda: store.current, metrics)  # item feedback analysis: gauges (read when scraped), dashboard
 
     def kafka_ok() -> bool:
         kio = state["kafka"]
@@ -220,7 +220,9 @@ def create_app(
             return _error(503, "no_model", "no model loaded yet and no events seen")
         return _Json(out)
 
-    def recommend(user_id: str, k: int, exclude_seen: bool, rules: Rules = Rules()) -> dict[str, Any] | None:
+    no_rules = Rules()
+
+    def recommend(user_id: str, k: int, exclude_seen: bool, rules: Rules = no_rules) -> dict[str, Any] | None:
         """The served model's answer under the request-time ``rules`` (unavailable items never);
         before the first model, popularity so far (None: nothing yet)."""
         if rules.filtered:
@@ -269,7 +271,7 @@ def create_app(
             return _error(400, "invalid_body", 'body must be a JSON list of events or {"events": [...]}')
         accepted: list[str] = []
         errors: list[dict[str, Any]] = []
-        messages = []
+        messages: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]] = []
         now = time.time()
         for n, obj in enumerate(body):
             if isinstance(obj, dict):  # same defaults as EventPublisher.publish
@@ -322,7 +324,7 @@ def create_app(
             return _error(400, "invalid_body", 'body must be a JSON list of item records or {"items": [...]}')
         accepted: list[str] = []
         errors: list[dict[str, Any]] = []
-        messages = []
+        messages: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]] = []
         now = time.time()
         for n, obj in enumerate(body):
             try:
@@ -362,7 +364,7 @@ def create_app(
         except InvalidControl as exc:
             return _error(400, f"invalid_{field}", f"{field}: {str(exc).split(': ', 1)[-1]}", field=field)
         try:
-            message = [(rec.key, rec.to_json(), [])]
+            message: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]] = [(rec.key, rec.to_json(), [])]
             if state["kafka"] is not None:
                 await asyncio.wait_for(state["kafka"].publish(topics.control, message), PUBLISH_TIMEOUT_S)
             elif event_sink is not None:
@@ -404,7 +406,7 @@ def create_app(
         refresh_gauges()
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/v1/users/{user_id:path}/recommendations", recommendations, methods=["GET"]),
         Route("/v1/events", events, methods=["POST"]),
         Route("/v1/users/{user_id:path}", erase_user, methods=["DELETE"]),
@@ -419,15 +421,17 @@ def create_app(
     names[erase_user] = names[erase_item] = "erase"
     for r in dashboard.routes(settings, registry, feedback=item_view.summary):
         routes.append(r)
-        if getattr(r, "endpoint", None) is not None:
-            names[r.endpoint] = "dashboard"
+        if (endpoint := getattr(r, "endpoint", None)) is not None:
+            names[endpoint] = "dashboard"
     for r in try_page.routes(settings, recommend, catalog, feedback, try_writes=try_writes, read_ok=read_ok):
         routes.append(r)
-        if getattr(r, "endpoint", None) is not None:
-            names[r.endpoint] = "try"
+        if (endpoint := getattr(r, "endpoint", None)) is not None:
+            names[endpoint] = "try"
     for r in feedback_routes(lambda: store.current, read_ok):
         routes.append(r)
-        names[r.endpoint] = "item_feedback"
+        if (endpoint := getattr(r, "endpoint", None)) is not None:
+            names[endpoint] = "item_feedback"
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if start_kafka:
