@@ -487,6 +487,7 @@ def finish(result: dict[str, Any], settings: Settings, out: Path | None = None) 
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "scale.json").write_text(json.dumps(result, indent=2))
+        (out / "scale.md").write_text(markdown_tables(result))
         result["plots"] = plot(result, out)
     return result
 
@@ -599,6 +600,51 @@ def plot(result: dict[str, Any], out: Path) -> list[str]:
         plt.close(fig)
         paths.append(str(p))
     return paths
+
+
+def markdown_tables(result: dict[str, Any]) -> str:
+    """The curves as two Markdown tables (trainer sizes, serving sizes) plus the verdicts: what
+    README and docs/scaling.md quote, written next to the plots as ``scale.md``."""
+    def f(v: Any, unit: str = "", nd: int = 1) -> str:
+        if v is None:
+            return "–"
+        if isinstance(v, float) and not v.is_integer():
+            return f"{v:,.{nd}f}{unit}"
+        return f"{int(v):,}{unit}"
+
+    def mb(v: Any) -> str:
+        return "–" if v is None else f"{v / 1e6:,.1f} MB"
+
+    rows = ["| users × items | trainer events/s | bytes/user row (RSS/user) | checkpoint write | snapshot raw / stored | snapshot publish | "
+            "deltas at 2,000 ev/s (stored) | updates per replica | replica ready |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for z in result["sizes"]:
+        if "error" in z:
+            rows.append(f"| {z['users']:,} × {z['items']:,} | not measured: {z['error'][:80]} |||||||")
+            continue
+        x = " (extrapolated)" if z.get("extrapolated") else ""
+        rows.append(f"| {z['users']:,} × {z['items']:,} | {f(z['trainer_events_per_s'], '', 0)} | {f(z['memory_bytes_per_user_row'], ' B', 0)}"
+                    f" ({f(z.get('trainer_rss_bytes_per_user_row'), ' B', 0)}) | {f(z['checkpoint_write_s'], ' s', 2)} ({mb(z['checkpoint_bytes'])})"
+                    f" | {mb(z.get('snapshot_bytes'))} / {mb(z.get('snapshot_bytes_stored'))}{x} | {f(z.get('snapshot_publish_s'), ' s', 1)}{x}"
+                    f" | {mb(z.get('delta_bytes_stored_per_s'))}/s | {mb(z.get('model_updates_bytes_per_s_per_replica'))}/s{x}"
+                    f" | {f(z.get('replica_ready_s'), ' s', 1)}{x} |")
+    rows += ["", "| items | exact p50 / p99 (default BLAS threads) | exact p50 / p99 (1 BLAS thread) | index p50 / p99 | recall@10 | index build | served | memory |",
+             "|---|---|---|---|---|---|---|---|"]
+    for z in result["serving"]:
+        if "error" in z:
+            continue
+        rows.append(f"| {z['items']:,} | {f(z['exact_p50_ms'], ' ms', 2)} / {f(z['exact_p99_ms'], ' ms', 1)} | {f(z['exact_blas1_p50_ms'], ' ms', 2)}"
+                    f" / {f(z['exact_blas1_p99_ms'], ' ms', 1)} | {f(z.get('ann_p50_ms'), ' ms', 2)} / {f(z.get('ann_p99_ms'), ' ms', 1)}"
+                    f" | {f(z.get('ann_recall_at_10'), '', 3)} | {f(z.get('ann_build_s'), ' s', 1)} | {z.get('served_path', '–')} | {mb(z['serving_rss_bytes'])} |")
+    rows += ["", "| target | measured | met |", "|---|---|---|"]
+    for key, target in result["targets"].items():
+        name = {"trainer_memory_gib_per_1m_users": "trainer_memory_gib_per_1m_users", "serving_p99_ms_100k_items": "serving_p99_100k_items",
+                "serving_p99_ms_1m_items": "serving_p99_1m_items", "replica_ready_s": "replica_ready", "feedback_p99_s": "feedback_p99_2000_events_per_s",
+                "model_updates_mb_per_s_per_replica": "model_updates_traffic_per_replica", "ann_recall_at_10_min": "ann_recall_at_10"}[key]
+        met = result.get(f"meets_{name}")
+        rows.append(f"| {key} {'≥' if key.endswith('_min') else '≤'} {target} | {result.get(name)} ({result.get(f'{name}_at', '')}) | "
+                    f"{'yes' if met else ('no' if met is False else 'not measured')} |")
+    return "\n".join(rows) + "\n"
 
 
 # ---------------------------------------------------------------------------------- CLI
