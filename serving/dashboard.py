@@ -89,13 +89,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import math
 import threading
 import time
-import dataclasses
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 from urllib.parse import urlparse
 from urllib.request import ProxyHandler, build_opener
 
@@ -589,7 +590,7 @@ class Dashboard:
             errors: dict[str, str | None] = {}
             if self.sources:
                 results = await asyncio.gather(*(run_in_threadpool(self._fetch, u) for u in self.sources))
-                for url, (text, err) in zip(self.sources, results):
+                for url, (text, err) in zip(self.sources, results, strict=False):
                     texts[url], errors[url] = text, err
             now = time.time()
 

@@ -14,7 +14,6 @@ probe event is handed to the producer:
 from __future__ import annotations
 
 import argparse
-import asyncio
 import io
 import json
 import statistics

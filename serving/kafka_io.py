@@ -32,17 +32,17 @@ import logging
 import queue
 import threading
 import time
-from typing import Any, Callable
-
-from streamproc.kafka import GROUP_TIMEOUTS, client_config
-from streamproc.settings import Settings
-from streamproc.topics import Topics
-from trainer.updates import ModelUpdate
+from collections.abc import Callable
+from typing import Any
 
 from serving.catalog import Catalog, CatalogFollower, RuleError, Rules
 from serving.metrics import ServingMetrics
 from serving.model import ServingModel
 from serving.store import ModelStore
+from streamproc.kafka import GROUP_TIMEOUTS, client_config
+from streamproc.settings import Settings
+from streamproc.topics import Topics
+from trainer.updates import ModelUpdate
 
 __all__ = ["UpdateFollower", "Pusher", "KafkaIO", "answer_request"]
 
@@ -434,7 +434,7 @@ class KafkaIO:
                         continue
                     # Scoring a burst off the loop keeps HTTP latency flat.
                     answers = await asyncio.to_thread(
-                        lambda: [answer_request(r, self.store, self.settings, self.catalog, self.metrics) for r in raws])
+                        lambda batch: [answer_request(r, self.store, self.settings, self.catalog, self.metrics) for r in batch], raws)
                     for _, status in answers:
                         self.metrics.kafka_requests.labels(status).inc()
                     replies = [msg for msg, _ in answers if msg[1]]

@@ -28,15 +28,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
-
-from streamproc.errors import InvalidUpdate
-from streamproc.settings import Settings
-from trainer.updates import ModelUpdate
 
 from serving.metrics import ServingMetrics
 from serving.model import RejectedUpdate, ServingModel
+from streamproc.errors import InvalidUpdate
+from streamproc.settings import Settings
+from trainer.updates import ModelUpdate
 
 __all__ = ["ModelStore", "ApplyResult"]
 

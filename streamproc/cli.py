@@ -14,8 +14,9 @@ import math
 import signal
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from importlib.metadata import entry_points
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from streamproc.errors import RecoError
 from streamproc.settings import Settings
@@ -53,7 +54,7 @@ def embedded_or_configured(settings: Settings, *, create: bool = True) -> Iterat
     """Yield settings pointing at Kafka: the configured cluster, or a freshly started embedded
     broker when ``RECO_KAFKA_BOOTSTRAP`` is unset (stopped on exit). Topics are created."""
     from streamproc.broker import EmbeddedBroker, wait_for_kafka
-    from streamproc.kafka import client_config, create_topics
+    from streamproc.kafka import create_topics
 
     if settings.kafka_bootstrap:
         wait_for_kafka(settings.kafka_bootstrap, 30, **settings.kafka_client_config())
@@ -500,7 +501,7 @@ def _cmd_bench_ingest(args: argparse.Namespace, settings: Settings) -> int:
         for m in read_all(s, topics.examples):
             b = ExampleBatch.decode(m.value)
             got.extend(b.event_ids)
-            for eid, rec in zip(b.event_ids, b.records):
+            for eid, rec in zip(b.event_ids, b.records, strict=False):
                 kind = latency_ids.get(eid)
                 if kind:
                     lat[kind].append(float(rec["processed"] - rec["published"]))

@@ -33,10 +33,11 @@ import json
 import math
 import random
 from bisect import bisect_right
+from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import accumulate, count
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 __all__ = ["DemoData", "DemoItem", "DemoUser", "CATEGORIES", "DEFAULT_START", "comment_text", "sentiment_of"]
 

@@ -22,9 +22,10 @@ import csv
 import json
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from streamproc.errors import RecoError
 from streamproc.kafka import client_config

@@ -53,7 +53,7 @@ class Topics:
     items: str = ""
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "Topics":
+    def from_settings(cls, settings: Settings) -> Topics:
         p = settings.topic_prefix
         return cls(
             events=f"{p}events",

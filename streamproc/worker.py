@@ -58,9 +58,9 @@ from prometheus_client import CollectorRegistry
 from streamproc.dedupe import Deduper
 from streamproc.encoder import EncodeFn, MicroBatcher
 from streamproc.errors import BrokerUnavailable, InvalidEvent, RecoError
-from streamproc.events import EventValidator
-from streamproc.items import ItemStream
+from streamproc.events import ClickEvent, EventValidator, RatingEvent
 from streamproc.examples import KIND_CLICK, KIND_COMMENT, KIND_RATING, RECORD_DTYPE, ExampleBatch
+from streamproc.items import ItemStream
 from streamproc.kafka import GROUP_TIMEOUTS, client_config
 from streamproc.metrics import StreamMetrics
 from streamproc.settings import Settings
@@ -102,7 +102,7 @@ class _Chunk:
     def ready(self) -> bool:
         return all(f.done() for _, f in self.comments)
 
-    def rows(self, positions: list[int], *, whole: bool) -> "_Chunk":
+    def rows(self, positions: list[int], *, whole: bool) -> _Chunk:
         """The rows at ``positions`` as a chunk of their own; ``whole`` keeps the chunk's offset and
         dead letters (it completes the chunk), otherwise they stay with this chunk."""
         sub = _Chunk(self.tp, self.next_offset if whole else 0)
@@ -185,7 +185,7 @@ class _Columns:
         self.rows += end - start
         self.bytes += est
 
-    def slice(self, start: int, end: int) -> "_Columns":
+    def slice(self, start: int, end: int) -> _Columns:
         """Rows ``start:end`` as new columns (embeddings re-indexed)."""
         out = _Columns()
         out.event_ids, out.user_ids, out.item_ids = self.event_ids[start:end], self.user_ids[start:end], self.item_ids[start:end]
@@ -252,9 +252,12 @@ class StreamWorker:
         self._validator = EventValidator(settings)
         self._dedupe = Deduper(settings.dedupe_window)
         m = self.metrics
-        self._batcher = MicroBatcher.from_settings(
-            settings, encode_fn, on_batch=lambda n, s: (m.encode_batch_size.observe(n), m.encode_duration.observe(s))
-        )
+
+        def on_batch(n: int, seconds: float) -> None:
+            m.encode_batch_size.observe(n)
+            m.encode_duration.observe(seconds)
+
+        self._batcher = MicroBatcher.from_settings(settings, encode_fn, on_batch=on_batch)
         self._stop = threading.Event()
         self._ran = False
         self._pending: dict[Any, deque[_Chunk]] = {}
@@ -385,12 +388,11 @@ class StreamWorker:
                 if seen(ev.event_id):
                     n_dup += 1
                     continue
-                t = ev.type
-                if t == "rating":
+                if isinstance(ev, RatingEvent):
                     n_rating += 1
                     kinds.append(KIND_RATING)
                     targets.append(ev.rating)
-                elif t == "click":
+                elif isinstance(ev, ClickEvent):
                     n_click += 1
                     kinds.append(KIND_CLICK)
                     targets.append(_NAN)
@@ -540,7 +542,7 @@ class StreamWorker:
         self._unacked += 1
         await self._ack_q.put(_Ack(futures, offsets, kinds, n_dead))
 
-    async def _send(self, out: "_Columns") -> list[Any]:
+    async def _send(self, out: _Columns) -> list[Any]:
         """Send ``out`` as one ExampleBatch message (halved until it fits); returns delivery futures."""
         now = time.time()
         batch = ExampleBatch.build(
