@@ -583,7 +583,7 @@ def _cmd_bench_quality(args: argparse.Namespace, settings: Settings) -> int:
         # stream: what they add for cold items, the model ranking among the whole catalogue
         encode_item_texts(stream, settings)
         r = evaluate(stream, proto.clone(), every=every, positive=args.positive, anchors=False, text=not args.no_text, item_text=True)
-        out["with_item_text"] = {k: r[k] for k in ("hr10", "ndcg10", "cold_items", "coverage10")}
+        out["with_item_text"] = {k: r[k] for k in ("hr10", "ndcg10", "rmse", "cold_items", "coverage10")}
         if out["cold_items"]["hr10"]:
             out["with_item_text"]["cold_items_hr10_change"] = round(r["cold_items"]["hr10"] / out["cold_items"]["hr10"] - 1.0, 4)
     if not args.no_drift:
