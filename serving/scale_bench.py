@@ -212,6 +212,13 @@ def _trainer_size(settings: Settings, users: int, items: int, events: int, snaps
             out["snapshot_bytes_stored"] = _stored_bytes(rec.kept, settings.compression)
             out["snapshot_version"] = w.version
             rec.kept = []
+        else:
+            # no snapshot at this size (time budget): the rows learned so far count as delivered, as
+            # after a snapshot, so the deltas below carry only what the stream at 2,000 events/s touches
+            # (exporting them would recompute every user's candidates: minutes at 1M users)
+            w.model._TOUCH_U[:] = False
+            w.model._TOUCH_I[:] = False
+            w._reset_pending()
         # 10 s of stream at 2,000 events/s: one delta per update_interval_ms of events
         per_delta = max(1, int(FEEDBACK_RATE * settings.update_interval_ms / 1000))
         rec.sizes, rec.keep = [], True
