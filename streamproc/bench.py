@@ -175,7 +175,7 @@ def review_texts(path: str | Path | None, n: int | None = None) -> tuple[list[st
     if path is None and not DEFAULT_REVIEWS.is_file():
         from streamproc.demo_data import DemoData
 
-        events = DemoData(comment_share=1.0, click_share=0.0).events(n or 2000)
+        events = list(DemoData(comment_share=1.0, click_share=0.0).events(n or 2000))
         return ([e["text"] for e in events], [e.get("rating") for e in events],
                 f"demo-data comments ({len(events):,}; no reviews file beside the clone: pass --reviews FILE.jsonl for real reviews)")
     path = Path(path) if path is not None else DEFAULT_REVIEWS
@@ -304,6 +304,7 @@ def encoder_bench(settings: Settings, *, reviews: str | None = None, n: int | No
     from streamproc.replay import bench_texts
 
     texts, ratings, source = review_texts(reviews, n)
+    load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
     enc = get_encoder(settings)
     load_s = time.perf_counter() - t0
@@ -361,6 +362,8 @@ def encoder_bench(settings: Settings, *, reviews: str | None = None, n: int | No
         out["gpu_mean_cosine_vs_fp32"] = round(float((gemb * emb["raw"]).sum(axis=1).mean()), 4)
         out["gpu_name"] = torch.cuda.get_device_name(0)
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    out["cpus"] = os.cpu_count()
+    out["load_avg_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]  # other processes' load, start and end
     t = ENCODER_TARGETS
     out["targets"] = {"comments_per_s": t["comments_per_s"], "mean_cosine_vs_fp32": t["mean_cosine_vs_fp32"],
                       "sentiment_auc_min": None if auc32 is None else round(auc32 - t["sentiment_auc_drop"], 4),

@@ -297,3 +297,12 @@ def test_arguments_are_checked() -> None:
         MicroBatcher(lambda t: t, max_batch_size=0)
     with pytest.raises(ValueError, match="max_wait_ms"):
         MicroBatcher(lambda t: t, max_wait_ms=-1)
+
+
+def test_review_texts_fall_back_to_built_in_comments_without_the_sample(tmp_path, monkeypatch) -> None:
+    from streamproc import bench
+
+    monkeypatch.setattr(bench, "DEFAULT_REVIEWS", tmp_path / "absent.jsonl")
+    texts, ratings, source = review_texts(None, 300)
+    assert len(texts) == len(ratings) == 300 and all(texts) and "demo-data comments" in source and "--reviews" in source
+    assert sentiment_auc(np.zeros((300, 4)), ratings)[1] > 0  # rated: the bench's AUC has data to train on
