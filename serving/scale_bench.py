@@ -592,9 +592,11 @@ def plot(result: dict[str, Any], out: Path) -> list[str]:
         for z, x, y in zip(rows, xs, ys):
             if z.get("extrapolated") and key in ("snapshot_bytes", "snapshot_publish_s", "replica_ready_s", "model_updates_bytes_per_s_per_replica"):
                 ax.plot([x], [y], "o", mfc="white", color="C0")
-        if table == "serving" and key == "serving_p99_ms":
-            ax.plot(xs, [z.get("serving_p50_ms") for z in rows], "s--", label="p50")
-            ax.legend(["p99", "p50"])
+        if table == "serving" and key == "serving_p99_ms":  # served path (index above RECO_ANN_MIN_ITEMS) vs the exact scan
+            ax.plot(xs, [z.get("serving_p50_ms") for z in rows], "s--")
+            ax.plot(xs, [z.get("exact_p99_ms") for z in rows], "x:", color="C3")
+            ax.plot(xs, [z.get("exact_blas1_p99_ms") for z in rows], "+:", color="C2")
+            ax.legend(["served p99", "served p50", "exact scan p99", "exact scan p99, 1 BLAS thread"], fontsize=7)
         ax.set_xscale("log")
         if min(ys) > 0:
             ax.set_yscale("log")
