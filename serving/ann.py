@@ -76,7 +76,7 @@ class ItemIndex:
 
     @classmethod
     def build(cls, item_factors: np.ndarray, item_bias: np.ndarray, *, nlist: int | None = None, nprobe: int | None = None,
-              seed: int = 0) -> "ItemIndex":
+              seed: int = 0) -> ItemIndex:
         """Train on a sample of the rows (at most 32 per cell; about sqrt(n) cells) and add every row."""
         import faiss
 
@@ -103,7 +103,7 @@ class ItemIndex:
             return
         x = self._vectors(item_factors, item_bias)
         with self._lock:
-            self._index.remove_ids(rows)
+            self._index.remove_ids(rows)  # type: ignore[arg-type]  # faiss's SWIG wrapper takes an id array
             self._index.add_with_ids(x, rows)
             self.rows = max(self.rows, int(rows.max()) + 1)
 
@@ -167,7 +167,7 @@ def recall_at_k(approx: list[list[Any]], exact: list[list[Any]]) -> float:
     """
     if not exact:
         return float("nan")
-    return float(np.mean([len(set(a) & set(e)) / max(len(e), 1) for a, e in zip(approx, exact)]))
+    return float(np.mean([len(set(a) & set(e)) / max(len(e), 1) for a, e in zip(approx, exact, strict=True)]))
 
 
 class VersionIndex:

@@ -195,7 +195,8 @@ def _trainer_size(settings: Settings, users: int, items: int, events: int, snaps
     t0 = time.perf_counter()
     ck = w.checkpoint()
     out["checkpoint_write_s"] = round(time.perf_counter() - t0, 3)
-    out["checkpoint_bytes"] = sum(p.stat().st_size for p in Path(ck.path).rglob("*") if p.is_file()) if ck is not None else None
+    ck_path = ck.path if ck is not None else None
+    out["checkpoint_bytes"] = sum(p.stat().st_size for p in Path(ck_path).rglob("*") if p.is_file()) if ck_path is not None else None
 
     w.open()
     rec = _SizeRecorder(w._producer)
@@ -247,13 +248,12 @@ def _trainer_size(settings: Settings, users: int, items: int, events: int, snaps
 
 def _replica_size(settings: Settings, version: int, samples: int) -> dict[str, Any]:
     """A new replica: follow the model-updates topic from a fresh process until ``version`` is served."""
+    import kafka  # noqa: F401 - imported before the baseline: the replica's memory is its model's
     from prometheus_client import CollectorRegistry
 
     from serving.kafka_io import UpdateFollower
     from serving.metrics import ServingMetrics
     from serving.store import ModelStore
-
-    import kafka  # noqa: F401 - imported before the baseline: the replica's memory is its model's
 
     rss0 = _rss()
     store = ModelStore(settings, ServingMetrics(CollectorRegistry()))
@@ -295,7 +295,7 @@ def _serving_size(settings: Settings, items: int, users: int, samples: int, seed
     """Serving alone at ``items``: the exact scan (as ``reco serve`` runs it: numpy's default BLAS
     threads, and with one BLAS thread), the approximate path (:mod:`serving.ann`) with its recall@10
     against the exact answers, and which of the two the settings serve at this size."""
-    from threadpoolctl import threadpool_limits
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
     from serving.ann import recall_at_k
     from serving.bench import SyntheticModel
@@ -398,7 +398,6 @@ def run_scale(settings: Settings, *, quick: bool = False, out_dir: str | None = 
 
     from streamproc.cli import embedded_or_configured
     from streamproc.kafka import create_topics
-    from streamproc.topics import Topics
 
     sizes = QUICK_SIZES if quick else FULL_SIZES
     serving_items = QUICK_SERVING_ITEMS if quick else FULL_SERVING_ITEMS
@@ -502,7 +501,7 @@ def finish(result: dict[str, Any], settings: Settings, out: Path | None = None) 
 def _marginal_memory(sizes: list[dict[str, Any]]) -> None:
     """Resident bytes per extra user row between consecutive sizes (the item rows' bytes taken
     out); the per-1M-users figure is the larger of that and the rows' own bytes."""
-    for a, b in zip(sizes, sizes[1:]):
+    for a, b in zip(sizes, sizes[1:], strict=False):
         du = b["user_rows"] - a["user_rows"]
         if du <= 0:
             continue
@@ -589,7 +588,7 @@ def plot(result: dict[str, Any], out: Path) -> list[str]:
         fig, ax = plt.subplots(figsize=(5, 3.4), dpi=90)
         xs, ys = [z[xkey] for z in rows], [z[key] for z in rows]
         ax.plot(xs, ys, "o-")
-        for z, x, y in zip(rows, xs, ys):
+        for z, x, y in zip(rows, xs, ys, strict=True):
             if z.get("extrapolated") and key in ("snapshot_bytes", "snapshot_publish_s", "replica_ready_s", "model_updates_bytes_per_s_per_replica"):
                 ax.plot([x], [y], "o", mfc="white", color="C0")
         if table == "serving" and key == "serving_p99_ms":  # served path (index above RECO_ANN_MIN_ITEMS) vs the exact scan

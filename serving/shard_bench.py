@@ -89,8 +89,8 @@ class ItemSharing:
             rows_of.append(rows)
         q, b = (q_sum / np.maximum(w_sum, 1e-9)[:, None]).astype(np.float32), (b_sum / np.maximum(w_sum, 1e-9)).astype(np.float32)
         known = w_sum > 0
-        for m, rows in zip(models, rows_of):
-            missing = [x for x, r in zip(items, rows.tolist()) if r < 0]
+        for m, rows in zip(models, rows_of, strict=True):
+            missing = [x for x, r in zip(items, rows.tolist(), strict=True) if r < 0]
             if missing:
                 m._rows(missing, False)  # a row for every item another shard knows
             r = np.array([m._imap[x] for x in items], np.int64)
@@ -112,7 +112,8 @@ def simulate(stream: Any, params: dict[str, Any], *, shards: int, sync: int, eve
     models = [HybridMF(**params) for _ in range(shards)]
     owner = np.array([_shard_of(u, shards) for u in stream.users], np.int64)
     seen: dict[str, set[str]] = {}
-    hits = ndcg = n_eval = unknown = 0
+    hits = n_eval = unknown = 0
+    ndcg = 0.0
     positives = (stream.kinds == KIND_CLICK) | (np.nan_to_num(stream.ratings, nan=-1.0) >= positive)
     npos = 0
     since_sync = 0

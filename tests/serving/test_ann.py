@@ -37,7 +37,7 @@ def test_scores_are_the_exact_scores_of_the_returned_items() -> None:
     _, exact, approx = _models(5_000, 50)
     for u in ("u1", "u7", "u30"):
         got = approx.recommend(u, 10).items
-        want = dict(zip([i for i, _ in got], exact.score(u, [i for i, _ in got])))
+        want = dict(zip([i for i, _ in got], exact.score(u, [i for i, _ in got]), strict=True))
         assert all(abs(s - want[i]) < 1e-5 for i, s in got)
 
 
