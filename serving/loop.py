@@ -20,10 +20,11 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
-from streamproc.cli import add_source_args, embedded_or_configured, print_json
+from streamproc.cli import add_source_args, embedded_or_configured
 from streamproc.settings import Settings
 
 __all__ = ["Supervisor", "Role", "register"]
@@ -66,7 +67,7 @@ class Supervisor:
         env.update(self.settings.to_env())
         return env
 
-    def start(self) -> "Supervisor":
+    def start(self) -> Supervisor:
         for name, args in self.roles.items():
             role = Role(name, [sys.executable, "-m", "streamproc.cli", *args], {**self.base_env(), **self.role_env.get(name, {})})
             self._roles[name] = role
@@ -139,7 +140,7 @@ class Supervisor:
                 role.log_thread.join(2)
         return codes
 
-    def __enter__(self) -> "Supervisor":
+    def __enter__(self) -> Supervisor:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -157,7 +158,8 @@ def running_loop(settings: Settings, *, log: Any = sys.stderr, roles: dict[str, 
             # point at offsets that no longer exist: each embedded run checkpoints afresh.
             ckpt = stack.enter_context(tempfile.TemporaryDirectory(prefix="reco-checkpoints-"))
             s = dataclasses.replace(s, checkpoint_dir=ckpt)
-        sup = stack.enter_context(Supervisor(s, log=log, role_env=role_env or {}, **({"roles": roles} if roles else {})))
+        sup = Supervisor(s, log=log, role_env=role_env or {}) if not roles else Supervisor(s, roles, log=log, role_env=role_env or {})
+        stack.enter_context(sup)
         yield s, sup
 
 
@@ -345,4 +347,6 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     from serving.freshness import register_bench
 
     register_bench(bench)
-    from serving.faults import register_bench as _faults; _faults(bench)  # noqa: E702
+    from serving.faults import register_bench as register_faults_bench
+
+    register_faults_bench(bench)

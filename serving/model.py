@@ -24,8 +24,9 @@ Examples
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, cast
 
 import numpy as np
 
@@ -80,7 +81,7 @@ class _Table:
         self.ids, self.index, self.arrays, self.n = ids, index, arrays, n
 
     @classmethod
-    def empty(cls, shapes: dict[str, tuple[int, ...]], dtypes: dict[str, Any] | None = None) -> "_Table":
+    def empty(cls, shapes: dict[str, tuple[int, ...]], dtypes: dict[str, Any] | None = None) -> _Table:
         dt = dtypes or {}
         return cls([], {}, {name: np.zeros((16, *tail), dt.get(name, np.float32)) for name, tail in shapes.items()}, 0)
 
@@ -89,7 +90,7 @@ class _Table:
         v.flags.writeable = False
         return v
 
-    def upsert(self, ids: Sequence[str], tensors: dict[str, np.ndarray], names: tuple[str, ...]) -> "_Table":
+    def upsert(self, ids: Sequence[str], tensors: dict[str, np.ndarray], names: tuple[str, ...]) -> _Table:
         """A new table with ``ids`` rows set from ``tensors``; this table is left unchanged."""
         if not ids:
             return self
@@ -97,11 +98,11 @@ class _Table:
         n = self.n
         found = list(map(index.get, ids))  # C-speed lookups: a snapshot has ~10k ids
         fresh: dict[str, int] = {}
-        if None not in found and (not found or max(found) < n):
+        if None not in found and (not found or max(cast("list[int]", found)) < n):
             rows = np.fromiter(found, np.int64, len(found))  # only existing rows
         elif found.count(None) == len(found) and len(set(ids)) == len(ids):
             rows = np.arange(n, n + len(ids), dtype=np.int64)  # only new, distinct rows
-            fresh = dict(zip(ids, rows.tolist()))
+            fresh = dict(zip(ids, rows.tolist(), strict=False))
             n += len(ids)
         else:
             rows = np.empty(len(ids), np.int64)
@@ -165,7 +166,7 @@ def _check_shapes(tensors: dict[str, np.ndarray], factors: int | None) -> int | 
     return factors
 
 
-def _candidate_rows(update: Any, items: "_Table", width: int) -> np.ndarray | None:
+def _candidate_rows(update: Any, items: _Table, width: int) -> np.ndarray | None:
     """The header's ``user_candidates`` (item ids per user) as item rows + 1 (0 = none or unknown)."""
     cands = update.header.get("user_candidates")
     if cands is None and "user_candidate_scores" not in update.tensors:
@@ -235,8 +236,8 @@ class ServingModel:
 
     # ------------------------------------------------------------------ building
     @classmethod
-    def build(cls, base: "ServingModel | None", updates: Sequence[Any], *, seen_per_user: int = 1000, ann_min_items: int = 0,
-              ann_fetch: int = 200) -> "ServingModel":
+    def build(cls, base: ServingModel | None, updates: Sequence[Any], *, seen_per_user: int = 1000, ann_min_items: int = 0,
+              ann_fetch: int = 200) -> ServingModel:
         """Apply ``updates`` (decoded :class:`~trainer.updates.ModelUpdate`): all chunks of one
         snapshot, or one delta on top of ``base``. Raises :class:`RejectedUpdate` (with
         ``reason``) when the update cannot be applied; ``base`` is never modified."""
@@ -316,14 +317,14 @@ class ServingModel:
             known = users.index
             seen = {x: s for x, s in seen.items() if x in known}
         popular = None
-        if kind == "delta" and items.n == base._items.n and ranking == base.ranking and not any(
+        if kind == "delta" and base is not None and items.n == base._items.n and ranking == base.ranking and not any(
                 name in u.tensors for u in updates for name in ("item_popularity", "item_log_popularity")):
             popular = base._popular  # ranking unchanged: skip the argsort
         dead = np.array(sorted(dead_items), np.int64)
         if kind == "snapshot":
             mf_gain_known = any("user_mf_gain" in u.tensors for u in updates)
         else:
-            mf_gain_known = base._mg is not None
+            mf_gain_known = base is not None and base._mg is not None
         from serving.ann import index_for  # approximate top-k for big catalogues (RECO_ANN_MIN_ITEMS)
 
         ann = index_for(base._ann if base is not None else None, kind, items, [i for _, i in pending], ann_min_items, ann_fetch)
@@ -467,7 +468,7 @@ class ServingModel:
                 pop = np.exp(self._lp[order].astype(np.float64) - self._lp_max)
             else:
                 pop = self._items.arrays["item_popularity"][order]
-            return Recommendation(user_id, [(ids[c], float(p)) for c, p in zip(order.tolist(), pop.tolist())], self.version, True)
+            return Recommendation(user_id, [(ids[c], float(p)) for c, p in zip(order.tolist(), pop.tolist(), strict=False)], self.version, True)
         if not len(cand):
             return Recommendation(user_id, [], self.version, False)
         if self.ranking is not None:
@@ -480,7 +481,7 @@ class ServingModel:
         kk = min(k, m)
         top = np.argpartition(sub, m - kk)[m - kk :] if kk < m else np.arange(m)
         top = top[np.argsort(-sub[top], kind="stable")]
-        return Recommendation(user_id, [(ids[c], float(s)) for c, s in zip(cand[top].tolist(), sub[top].tolist())], self.version, False)
+        return Recommendation(user_id, [(ids[c], float(s)) for c, s in zip(cand[top].tolist(), sub[top].tolist(), strict=False)], self.version, False)
 
     def _approximate(self, user_id: str, r: int, k: int, excluded: np.ndarray) -> Recommendation | None:
         """Top-``k`` through the item index (:mod:`serving.ann`); None: scan exactly instead."""
@@ -492,7 +493,7 @@ class ServingModel:
         if got is None:
             return None
         ids = self._items.ids
-        return Recommendation(user_id, [(ids[c], float(s)) for c, s in zip(got[0].tolist(), got[1].tolist())], self.version, False)
+        return Recommendation(user_id, [(ids[c], float(s)) for c, s in zip(got[0].tolist(), got[1].tolist(), strict=False)], self.version, False)
 
     def _fallback(self, user_id: str, k: int, excluded: np.ndarray) -> Recommendation:
         ids = self._items.ids
