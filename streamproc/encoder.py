@@ -130,7 +130,7 @@ class TextEncoder:
     """
 
     def __init__(self, model_dir: str, *, threads: int = 2, quantize: bool = False, backend: str = "torch",
-                 max_tokens: int = 0, batch_tokens: int = 4096, device: str = "cpu", cache_dir: str = "") -> None:
+                 max_tokens: int = 0, batch_tokens: int = 2048, device: str = "cpu", cache_dir: str = "") -> None:
         if not model_dir or not Path(model_dir).is_dir():
             raise ConfigError(f"RECO_MODEL_DIR={model_dir!r}: not a directory with a transformers model")
         if threads < 1:

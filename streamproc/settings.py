@@ -76,7 +76,7 @@ class Settings:
     quantize_encoder: bool = _s(False, "Use int8 dynamic quantization for the encoder")
     encoder_backend: str = _s("auto", "Comment encoder backend: auto (torch-bf16 on CPUs with native bfloat16, else onnx-int8), torch-bf16, onnx-int8 (ONNX Runtime, int8 weights), onnx (ONNX Runtime fp32) or torch (transformers fp32; int8 with RECO_QUANTIZE_ENCODER)", choices=("auto", "torch-bf16", "onnx-int8", "onnx", "torch"))
     encoder_max_tokens: int = _s(256, "Comment tokens encoded, the rest truncated (capped at the model's maximum)", min=8, max=8192)
-    encoder_batch_tokens: int = _s(4096, "Most padded tokens per encoder call: bounds the encoder's memory for any number of comments", min=256, max=1_000_000)
+    encoder_batch_tokens: int = _s(2048, "Most padded tokens per encoder call: bounds the encoder's memory for any number of comments", min=256, max=1_000_000)
     encoder_device: str = _s("cpu", "cpu, or cuda to run the transformers model on a GPU (fails at start-up when none is visible)", choices=("cpu", "cuda"))
     encoder_cache_dir: str = _s("", "Where the encoder's ONNX export is cached (made at first use); empty = $XDG_CACHE_HOME/reco/encoder or ~/.cache/reco/encoder")
     dedupe_window: int = _s(1_000_000, "How many recent event_ids are remembered for de-duplication", min=0)
