@@ -48,9 +48,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -193,7 +194,7 @@ class TextEncoder:
                  self.max_tokens, threads, device)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "TextEncoder":
+    def from_settings(cls, settings: Settings) -> TextEncoder:
         return cls(settings.encoder_dir, threads=settings.torch_threads, quantize=settings.quantize_encoder,
                    backend=settings.encoder_backend, max_tokens=settings.encoder_max_tokens,
                    batch_tokens=settings.encoder_batch_tokens, device=settings.encoder_device,
@@ -221,7 +222,7 @@ class TextEncoder:
 
     def _load_onnx(self, *, quantized: bool) -> None:
         try:
-            import onnxruntime as ort
+            import onnxruntime as ort  # type: ignore[import-untyped]
         except ImportError as exc:
             raise ConfigError(f"RECO_ENCODER_BACKEND={self.backend!r}: onnxruntime is not installed ({exc}); "
                               "pip install onnxruntime, or set RECO_ENCODER_BACKEND=torch") from exc
@@ -414,8 +415,8 @@ def _export(model_dir: str, target: str) -> None:
                       output_names=["embedding"], opset_version=17, dynamo=False,
                       dynamic_axes={**{k: {0: "batch", 1: "tokens"} for k in _INPUTS}, "embedding": {0: "batch"}})
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.transformers.optimizer import optimize_model
+    from onnxruntime.quantization import QuantType, quantize_dynamic  # type: ignore[import-untyped]
+    from onnxruntime.transformers.optimizer import optimize_model  # type: ignore[import-untyped]
 
     cfg = model.config
     fused = optimize_model(str(tmp32), model_type="bert", num_heads=int(cfg.num_attention_heads), hidden_size=int(cfg.hidden_size))
@@ -481,11 +482,11 @@ class MicroBatcher:
         self._thread.start()
 
     @classmethod
-    def from_settings(cls, settings: Settings, encode_fn: EncodeFn | None = None, **kw: Any) -> "MicroBatcher":
+    def from_settings(cls, settings: Settings, encode_fn: EncodeFn | None = None, **kw: Any) -> MicroBatcher:
         fn = encode_fn if encode_fn is not None else get_encoder(settings).encode
         return cls(fn, max_batch_size=settings.encode_batch_size, max_wait_ms=settings.encode_max_wait_ms, **kw)
 
-    def submit(self, text: str) -> "Future[np.ndarray]":
+    def submit(self, text: str) -> Future[np.ndarray]:
         """Queue one text; the future resolves to its embedding (float32 ``[dim]``)."""
         if self._closed:
             raise RecoError("micro-batcher is closed")
@@ -493,7 +494,7 @@ class MicroBatcher:
         self._queue.put((text, fut))
         return fut
 
-    def submit_many(self, texts: Sequence[str]) -> list["Future[np.ndarray]"]:
+    def submit_many(self, texts: Sequence[str]) -> list[Future[np.ndarray]]:
         return [self.submit(t) for t in texts]
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
@@ -555,7 +556,7 @@ class MicroBatcher:
         finally:
             if self.on_batch is not None:
                 self.on_batch(len(batch), time.perf_counter() - t0)
-        for (_, fut), row in zip(batch, emb):
+        for (_, fut), row in zip(batch, emb, strict=True):
             fut.set_result(row)
 
 
