@@ -17,7 +17,6 @@ embeddings  E × D float32, L2-normalised comment embeddings
 Examples
 --------
 >>> import numpy as np
-from numpy.typing import ArrayLike
 >>> b = ExampleBatch.build(
 ...     event_ids=["e1", "e2"], user_ids=["u", "u"], item_ids=["a", "b"],
 ...     kinds=[KIND_RATING, KIND_COMMENT], targets=[4.0, float("nan")],
