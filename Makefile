@@ -22,10 +22,10 @@ demo: $(STAMP)
 system-deps:
 	bash deploy/system-deps.sh
 
-test: $(STAMP) system-deps
+test: $(STAMP) system-deps lint
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# Linter and type check (settings in pyproject.toml). Not yet part of `make test`.
+# Linter and type check (settings in pyproject.toml); `make test` runs them first.
 lint: $(STAMP)
 	$(BIN)/ruff check streamproc trainer serving tests
 	$(BIN)/mypy streamproc trainer serving

@@ -10,9 +10,10 @@ import dataclasses
 import math
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from streamproc.errors import ConfigError
 
@@ -130,7 +131,7 @@ class Settings:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def load(cls, env: Mapping[str, str] | None = None, file: str | Path | None = None, **overrides: Any) -> "Settings":
+    def load(cls, env: Mapping[str, str] | None = None, file: str | Path | None = None, **overrides: Any) -> Settings:
         """Defaults, then the TOML file (``RECO_CONFIG`` or ``file``), then ``RECO_*`` env, then overrides."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
@@ -241,7 +242,7 @@ def _check(f: dataclasses.Field, value: Any) -> None:
         value = float(value)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ConfigError(f"{env_name}={value!r}: expected {kind.__name__}")
-    if kind is float and not math.isfinite(value):
+    if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{env_name}={value!r}: expected a finite number")
     meta = f.metadata
     if "min" in meta and value < meta["min"]:
