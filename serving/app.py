@@ -245,12 +245,18 @@ def create_app(
     def read_ok(request: Request) -> bool:
         return not settings.read_api_key_required or settings.auth_disabled or key_ok(request)
 
-    async def events(request: Request) -> Response:
-        if not settings.auth_disabled:
-            if not settings.api_key:
-                return _error(403, "writes_disabled", "no API key is configured (RECO_API_KEY); writes are refused")
-            if not key_ok(request):
-                return _error(401, "unauthorized", "missing or wrong X-API-Key")
+    def write_refused(request: Request) -> Response | None:
+        """The error for a write without the API key (None: allowed)."""
+        if settings.auth_disabled:
+            return None
+        if not settings.api_key:
+            return _error(403, "writes_disabled", "no API key is configured (RECO_API_KEY); writes are refused")
+        if not key_ok(request):
+            return _error(401, "unauthorized", "missing or wrong X-API-Key")
+        return None
+
+    async def json_list(request: Request, key: str, what: str) -> list[Any] | Response:
+        """The body as a JSON list (or ``{key: [...]}``), at most ``max_body_bytes``; else the error."""
         limit = settings.max_body_bytes
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit:
@@ -265,10 +271,32 @@ def create_app(
             body = json.loads(b"".join(chunks))
         except (ValueError, UnicodeDecodeError, RecursionError):
             return _error(400, "invalid_json", "body is not valid JSON")
-        if isinstance(body, dict) and isinstance(body.get("events"), list):
-            body = body["events"]
+        if isinstance(body, dict) and isinstance(body.get(key), list):
+            body = body[key]
         if not isinstance(body, list):
-            return _error(400, "invalid_body", 'body must be a JSON list of events or {"events": [...]}')
+            return _error(400, "invalid_body", f'body must be a JSON list of {what} or {{"{key}": [...]}}')
+        return body
+
+    async def publish(topic: str, messages: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]], what: str) -> Response | None:
+        """Publish to Kafka (or the test sink); the 503 to answer when the broker fails (None: done)."""
+        try:
+            if state["kafka"] is not None:
+                await asyncio.wait_for(state["kafka"].publish(topic, messages), PUBLISH_TIMEOUT_S)
+            elif event_sink is not None:
+                await asyncio.wait_for(event_sink(topic, messages), PUBLISH_TIMEOUT_S)
+            else:
+                return _error(503, "kafka_unavailable", "no Kafka producer")
+        except Exception as exc:  # noqa: BLE001 - broker trouble is the client's 503, not a 500
+            log.warning("publishing %s failed: %s", what, exc)
+            return _error(503, "kafka_unavailable", f"{what} could not be published; retry")
+        return None
+
+    async def events(request: Request) -> Response:
+        if (refused := write_refused(request)) is not None:
+            return refused
+        body = await json_list(request, "events", "events")
+        if isinstance(body, Response):
+            return body
         accepted: list[str] = []
         errors: list[dict[str, Any]] = []
         messages: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]] = []
@@ -283,17 +311,8 @@ def create_app(
                 continue
             accepted.append(ev.event_id)
             messages.append((ev.user_id.encode(), ev.to_json(), []))
-        if messages:
-            try:
-                if state["kafka"] is not None:
-                    await asyncio.wait_for(state["kafka"].publish(topics.events, messages), PUBLISH_TIMEOUT_S)
-                elif event_sink is not None:
-                    await asyncio.wait_for(event_sink(topics.events, messages), PUBLISH_TIMEOUT_S)
-                else:
-                    return _error(503, "kafka_unavailable", "no Kafka producer")
-            except Exception as exc:  # noqa: BLE001 - broker trouble is the client's 503, not a 500
-                log.warning("publishing %d events failed: %s", len(messages), exc)
-                return _error(503, "kafka_unavailable", "events could not be published; retry")
+        if messages and (failed := await publish(topics.events, messages, "events")) is not None:
+            return failed
         status = 202 if accepted or not errors else 400
         out: dict[str, Any] = {"accepted": accepted, "errors": errors}
         if status == 400:
@@ -302,26 +321,11 @@ def create_app(
 
     async def items(request: Request) -> Response:
         """``POST /v1/items``: item records, validated (:mod:`streamproc.items`) and published keyed by item_id."""
-        if not settings.auth_disabled:
-            if not settings.api_key:
-                return _error(403, "writes_disabled", "no API key is configured (RECO_API_KEY); writes are refused")
-            if not key_ok(request):
-                return _error(401, "unauthorized", "missing or wrong X-API-Key")
-        limit = settings.max_body_bytes
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                return _error(413, "body_too_large", f"request body larger than {limit} bytes")
-            chunks.append(chunk)
-        try:
-            body = json.loads(b"".join(chunks))
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            return _error(400, "invalid_json", "body is not valid JSON")
-        if isinstance(body, dict) and isinstance(body.get("items"), list):
-            body = body["items"]
-        if not isinstance(body, list):
-            return _error(400, "invalid_body", 'body must be a JSON list of item records or {"items": [...]}')
+        if (refused := write_refused(request)) is not None:
+            return refused
+        body = await json_list(request, "items", "item records")
+        if isinstance(body, Response):
+            return body
         accepted: list[str] = []
         errors: list[dict[str, Any]] = []
         messages: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]] = []
@@ -334,17 +338,8 @@ def create_app(
                 continue
             accepted.append(rec.item_id)
             messages.append((rec.item_id.encode(), rec.to_json(), []))
-        if messages:
-            try:
-                if state["kafka"] is not None:
-                    await asyncio.wait_for(state["kafka"].publish(topics.items, messages), PUBLISH_TIMEOUT_S)
-                elif event_sink is not None:
-                    await asyncio.wait_for(event_sink(topics.items, messages), PUBLISH_TIMEOUT_S)
-                else:
-                    return _error(503, "kafka_unavailable", "no Kafka producer")
-            except Exception as exc:  # noqa: BLE001 - broker trouble is the client's 503, not a 500
-                log.warning("publishing %d item records failed: %s", len(messages), exc)
-                return _error(503, "kafka_unavailable", "item records could not be published; retry")
+        if messages and (failed := await publish(topics.items, messages, "item records")) is not None:
+            return failed
         status = 202 if accepted or not errors else 400
         out: dict[str, Any] = {"accepted": accepted, "errors": errors}
         if status == 400:
@@ -353,27 +348,15 @@ def create_app(
 
     async def erase(request: Request, kind: str) -> Response:
         """``DELETE /v1/users/{id}`` / ``DELETE /v1/items/{id}``: one erasure record on the control topic."""
-        if not settings.auth_disabled:
-            if not settings.api_key:
-                return _error(403, "writes_disabled", "no API key is configured (RECO_API_KEY); writes are refused")
-            if not key_ok(request):
-                return _error(401, "unauthorized", "missing or wrong X-API-Key")
+        if (refused := write_refused(request)) is not None:
+            return refused
         field = f"{kind}_id"
         try:
             rec = ControlRecord.erase(kind, request.path_params[field])
         except InvalidControl as exc:
             return _error(400, f"invalid_{field}", f"{field}: {str(exc).split(': ', 1)[-1]}", field=field)
-        try:
-            message: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]] = [(rec.key, rec.to_json(), [])]
-            if state["kafka"] is not None:
-                await asyncio.wait_for(state["kafka"].publish(topics.control, message), PUBLISH_TIMEOUT_S)
-            elif event_sink is not None:
-                await asyncio.wait_for(event_sink(topics.control, message), PUBLISH_TIMEOUT_S)
-            else:
-                return _error(503, "kafka_unavailable", "no Kafka producer")
-        except Exception as exc:  # noqa: BLE001 - broker trouble is the client's 503, not a 500
-            log.warning("publishing erasure %s failed: %s", rec.erasure_id, exc)
-            return _error(503, "kafka_unavailable", "the erasure could not be recorded; retry")
+        if (failed := await publish(topics.control, [(rec.key, rec.to_json(), [])], f"erasure {rec.erasure_id}")) is not None:
+            return failed
         metrics.erasure_requests.labels(kind=kind).inc()
         erases = (["the user's model rows (factors, bias, co-occurrence history) and replay-buffer entries",
                    "the user's seen list and pushes on every serving replica",
