@@ -110,10 +110,19 @@ _REASONS = {
     "string_pattern_mismatch": "invalid_value",
     "string_too_short": "invalid_value",
     "string_too_long": "too_long",
+    "too_long": "too_long",
     "literal_error": "invalid_value",
     "dict_type": "wrong_type",
     "model_type": "wrong_type",
 }
+
+
+def validation_reason(err: Any) -> str:
+    """The ``reason`` label (dead-letter header, metric) of one pydantic validation error."""
+    etype = err["type"]
+    if etype == "json_invalid" and "unicode" in err["msg"].lower():
+        return "invalid_utf8"
+    return _REASONS.get(etype, "wrong_type" if etype.endswith("_type") or etype.endswith("_parsing") else "invalid_value")
 
 
 def _from_validation_error(exc: ValidationError) -> InvalidEvent:
@@ -123,9 +132,7 @@ def _from_validation_error(exc: ValidationError) -> InvalidEvent:
         loc = loc[1:]
     field = ".".join(loc) or None
     etype = err["type"]
-    reason = _REASONS.get(etype, "wrong_type" if etype.endswith("_type") or etype.endswith("_parsing") else "invalid_value")
-    if etype == "json_invalid" and "unicode" in err["msg"].lower():
-        reason = "invalid_utf8"
+    reason = validation_reason(err)
     msg = err["msg"]
     if etype == "union_tag_invalid":
         field, msg = "type", f"unknown event type; expected one of {', '.join(EVENT_TYPES)}"

@@ -49,6 +49,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from streamproc.errors import InvalidEvent
+from streamproc.events import validation_reason
 from streamproc.settings import Settings
 
 __all__ = ["ITEM_SCHEMA_VERSION", "ItemRecord", "InvalidItem", "ItemValidator", "item_text", "catalog_records",
@@ -88,30 +89,10 @@ class ItemRecord(BaseModel):
         return self.model_dump_json(exclude_none=True).encode()
 
 
-_REASONS = {
-    "json_invalid": "invalid_json",
-    "json_type": "invalid_json",
-    "missing": "missing_field",
-    "extra_forbidden": "extra_field",
-    "finite_number": "invalid_value",
-    "string_pattern_mismatch": "invalid_value",
-    "string_too_short": "invalid_value",
-    "string_too_long": "too_long",
-    "too_long": "too_long",
-    "literal_error": "invalid_value",
-    "dict_type": "wrong_type",
-    "model_type": "wrong_type",
-}
-
-
 def _from_validation_error(exc: ValidationError) -> InvalidItem:
     err = exc.errors(include_url=False)[0]
     field = ".".join(str(p) for p in err["loc"]) or None
-    etype = err["type"]
-    reason = _REASONS.get(etype, "wrong_type" if etype.endswith("_type") or etype.endswith("_parsing") else "invalid_value")
-    if etype == "json_invalid" and "unicode" in err["msg"].lower():
-        reason = "invalid_utf8"
-    return InvalidItem(f"{field}: {err['msg']}" if field else err["msg"], reason=reason, field=field)
+    return InvalidItem(f"{field}: {err['msg']}" if field else err["msg"], reason=validation_reason(err), field=field)
 
 
 class ItemValidator:
