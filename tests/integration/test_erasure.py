@@ -140,7 +140,9 @@ def test_erase_a_user_everywhere_then_an_item(loop: tuple[Settings, list[str], s
     producer.send(topics.events, key=VICTIM.encode(), value=json.dumps(late).encode(), timestamp_ms=int((t_ack - 0.5) * 1000))
     producer.flush()
     poll(lambda: _metric(trainer_metrics, "reco_trainer_erasure_dropped_examples_total") >= 1, 60, "the late example dropped", 0.3)
-    time.sleep(1.0)  # a model update after the drop has had time to reach the replicas
+    with EventPublisher(s) as pub:  # a marker learned after the drop: once the replicas know it, they hold every later update
+        pub.publish(_rating("marker-1", "i1", 4.0))
+    poll(lambda: all(_known(b, "marker-1") for b in bases), 60, "a model update after the drop on both replicas", 0.2)
     assert all(_rec(b, VICTIM)["fallback"] for b in bases)
     assert checkpoint_holds(s.checkpoint_dir, VICTIM.encode()) is False
 
@@ -163,7 +165,8 @@ def test_erase_a_user_everywhere_then_an_item(loop: tuple[Settings, list[str], s
     with EventPublisher(s) as pub:  # more feedback on other items: the erased one stays out
         for n in range(40):
             pub.publish(_rating(f"u{n}", f"i{n}", 4.0))
-    time.sleep(2.0)
+        pub.publish(_rating("marker-2", "i1", 4.0))  # once both replicas know it, later updates have reached them
+    poll(lambda: all(_known(b, "marker-2") for b in bases), 60, "the new feedback on both replicas", 0.2)
     assert item_gone()
 
     # after the erasure (+ 1 s clock slack) the same id starts a fresh profile
