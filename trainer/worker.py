@@ -40,7 +40,6 @@ Examples
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import logging
 import os
@@ -415,19 +414,10 @@ class TrainerWorker:
         self.metrics.drift_detections.labels(signal=name).inc()
         log.warning("drift detected: signal=%s index=%s evidence=%s", name, signal.get("index"),
                     json.dumps(signal.get("evidence"), default=str))
-        react = getattr(self.model, "on_drift", None)
-        if react is None:
-            return
-        try:
-            takes_arg = len(inspect.signature(react).parameters) > 0
-        except (TypeError, ValueError):
-            takes_arg = False
-        react(name) if takes_arg else react()
+        self.model.on_drift()  # trainer.protocols.OnlineModel
 
     def _update_model_gauges(self) -> None:
-        replay = getattr(self.model, "replay", None)
-        if replay is None:
-            replay = getattr(self.model, "_replay", None)
+        replay = getattr(self.model, "replay", None)  # a model with a replay buffer (HybridMF) shows its size
         if replay is not None:
             self.metrics.replay_buffer.set(len(replay))
         for table in ("users", "items"):
