@@ -202,7 +202,10 @@ class ItemStream:
     batch, wait for the broker's acknowledgements, commit (at-least-once).
     """
 
-    def __init__(self, worker: Any, *, max_poll_records: int = 500) -> None:
+    # Item texts share the encoder with the events' comments: small fetches keep a catalogue import
+    # (a fresh demo publishes 1,000 items at start) from queueing hundreds of texts ahead of users'
+    # comments.
+    def __init__(self, worker: Any, *, max_poll_records: int = 32) -> None:
         self.worker = worker
         self.settings: Settings = worker.settings
         self.topic = worker.topics.items

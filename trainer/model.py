@@ -1213,6 +1213,13 @@ def warm_up(settings: Any = None) -> None:
         m.learn_one(f"u{n % 2}", f"i{n % 3}", 4.0 + n % 2, event_time=1.0 + n)
     m.learn_one("u0", "i1", kind=KIND_CLICK, event_time=10.0)
     m.learn_one("u1", "i2", None, kind=KIND_COMMENT, embedding=emb, event_time=11.0)
+    # ... and on a batch as the trainer receives it: decoded from bytes, its arrays are read-only,
+    # another numba specialization (without this the first real batch compiled for 2-25 s)
+    mixed = ExampleBatch.build(event_ids=["", "", ""], user_ids=["u0", "u1", "u2"], item_ids=["i0", "i1", "i2"],
+                               kinds=[KIND_RATING, KIND_CLICK, KIND_COMMENT], targets=[4.0, np.nan, 3.0],
+                               event_times=[12.0, 13.0, 14.0], published=[12.0, 13.0, 14.0], processed=[12.0, 13.0, 14.0],
+                               emb_rows=[-1, -1, 0], embeddings=emb.reshape(1, -1))
+    m.learn_batch(ExampleBatch.decode(mixed.encode()))
     m.export(full=True)
     m.rank_scores("u0")
     m.cooc.prune(np.ones(len(m._iids), np.bool_))
