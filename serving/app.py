@@ -291,33 +291,44 @@ def create_app(
             return _error(503, "kafka_unavailable", f"{what} could not be published; retry")
         return None
 
+    async def accept(body: list[Any], parse: Callable[[Any], tuple[str, bytes, bytes]], topic: str, what: str,
+                     none_valid: tuple[str, str]) -> Response:
+        """Validate each element (``parse`` -> id, key, value), publish the valid ones, answer 202
+        with the accepted ids and per-element errors (400 when none was valid, 503 on broker trouble)."""
+        accepted: list[str] = []
+        errors: list[dict[str, Any]] = []
+        messages: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]] = []
+        for n, obj in enumerate(body):
+            try:
+                ident, key, value = parse(obj)
+            except InvalidEvent as exc:
+                errors.append({"index": n, "field": exc.field, "reason": exc.reason, "message": str(exc)})
+                continue
+            accepted.append(ident)
+            messages.append((key, value, []))
+        if messages and (failed := await publish(topic, messages, what)) is not None:
+            return failed
+        status = 202 if accepted or not errors else 400
+        out: dict[str, Any] = {"accepted": accepted, "errors": errors}
+        if status == 400:
+            out.update(detail=none_valid[0], message=none_valid[1])
+        return _Json(out, status_code=status)
+
     async def events(request: Request) -> Response:
         if (refused := write_refused(request)) is not None:
             return refused
         body = await json_list(request, "events", "events")
         if isinstance(body, Response):
             return body
-        accepted: list[str] = []
-        errors: list[dict[str, Any]] = []
-        messages: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]] = []
         now = time.time()
-        for n, obj in enumerate(body):
+
+        def event(obj: Any) -> tuple[str, bytes, bytes]:
             if isinstance(obj, dict):  # same defaults as EventPublisher.publish
                 obj = {"schema_version": SCHEMA_VERSION, "event_id": uuid.uuid4().hex, "event_time": now, **obj}
-            try:
-                ev = validator.parse_obj(obj)
-            except InvalidEvent as exc:
-                errors.append({"index": n, "field": exc.field, "reason": exc.reason, "message": str(exc)})
-                continue
-            accepted.append(ev.event_id)
-            messages.append((ev.user_id.encode(), ev.to_json(), []))
-        if messages and (failed := await publish(topics.events, messages, "events")) is not None:
-            return failed
-        status = 202 if accepted or not errors else 400
-        out: dict[str, Any] = {"accepted": accepted, "errors": errors}
-        if status == 400:
-            out.update(detail="no_valid_events", message="every event was rejected")
-        return _Json(out, status_code=status)
+            ev = validator.parse_obj(obj)
+            return ev.event_id, ev.user_id.encode(), ev.to_json()
+
+        return await accept(body, event, topics.events, "events", ("no_valid_events", "every event was rejected"))
 
     async def items(request: Request) -> Response:
         """``POST /v1/items``: item records, validated (:mod:`streamproc.items`) and published keyed by item_id."""
@@ -326,25 +337,13 @@ def create_app(
         body = await json_list(request, "items", "item records")
         if isinstance(body, Response):
             return body
-        accepted: list[str] = []
-        errors: list[dict[str, Any]] = []
-        messages: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]] = []
         now = time.time()
-        for n, obj in enumerate(body):
-            try:
-                rec = item_validator.parse_obj(item_validator.complete(obj, now))
-            except InvalidEvent as exc:
-                errors.append({"index": n, "field": exc.field, "reason": exc.reason, "message": str(exc)})
-                continue
-            accepted.append(rec.item_id)
-            messages.append((rec.item_id.encode(), rec.to_json(), []))
-        if messages and (failed := await publish(topics.items, messages, "item records")) is not None:
-            return failed
-        status = 202 if accepted or not errors else 400
-        out: dict[str, Any] = {"accepted": accepted, "errors": errors}
-        if status == 400:
-            out.update(detail="no_valid_items", message="every item record was rejected")
-        return _Json(out, status_code=status)
+
+        def item(obj: Any) -> tuple[str, bytes, bytes]:
+            rec = item_validator.parse_obj(item_validator.complete(obj, now))
+            return rec.item_id, rec.item_id.encode(), rec.to_json()
+
+        return await accept(body, item, topics.items, "item records", ("no_valid_items", "every item record was rejected"))
 
     async def erase(request: Request, kind: str) -> Response:
         """``DELETE /v1/users/{id}`` / ``DELETE /v1/items/{id}``: one erasure record on the control topic."""

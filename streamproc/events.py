@@ -117,6 +117,16 @@ _REASONS = {
 }
 
 
+def json_bytes(obj: Any, error: type[InvalidEvent]) -> bytes:
+    """``obj`` (an already-decoded JSON value) as JSON bytes, or ``error`` naming why it cannot be."""
+    try:
+        return json.dumps(obj, allow_nan=False).encode()
+    except (TypeError, ValueError) as exc:
+        raise error(f"not representable as JSON: {exc}", reason="invalid_value") from None
+    except RecursionError:
+        raise error("JSON nested too deeply", reason="invalid_json") from None
+
+
 def validation_reason(err: Any) -> str:
     """The ``reason`` label (dead-letter header, metric) of one pydantic validation error."""
     etype = err["type"]
@@ -174,13 +184,7 @@ class EventValidator:
 
     def parse_obj(self, obj: Any) -> ClickEvent | RatingEvent | CommentEvent:
         """Validate an already-decoded JSON value (e.g. one element of an HTTP batch)."""
-        try:
-            raw = json.dumps(obj, allow_nan=False).encode()
-        except (TypeError, ValueError) as exc:
-            raise InvalidEvent(f"not representable as JSON: {exc}", reason="invalid_value") from None
-        except RecursionError:
-            raise InvalidEvent("JSON nested too deeply", reason="invalid_json") from None
-        return self.parse(raw)
+        return self.parse(json_bytes(obj, InvalidEvent))
 
     def check(self, event: Any) -> Any:
         s = self.settings

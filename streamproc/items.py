@@ -49,7 +49,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from streamproc.errors import InvalidEvent
-from streamproc.events import validation_reason
+from streamproc.events import json_bytes, validation_reason
 from streamproc.settings import Settings
 
 __all__ = ["ITEM_SCHEMA_VERSION", "ItemRecord", "InvalidItem", "ItemValidator", "item_text", "catalog_records",
@@ -125,13 +125,7 @@ class ItemValidator:
 
     def parse_obj(self, obj: Any) -> ItemRecord:
         """Validate an already-decoded JSON value (one element of ``POST /v1/items``)."""
-        try:
-            raw = json.dumps(obj, allow_nan=False).encode()
-        except (TypeError, ValueError) as exc:
-            raise InvalidItem(f"not representable as JSON: {exc}", reason="invalid_value") from None
-        except RecursionError:
-            raise InvalidItem("JSON nested too deeply", reason="invalid_json") from None
-        return self.parse(raw)
+        return self.parse(json_bytes(obj, InvalidItem))
 
     def check(self, rec: ItemRecord) -> ItemRecord:
         s = self.settings
