@@ -154,6 +154,31 @@ def test_metrics_endpoint_counts_requests_by_route_and_status() -> None:
     assert "reco_serving_model_version 1.0" in text and "reco_serving_ready 0.0" in text  # Kafka not started
 
 
+def test_every_route_has_its_own_label_in_the_request_metrics() -> None:
+    sink = Sink()
+    client, store, _ = _client(sink=sink)
+    key = {"X-API-Key": KEY}
+    with client:
+        for method, path, kw in [("POST", "/v1/events", {"json": [_event()], "headers": key}),
+                                 ("POST", "/v1/items", {"json": [{"item_id": "i9", "title": "t"}], "headers": key}),
+                                 ("DELETE", "/v1/users/u1", {"headers": key}), ("DELETE", "/v1/items/i1", {"headers": key}),
+                                 ("GET", "/healthz", {}), ("GET", "/readyz", {}), ("GET", "/try", {}),
+                                 ("GET", "/dashboard", {}), ("GET", "/v1/items/feedback", {}), ("GET", "/v1/items/i1/feedback", {})]:
+            client.request(method, path, **kw)
+        client.get("/metrics")
+    value = store.metrics.registry.get_sample_value
+    assert value("reco_serving_requests_total", {"route": "events", "status": "202"}) == 1
+    assert value("reco_serving_requests_total", {"route": "items", "status": "202"}) == 1
+    assert value("reco_serving_requests_total", {"route": "erase", "status": "202"}) == 2
+    assert value("reco_serving_requests_total", {"route": "healthz", "status": "200"}) == 1
+    assert value("reco_serving_requests_total", {"route": "readyz", "status": "503"}) == 1  # Kafka not started
+    assert value("reco_serving_requests_total", {"route": "metrics", "status": "200"}) == 1
+    assert value("reco_serving_requests_total", {"route": "try", "status": "200"}) == 1
+    assert value("reco_serving_requests_total", {"route": "dashboard", "status": "200"}) == 1
+    assert value("reco_serving_requests_total", {"route": "item_feedback", "status": "200"}) == 2
+    assert [topic for topic, _ in sink.sent] == ["x.events", "x.items", "x.control", "x.control"]
+
+
 def test_swap_is_visible_to_the_next_request() -> None:
     client, store, sm = _client()
     with client:
