@@ -1,4 +1,5 @@
-"""``reco`` commands contributed by the serving package: ``reco serve``, ``reco bench serving``."""
+"""``reco`` commands contributed by the serving package: ``reco serve`` (its benchmarks and the
+whole-loop tools register themselves: ``serving/bench/``, ``serving/ops/``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import logging
 import signal
 import sys
 
-from streamproc.cli import client_settings, print_json
+from streamproc.runtime import client_settings
 from streamproc.settings import Settings
 
 log = logging.getLogger("reco.serve")
@@ -42,20 +43,6 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _cmd_bench_serving(args: argparse.Namespace, settings: Settings) -> int:
-    from serving.bench import run_bench
-
-    out = run_bench(settings, items=args.items, users=args.users, concurrency=args.concurrency,
-                    duration=args.duration, swap_rate=args.swap_rate, http=args.server_http, rounds=args.rounds)
-    if args.json:
-        print_json(out)
-    else:
-        print(f"steady p50 {out['p50_ms']} ms p99 {out['p99_ms']} ms {out['rps']} req/s; during swaps "
-              f"p99 {out['p99_ms_during_swaps']} ms, {out['errors_during_swaps']} errors, {out['swaps_observed']} swaps; filtered "
-              f"(category + 50 excluded ids) p99 {out['p99_ms_filtered']} ms, {out['short_answers_filtered']} short answers")
-    return 0
-
-
 def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
     """Add this package's commands to ``reco``."""
     p = commands.add_parser("serve", help="HTTP + Kafka recommendation API with hot model swaps")
@@ -66,14 +53,3 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     p.add_argument("--try-writes", action="store_true",
                    help="hand the API key to the /try page's own script (same origin only), so it can post events: for demos")
     p.set_defaults(func=_cmd_serve)
-
-    p = bench.add_parser("serving", help="HTTP top-k latency: steady, during model swaps, and with request-time rules (filtered)")
-    p.add_argument("--items", type=int, default=10_000)
-    p.add_argument("--users", type=int, default=1000)
-    p.add_argument("--concurrency", type=int, default=6, help="concurrent HTTP clients (second process)")
-    p.add_argument("--duration", type=float, default=8.0, help="seconds per phase (steady, swaps, filtered)")
-    p.add_argument("--rounds", type=int, default=4, help="alternating steady/swap windows the phases are split into")
-    p.add_argument("--swap-rate", type=float, default=4.0, help="model updates per second during the swap phase")
-    p.add_argument("--server-http", default="auto", choices=["auto", "h11", "httptools"], help="uvicorn HTTP implementation of the server")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_cmd_bench_serving)

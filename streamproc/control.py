@@ -138,7 +138,7 @@ def publish(settings: Any, rec: ControlRecord, *, timeout_s: float = 30.0) -> fl
 
 def _cmd_erase(args: Any, settings: Any) -> int:
     """``reco erase user|item ID``: the same record ``DELETE /v1/users|items/{id}`` publishes."""
-    from streamproc.cli import client_settings, print_json
+    from streamproc.runtime import client_settings, print_json
 
     rec = ControlRecord.erase(args.kind, args.id)
     s = client_settings(settings)

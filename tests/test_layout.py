@@ -97,15 +97,6 @@ def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
     return sorted(out)
 
 
-# Circles known when this test was written (2026-11-27), all through function-level imports. Do not
-# add to this: break a new circle instead.
-KNOWN_CIRCLES = {
-    # the whole-loop supervisor imports the freshness bench and the fault harness to register their
-    # commands; they import it to run the loop. Gone when the tooling leaves serving/ (issue 15).
-    "serving": [["serving.faults", "serving.freshness", "serving.loop"]],
-}
-
-
 def test_circle_finder_sees_function_level_and_relative_imports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pkg = tmp_path / "pkg"
     pkg.mkdir()
@@ -120,20 +111,71 @@ def test_circle_finder_sees_function_level_and_relative_imports(tmp_path: Path, 
     assert _circles(graph) == [["pkg.a", "pkg.b"]]
 
 
-@pytest.mark.parametrize("package", [
-    p if p not in KNOWN_CIRCLES else pytest.param(p, marks=pytest.mark.xfail(
-        strict=True, reason=f"known import circles {KNOWN_CIRCLES[p]} (function-level; see KNOWN_CIRCLES)"))
-    for p in sorted(ORDER)
-])
+@pytest.mark.parametrize("package", sorted(ORDER))
 def test_no_import_circles_inside_a_package(package: str) -> None:
     circles = _circles(_import_graph(package))
     assert not circles, f"import circles in {package}: {circles}"
 
 
+# Tooling subpackages: benchmarks and whole-loop operation. Only the ``reco.commands`` entry points
+# (pyproject.toml) and each other import them; the product never does.
+TOOLING = ("bench", "ops")
+
+
+def _is_tooling(module: str) -> bool:
+    parts = module.split(".")
+    return len(parts) > 1 and parts[1] in TOOLING
+
+
+def _all_imports(path: Path) -> set[str]:
+    """Every absolute module name ``path`` imports (function-level too), ``from a import b`` as a.b too."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+    return out
+
+
 @pytest.mark.parametrize("package", sorted(ORDER))
-def test_no_import_circles_beyond_the_known_ones(package: str) -> None:
-    new = [c for c in _circles(_import_graph(package)) if c not in KNOWN_CIRCLES.get(package, [])]
-    assert not new, f"new import circles in {package}: {new}"
+def test_product_never_imports_tooling_or_tests(package: str) -> None:
+    bad = []
+    for path in (ROOT / package).rglob("*.py"):
+        mod = _module_name(path)
+        for target in _all_imports(path):
+            if target.split(".")[0] in ("tests", "support", "conftest"):
+                bad.append(f"{mod} imports {target} (test helpers stay in tests/)")
+            elif target.split(".")[0] in ORDER and _is_tooling(target) and not _is_tooling(mod):
+                bad.append(f"{mod} imports {target} (bench/ops are registered through the reco.commands entry points)")
+    assert not bad, bad
+
+
+def test_tooling_checks_see_function_level_imports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pkg = tmp_path / "serving"
+    (pkg / "bench").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "bench" / "__init__.py").write_text("")
+    (pkg / "bench" / "http.py").write_text("from serving import app\n")
+    (pkg / "app.py").write_text("def f():\n    from serving.bench import http\n")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    with pytest.raises(AssertionError, match=r"serving.app imports serving.bench.http"):
+        test_product_never_imports_tooling_or_tests("serving")
+
+
+def test_entry_points_name_the_command_modules() -> None:
+    """Every ``reco.commands`` entry point in pyproject.toml names a module with ``register``, and
+    every tooling subpackage is registered there (else its commands would silently vanish)."""
+    import importlib
+    import tomllib
+
+    eps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]["reco.commands"]
+    for name, target in eps.items():
+        module, _, attr = target.partition(":")
+        assert callable(getattr(importlib.import_module(module), attr, None)), f"entry point {name} = {target}: no such function"
+    tooling = {".".join(p.relative_to(ROOT).parts[:2]) for pkg in ORDER for sub in TOOLING for p in [ROOT / pkg / sub] if p.is_dir()}
+    registered = {t.partition(":")[0] for t in eps.values()}
+    assert tooling <= registered, f"tooling subpackages without an entry point: {sorted(tooling - registered)}"
 
 
 def test_no_pickle_on_any_code_path() -> None:

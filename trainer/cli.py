@@ -1,19 +1,12 @@
-"""``reco`` commands contributed by the trainer package: ``reco trainer`` and ``reco bench trainer``."""
+"""``reco`` commands contributed by the trainer package: ``reco trainer``."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import signal
-import threading
 import time
-from typing import Any
 
 from streamproc.settings import Settings
-from trainer.bench import register_bench
-from trainer.feedback_bench import register_bench as register_feedback_bench
-from trainer.quality import register_bench as register_quality_bench
-from trainer.update_bench import register_bench as register_updates_bench
 
 __all__ = ["register"]
 
@@ -25,20 +18,13 @@ def _cmd_trainer(args: argparse.Namespace, settings: Settings) -> int:
     from prometheus_client import start_http_server
 
     from streamproc.broker import wait_for_kafka
-    from streamproc.cli import client_settings
     from streamproc.kafka import create_topics
+    from streamproc.runtime import client_settings, stop_on_signals
     from trainer.model import warm_up
     from trainer.worker import TrainerWorker
 
     settings = client_settings(settings)
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: Any) -> None:
-        log.info("signal %d: finishing the batch, publishing a final delta, checkpointing", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_on_signals("finishing the batch, publishing a final delta, checkpointing", logger=log)
     wait_for_kafka(settings.kafka_bootstrap, 30, **settings.kafka_client_config())
     create_topics(settings)  # idempotent; the trainer may start before the stream workers
     # compile the learning kernels before /metrics answers (what `reco demo` waits for): on a fresh
@@ -56,11 +42,7 @@ def _cmd_trainer(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
-    """Add ``reco trainer`` and ``reco bench trainer``."""
+    """Add ``reco trainer`` (the benchmarks register themselves: ``trainer/bench/``)."""
     p = commands.add_parser(
         "trainer", help="learn from the examples topic and publish model updates (one active per group, others stand by)")
     p.set_defaults(func=_cmd_trainer)
-    register_bench(bench)
-    register_quality_bench(bench)
-    register_updates_bench(bench)
-    register_feedback_bench(bench)

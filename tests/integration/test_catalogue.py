@@ -22,9 +22,10 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
+from support import poll
+
 from serving.app import create_app
 from serving.bench import SyntheticModel
-from serving.faults import poll
 from streamproc.examples import KIND_ITEM, ExampleBatch
 from streamproc.kafka import client_config, read_all
 from streamproc.publisher import ItemPublisher
@@ -185,7 +186,7 @@ def test_whole_loop_catalogue_rules_and_a_hidden_item() -> None:
 
     import httpx
 
-    from serving.loop import running_loop
+    from serving.ops.loop import running_loop
     from streamproc.broker import free_port
     from streamproc.publisher import EventPublisher
 

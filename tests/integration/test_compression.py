@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from streamproc.bench import CODECS, codec_pass
+from streamproc.bench.ingest import CODECS, codec_pass
 from streamproc.examples import ExampleBatch
 from streamproc.kafka import read_all
 from streamproc.settings import Settings
@@ -23,7 +23,7 @@ def fake_encode(texts: list[str]) -> np.ndarray:
 
 
 def _events(n: int) -> list[tuple[float, str, bytes]]:
-    from streamproc.cli import _bench_events
+    from streamproc.bench.ingest import _bench_events
 
     return _bench_events(n, 0, 0)[0]
 
@@ -81,7 +81,7 @@ def test_trainer_producer_uses_the_setting(settings: Settings) -> None:
 
 
 def test_bench_updates_reports_bytes_and_times_per_codec(settings: Settings, tmp_path) -> None:
-    from trainer.update_bench import run_bench
+    from trainer.bench.updates import run_bench
 
     out = run_bench(settings, ratings=str(tmp_path / "none.csv"), limit=3000, deltas=2, codecs=("none", "zstd"))
     assert out["source"] == "synthetic"

@@ -15,9 +15,9 @@ import pytest
 import uvicorn
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from starlette.applications import Starlette
+from support import poll  # the one deadline-poll helper (raises TimeoutError)
 
 from serving.dashboard import routes
-from serving.faults import poll  # the one deadline-poll helper (raises TimeoutError)
 from streamproc.broker import free_port
 from streamproc.settings import Settings
 

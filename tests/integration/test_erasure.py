@@ -15,10 +15,10 @@ from typing import Any
 
 import httpx
 import pytest
+from support import poll
 
-from serving.erasure_bench import checkpoint_holds
-from serving.faults import poll
-from serving.loop import running_loop
+from serving.bench.erasure import checkpoint_holds
+from serving.ops.loop import running_loop
 from streamproc.broker import free_port
 from streamproc.kafka import client_config, read_all
 from streamproc.publisher import EventPublisher

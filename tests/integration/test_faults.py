@@ -9,7 +9,7 @@
 - a 10 s broker outage (own broker, restarted on the same port): serving keeps answering with the
   last model, ``/readyz`` is 503 with a reason and back to 200, new events are learned afterwards.
 
-The harness is :class:`serving.faults.FaultHarness` (also behind ``reco bench faults``).
+The harness is :class:`serving.ops.faults.FaultHarness` (also behind ``reco bench faults``).
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from support import poll
 
-from serving.faults import FaultHarness, loop_settings, metric_sum, poison_messages, poll, scrape, synthetic_events
-from serving.loop import running_loop
+from serving.ops.faults import FaultHarness, loop_settings, metric_sum, poison_messages, scrape, synthetic_events
+from serving.ops.loop import running_loop
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import uvicorn
 from prometheus_client import CollectorRegistry
+from support import poll  # the one deadline-poll helper (raises TimeoutError)
 
 from serving.app import create_app
-from serving.faults import poll  # the one deadline-poll helper (raises TimeoutError)
 from serving.metrics import ServingMetrics
 from serving.store import ModelStore
 from streamproc.broker import free_port

@@ -15,9 +15,9 @@ from typing import Any
 
 import httpx
 import pytest
+from support import poll
 
-from serving.faults import poll
-from serving.loop import running_loop
+from serving.ops.loop import running_loop
 from streamproc.broker import free_port
 from streamproc.examples import ExampleBatch
 from streamproc.kafka import client_config, read_all

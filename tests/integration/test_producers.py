@@ -22,9 +22,10 @@ from typing import Any
 
 import httpx
 import pytest
+from support import poll
 
-from serving.faults import FaultHarness, loop_settings, metric_sum, poll, scrape, synthetic_events
-from serving.loop import running_loop
+from serving.ops.faults import FaultHarness, loop_settings, metric_sum, scrape, synthetic_events
+from serving.ops.loop import running_loop
 from streamproc.kafka import client_config, read_all
 from streamproc.undecodable import undecodable
 

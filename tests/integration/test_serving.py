@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from prometheus_client import CollectorRegistry
-
-from serving.faults import poll  # the one deadline-poll helper (raises TimeoutError)
+from support import poll  # the one deadline-poll helper (raises TimeoutError)
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
+from support import poll  # the one deadline-poll helper (raises TimeoutError)
 
-from serving.faults import poll  # the one deadline-poll helper (raises TimeoutError)
 from streamproc.examples import KIND_CLICK, KIND_RATING, ExampleBatch
 from streamproc.kafka import client_config, read_all
 from streamproc.settings import Settings

@@ -19,9 +19,9 @@ from typing import Any
 
 import httpx
 import pytest
+from support import poll  # the one deadline-poll helper (raises TimeoutError)
 
-from serving.faults import poll  # the one deadline-poll helper (raises TimeoutError)
-from serving.loop import running_loop
+from serving.ops.loop import running_loop
 from streamproc.broker import free_port
 from streamproc.demo_data import DemoData
 from streamproc.replay import replay

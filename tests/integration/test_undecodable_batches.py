@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
+from support import poll
 
-from serving.faults import poll
 from streamproc.examples import ExampleBatch
 from streamproc.kafka import client_config, read_all
 from streamproc.settings import Settings

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving.scale_bench import TARGETS, _verdicts, synthetic_stream
+from serving.bench.scale import TARGETS, _verdicts, synthetic_stream
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -98,7 +98,7 @@ def _shard_models(n: int = 2):
 
 
 def test_item_sharing_gives_every_shard_every_item_and_counts_each_event_once() -> None:
-    from serving.shard_bench import ItemSharing
+    from serving.bench.shards import ItemSharing
 
     models = _shard_models()
     share = ItemSharing()
@@ -115,8 +115,8 @@ def test_item_sharing_gives_every_shard_every_item_and_counts_each_event_once() 
 
 
 def test_shard_simulation_on_a_small_stream() -> None:
-    from serving.shard_bench import simulate
-    from trainer.quality import demo_stream
+    from serving.bench.shards import simulate
+    from trainer.bench.quality import demo_stream
 
     stream = demo_stream(events=3000, users=60, items=80)
     params = {"n_factors": 8, "seed": 3, "rank_sample": 0.0}

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from streamproc import encoder as encoder_mod
-from streamproc.bench import _auc, review_texts, sentiment_auc
+from streamproc.bench.encoder import _auc, review_texts, sentiment_auc
 from streamproc.encoder import SLICE_TEXTS, MicroBatcher, TextEncoder, get_encoder, native_bf16
 from streamproc.errors import ConfigError, RecoError
 from streamproc.settings import Settings
@@ -300,7 +300,7 @@ def test_arguments_are_checked() -> None:
 
 
 def test_review_texts_fall_back_to_built_in_comments_without_the_sample(tmp_path, monkeypatch) -> None:
-    from streamproc import bench
+    from streamproc.bench import encoder as bench
 
     monkeypatch.setattr(bench, "DEFAULT_REVIEWS", tmp_path / "absent.jsonl")
     texts, ratings, source = review_texts(None, 300)

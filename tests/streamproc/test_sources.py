@@ -111,7 +111,7 @@ def test_benchmarks_fall_back_to_demo_data_without_a_dataset_beside_the_clone(mo
 def test_a_dataset_source_carries_titles_and_its_most_active_users(tmp_path: Path) -> None:
     import argparse
 
-    from streamproc.cli import event_source
+    from streamproc.sources import event_source
 
     args = argparse.Namespace(dataset=str(_ml(tmp_path)), reviews=None, users=5, items=5, seed=1, comments=0.15)
     src = event_source(args)

@@ -172,7 +172,7 @@ def test_bad_update_shapes_are_refused() -> None:
 def test_bench_feedback_reports_false_alarms_and_delays(tmp_path: Path) -> None:
     """``reco bench feedback`` on a small reviews file: stable items are never flagged, a 2-point
     drop is caught, and the magnitude-only anchor is reported beside it."""
-    from trainer.feedback_bench import run_bench
+    from trainer.bench.feedback import run_bench
 
     rng = np.random.default_rng(0)
     lines = [json.dumps({"user_id": f"u{j}", "item_id": f"i{j % 3}", "rating": float(rng.choice([2, 3, 4, 4, 5, 5])),

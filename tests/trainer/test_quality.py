@@ -11,8 +11,8 @@ import pytest
 
 from streamproc.errors import RecoError
 from streamproc.examples import KIND_COMMENT
+from trainer.bench.quality import evaluate, flip_half, load_stream, rating_drift
 from trainer.model import HybridMF
-from trainer.quality import evaluate, flip_half, load_stream, rating_drift
 
 
 def _sequential_csv(path: Path, n_users: int = 120, n_items: int = 300, seed: int = 0) -> Path:

@@ -9,16 +9,7 @@ items, plus 50 excluded ids of that category: ``p99_ms_filtered``, ``short_answe
 answers with fewer than k items although k eligible items exist). A correctness sweep after the
 timed phases asks every user once with the same rules and counts answers that break them.
 
-:class:`SyntheticModel` is also the update generator of the serving tests.
-
-Examples
---------
->>> m = SyntheticModel(n_users=3, n_items=5, factors=2)
->>> [u.header["kind"] for u in m.snapshot(max_bytes=10_000)]
-['snapshot']
->>> d = m.delta(rows=2)
->>> d.header["version"], d.header["base_version"], len(d.header["item_ids"])
-(2, 1, 2)
+The model is a :class:`serving.bench.synthetic.SyntheticModel`.
 """
 
 from __future__ import annotations
@@ -35,100 +26,11 @@ from typing import Any
 
 import numpy as np
 
+from serving.bench.synthetic import SyntheticModel
+from streamproc.runtime import embedded_or_configured, print_json
 from streamproc.settings import Settings
-from trainer.updates import ModelUpdate
 
-__all__ = ["SyntheticModel", "run_bench", "percentile"]
-
-
-class SyntheticModel:
-    """A random factor model that emits snapshots and chained deltas (the trainer's contract).
-
-    Parameters
-    ----------
-    n_users, n_items, factors
-        Table sizes.
-    seed
-        Seed of every random draw.
-    """
-
-    def __init__(self, n_users: int = 600, n_items: int = 9000, factors: int = 32, seed: int = 0, *,
-                 candidates: int = 0, ranking: dict[str, float] | None = None) -> None:
-        self.n_users, self.n_items, self.factors, self.seed = n_users, n_items, factors, seed
-        # candidates > 0: users carry that many sparse neighbourhood scores and updates carry the
-        # ranking blend (the trainer's HybridMF export); 0: the plain factor model
-        self.candidates, self.ranking = candidates, ranking
-        self._rng = np.random.default_rng(seed)
-        r = self._rng
-        self.user_ids = [f"u{i}" for i in range(n_users)]
-        self.item_ids = [f"i{i}" for i in range(n_items)]
-        self.user_factors = (r.normal(size=(n_users, factors)) * 0.3).astype(np.float32)
-        self.user_bias = (r.normal(size=n_users) * 0.1).astype(np.float32)
-        self.item_factors = (r.normal(size=(n_items, factors)) * 0.3).astype(np.float32)
-        self.item_bias = (r.normal(size=n_items) * 0.1).astype(np.float32)
-        self.item_popularity = np.sort(r.exponential(size=n_items).astype(np.float32))[::-1].copy()
-        self.version = 0
-        self.global_mean = 3.5
-        self.item_log_popularity = np.log(self.item_popularity + 1e-3).astype(np.float32)
-        self.user_candidates = [list(r.choice(n_items, min(candidates, n_items), replace=False)) for _ in range(n_users)]
-        self.user_candidate_scores = np.sort(r.random((n_users, candidates)).astype(np.float32), axis=1)[:, ::-1].copy()
-
-    def _blend(self, header: dict[str, Any], tensors: dict[str, np.ndarray], ui: np.ndarray, ii: np.ndarray) -> None:
-        if not self.candidates:
-            return
-        header["ranking"] = self.ranking or {"knn": 1.0, "popularity": 0.2, "mf": 0.0, "rating_span": 4.5}
-        header["user_candidates"] = [[self.item_ids[c] for c in self.user_candidates[u]] for u in ui.tolist()]
-        tensors["user_candidate_scores"] = self.user_candidate_scores[ui]
-        tensors["item_log_popularity"] = self.item_log_popularity[ii]
-
-    def snapshot(self, *, max_bytes: int = 1_000_000, published: list[list[Any]] | None = None) -> list[ModelUpdate]:
-        """The whole model as a new version, chunked by rows so each message fits ``max_bytes``."""
-        self.version += 1
-        row_bytes = 4 * (self.factors + 2) + 16
-        per_chunk = max(1, int(max_bytes * 0.8) // row_bytes)
-        rows = [("user", i) for i in range(self.n_users)] + [("item", i) for i in range(self.n_items)]
-        parts = [rows[s : s + per_chunk] for s in range(0, len(rows), per_chunk)]
-        out = []
-        for c, part in enumerate(parts):
-            ui = np.array([i for t, i in part if t == "user"], np.int64)
-            ii = np.array([i for t, i in part if t == "item"], np.int64)
-            header = {"version": self.version, "kind": "snapshot", "chunk": c, "chunks": len(parts),
-                      "global_mean": self.global_mean, "user_ids": [self.user_ids[i] for i in ui],
-                      "item_ids": [self.item_ids[i] for i in ii], "published": (published or []) if c == 0 else [],
-                      "created": time.time()}
-            tensors = {"user_factors": self.user_factors[ui], "user_bias": self.user_bias[ui],
-                       "item_factors": self.item_factors[ii], "item_bias": self.item_bias[ii],
-                       "item_popularity": self.item_popularity[ii]}
-            self._blend(header, tensors, ui, ii)
-            out.append(ModelUpdate(header, tensors))
-        return out
-
-    def delta(self, rows: int = 200, *, published: list[list[Any]] | None = None, new_items: int = 0) -> ModelUpdate:
-        """A delta touching ``rows`` random item rows and ``rows // 10`` user rows (+ new items)."""
-        r = self._rng
-        for _ in range(new_items):
-            self.item_ids.append(f"i{len(self.item_ids)}")
-        if new_items:
-            self.item_factors = np.vstack([self.item_factors, (r.normal(size=(new_items, self.factors)) * 0.3).astype(np.float32)])
-            self.item_bias = np.concatenate([self.item_bias, np.zeros(new_items, np.float32)])
-            self.item_popularity = np.concatenate([self.item_popularity, np.zeros(new_items, np.float32)])
-            self.item_log_popularity = np.concatenate([self.item_log_popularity, np.full(new_items, -1e9, np.float32)])
-            self.n_items += new_items
-        ii = np.unique(np.concatenate([r.choice(self.n_items, min(rows, self.n_items), replace=False),
-                                       np.arange(self.n_items - new_items, self.n_items)]))
-        ui = np.unique(r.choice(self.n_users, max(1, min(rows // 10, self.n_users)), replace=False))
-        self.item_factors[ii] += (r.normal(size=(len(ii), self.factors)) * 0.05).astype(np.float32)
-        self.user_factors[ui] += (r.normal(size=(len(ui), self.factors)) * 0.05).astype(np.float32)
-        self.version += 1
-        now = time.time()
-        header = {"version": self.version, "kind": "delta", "base_version": self.version - 1, "global_mean": self.global_mean,
-                  "user_ids": [self.user_ids[i] for i in ui], "item_ids": [self.item_ids[i] for i in ii],
-                  "published": published if published is not None else [[self.user_ids[i], self.item_ids[ii[0]], now] for i in ui[:5]],
-                  "newest_published": now, "created": now}
-        tensors = {"user_factors": self.user_factors[ui], "user_bias": self.user_bias[ui],
-                   "item_factors": self.item_factors[ii], "item_bias": self.item_bias[ii]}
-        self._blend(header, tensors, ui, ii)
-        return ModelUpdate(header, tensors)
+__all__ = ["run_bench", "percentile", "register_bench"]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -202,7 +104,7 @@ def _client_main(argv: list[str]) -> int:
 
 def _run_client(url: str, users: int, concurrency: int, duration: float, query: str = "") -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "serving.bench", "--url", url, "--users", str(users),
+        [sys.executable, "-m", "serving.bench.http", "--url", url, "--users", str(users),
          "--concurrency", str(concurrency), "--duration", str(duration), "--query", query],
         stdout=subprocess.PIPE, text=True,
     )
@@ -325,7 +227,6 @@ def run_bench(settings: Settings, *, items: int = 10_000, users: int = 1000, fac
     from kafka import KafkaProducer
 
     from streamproc.broker import free_port
-    from streamproc.cli import embedded_or_configured
     from streamproc.kafka import client_config
     from streamproc.topics import Topics
 
@@ -459,6 +360,31 @@ def run_bench(settings: Settings, *, items: int = 10_000, users: int = 1000, fac
         "cpu_count": os.cpu_count(),
         "note": "client and server share the machine's cores (and other engineers' work)",
     }
+
+
+def _cmd_bench_serving(args: argparse.Namespace, settings: Settings) -> int:
+    out = run_bench(settings, items=args.items, users=args.users, concurrency=args.concurrency,
+                    duration=args.duration, swap_rate=args.swap_rate, http=args.server_http, rounds=args.rounds)
+    if args.json:
+        print_json(out)
+    else:
+        print(f"steady p50 {out['p50_ms']} ms p99 {out['p99_ms']} ms {out['rps']} req/s; during swaps "
+              f"p99 {out['p99_ms_during_swaps']} ms, {out['errors_during_swaps']} errors, {out['swaps_observed']} swaps; filtered "
+              f"(category + 50 excluded ids) p99 {out['p99_ms_filtered']} ms, {out['short_answers_filtered']} short answers")
+    return 0
+
+
+def register_bench(bench: argparse._SubParsersAction) -> None:
+    p = bench.add_parser("serving", help="HTTP top-k latency: steady, during model swaps, and with request-time rules (filtered)")
+    p.add_argument("--items", type=int, default=10_000)
+    p.add_argument("--users", type=int, default=1000)
+    p.add_argument("--concurrency", type=int, default=6, help="concurrent HTTP clients (second process)")
+    p.add_argument("--duration", type=float, default=8.0, help="seconds per phase (steady, swaps, filtered)")
+    p.add_argument("--rounds", type=int, default=4, help="alternating steady/swap windows the phases are split into")
+    p.add_argument("--swap-rate", type=float, default=4.0, help="model updates per second during the swap phase")
+    p.add_argument("--server-http", default="auto", choices=["auto", "h11", "httptools"], help="uvicorn HTTP implementation of the server")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_bench_serving)
 
 
 if __name__ == "__main__":

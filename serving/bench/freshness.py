@@ -22,6 +22,7 @@ import time
 import uuid
 from typing import Any
 
+from streamproc.runtime import print_json
 from streamproc.settings import Settings
 
 __all__ = ["register_bench", "run_freshness"]
@@ -50,7 +51,7 @@ def run_freshness(settings: Settings, *, probes: int = 30, comment_probes: int =
     import httpx
     from kafka import KafkaConsumer, KafkaProducer
 
-    from serving.loop import running_loop, wait_http
+    from serving.ops.loop import running_loop, wait_http
     from streamproc.kafka import client_config
     from streamproc.replay import bench_events, replay
     from streamproc.topics import Topics
@@ -160,8 +161,6 @@ def _metric_value(text: str, name: str) -> float | None:
 
 
 def _cmd(args: argparse.Namespace, settings: Settings) -> int:
-    from streamproc.cli import print_json
-
     out = run_freshness(settings, probes=args.probes, comment_probes=args.comment_probes, background_rate=args.background_rate)
     print_json(out) if args.json else print(out)
     return 0

@@ -1,4 +1,5 @@
-"""The whole loop on one machine: ``reco up``, ``reco demo`` and ``reco bench freshness``.
+"""The whole loop on one machine: ``reco up`` and ``reco demo`` (``reco bench freshness``,
+``reco bench erasure`` and the fault harness run it too).
 
 ``reco up`` starts the embedded broker (unless ``RECO_KAFKA_BOOTSTRAP`` is set), creates the
 topics and runs streamproc, trainer and serving as supervised child processes: one merged log
@@ -24,8 +25,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from streamproc.cli import add_source_args, embedded_or_configured
+from streamproc.runtime import embedded_or_configured, stop_on_signals
 from streamproc.settings import Settings
+from streamproc.sources import add_source_args
 
 __all__ = ["Supervisor", "Role", "register"]
 
@@ -163,17 +165,6 @@ def running_loop(settings: Settings, *, log: Any = sys.stderr, roles: dict[str, 
         yield s, sup
 
 
-def _stop_flag() -> threading.Event:
-    stop = threading.Event()
-
-    def handler(signum: int, frame: Any) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-    return stop
-
-
 def wait_http(url: str, timeout: float = 120.0, stop: threading.Event | None = None) -> bool:
     import httpx
 
@@ -189,7 +180,7 @@ def wait_http(url: str, timeout: float = 120.0, stop: threading.Event | None = N
 
 
 def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:
-    stop = _stop_flag()
+    stop = stop_on_signals()
     with running_loop(settings) as (s, sup):
         base = f"http://{s.http_host}:{s.http_port}"
         print(f"reco up: broker {s.kafka_bootstrap}; API {base}/v1/users/<id>/recommendations; "
@@ -246,10 +237,10 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
     import httpx
 
-    from streamproc.cli import event_source
     from streamproc.replay import replay
+    from streamproc.sources import event_source
 
-    stop = _stop_flag()
+    stop = stop_on_signals()
     generated = not (args.dataset or args.reviews)
     speed = args.speed or ("300" if generated else "2000")
     rate = None if speed == "max" else _positive(speed, "--speed")
@@ -330,7 +321,7 @@ def _positive(raw: str, flag: str) -> float:
 
 
 def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
-    """Add ``reco up``, ``reco demo`` and ``reco bench freshness``."""
+    """Add ``reco up`` and ``reco demo``."""
     p = commands.add_parser("up", help="run the whole service (broker, topics, streamproc, trainer, serving) supervised")
     p.add_argument("--duration", type=float, default=0, help="stop after this many seconds (default: until Ctrl-C)")
     p.set_defaults(func=_cmd_up)
@@ -343,10 +334,3 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     p.add_argument("--duration", type=float, default=0, help="stop after this many seconds (default: until Ctrl-C)")
     p.add_argument("--log-file", help="write the roles' logs here instead of stderr")
     p.set_defaults(func=_cmd_demo)
-
-    from serving.freshness import register_bench
-
-    register_bench(bench)
-    from serving.faults import register_bench as register_faults_bench
-
-    register_faults_bench(bench)

@@ -47,7 +47,7 @@ DROPS = (1.0, 1.5, 2.0)
 
 
 #: Real reviews beside the clone (development only; the product never needs them).
-DEFAULT_REVIEWS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "yelp-sample" / "reviews.jsonl"
+DEFAULT_REVIEWS = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "yelp-sample" / "reviews.jsonl"
 
 
 def _reviews(path: str | None) -> tuple[list[str], np.ndarray, np.ndarray, list[str], str]:
@@ -224,7 +224,7 @@ def run_bench(reviews: str | None = None, trials: int = 20, head: bool = False) 
 
 
 def _cmd_bench_feedback(args: argparse.Namespace, settings: Any) -> int:
-    from streamproc.cli import print_result
+    from streamproc.runtime import print_result
 
     print_result(run_bench(args.reviews, args.trials, args.head), args.json)
     return 0

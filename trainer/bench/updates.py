@@ -30,7 +30,7 @@ CODECS = ("none", "gzip", "snappy", "lz4", "zstd")
 
 
 def _ratings(path: str, limit: int) -> tuple[list[str], list[str], np.ndarray, np.ndarray, str]:
-    from trainer.bench import load_ratings
+    from trainer.bench.learn import load_ratings
 
     if Path(path).is_file():
         u, i, r, t = load_ratings(path)
@@ -80,10 +80,10 @@ def _codec_ms(values: list[bytes], codec: str, rounds: int = 3) -> tuple[float, 
 def run_bench(settings: Settings, *, ratings: str, limit: int = 0, deltas: int = 20, codecs: tuple[str, ...] = CODECS) -> dict[str, Any]:
     from prometheus_client import CollectorRegistry
 
-    from streamproc.cli import embedded_or_configured
     from streamproc.kafka import read_all
+    from streamproc.runtime import embedded_or_configured
     from streamproc.topics import Topics
-    from trainer.bench import rating_batches
+    from trainer.bench.learn import rating_batches
     from trainer.worker import TrainerWorker
 
     u, i, r, t, source = _ratings(ratings, limit)
@@ -142,7 +142,7 @@ def run_bench(settings: Settings, *, ratings: str, limit: int = 0, deltas: int =
 
 
 def _cmd_bench_updates(args: argparse.Namespace, settings: Settings) -> int:
-    from trainer.bench import DEFAULT_RATINGS
+    from trainer.bench.learn import DEFAULT_RATINGS
 
     out = run_bench(settings, ratings=args.ratings or str(DEFAULT_RATINGS), limit=args.limit, deltas=args.deltas,
                     codecs=tuple(c for c in args.codecs.split(",") if c))

@@ -52,7 +52,7 @@ from streamproc.settings import Settings
 __all__ = ["Stream", "load_stream", "evaluate", "register_bench"]
 
 log = logging.getLogger("reco.bench.quality")
-DEFAULT_DATASET = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "ml-latest-small"
+DEFAULT_DATASET = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "ml-latest-small"
 COLD = 5  # a user/item with fewer prior events is "cold"
 DENSE_KNN_MAX_ITEMS = 16_384
 SPARSE_KNN_HISTORY = 500
@@ -597,7 +597,7 @@ def _cmd_bench_quality(args: argparse.Namespace, settings: Settings) -> int:
             out["drift"][name] = {k: r[k] for k in ("hr10", "ndcg10", "rmse")}
     out["targets"] = {"hr10_ratio_vs_best_anchor": 1.3, "ndcg10_ratio_vs_best_anchor": 1.3, "events_per_s": 100_000}
     out["seconds"] = round(time.perf_counter() - t0, 1)
-    from streamproc.cli import print_result
+    from streamproc.runtime import print_result
 
     print_result(out, args.json)
     return 0

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from streamproc.runtime import print_result
 from streamproc.settings import Settings
 
 __all__ = ["ItemSharing", "simulate", "run_shards", "register_bench"]
@@ -161,11 +162,11 @@ def simulate(stream: Any, params: dict[str, Any], *, shards: int, sync: int, eve
 
 def run_shards(settings: Settings, *, shard_counts: tuple[int, ...] = (1, 2, 4), syncs: tuple[int, ...] = (0, 1_000, 10_000),
                limit: int = 0, every: int = 5) -> dict[str, Any]:
-    from trainer.quality import DEFAULT_DATASET, demo_stream, load_stream
+    from trainer.bench.quality import DEFAULT_DATASET, demo_stream, load_stream
 
     stream = load_stream(dataset=DEFAULT_DATASET) if DEFAULT_DATASET.is_dir() else demo_stream()
     if limit:
-        from trainer.quality import Stream
+        from trainer.bench.quality import Stream
 
         stream = Stream(stream.users[:limit], stream.items[:limit], stream.kinds[:limit], stream.ratings[:limit], stream.times[:limit],
                         [None] * min(limit, len(stream)), stream.source)
@@ -186,8 +187,6 @@ def run_shards(settings: Settings, *, shard_counts: tuple[int, ...] = (1, 2, 4),
 
 
 def _cmd(args: argparse.Namespace, settings: Settings) -> int:
-    from streamproc.cli import print_result
-
     out = run_shards(settings, shard_counts=tuple(int(x) for x in args.shards.split(",")),
                      syncs=tuple(int(x) for x in args.syncs.split(",")), limit=args.limit, every=args.every)
     print_result(out, args.json)

@@ -32,7 +32,7 @@ from streamproc.settings import Settings
 __all__ = ["register_bench", "load_ratings", "rating_batches"]
 
 log = logging.getLogger("reco.bench.trainer")
-DEFAULT_RATINGS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "ml-latest-small" / "ratings.csv"
+DEFAULT_RATINGS = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "ml-latest-small" / "ratings.csv"
 
 
 def load_ratings(path: str | Path) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
@@ -118,7 +118,7 @@ def _cmd_bench_trainer(args: argparse.Namespace, settings: Settings) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     if args.ratings is None and not DEFAULT_RATINGS.is_file():
         # nothing beside the clone: the built-in demo data's ratings (and rated comments)
-        from trainer.quality import demo_stream
+        from trainer.bench.quality import demo_stream
 
         s = demo_stream()
         keep = ~np.isnan(s.ratings)
@@ -236,7 +236,7 @@ def _cmd_bench_trainer(args: argparse.Namespace, settings: Settings) -> int:
         out["target_speed_ratio"] = 4.0
         out["meets_targets"] = bool(out["rmse_ratio_vs_river_biasedmf"] <= 0.99 and out["speed_ratio_vs_river_biasedmf"] >= 4.0)
     out = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}
-    from streamproc.cli import print_result
+    from streamproc.runtime import print_result
 
     print_result(out, args.json)
     return 0

@@ -29,9 +29,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from streamproc.runtime import print_result
 from streamproc.settings import Settings
 
-__all__ = ["run_erasure", "register", "checkpoint_holds", "TARGET_P99_S"]
+__all__ = ["run_erasure", "register_bench", "checkpoint_holds", "TARGET_P99_S"]
 
 TARGET_P99_S = 5.0
 
@@ -78,7 +79,7 @@ def run_erasure(settings: Settings, *, erasures: int = 20, replicas: int = 2, ra
     checkpoints and snapshots take longer)."""
     import httpx
 
-    from serving.loop import running_loop, wait_http
+    from serving.ops.loop import running_loop, wait_http
     from streamproc.broker import free_port
     from streamproc.publisher import EventPublisher
     from streamproc.replay import bench_events, replay
@@ -233,16 +234,14 @@ def _metric(text: str, name: str) -> float | None:
 
 
 def _cmd(args: argparse.Namespace, settings: Settings) -> int:
-    from streamproc.cli import print_result
-
     out = run_erasure(settings, erasures=args.erasures, replicas=args.replicas, background_rate=args.background_rate,
                       preload=args.preload)
     print_result(out, args.json)
     return 0
 
 
-def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
-    """Add ``reco bench erasure`` (``reco.commands`` entry point)."""
+def register_bench(bench: argparse._SubParsersAction) -> None:
+    """Add ``reco bench erasure``."""
     p = bench.add_parser("erasure", help="DELETE acknowledged -> user absent from every serving replica and the newest checkpoint")
     p.add_argument("--erasures", type=int, default=20, help="users erased one after another (default 20)")
     p.add_argument("--replicas", type=int, default=2, help="serving replicas (default 2)")

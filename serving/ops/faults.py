@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from streamproc.runtime import poll, print_json
 from streamproc.settings import Settings
 
 __all__ = ["FaultHarness", "synthetic_events", "poison_messages", "http_fuzz", "register_bench", "run_faults"]
@@ -116,17 +117,6 @@ def metric_sum(samples: dict[str, float], name: str) -> float | None:
     return sum(vals) if vals else None
 
 
-def poll(fn: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
-
-
 @dataclass
 class Kill:
     role: str
@@ -143,9 +133,9 @@ class FaultHarness:
     Parameters
     ----------
     settings
-        The settings yielded by :func:`serving.loop.running_loop`.
+        The settings yielded by :func:`serving.ops.loop.running_loop`.
     sup
-        Its :class:`serving.loop.Supervisor` (roles ``streamproc``, ``trainer``, ``serve``).
+        Its :class:`serving.ops.loop.Supervisor` (roles ``streamproc``, ``trainer``, ``serve``).
     ports
         ``{"http": …, "streamproc": …, "trainer": …}`` (the roles' metrics ports).
     """
@@ -405,7 +395,7 @@ def loop_settings(**kw: Any) -> tuple[Settings, dict[str, int], dict[str, dict[s
 
 def run_faults(settings: Settings, *, rate: float = 1200, events: int = 200_000, fuzz_cases: int = 2000,
                seed: int = 0, log: Any = None) -> dict[str, Any]:
-    from serving.loop import running_loop
+    from serving.ops.loop import running_loop
 
     log = log if log is not None else io.StringIO()
     rng = random.Random(seed)
@@ -438,8 +428,6 @@ def run_faults(settings: Settings, *, rate: float = 1200, events: int = 200_000,
 
 
 def _cmd(args: argparse.Namespace, settings: Settings) -> int:
-    from streamproc.cli import print_json
-
     result = run_faults(settings, rate=args.rate, fuzz_cases=args.fuzz_cases, seed=args.seed)
     if args.json:
         print_json(result)

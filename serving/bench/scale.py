@@ -12,7 +12,7 @@ truth) at growing sizes. Each size runs in its own process, so resident memory i
 * **new replica** (:class:`serving.kafka_io.UpdateFollower` into a :class:`serving.store.ModelStore`,
   in a fresh process): time until the snapshot is applied and the replica is ready, its memory,
   and top-10 latency on the model it built;
-* **serving alone** (items 1k → 1M): a :class:`serving.bench.SyntheticModel` snapshot built into a
+* **serving alone** (items 1k → 1M): a :class:`serving.bench.synthetic.SyntheticModel` snapshot built into a
   :class:`serving.model.ServingModel`; top-10 latency (in process, no HTTP) and memory;
 * **feedback latency** at a steady 2,000 events/s: ``reco bench freshness``'s probe loop, whole
   loop up (streamproc → trainer → model update → serving).
@@ -39,9 +39,10 @@ from typing import Any
 
 import numpy as np
 
+from streamproc.runtime import embedded_or_configured, print_result
 from streamproc.settings import Settings
 
-__all__ = ["synthetic_stream", "run_scale", "register", "register_bench", "plot", "TARGETS"]
+__all__ = ["synthetic_stream", "run_scale", "register_bench", "plot", "TARGETS"]
 
 FULL_SIZES = ((10_000, 1_000), (100_000, 10_000), (1_000_000, 100_000))
 QUICK_SIZES = ((2_000, 200), (6_000, 600))
@@ -298,7 +299,7 @@ def _serving_size(settings: Settings, items: int, users: int, samples: int, seed
     from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
     from serving.ann import recall_at_k
-    from serving.bench import SyntheticModel
+    from serving.bench.synthetic import SyntheticModel
     from serving.model import ServingModel
 
     rss0 = _rss()
@@ -360,7 +361,7 @@ def _run_child(args: list[str], env: dict[str, str], timeout: float) -> dict[str
     ``{"error": ...}`` and the run goes on with the next part."""
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run([sys.executable, "-m", "serving.scale_bench", *args], env=env, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run([sys.executable, "-m", "serving.bench.scale", *args], env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"error": f"part {' '.join(args)} overran {timeout:.0f} s"}
     for line in proc.stdout.splitlines():
@@ -396,7 +397,6 @@ def run_scale(settings: Settings, *, quick: bool = False, out_dir: str | None = 
     and ``scale.json`` into ``out_dir`` when given)."""
     from tqdm import tqdm
 
-    from streamproc.cli import embedded_or_configured
     from streamproc.kafka import create_topics
 
     sizes = QUICK_SIZES if quick else FULL_SIZES
@@ -512,8 +512,8 @@ def _marginal_memory(sizes: list[dict[str, Any]]) -> None:
 
 def _feedback(settings: Settings, quick: bool) -> dict[str, Any]:
     """Publish → visible latency with the whole loop up and background load at 2,000 events/s
-    (:func:`serving.freshness.run_freshness`: the demo/ml-latest-small stream, quick size)."""
-    from serving.freshness import run_freshness
+    (:func:`serving.bench.freshness.run_freshness`: the demo/ml-latest-small stream, quick size)."""
+    from serving.bench.freshness import run_freshness
 
     s = Settings(**{**settings.__dict__, "topic_prefix": f"{settings.topic_prefix}scalefb{int(time.time())}."})
     r = run_freshness(s, probes=6 if quick else 20, comment_probes=0, background_rate=FEEDBACK_RATE, warmup_s=5 if quick else 10)
@@ -657,8 +657,6 @@ def markdown_tables(result: dict[str, Any]) -> str:
 
 # ---------------------------------------------------------------------------------- CLI
 def _cmd(args: argparse.Namespace, settings: Settings) -> int:
-    from streamproc.cli import print_result
-
     if args.from_dir:
         saved = Path(args.from_dir) / "scale.json"
         if not saved.is_file():
@@ -685,14 +683,6 @@ def register_bench(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--from", dest="from_dir", default="", help="recompute verdicts and plots from DIR/scale.json of an earlier run (no measuring)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=_cmd)
-
-
-def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
-    """``reco.commands`` entry point: adds ``reco bench scale`` and ``reco bench shards``."""
-    from serving.shard_bench import register_bench as register_shards
-
-    register_bench(bench)
-    register_shards(bench)
 
 
 if __name__ == "__main__":
