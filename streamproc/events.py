@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -51,11 +52,25 @@ __all__ = [
     "json_schema",
     "SCHEMA_PATH",
     "write_schema",
+    "event_dict",
 ]
 
 SCHEMA_VERSION = 1
 EVENT_TYPES = ("click", "rating", "comment")
 SCHEMA_PATH = Path(__file__).with_name("events.schema.json")
+
+
+def event_dict(type: str, user_id: str, item_id: str, *, event_id: str | None = None, event_time: float | None = None,
+               **fields: Any) -> dict[str, Any]:
+    """An app event as its JSON object, ``schema_version`` set (the one place a producer writes it):
+    ``event_id`` a new UUID and ``event_time`` now unless given; ``fields`` (``rating``, ``text``)
+    follow. Not validated: the benches build invalid events with it too.
+
+    >>> event_dict("rating", "u1", "m1", event_id="e1", event_time=0.0, rating=4.5)
+    {'schema_version': 1, 'type': 'rating', 'event_id': 'e1', 'user_id': 'u1', 'item_id': 'm1', 'event_time': 0.0, 'rating': 4.5}
+    """
+    return {"schema_version": SCHEMA_VERSION, "type": type, "event_id": uuid.uuid4().hex if event_id is None else event_id,
+            "user_id": user_id, "item_id": item_id, "event_time": time.time() if event_time is None else event_time, **fields}
 
 # Printable ids: no control characters, 1..256 characters.
 Id = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")]
