@@ -19,6 +19,7 @@ from streamproc.runtime import (
     DEFAULT_LOCAL_BOOTSTRAP,
     client_settings,
     embedded_or_configured,
+    metrics_port,
     print_json,
     signals_stop,
     stop_on_signals,
@@ -217,7 +218,7 @@ def _cmd_streamproc(args: argparse.Namespace, settings: Settings) -> int:
     from streamproc.worker import StreamWorker
 
     s = client_settings(settings)
-    port = settings.metrics_port or 9101
+    port = metrics_port(settings, "streamproc")
     stop = stop_on_signals("finishing in-flight work")
     worker = StreamWorker(s)
     if not args.no_metrics:

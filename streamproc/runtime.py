@@ -5,8 +5,10 @@
   or an embedded broker started for the run);
 - signals → stop: :func:`stop_on_signals` / :func:`signals_stop` turn SIGINT and SIGTERM into a
   :class:`threading.Event` the command's loop waits on;
-- deadline polling: :func:`poll` (until a condition holds, or ``TimeoutError`` naming it);
-- output: :func:`print_json`, :func:`print_result` (a bench prints one JSON object).
+- deadline polling: :func:`wait_until` (a condition's first true value, or None when the time is
+  up or a stop event is set) and :func:`poll` (the same, ``TimeoutError`` naming what it waited for);
+- the worker roles' ``/metrics`` ports: :data:`METRICS_PORTS`, :func:`metrics_port`;
+- output: :func:`print_json`, :func:`print_result` (a bench prints one JSON object), :func:`quantile`.
 
 Examples
 --------
@@ -16,6 +18,10 @@ Examples
 Traceback (most recent call last):
 ...
 TimeoutError: timed out after 0.05 s waiting for nothing (last: 0)
+>>> wait_until(lambda: [], 0.05, interval=0.01) is None
+True
+>>> quantile([3.0, 1.0, 2.0, 4.0], 0.5), quantile([3.0, 1.0, 2.0, 4.0], 0.5, nearest=True), quantile([], 0.5)
+(2.5, 3.0, None)
 """
 
 from __future__ import annotations
@@ -26,16 +32,18 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from streamproc.settings import Settings
 
-__all__ = ["DEFAULT_LOCAL_BOOTSTRAP", "client_settings", "embedded_or_configured", "stop_on_signals", "signals_stop",
-           "poll", "print_json", "print_result"]
+__all__ = ["DEFAULT_LOCAL_BOOTSTRAP", "METRICS_PORTS", "client_settings", "embedded_or_configured", "metrics_port",
+           "stop_on_signals", "signals_stop", "wait_until", "poll", "print_json", "print_result", "quantile"]
 
 log = logging.getLogger("reco")
 DEFAULT_LOCAL_BOOTSTRAP = "127.0.0.1:9092"
+#: ``/metrics`` port of each worker role when ``RECO_METRICS_PORT`` is 0 (serving's is its HTTP port).
+METRICS_PORTS = {"streamproc": 9101, "trainer": 9102}
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 T = TypeVar("T")
 
@@ -69,6 +77,11 @@ def embedded_or_configured(settings: Settings, *, create: bool = True) -> Iterat
         yield s
 
 
+def metrics_port(settings: Settings, role: str) -> int:
+    """The port ``role`` serves ``/metrics`` on: ``RECO_METRICS_PORT``, else the role's default."""
+    return settings.metrics_port or METRICS_PORTS[role]
+
+
 # ---------------------------------------------------------------------------------- signals
 def _install(stop: threading.Event, note: str | None, logger: logging.Logger) -> dict[int, Any]:
     def handler(signum: int, frame: Any) -> None:
@@ -100,17 +113,31 @@ def signals_stop(note: str | None = None, *, logger: logging.Logger = log) -> It
 
 
 # ---------------------------------------------------------------------------------- deadlines
-def poll(fn: Callable[[], T], timeout: float, what: str, interval: float = 0.2) -> T:
+def wait_until(fn: Callable[[], T], timeout: float, *, interval: float = 0.2, stop: threading.Event | None = None) -> T | None:
     """Call ``fn`` every ``interval`` seconds until it returns something true, and return that;
-    after ``timeout`` seconds raise ``TimeoutError`` naming ``what`` and the last value."""
+    None once ``timeout`` seconds have passed or ``stop`` is set."""
     deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
+    while time.monotonic() < deadline and not (stop is not None and stop.is_set()):
+        value = fn()
+        if value:
+            return value
         time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+    return None
+
+
+def poll(fn: Callable[[], T], timeout: float, what: str, interval: float = 0.2) -> T:
+    """:func:`wait_until`, but running out of time raises ``TimeoutError`` naming ``what`` and the
+    last value ``fn`` returned."""
+    last: list[Any] = [None]
+
+    def remembered() -> T:
+        last[0] = fn()
+        return last[0]
+
+    value = wait_until(remembered, timeout, interval=interval)
+    if value is None:
+        raise TimeoutError(f"timed out after {timeout} s waiting for {what} (last: {last[0]!r})")
+    return value
 
 
 # ---------------------------------------------------------------------------------- output
@@ -125,3 +152,20 @@ def print_result(obj: dict[str, Any], as_json: bool) -> None:
     else:
         for k, v in obj.items():
             print(f"{k}: {v}")
+
+
+def quantile(values: Sequence[float], q: float, *, nearest: bool = False, scale: float = 1.0, digits: int | None = None) -> float | None:
+    """Quantile ``q`` (0..1) of ``values`` times ``scale``, rounded to ``digits``; None when empty.
+    Linear interpolation between the two closest ranks (numpy's default), or with ``nearest`` the
+    sample at the nearest rank (a value that was measured: the latency benches with few probes)."""
+    if not len(values):
+        return None
+    if nearest:
+        xs = sorted(values)
+        v = float(xs[min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))])
+    else:
+        import numpy as np
+
+        v = float(np.quantile(np.asarray(values, dtype=float), q))
+    v *= scale
+    return v if digits is None else round(v, digits)

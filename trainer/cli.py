@@ -11,7 +11,6 @@ from streamproc.settings import Settings
 __all__ = ["register"]
 
 log = logging.getLogger("reco.trainer")
-DEFAULT_METRICS_PORT = 9102
 
 
 def _cmd_trainer(args: argparse.Namespace, settings: Settings) -> int:
@@ -19,7 +18,7 @@ def _cmd_trainer(args: argparse.Namespace, settings: Settings) -> int:
 
     from streamproc.broker import wait_for_kafka
     from streamproc.kafka import create_topics
-    from streamproc.runtime import client_settings, stop_on_signals
+    from streamproc.runtime import client_settings, metrics_port, stop_on_signals
     from trainer.model import warm_up
     from trainer.worker import TrainerWorker
 
@@ -32,7 +31,7 @@ def _cmd_trainer(args: argparse.Namespace, settings: Settings) -> int:
     t0 = time.perf_counter()
     warm_up(settings)
     log.info("learning kernels ready in %.1f s", time.perf_counter() - t0)
-    port = settings.metrics_port or DEFAULT_METRICS_PORT
+    port = metrics_port(settings, "trainer")
     server, _ = start_http_server(port, addr=settings.metrics_host)
     log.info("trainer /metrics on http://%s:%d/metrics, checkpoints in %s", settings.metrics_host, port, settings.checkpoint_dir)
     try:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import io
 import secrets
 import threading
@@ -29,7 +30,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from streamproc.runtime import print_result
+from serving.ops.scrape import metric_sum, samples
+from streamproc.runtime import poll, print_result, quantile, wait_until
 from streamproc.settings import Settings
 
 __all__ = ["run_erasure", "register_bench", "checkpoint_holds", "TARGET_P99_S"]
@@ -38,10 +40,7 @@ TARGET_P99_S = 5.0
 
 
 def _q(xs: list[float], q: float) -> float | None:
-    if not xs:
-        return None
-    xs = sorted(xs)
-    return round(xs[min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))], 4)
+    return quantile(xs, q, nearest=True, digits=4)  # a measured erasure's time, not an interpolation
 
 
 def checkpoint_holds(directory: str | Path, needle: bytes) -> bool | None:
@@ -141,10 +140,7 @@ def run_erasure(settings: Settings, *, erasures: int = 20, replicas: int = 2, ra
                     t0 = time.time()
                     pub.publish({"type": "rating", "user_id": u, "item_id": items[n], "rating": 5.0})
                     pub.flush()
-                    deadline = time.monotonic() + timeout_s
-                    while time.monotonic() < deadline and not known(u):
-                        time.sleep(0.01)
-                    if time.monotonic() < deadline:
+                    if wait_until(functools.partial(known, u), timeout_s, interval=0.01):
                         anchor.append(time.time() - t0)
 
             serving_s: list[float] = []
@@ -187,9 +183,8 @@ def run_erasure(settings: Settings, *, erasures: int = 20, replicas: int = 2, ra
         finally:
             stop_bg.set()
             client.close()
-        deadline = time.monotonic() + 10
-        while background and background_rate > 0 and "events" not in bg and time.monotonic() < deadline:
-            time.sleep(0.05)
+        if background and background_rate > 0:
+            wait_until(lambda: "events" in bg, 10, interval=0.05)
     p99 = _q(total_s, 0.99)
     return {
         "erasures": len(total_s),
@@ -204,33 +199,24 @@ def run_erasure(settings: Settings, *, erasures: int = 20, replicas: int = 2, ra
         "anchor_visible_p50_s": _q(anchor, 0.5),
         "anchor_visible_max_s": _q(anchor, 1.0),
         "replicas": replicas,
-        "model_users": _metric(trainer, "reco_trainer_rows{table=\"users\"}"),
-        "model_items": _metric(trainer, "reco_trainer_rows{table=\"items\"}"),
+        "model_users": metric_sum(samples(trainer), "reco_trainer_rows{table=\"users\"}"),
+        "model_items": metric_sum(samples(trainer), "reco_trainer_rows{table=\"items\"}"),
         "preload_events": preload,
         "background_source": source,
         "background_events_per_s": round(bg["events"] / bg["seconds"], 1) if bg.get("seconds") else 0.0,
         "target": {"p99_s": TARGET_P99_S},
         "meets_p99_s": p99 is not None and p99 <= TARGET_P99_S and missed == 0,
-        "serving_erasure_requests": _metric(metrics, "reco_serving_erasure_requests_total"),
+        "serving_erasure_requests": metric_sum(samples(metrics), "reco_serving_erasure_requests_total"),
     }
 
 
 def _wait(fn: Any, timeout: float, what: str, log: Any) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if fn():
-            return
-        time.sleep(0.2)
-    tail = log.getvalue()[-3000:] if hasattr(log, "getvalue") else ""
-    raise TimeoutError(f"timed out after {timeout} s waiting for {what}\n{tail}")
-
-
-def _metric(text: str, name: str) -> float | None:
-    total = None
-    for line in text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            total = (total or 0.0) + float(line.rsplit(" ", 1)[1])
-    return total
+    """:func:`poll`, the loop's log tail in the error."""
+    try:
+        poll(fn, timeout, what)
+    except TimeoutError as exc:
+        tail = log.getvalue()[-3000:] if hasattr(log, "getvalue") else ""
+        raise TimeoutError(f"{exc}\n{tail}") from None
 
 
 def _cmd(args: argparse.Namespace, settings: Settings) -> int:

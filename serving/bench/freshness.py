@@ -14,36 +14,37 @@ probe event is handed to the producer:
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
+import operator
 import statistics
 import threading
 import time
 import uuid
 from typing import Any
 
-from streamproc.runtime import print_json
+from serving.ops.scrape import metric_sum, samples
+from streamproc.events import event_dict
+from streamproc.runtime import print_json, quantile, wait_until
 from streamproc.settings import Settings
 
 __all__ = ["register_bench", "run_freshness"]
 
 
 def _q(xs: list[float], q: float) -> float | None:
-    if not xs:
-        return None
-    xs = sorted(xs)
-    idx = min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))
-    return round(xs[idx], 4)
+    return quantile(xs, q, nearest=True, digits=4)  # a probe's measured latency, not an interpolation
 
 
 def _probe_event(kind: str, user: str, item: str, n: int) -> dict[str, Any]:
-    ev: dict[str, Any] = {"schema_version": 1, "type": kind, "event_id": f"probe-{uuid.uuid4().hex}",
-                          "user_id": user, "item_id": item, "event_time": time.time()}
-    if kind == "rating":
-        ev["rating"] = 5.0
-    else:
-        ev["text"] = ["a wonderful, moving film", "boring and far too long", "great soundtrack", "dark but clever"][n % 4]
-    return ev
+    texts = ["a wonderful, moving film", "boring and far too long", "great soundtrack", "dark but clever"]
+    fields = {"rating": 5.0} if kind == "rating" else {"text": texts[n % 4]}
+    return event_dict(kind, user, item, event_id=f"probe-{uuid.uuid4().hex}", **fields)
+
+
+def _personalized(client: Any, user: str) -> bool:
+    """The user's recommendations are no longer the cold-start fallback."""
+    return not client.get(f"/v1/users/{user}/recommendations", params={"k": 10}).json().get("fallback", True)
 
 
 def run_freshness(settings: Settings, *, probes: int = 30, comment_probes: int = 10, background_rate: float = 1500,
@@ -73,9 +74,7 @@ def run_freshness(settings: Settings, *, probes: int = 30, comment_probes: int =
 
         threading.Thread(target=run_background, daemon=True).start()
         client = httpx.Client(base_url=base, timeout=5)
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and client.get("/readyz").status_code != 200:
-            time.sleep(0.2)
+        wait_until(lambda: client.get("/readyz").status_code == 200, 180)
         time.sleep(warmup_s)  # let the background load reach steady state before probing
 
         pushes: dict[str, float] = {}
@@ -102,29 +101,17 @@ def run_freshness(settings: Settings, *, probes: int = 30, comment_probes: int =
             t_pub = time.time()
             producer.send(topics.events, key=user.encode(), value=json.dumps(ev).encode())
             producer.flush()
-            seen = None
-            limit = time.monotonic() + 15
-            while time.monotonic() < limit:
-                body = client.get(f"/v1/users/{user}/recommendations", params={"k": 10}).json()
-                if not body.get("fallback", True):
-                    seen = time.time()
-                    break
-                time.sleep(0.005)
-            if seen is None:
+            if not wait_until(functools.partial(_personalized, client, user), 15, interval=0.005):
                 results[kind]["missed"].append(1)
                 continue
+            seen = time.time()
             results[kind]["visible"].append(seen - t_pub)
-            limit = time.monotonic() + 3
-            while user not in pushes and time.monotonic() < limit:
-                time.sleep(0.01)
-            if user in pushes:
+            if wait_until(functools.partial(operator.contains, pushes, user), 3, interval=0.01):
                 results[kind]["pushed"].append(pushes[user] - t_pub)
             time.sleep(0.2)
         stop_bg.set()
         watcher.join(2)
-        deadline = time.monotonic() + 10
-        while 'events' not in bg and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: "events" in bg, 10, interval=0.05)
         consumer.close()
         producer.close()
         bg_rate = round(bg['events'] / bg['seconds'], 1) if bg.get('seconds') else None
@@ -149,15 +136,8 @@ def run_freshness(settings: Settings, *, probes: int = 30, comment_probes: int =
         "comment_probes_missed": len(com["missed"]),
         "background_events_per_s": bg_rate,
         "targets": {"p50_s": 1.0, "p99_s": 3.0},
-        "serving_feedback_latency_histogram_count": _metric_value(metrics, "reco_serving_feedback_latency_seconds_count"),
+        "serving_feedback_latency_histogram_count": metric_sum(samples(metrics), "reco_serving_feedback_latency_seconds_count"),
     }
-
-
-def _metric_value(text: str, name: str) -> float | None:
-    for line in text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            return float(line.rsplit(" ", 1)[1])
-    return None
 
 
 def _cmd(args: argparse.Namespace, settings: Settings) -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import subprocess
@@ -27,14 +28,11 @@ from typing import Any
 import numpy as np
 
 from serving.bench.synthetic import SyntheticModel
-from streamproc.runtime import embedded_or_configured, print_json
+from serving.ops.scrape import scrape
+from streamproc.runtime import embedded_or_configured, print_json, quantile, wait_until
 from streamproc.settings import Settings
 
-__all__ = ["run_bench", "percentile", "register_bench"]
-
-
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+__all__ = ["run_bench", "register_bench"]
 
 
 # ---------------------------------------------------------------------------------- client
@@ -161,24 +159,15 @@ def _get_json(url: str) -> tuple[int, Any]:
 
 
 def _swaps(url: str) -> float:
-    import httpx
-
-    for line in httpx.get(url + "/metrics", timeout=5.0).text.splitlines():
-        if line.startswith("reco_serving_model_swaps_total "):
-            return float(line.split()[1])
-    return 0.0
+    return scrape(url + "/metrics").get("reco_serving_model_swaps_total", 0.0)
 
 
 def _catalog_size(url: str) -> float:
-    import httpx
+    return scrape(url + "/metrics").get("reco_serving_catalog_items", 0.0)  # 0 while not up yet
 
-    try:
-        for line in httpx.get(url + "/metrics", timeout=5.0).text.splitlines():
-            if line.startswith("reco_serving_catalog_items "):
-                return float(line.split()[1])
-    except Exception:  # noqa: BLE001 - not up yet
-        pass
-    return 0.0
+
+def _at_version(url: str, version: int) -> bool:
+    return bool(_get_json(url + "/readyz")[1]["version"] == version)
 
 
 def _version_of(data: bytes) -> int:
@@ -186,7 +175,7 @@ def _version_of(data: bytes) -> int:
     return int(json.loads(json.loads(data[8 : 8 + hlen])["__metadata__"]["reco"])["version"])
 
 
-def _anchors(model: SyntheticModel) -> dict[str, float]:
+def _anchors(model: SyntheticModel) -> dict[str, float | None]:
     """In-process numbers of the same run: top-k without HTTP (plain and filtered), delta build, full-copy cost."""
     from serving.catalog import Catalog, Rules
     from serving.model import ServingModel
@@ -216,10 +205,10 @@ def _anchors(model: SyntheticModel) -> dict[str, float]:
     for _ in range(10):
         _ = (model.item_factors.copy(), model.user_factors.copy(), model.item_bias.copy(), model.item_popularity.copy())
     full_copy = (time.perf_counter() - t0) / 10
-    return {"inproc_topk_p50_us": round(percentile(times, 50) * 1e6, 1), "inproc_topk_p99_us": round(percentile(times, 99) * 1e6, 1),
-            "inproc_topk_filtered_p50_us": round(percentile(filtered, 50) * 1e6, 1),
-            "inproc_topk_filtered_p99_us": round(percentile(filtered, 99) * 1e6, 1),
-            "delta_build_p50_ms": round(percentile(build, 50) * 1000, 3), "full_copy_ms": round(full_copy * 1000, 3)}
+    return {"inproc_topk_p50_us": quantile(times, 0.50, scale=1e6, digits=1), "inproc_topk_p99_us": quantile(times, 0.99, scale=1e6, digits=1),
+            "inproc_topk_filtered_p50_us": quantile(filtered, 0.50, scale=1e6, digits=1),
+            "inproc_topk_filtered_p99_us": quantile(filtered, 0.99, scale=1e6, digits=1),
+            "delta_build_p50_ms": quantile(build, 0.50, scale=1000, digits=3), "full_copy_ms": round(full_copy * 1000, 3)}
 
 
 def run_bench(settings: Settings, *, items: int = 10_000, users: int = 1000, factors: int = 32, concurrency: int = 6,
@@ -254,14 +243,12 @@ def run_bench(settings: Settings, *, items: int = 10_000, users: int = 1000, fac
                "RECO_HTTP_PORT": str(port), "RECO_HTTP_HOST": "127.0.0.1"}
         server = subprocess.Popen([sys.executable, "-m", "streamproc.cli", "--log-level", "WARNING", "serve", "--http", http], env=env)
         try:
-            deadline = time.monotonic() + 60
-            while True:
+            def up() -> bool:
                 code, body = _get_json(url + "/readyz")
-                if code == 200 and body["version"] == model_version0 and _catalog_size(url) >= len(records):
-                    break
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError(f"reco serve did not become ready: {code} {body}")
-                time.sleep(0.2)
+                return code == 200 and body["version"] == model_version0 and _catalog_size(url) >= len(records)
+
+            if not wait_until(lambda: server.poll() is not None or up(), 60) or server.poll() is not None:
+                raise RuntimeError(f"reco serve did not become ready: {_get_json(url + '/readyz')}")
             # warm-up
             _run_client(url, users, concurrency, 1.0).communicate()
 
@@ -314,9 +301,7 @@ def run_bench(settings: Settings, *, items: int = 10_000, users: int = 1000, fac
                     if phase == "swaps":  # let the last update land before the next steady window
                         with pub_lock:
                             target = last_version[0]
-                        settle = time.monotonic() + 10
-                        while _get_json(url + "/readyz")[1]["version"] != target and time.monotonic() < settle:
-                            time.sleep(0.05)
+                        wait_until(functools.partial(_at_version, url, target), 10, interval=0.05)
                     ph = phases[phase]
                     ph["lat"] += res["latencies_ms"]
                     ph["errors"] += res["errors"]
@@ -325,9 +310,7 @@ def run_bench(settings: Settings, *, items: int = 10_000, users: int = 1000, fac
             done.set()
             th.join()
             final = last_version[0]
-            deadline = time.monotonic() + 30
-            while _get_json(url + "/readyz")[1]["version"] != final and time.monotonic() < deadline:
-                time.sleep(0.1)
+            wait_until(functools.partial(_at_version, url, final), 30, interval=0.1)
             swaps = _swaps(url) - swaps_before
             _, ready = _get_json(url + "/readyz")
             st, sw, fl = phases["steady"], phases["swaps"], phases["filtered"]
@@ -340,12 +323,12 @@ def run_bench(settings: Settings, *, items: int = 10_000, users: int = 1000, fac
             producer.close()
     return {
         "items": items, "users": users, "factors": factors, "concurrency": concurrency, "seconds_per_phase": duration,
-        "p50_ms": round(percentile(st["lat"], 50), 3), "p99_ms": round(percentile(st["lat"], 99), 3),
+        "p50_ms": quantile(st["lat"], 0.50, digits=3), "p99_ms": quantile(st["lat"], 0.99, digits=3),
         "rps": round(len(st["lat"]) / st["seconds"], 1), "requests": len(st["lat"]), "errors": st["errors"],
-        "p50_ms_during_swaps": round(percentile(sw["lat"], 50), 3), "p99_ms_during_swaps": round(percentile(sw["lat"], 99), 3),
+        "p50_ms_during_swaps": quantile(sw["lat"], 0.50, digits=3), "p99_ms_during_swaps": quantile(sw["lat"], 0.99, digits=3),
         "rps_during_swaps": round(len(sw["lat"]) / sw["seconds"], 1), "requests_during_swaps": len(sw["lat"]),
         "errors_during_swaps": sw["errors"], "updates_published": published[0],
-        "p50_ms_filtered": round(percentile(fl["lat"], 50), 3), "p99_ms_filtered": round(percentile(fl["lat"], 99), 3),
+        "p50_ms_filtered": quantile(fl["lat"], 0.50, digits=3), "p99_ms_filtered": quantile(fl["lat"], 0.99, digits=3),
         "rps_filtered": round(len(fl["lat"]) / fl["seconds"], 1), "requests_filtered": len(fl["lat"]), "errors_filtered": fl["errors"],
         "short_answers_filtered": fl["short"], **sweep,
         "filter": {"category": FILTER_CATEGORY, "category_items": sum(r["categories"] == [FILTER_CATEGORY] for r in records),

@@ -34,10 +34,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from serving.ops.scrape import metric_sum, scrape
+from streamproc.events import event_dict
 from streamproc.runtime import poll, print_json
 from streamproc.settings import Settings
 
-__all__ = ["FaultHarness", "synthetic_events", "poison_messages", "http_fuzz", "register_bench", "run_faults"]
+__all__ = ["FaultHarness", "synthetic_events", "poison_messages", "http_fuzz", "register_bench", "run_faults", "loop_settings",
+           "scrape", "metric_sum"]
 
 POISON_MARK = b"reco-poison:"
 
@@ -53,16 +56,16 @@ def synthetic_events(n: int, *, prefix: str = "f", seed: int = 0, n_users: int =
     out = []
     for i in range(n):
         user, item = f"u{rng.randrange(n_users)}", f"i{rng.randrange(n_items)}"
-        ev: dict[str, Any] = {"schema_version": 1, "event_id": f"{prefix}{i}", "user_id": user, "item_id": item,
-                              "event_time": now}
+        fields: dict[str, Any]
         if invalid_every and i % invalid_every == invalid_every - 1:
-            ev.update(type="rating", rating=99.0)
+            kind, fields = "rating", {"rating": 99.0}
         elif comment_every and i % comment_every == comment_every - 1:
-            ev.update(type="comment", text=texts[i % len(texts)], rating=float(rng.randint(1, 5)))
+            kind, fields = "comment", {"text": texts[i % len(texts)], "rating": float(rng.randint(1, 5))}
         elif click_every and i % click_every == 1:
-            ev.update(type="click")
+            kind, fields = "click", {}
         else:
-            ev.update(type="rating", rating=float(rng.randint(1, 5)))
+            kind, fields = "rating", {"rating": float(rng.randint(1, 5))}
+        ev = event_dict(kind, user, item, event_id=f"{prefix}{i}", event_time=now, **fields)
         out.append((now, user, json.dumps(ev).encode()))
     return out
 
@@ -91,30 +94,6 @@ def dead_letter_id(value: bytes) -> str | None:
         return obj.get("event_id") if isinstance(obj, dict) else None
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None
-
-
-def scrape(url: str) -> dict[str, float]:
-    """``{'name{labels}': value}`` of a Prometheus text endpoint; empty when it does not answer."""
-    import httpx
-
-    try:
-        text = httpx.get(url, timeout=2).text
-    except httpx.HTTPError:
-        return {}
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            try:
-                out[name] = float(value)
-            except ValueError:
-                pass
-    return out
-
-
-def metric_sum(samples: dict[str, float], name: str) -> float | None:
-    vals = [v for k, v in samples.items() if k == name or k.startswith(name + "{")]
-    return sum(vals) if vals else None
 
 
 @dataclass

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import signal
@@ -25,7 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from streamproc.runtime import embedded_or_configured, stop_on_signals
+from streamproc.runtime import METRICS_PORTS, embedded_or_configured, stop_on_signals, wait_until
 from streamproc.settings import Settings
 from streamproc.sources import add_source_args
 
@@ -165,26 +166,27 @@ def running_loop(settings: Settings, *, log: Any = sys.stderr, roles: dict[str, 
         yield s, sup
 
 
-def wait_http(url: str, timeout: float = 120.0, stop: threading.Event | None = None) -> bool:
+def _answers(url: str) -> bool:
     import httpx
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not (stop and stop.is_set()):
-        try:
-            if httpx.get(url, timeout=1.0).status_code < 500:
-                return True
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    return False
+    try:
+        return httpx.get(url, timeout=1.0).status_code < 500
+    except httpx.HTTPError:
+        return False
+
+
+def wait_http(url: str, timeout: float = 120.0, stop: threading.Event | None = None) -> bool:
+    """Whether ``url`` answered (any status below 500) within ``timeout`` seconds, before ``stop``."""
+    return bool(wait_until(functools.partial(_answers, url), timeout, stop=stop))
 
 
 def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     stop = stop_on_signals()
     with running_loop(settings) as (s, sup):
         base = f"http://{s.http_host}:{s.http_port}"
+        worker_metrics = ", ".join(f":{port}/metrics" for port in METRICS_PORTS.values())
         print(f"reco up: broker {s.kafka_bootstrap}; API {base}/v1/users/<id>/recommendations; "
-              f"dashboard {base}/dashboard; be the user {base}/try; metrics {base}/metrics, :9101/metrics, :9102/metrics (Ctrl-C to stop)",
+              f"dashboard {base}/dashboard; be the user {base}/try; metrics {base}/metrics, {worker_metrics} (Ctrl-C to stop)",
               file=sys.stderr, flush=True)
         deadline = time.monotonic() + args.duration if args.duration else None
         while not stop.wait(0.5):
@@ -279,7 +281,7 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
               f"  API:         {base}/v1/users/{first_user}/recommendations?k=10\n"
               f"  post events: {base}/v1/events with X-API-Key: "
               f"{'(none needed: RECO_AUTH_DISABLED)' if s.auth_disabled else 'the RECO_API_KEY you started with' if key_given else 'a key made for this run (set RECO_API_KEY to choose it)'}\n"
-              f"  metrics:     {base}/metrics  http://{s.metrics_host}:9101/metrics  http://{s.metrics_host}:9102/metrics\n"
+              f"  metrics:     {base}/metrics  {'  '.join(f'http://{s.metrics_host}:{p}/metrics' for p in METRICS_PORTS.values())}\n"
               f"  more load:   RECO_KAFKA_BOOTSTRAP={s.kafka_bootstrap} RECO_TOPIC_PREFIX={s.topic_prefix} reco load --rate 1000 --duration 60\n"
               f"the loop: events -> streamproc (validates, encodes comments) -> trainer (learns from every event) -> "
               f"serving (swaps in each new model version, several a second)\n"

@@ -18,7 +18,8 @@ import threading
 import time
 from typing import Any
 
-from streamproc.runtime import embedded_or_configured, print_json
+from streamproc.events import event_dict
+from streamproc.runtime import embedded_or_configured, print_json, quantile, wait_until
 from streamproc.settings import Settings
 
 __all__ = ["CODECS", "publish_compressed", "WorkerRun", "codec_pass", "codec_rounds", "register_bench"]
@@ -90,8 +91,7 @@ class WorkerRun:
 
     def wait(self, target: int, deadline: float) -> None:
         """Until ``target`` events are acknowledged as examples or dead letters (or the deadline)."""
-        while self.accounted < target and time.monotonic() < deadline and self.thread.is_alive():
-            time.sleep(0.02)
+        wait_until(lambda: self.accounted >= target or not self.thread.is_alive(), deadline - time.monotonic(), interval=0.02)
 
     @property
     def seconds(self) -> float:
@@ -195,21 +195,18 @@ def _bench_events(n: int, comments: int, invalid: int, *, duplicates: int = 0) -
         eid = f"b{i}"
         if every_invalid and i % every_invalid == every_invalid - 1 and v < invalid:
             v += 1
-            bad = [b"{not json", dumps({"schema_version": 1, "type": "rating", "event_id": eid, "user_id": u, "item_id": "m1",
-                                         "event_time": t0 + i, "rating": 99}).encode(),
-                   dumps({"schema_version": 1, "type": "like", "event_id": eid, "user_id": u, "item_id": "m1", "event_time": t0 + i}).encode()]
+            bad = [b"{not json", dumps(event_dict("rating", u, "m1", event_id=eid, event_time=t0 + i, rating=99)).encode(),
+                   dumps(event_dict("like", u, "m1", event_id=eid, event_time=t0 + i)).encode()]
             events.append((t0 + i, u, bad[v % 3]))
             ids.add(eid)
             continue
         if every_comment and i % every_comment == 0 and c < comments:
-            ev: dict[str, Any] = {"schema_version": 1, "type": "comment", "event_id": eid, "user_id": u, "item_id": f"m{i % 9000}",
-                                  "event_time": t0 + i, "text": texts[c]}
+            ev = event_dict("comment", u, f"m{i % 9000}", event_id=eid, event_time=t0 + i, text=texts[c])
             c += 1
         elif i % 2:
-            ev = {"schema_version": 1, "type": "rating", "event_id": eid, "user_id": u, "item_id": f"m{i % 9000}",
-                  "event_time": t0 + i, "rating": float(1 + i % 9) / 2}
+            ev = event_dict("rating", u, f"m{i % 9000}", event_id=eid, event_time=t0 + i, rating=float(1 + i % 9) / 2)
         else:
-            ev = {"schema_version": 1, "type": "click", "event_id": eid, "user_id": u, "item_id": f"m{i % 9000}", "event_time": t0 + i}
+            ev = event_dict("click", u, f"m{i % 9000}", event_id=eid, event_time=t0 + i)
         events.append((t0 + i, u, dumps(ev).encode()))
         ids.add(eid)
     return events, ids
@@ -270,8 +267,6 @@ def _raw_consume_rate(settings: Settings, topic: str, n: int) -> float:
 
 
 def _cmd_bench_ingest(args: argparse.Namespace, settings: Settings) -> int:
-    import numpy as np
-
     from streamproc.examples import ExampleBatch
     from streamproc.kafka import read_all
     from streamproc.topics import Topics
@@ -333,7 +328,7 @@ def _cmd_bench_ingest(args: argparse.Namespace, settings: Settings) -> int:
         "raw_consume_events_per_s": round(raw_consume, 1),
         "low_load": {
             "rate_per_s": args.latency_rate,
-            **{f"{k}_latency_ms_{q}": round(1000 * float(np.quantile(v, p)), 1)
+            **{f"{k}_latency_ms_{q}": quantile(v, p, scale=1000, digits=1)
                for k, v in lat.items() if v for q, p in (("p50", 0.5), ("p99", 0.99))},
             "note": "Kafka record timestamp of the event -> example emitted (examples.processed - published)",
         },

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from streamproc.runtime import quantile
 from trainer.feedback import FEEDBACK_COLUMNS, ItemFeedback
 
 __all__ = ["register_bench", "run_bench"]
@@ -116,7 +117,7 @@ def _drops(stars: np.ndarray, trials: int, params: dict[str, Any]) -> dict[str, 
                 delays.append(at)
         out[f"{drop:g}"] = {"caught": round(len(delays) / trials, 3), "false_before": round(before / trials, 3),
                             "median_delay": float(np.median(delays)) if delays else None,
-                            "p90_delay": float(np.percentile(delays, 90)) if delays else None}
+                            "p90_delay": quantile(delays, 0.9)}
     return out
 
 
