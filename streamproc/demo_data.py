@@ -39,6 +39,8 @@ from itertools import accumulate, count
 from pathlib import Path
 from typing import Any
 
+from streamproc.events import event_dict
+
 __all__ = ["DemoData", "DemoItem", "DemoUser", "CATEGORIES", "DEFAULT_START", "comment_text", "sentiment_of"]
 
 DEFAULT_START = 1_767_225_600.0  # 2026-01-01T00:00:00Z: event times of a replay that is not live
@@ -263,8 +265,7 @@ class DemoData:
             else:
                 cum, pool = self._cum_items, self.catalogue
             item = pool[min(len(pool) - 1, bisect_right(cum, rng.random() * cum[-1]))]
-            ev: dict[str, Any] = {"schema_version": 1, "type": "click", "event_id": f"{prefix}{i}",
-                                  "user_id": user.user_id, "item_id": item.item_id, "event_time": round(start + i / rate, 3)}
+            ev = event_dict("click", user.user_id, item.item_id, event_id=f"{prefix}{i}", event_time=round(start + i / rate, 3))
             kind = rng.random()
             if kind >= self.click_share:
                 rating = self.expected_rating(user, item) + rng.gauss(0.0, 0.6)

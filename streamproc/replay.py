@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from streamproc.errors import RecoError
+from streamproc.events import event_dict
 from streamproc.kafka import client_config
 from streamproc.settings import Settings
 from streamproc.topics import Topics
@@ -94,7 +95,7 @@ def load_events(dataset: str | Path, *, ratings: bool = True, comments: bool = T
             raise DatasetError(f"{path}:{line}: userId and movieId must not be empty")
         rated[(u, m)] = r
         if ratings:
-            ev = {"schema_version": 1, "type": "rating", "event_id": f"ml-r-{u}-{m}", "user_id": u, "item_id": m, "event_time": t, "rating": r}
+            ev = event_dict("rating", u, m, event_id=f"ml-r-{u}-{m}", event_time=t, rating=r)
             out.append((t, u, dumps(ev).encode()))
     path = dataset / "tags.csv"
     if comments and path.is_file():
@@ -103,7 +104,7 @@ def load_events(dataset: str | Path, *, ratings: bool = True, comments: bool = T
             t = _number(path, line, "timestamp", row["timestamp"])
             if not text.strip() or not u or not m:
                 continue
-            ev = {"schema_version": 1, "type": "comment", "event_id": f"ml-t-{n}", "user_id": u, "item_id": m, "event_time": t, "text": text}
+            ev = event_dict("comment", u, m, event_id=f"ml-t-{n}", event_time=t, text=text)
             if (u, m) in rated:
                 ev["rating"] = rated[(u, m)]
             out.append((t, u, dumps(ev).encode()))
@@ -187,8 +188,7 @@ def load_reviews(path: str | Path) -> list[tuple[float, str, bytes]]:
                 text = obj.get("text")
                 if text is not None and (not isinstance(text, str) or not text.strip()):
                     raise DatasetError(f"{path}:{line}: text must be a non-empty string when present")
-                ev: dict[str, Any] = {"schema_version": 1, "type": "comment" if text else "rating", "event_id": f"rv-{line}",
-                                      "user_id": u, "item_id": m, "event_time": t}
+                ev = event_dict("comment" if text else "rating", u, m, event_id=f"rv-{line}", event_time=t)
                 if obj.get("rating") is not None:
                     ev["rating"] = _number(path, line, "rating", obj["rating"], json_number=True)
                 elif not text:
