@@ -288,7 +288,7 @@ def recommend(state: State, user_id: str, k: int, exclude_seen: bool, rules: Rul
 
 def _forget_feedback(feedback: try_page.FeedbackLog, model: Any, update: Any) -> None:
     """Store listener: erased/expired users leave the ``/try`` page's log."""
-    gone = update.header.get("expired_user_ids") or ()
+    gone = update.header.expired_user_ids  # trainer.updates.UpdateHeader
     if gone:
         with feedback._lock:  # noqa: SLF001 - the log has no removal method yet
             for uid in gone:

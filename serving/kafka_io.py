@@ -2,10 +2,13 @@
 
 Threads and the event loop:
 
-- :class:`UpdateFollower` (thread, kafka-python): every replica reads the single partition of the
-  model-updates topic itself (``assign``, no group), catches up from the beginning (last complete
-  snapshot + the deltas after it), then applies each update as it arrives. Models are built on
-  this thread, never on the event loop.
+- :class:`UpdateFollower` (thread, kafka-python): every replica reads the single partitions of the
+  model-snapshots and model-updates topics itself (``assign``, no group). It starts from the newest
+  complete snapshot on model-snapshots, then reads model-updates from the offset that snapshot
+  names (``deltas_from``) and applies each delta as it arrives; in steady state it reads deltas
+  only. A gap (a delta whose ``base_version`` is not the served version) makes it reload from
+  the newest snapshot newer than the served version. Models are built on this thread, never on
+  the event loop.
 - :class:`Pusher` (thread): after a swap whose update names users in ``published``, computes
   their refreshed top-k (rate-limited per user) and hands the messages to the loop's producer.
 - :class:`KafkaIO` (event loop, aiokafka): one producer (events from ``POST /v1/events``,
@@ -39,10 +42,11 @@ from serving.catalog import Catalog, CatalogFollower, RuleError, Rules
 from serving.metrics import ServingMetrics
 from serving.model import ServingModel
 from serving.store import ModelStore
+from streamproc.errors import InvalidUpdate
 from streamproc.kafka import GROUP_TIMEOUTS, client_config
 from streamproc.settings import Settings
 from streamproc.topics import Topics
-from trainer.updates import ModelUpdate
+from trainer.updates import ModelUpdate, peek
 
 __all__ = ["UpdateFollower", "Pusher", "KafkaIO", "answer_request"]
 
@@ -55,36 +59,57 @@ def _has_complete_snapshot(values: list[bytes]) -> bool:
     """Whether ``values`` hold every chunk of some snapshot version."""
     chunks: dict[int, set[int]] = {}
     for data in values:
-        h = ModelUpdate.peek_header(data)
-        if h is None or h.get("kind") != "snapshot":
-            continue
         try:
-            version, chunk, total = int(h["version"]), int(h.get("chunk", 0)), int(h.get("chunks", 1))
-        except (KeyError, TypeError, ValueError):
+            h = peek(data)
+        except InvalidUpdate:
             continue
-        got = chunks.setdefault(version, set())
-        got.add(chunk)
-        if len(got) >= total:
+        if not h.is_snapshot:
+            continue
+        got = chunks.setdefault(h.version, set())
+        got.add(h.chunk)
+        if len(got) >= h.chunks:
             return True
     return False
 
 
 class UpdateFollower(threading.Thread):
-    """Reads the model-updates topic into a :class:`~serving.store.ModelStore` (daemon thread)."""
+    """Reads the model-snapshots and model-updates topics into a :class:`~serving.store.ModelStore`
+    (daemon thread; see the module docstring).
 
-    def __init__(self, settings: Settings, store: ModelStore, *, poll_ms: int = 100, catch_up_window: int = 256) -> None:
+    ``delta_bytes_read`` / ``snapshot_bytes_read`` count the message bytes this replica read from
+    model-updates / model-snapshots (the scale bench's traffic per replica); ``snapshot_loads`` the
+    snapshots loaded from model-snapshots.
+    A model-snapshots topic without a complete snapshot (an older trainer wrote its snapshots into
+    model-updates: rolling upgrade) falls back to catching up on model-updates from its tail.
+    """
+
+    def __init__(self, settings: Settings, store: ModelStore, *, poll_ms: int = 100, catch_up_window: int = 256,
+                 snapshot_check_s: float = 1.0) -> None:
         super().__init__(name="model-updates", daemon=True)
         self.settings = settings
         self.store = store
         self.poll_ms = poll_ms
         self.catch_up_window = catch_up_window
-        self.caught_up_from: int | None = None  # first offset read at start-up
-        self.topic = Topics.from_settings(settings).model_updates
+        self.snapshot_check_s = snapshot_check_s
+        self.caught_up_from: int | None = None  # first model-updates offset read at start-up
+        topics = Topics.from_settings(settings)
+        self.topic, self.snapshot_topic = topics.model_updates, topics.model_snapshots
         self.connected = False
         self.caught_up = threading.Event()
+        self.delta_bytes_read = 0
+        self.snapshot_bytes_read = 0
+        self.snapshot_loads = 0
         self._halt = threading.Event()
         self._last_ok = 0.0
         self._next_offset = 0
+        self._need_snapshot = True  # no model yet, or a gap: deltas wait for a snapshot
+        self._skip_through = -1  # deltas up to this version are older than the loaded snapshot
+        self._snap_end_seen = -1  # model-snapshots end offset at the last look
+        self._last_snap_check = 0.0
+
+    @property
+    def bytes_read(self) -> int:
+        return self.delta_bytes_read + self.snapshot_bytes_read
 
     def stop(self) -> None:
         self._halt.set()
@@ -117,15 +142,15 @@ class UpdateFollower(threading.Thread):
                 backoff = min(backoff * 2, 5.0)
                 continue
             try:
-                tp = TopicPartition(self.topic, 0)
-                consumer.assign([tp])
+                tp, tps = TopicPartition(self.topic, 0), TopicPartition(self.snapshot_topic, 0)
+                consumer.assign([tp, tps])
+                consumer.pause(tps)  # steady state: deltas only
                 if not self.caught_up.is_set():
-                    consumer.seek_to_beginning(tp)
-                    self._catch_up(consumer, tp)
+                    self._start(consumer, tp, tps)
                     self.caught_up.set()
                 else:  # reconnect: continue after what we applied
                     consumer.seek(tp, self._next_offset)
-                self._follow(consumer, tp)
+                self._follow(consumer, tp, tps)
                 return
             except Exception as exc:  # noqa: BLE001
                 self.connected = False
@@ -137,13 +162,24 @@ class UpdateFollower(threading.Thread):
                 except Exception:  # noqa: BLE001
                     pass
 
-    def _catch_up(self, consumer: Any, tp: Any) -> None:
-        """Start-up: apply the last complete snapshot and the updates after it.
+    # ------------------------------------------------------------------ start-up
+    def _start(self, consumer: Any, tp: Any, tps: Any) -> None:
+        """The newest complete snapshot, then the deltas after it up to the current end."""
+        t0 = time.perf_counter()
+        if not self._load_snapshot(consumer, tp, tps):
+            self._catch_up(consumer, tp)  # no snapshot on model-snapshots: an older trainer's topic layout
+            self._need_snapshot = self.store.current is None
+        else:
+            self.caught_up_from = self._next_offset
+            end = consumer.end_offsets([tp], timeout_ms=15_000)[tp]
+            for value in self._read_to_end(consumer, tp, end):
+                self._apply(value)
+        log.info("model-updates: started in %.2f s from %s, serving version %s", time.perf_counter() - t0,
+                 f"snapshot topic + deltas from offset {self.caught_up_from}" if self.snapshot_loads else "model-updates", self.store.version)
 
-        Reads a window back from the end of the topic (``catch_up_window`` messages, four times
-        larger until it holds a complete snapshot, at most the whole topic) instead of the whole
-        history: a replica restarted after hours would otherwise fetch every update ever published.
-        """
+    def _catch_up(self, consumer: Any, tp: Any) -> None:
+        """Read the tail of model-updates: a window from the end, grown until it holds a complete
+        snapshot (or reaches the start); apply the last complete snapshot and what followed it."""
         t0 = time.perf_counter()
         end = consumer.end_offsets([tp], timeout_ms=15_000)[tp]
         self._mark_ok()
@@ -160,6 +196,125 @@ class UpdateFollower(threading.Thread):
         log.info("model-updates: caught up on %d messages from offset %d in %.2f s (%d swaps), serving version %s",
                  len(values), start, time.perf_counter() - t0, swaps, self.store.version)
 
+    # ------------------------------------------------------------------ snapshots
+    def _read_range(self, consumer: Any, tp: Any, lo: int, hi: int) -> list[bytes]:
+        """Values at offsets ``lo`` ≤ offset < ``hi`` of ``tp`` (the only partition resumed)."""
+        consumer.seek(tp, lo)
+        out: list[bytes] = []
+        quiet = 0
+        while not self._halt.is_set() and quiet < 3:
+            batch = consumer.poll(timeout_ms=500, max_records=500)
+            recs = [r for part in batch.values() for r in part]
+            quiet = 0 if recs else quiet + 1
+            for r in recs:
+                if lo <= r.offset < hi:
+                    out.append(r.value)
+                self.snapshot_bytes_read += len(r.value)
+            if consumer.position(tp) >= hi:
+                break
+        return out
+
+    def _newest_snapshot(self, consumer: Any, tps: Any, end: int, last_value: bytes | None) -> list[bytes] | None:
+        """The chunks of the newest complete snapshot below offset ``end`` of model-snapshots.
+
+        One trainer sends one snapshot at a time, so a snapshot's chunks are consecutive: the last
+        message's ``chunk`` says where its snapshot starts."""
+        hi = end
+        while hi > 0 and not self._halt.is_set():
+            last = [last_value] if hi == end and last_value is not None else self._read_range(consumer, tps, hi - 1, hi)
+            if not last:
+                return None
+            try:
+                h = peek(last[-1])
+            except InvalidUpdate as exc:
+                log.warning("model-snapshots: unreadable message at offset %d: %s", hi - 1, exc)
+                hi -= 1
+                continue
+            lo = hi - 1 - h.chunk
+            if h.chunk == h.chunks - 1 and lo >= 0:
+                values = self._read_range(consumer, tps, lo, hi - 1) + last
+                heads = []
+                for v in values:
+                    try:
+                        heads.append(peek(v))
+                    except InvalidUpdate:
+                        break
+                if len(heads) == h.chunks and all(x.version == h.version and x.chunk == n for n, x in enumerate(heads)):
+                    return values
+            hi = lo if lo < hi - 1 else hi - 1  # an incomplete snapshot (being sent): the one before it
+        return None
+
+    def _real_end(self, consumer: Any, tps: Any) -> tuple[int, bytes | None]:
+        """The end offset of ``tps`` and its last message, by reading: Tansu's reported end can lag
+        by a batch (here: the last chunk of the newest snapshot) until the next write."""
+        end = consumer.end_offsets([tps], timeout_ms=15_000)[tps]
+        self._mark_ok()
+        consumer.seek(tps, max(0, end - 1))
+        last: bytes | None = None
+        quiet = 0
+        while not self._halt.is_set() and quiet < 1:
+            batch = consumer.poll(timeout_ms=200, max_records=500)
+            recs = [r for part in batch.values() for r in part]
+            quiet = 0 if recs else quiet + 1
+            for r in recs:
+                if r.offset + 1 >= end:
+                    end, last = r.offset + 1, r.value
+                self.snapshot_bytes_read += len(r.value)
+        return end, last
+
+    def _load_snapshot(self, consumer: Any, tp: Any, tps: Any) -> bool:
+        """Load the newest complete snapshot newer than the served version (if model-snapshots
+        changed since the last look); then model-updates continues at its ``deltas_from``."""
+        consumer.pause(tp)
+        consumer.resume(tps)
+        try:
+            end, last = self._real_end(consumer, tps)
+            values = self._newest_snapshot(consumer, tps, end, last) if end != self._snap_end_seen else None
+        finally:
+            consumer.pause(tps)
+            consumer.resume(tp)
+        if end == self._snap_end_seen:
+            return False
+        self._snap_end_seen = end
+        if not values:
+            return False
+        h = peek(values[0])
+        cur = self.store.version
+        if cur is not None and h.version <= cur:
+            if self._need_snapshot:
+                log.info("model-snapshots: newest snapshot %d is not newer than the served version %s; waiting for the next", h.version, cur)
+            return False
+        results = [self.store.apply(v, observe_latency=False) for v in values]
+        if not results[-1].swapped:
+            return False
+        self.snapshot_loads += 1
+        self._need_snapshot = False
+        self._skip_through = h.version
+        if h.deltas_from is not None:
+            self._next_offset = h.deltas_from
+            consumer.seek(tp, h.deltas_from)
+        log.info("model-snapshots: loaded snapshot %d (%d chunks); deltas from model-updates offset %s", h.version, h.chunks, h.deltas_from)
+        return True
+
+    # ------------------------------------------------------------------ following
+    def _apply(self, value: bytes) -> None:
+        """One message of model-updates: history and, while a snapshot is awaited, deltas are skipped."""
+        try:
+            h = peek(value)
+        except InvalidUpdate:
+            self.store.apply(value)  # counted as corrupt
+            return
+        if not h.is_snapshot and (h.version <= self._skip_through or (self._need_snapshot and self.store.current is not None)):
+            return
+        res = self.store.apply(value)
+        if res.swapped and h.is_snapshot:
+            self._need_snapshot = False  # an older trainer's snapshot on model-updates
+        elif res.reason in ("gap", "no_base"):
+            if not self._need_snapshot:
+                log.warning("model-updates: %s at delta %d; reloading from %s", res.reason, h.version, self.snapshot_topic)
+            self._need_snapshot = True
+            self._snap_end_seen = -1  # look again even if nothing new arrived there
+
     def _read_to_end(self, consumer: Any, tp: Any, end: int) -> Any:
         empty = 0
         while not self._halt.is_set():
@@ -167,6 +322,7 @@ class UpdateFollower(threading.Thread):
             recs = [r for part in batch.values() for r in part]
             for r in recs:
                 self._next_offset = r.offset + 1
+                self.delta_bytes_read += len(r.value)
                 yield r.value
             if consumer.position(tp) >= end:
                 # Tansu's end offset can lag by a batch: one quiet poll confirms the end.
@@ -174,12 +330,16 @@ class UpdateFollower(threading.Thread):
                 if empty >= 1:
                     return
 
-    def _follow(self, consumer: Any, tp: Any) -> None:
+    def _follow(self, consumer: Any, tp: Any, tps: Any) -> None:
         while not self._halt.is_set():
+            if self._need_snapshot and time.monotonic() - self._last_snap_check >= self.snapshot_check_s:
+                self._last_snap_check = time.monotonic()
+                self._load_snapshot(consumer, tp, tps)
             batch = consumer.poll(timeout_ms=self.poll_ms, max_records=50)
             recs = [r for part in batch.values() for r in part]
             for r in recs:
-                self.store.apply(r.value)
+                self.delta_bytes_read += len(r.value)
+                self._apply(r.value)
                 self._next_offset = r.offset + 1
             if recs:
                 self._mark_ok()
@@ -219,7 +379,7 @@ class Pusher(threading.Thread):
 
     def on_swap(self, model: ServingModel, update: ModelUpdate) -> None:
         """Store listener: queue the users named in the update's ``published`` list."""
-        users = list(dict.fromkeys(str(e[0]) for e in update.header.get("published") or () if isinstance(e, (list, tuple)) and e))
+        users = list(dict.fromkeys(u for u, _, _ in update.header.published))
         if users:
             self._queue.put(users)
 

@@ -33,13 +33,13 @@ import numpy as np
 from streamproc.errors import InvalidUpdate
 from trainer.feedback import FEEDBACK_COLUMNS, FEEDBACK_TENSOR
 from trainer.scoring import RankWeights, popularity_part, score_items
+from trainer.updates import ITEM_TENSORS, ModelUpdate, UpdateHeader
 
 __all__ = ["ServingModel", "Recommendation", "RejectedUpdate"]
 
+# user_candidate_rows is serving's own: the item rows of the update's user_candidates, stored + 1 (0 = none)
 USER_TENSORS = ("user_factors", "user_bias", "user_candidate_scores", "user_candidate_rows", "user_mf_gain")
-ITEM_TENSORS = ("item_factors", "item_bias", "item_popularity", "item_log_popularity", FEEDBACK_TENSOR)
 # item_feedback (serving.feedback): [n, len(FEEDBACK_COLUMNS)]; rows an update never carried read 0 (no comments)
-# user_candidate_rows is serving's own: the rows of the header's user_candidates, stored + 1 (0 = none)
 
 
 class RejectedUpdate(InvalidUpdate):
@@ -166,26 +166,30 @@ def _check_shapes(tensors: dict[str, np.ndarray], factors: int | None) -> int | 
     return factors
 
 
-def _candidate_rows(update: Any, items: _Table, width: int) -> np.ndarray | None:
-    """The header's ``user_candidates`` (item ids per user) as item rows + 1 (0 = none or unknown)."""
-    cands = update.header.get("user_candidates")
-    if cands is None and "user_candidate_scores" not in update.tensors:
+def _candidate_rows(update: ModelUpdate, items: _Table, width: int) -> np.ndarray | None:
+    """The update's candidates (the int32 ``user_candidates`` tensor indexing ``candidate_item_ids``,
+    or the per-user id lists of older trainers) as item rows + 1 (0 = none or unknown)."""
+    h, scores, cands = update.header, update.tensors.get("user_candidate_scores"), update.tensors.get("user_candidates")
+    legacy = h.user_candidates
+    if scores is None and cands is None and legacy is None:
         return None
-    if cands is None or "user_candidate_scores" not in update.tensors:
-        raise RejectedUpdate("user_candidates and user_candidate_scores come together", reason="shape")
-    n_users = len(update.header.get("user_ids", []))
-    if not isinstance(cands, list) or len(cands) != n_users:
-        raise RejectedUpdate(f"user_candidates has {len(cands) if isinstance(cands, list) else '?'} rows for {n_users} users", reason="shape")
-    if update.tensors["user_candidate_scores"].shape[1] != width:
-        raise RejectedUpdate(f"user_candidate_scores has {update.tensors['user_candidate_scores'].shape[1]} columns, the model has {width}",
-                             reason="shape")
-    out = np.zeros((n_users, width), np.int32)
+    if scores is None or (cands is None and legacy is None):
+        raise RejectedUpdate("user candidates and user_candidate_scores come together", reason="shape")
+    if scores.shape[1] != width:
+        raise RejectedUpdate(f"user_candidate_scores has {scores.shape[1]} columns, the model has {width}", reason="shape")
     index, n = items.index, items.n
-    for u, ids in enumerate(cands):
-        if not isinstance(ids, list) or len(ids) > width:
-            raise RejectedUpdate(f"user_candidates row {u} is not a list of at most {width} ids", reason="shape")
-        for c, key in enumerate(ids):
-            r = index.get(str(key))
+    if cands is not None:  # the tensor form (decode checked dtype, shape and index range)
+        ids = h.candidate_item_ids or []
+        lut = np.fromiter((r + 1 if r is not None and r < n else 0 for r in map(index.get, ids)), np.int32, len(ids))
+        lut = np.append(lut, np.int32(0))  # -1 pads index the appended 0
+        return lut[cands]
+    assert legacy is not None  # older trainers: item ids per user in the header (rolling upgrade)
+    out = np.zeros((len(h.user_ids), width), np.int32)
+    for u, row in enumerate(legacy):
+        if len(row) > width:
+            raise RejectedUpdate(f"user_candidates row {u} has more than {width} ids", reason="shape")
+        for c, key in enumerate(row):
+            r = index.get(key)
             if r is not None and r < n:
                 out[u, c] = r + 1
     return out
@@ -205,7 +209,7 @@ class ServingModel:
                  "_dead_users", "_dead_items", "ranking", "_lp", "_lp_max", "_cs", "_cr", "_pop_part", "_mg", "_ann")
 
     def __init__(self, version: int, global_mean: float, factors: int, users: _Table, items: _Table,
-                 seen: dict[str, tuple[str, ...]], header: dict[str, Any], popular: np.ndarray | None = None,
+                 seen: dict[str, tuple[str, ...]], header: UpdateHeader, popular: np.ndarray | None = None,
                  dead_users: frozenset[str] = frozenset(), dead_items: np.ndarray | None = None,
                  ranking: RankWeights | None = None, mf_gain_known: bool = False, ann: Any = None) -> None:
         self.version = version
@@ -236,7 +240,7 @@ class ServingModel:
 
     # ------------------------------------------------------------------ building
     @classmethod
-    def build(cls, base: ServingModel | None, updates: Sequence[Any], *, seen_per_user: int = 1000, ann_min_items: int = 0,
+    def build(cls, base: ServingModel | None, updates: Sequence[ModelUpdate], *, seen_per_user: int = 1000, ann_min_items: int = 0,
               ann_fetch: int = 200) -> ServingModel:
         """Apply ``updates`` (decoded :class:`~trainer.updates.ModelUpdate`): all chunks of one
         snapshot, or one delta on top of ``base``. Raises :class:`RejectedUpdate` (with
@@ -244,7 +248,7 @@ class ServingModel:
         if not updates:
             raise ValueError("updates: at least one update is required")
         head = updates[0].header
-        kind, version = head["kind"], int(head["version"])
+        kind, version = head.kind, head.version
         if kind == "snapshot":
             factors: int | None = None
             for u in updates:
@@ -264,10 +268,8 @@ class ServingModel:
         else:
             if base is None:
                 raise RejectedUpdate(f"delta {version} arrived before any snapshot", reason="no_base")
-            if head.get("base_version") != base.version:
-                raise RejectedUpdate(
-                    f"delta {version} applies to version {head.get('base_version')}, serving {base.version}", reason="gap"
-                )
+            if head.base_version != base.version:
+                raise RejectedUpdate(f"delta {version} applies to version {head.base_version}, serving {base.version}", reason="gap")
             factors = base.factors
             width = int(base._users.arrays["user_candidate_scores"].shape[1])
             _check_shapes(updates[0].tensors, factors if factors else None)
@@ -278,23 +280,23 @@ class ServingModel:
             users, items, seen = base._users, base._items, base.seen
             seen_copied = False
             dead_users, dead_items = set(base._dead_users), set(base._dead_items.tolist())
-        global_mean = float(head.get("global_mean", base.global_mean if base is not None else 0.0))
-        ranking = RankWeights.from_dict(head["ranking"]) if "ranking" in head else (base.ranking if base is not None and kind == "delta" else None)
+        global_mean = head.global_mean if head.global_mean is not None else (base.global_mean if base is not None else 0.0)
+        ranking = head.ranking if head.ranking is not None else (base.ranking if base is not None and kind == "delta" else None)
         pending = []
         for u in updates:  # every chunk's items first: a user's candidates may sit in a later chunk
-            iid = list(map(str, u.header.get("item_ids", [])))
+            iid = u.header.item_ids
             items = items.upsert(iid, u.tensors, ITEM_TENSORS)
             pending.append((u, iid))
         for u, iid in pending:
-            uid = list(map(str, u.header.get("user_ids", [])))
+            uid = u.header.user_ids
             tensors = u.tensors
             rows = _candidate_rows(u, items, width)
             if rows is not None:
                 tensors = {**tensors, "user_candidate_rows": rows}
             users = users.upsert(uid, tensors, USER_TENSORS)
             # Rows the trainer expired (row TTL) are dead until a later update brings them back.
-            dead_users.update(map(str, u.header.get("expired_user_ids") or ()))
-            for key in map(str, u.header.get("expired_item_ids") or ()):
+            dead_users.update(u.header.expired_user_ids)
+            for key in u.header.expired_item_ids:
                 r = items.index.get(key)
                 if r is not None and r < items.n:
                     dead_items.add(r)
@@ -302,13 +304,13 @@ class ServingModel:
                 dead_users.difference_update(uid)
             if dead_items and iid:
                 dead_items.difference_update(items.index[key] for key in iid)
-            gone = [x for x in map(str, u.header.get("expired_user_ids") or ()) if x in seen]
+            gone = [x for x in u.header.expired_user_ids if x in seen]
             if gone:  # expired or erased users: their seen lists go with them (a fresh profile starts empty)
                 if not seen_copied:
                     seen, seen_copied = dict(seen), True
                 for x in gone:
                     del seen[x]
-            published = u.header.get("published") or []
+            published = u.header.published
             if published and seen_per_user > 0:
                 if not seen_copied:
                     seen, seen_copied = dict(seen), True
@@ -512,11 +514,8 @@ class ServingModel:
         return Recommendation(user_id, items, self.version, True)
 
 
-def _add_seen(seen: dict[str, tuple[str, ...]], published: Iterable[Sequence[Any]], limit: int) -> None:
-    for entry in published:
-        if not isinstance(entry, (list, tuple)) or len(entry) < 2:
-            continue
-        user, item = str(entry[0]), str(entry[1])
+def _add_seen(seen: dict[str, tuple[str, ...]], published: Iterable[tuple[str, str, float]], limit: int) -> None:
+    for user, item, _ in published:
         old = seen.get(user, ())
         if item in old:
             continue

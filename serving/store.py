@@ -6,8 +6,9 @@ sees exactly one version; building the next version happens on whichever thread 
 
 Rules: versions only move forward; a delta whose ``base_version`` is not the served version is
 a *gap*; an update that does not decode is *corrupt*. Both are logged, counted in
-``reco_serving_updates_rejected_total{reason}`` and healed by the next complete snapshot; until
-then the last good version keeps serving.
+``reco_serving_updates_rejected_total{reason}`` and healed by a complete snapshot (the follower,
+:class:`serving.kafka_io.UpdateFollower`, reloads one from the model-snapshots topic after a
+gap); until then the last good version keeps serving.
 
 Examples
 --------
@@ -106,26 +107,20 @@ class ModelStore:
         t0 = time.perf_counter() if t0 is None else t0
         with self._lock:
             h = update.header
-            version, kind = int(h["version"]), h["kind"]
+            version, kind = h.version, h.kind
             cur = self.version
             if kind == "snapshot":
                 if cur is not None and version < cur:
                     return self._reject("stale", f"snapshot {version} is older than the served version {cur}")
                 if cur is not None and version == cur:
                     return ApplyResult(version=version, skipped=True)
-                try:
-                    chunks, chunk = int(h.get("chunks", 1)), int(h.get("chunk", 0))
-                except (TypeError, ValueError):
-                    return self._reject("corrupt", f"snapshot {version}: bad chunk/chunks {h.get('chunk')!r}/{h.get('chunks')!r}")
-                if not 0 <= chunk < chunks:
-                    return self._reject("corrupt", f"snapshot {version}: chunk {chunk} of {chunks}")
                 for old in [v for v in self._pending if v < version]:
                     del self._pending[old]  # superseded before it completed
                 parts = self._pending.setdefault(version, {})
-                parts[chunk] = update
-                if len(parts) < chunks:
+                parts[h.chunk] = update
+                if len(parts) < h.chunks:
                     return ApplyResult(version=version, pending=True)
-                updates = [parts[i] for i in range(chunks)]
+                updates = [parts[i] for i in range(h.chunks)]
                 del self._pending[version]
             else:
                 if cur is not None and version <= cur:
@@ -147,11 +142,8 @@ class ModelStore:
         if observe_latency:
             now = self.clock()
             for u in updates:
-                for entry in u.header.get("published") or ():
-                    try:
-                        m.feedback_latency.observe(max(0.0, now - float(entry[2])))
-                    except (IndexError, TypeError, ValueError):
-                        pass
+                for _, _, published in u.header.published:
+                    m.feedback_latency.observe(max(0.0, now - published))
         for listener in list(self.listeners):
             for u in updates:
                 try:
@@ -185,17 +177,13 @@ class ModelStore:
                 continue
             tail.append(u)
             h = u.header
-            if h["kind"] != "snapshot":
+            if not h.is_snapshot:
                 continue
-            v = int(h["version"])
-            try:
-                chunks, chunk = int(h.get("chunks", 1)), int(h.get("chunk", 0))
-            except (TypeError, ValueError):
-                continue
+            v = h.version
             first_pos.setdefault(v, len(tail) - 1)
             got = chunks_seen.setdefault(v, set())
-            got.add(chunk)
-            if len(got) >= chunks:  # complete: everything before its first chunk is history
+            got.add(h.chunk)
+            if len(got) >= h.chunks:  # complete: everything before its first chunk is history
                 start = first_pos[v]
                 tail = tail[start:]
                 first_pos = {k: p - start for k, p in first_pos.items() if p >= start}

@@ -71,7 +71,7 @@ class FeedbackLog:
         self._lock = threading.Lock()
 
     def on_swap(self, model: Any, update: Any) -> None:
-        published = update.header.get("published") or ()
+        published = update.header.published  # trainer.updates.UpdateHeader: [(user_id, item_id, published)]
         if not published:
             return
         now = self.clock()

@@ -66,7 +66,7 @@ log = logging.getLogger(__name__)
 
 IDS_LOG = "learned_ids.log"
 _PREFIX = "ckpt-"
-_FORMAT = 1
+_FORMAT = 2  # 2: each component's meta as its state() returned it; 1 wrapped it as {"form": "pair"|"dict", "meta": ...}
 _STALE_TMP_S = 300.0
 
 State = tuple[dict[str, Any], dict[str, np.ndarray]]
@@ -102,6 +102,14 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, np.ndarray):
         return o.tolist()
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _unwrap_v1(m: Any) -> dict[str, Any]:
+    """A format-1 component meta (``{"form": "pair"|"dict", "meta": state}``) as format 2 holds it:
+    the component's own meta (a "dict" state had no arrays; ``from_state(meta, {})`` reads it)."""
+    if not isinstance(m, dict) or m.get("form") not in ("pair", "dict") or not isinstance(m.get("meta"), dict):
+        raise ValueError(f"format-1 component meta without form/meta: {str(m)[:80]}")
+    return m["meta"]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -289,11 +297,13 @@ class CheckpointStore:
 
         try:
             meta = json.loads((path / "meta.json").read_text())
-            if meta.get("format") != _FORMAT:
-                raise ValueError(f"unknown format {meta.get('format')!r}")
+            fmt = meta.get("format")
+            if fmt not in (1, _FORMAT):
+                raise ValueError(f"unknown format {fmt!r}")
             tensors = load_file(str(path / "arrays.safetensors"))
             arrays = _unpack_arrays(tensors, meta.get("special_arrays", {}))
-            components = {name: (m, arrays.get(name, {})) for name, m in meta["components"].items()}
+            comp_meta = meta["components"] if fmt == _FORMAT else {name: _unwrap_v1(m) for name, m in meta["components"].items()}
+            components = {name: (m, arrays.get(name, {})) for name, m in comp_meta.items()}
             offsets = {str(k): int(v) for k, v in meta["offsets"].items()}
             return Checkpoint(int(meta["seq"]), int(meta["version"]), offsets, components, meta.get("info", {}), path)
         except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:

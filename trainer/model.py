@@ -1028,20 +1028,27 @@ class HybridMF:
         """Header part and tensors of a model update (see :mod:`trainer.updates`).
 
         ``full=False``: rows touched since the previous delta export (then forgotten), plus
-        ``expired_user_ids``/``expired_item_ids`` removed since. ``full=True``: every live row.
+        ``expired_user_ids``/``expired_item_ids`` removed since. ``full=True``: every live row;
+        touches nothing, so it may be encoded later (off the training thread) from what it returns.
+        Every array returned is a copy. ``user_candidates`` (int32, -1 padded) indexes the header's
+        ``candidate_item_ids``, here the model's item id by row (``""`` for dead rows, which no
+        candidate names): a valid update as it is; :func:`trainer.updates.chunk_update` narrows it
+        to the ids each message references.
         """
         nu, ni = len(self._uids), len(self._iids)
         alive_u = np.array([x is not None for x in self._uids], bool)
         alive_i = self._ALIVE_I[:ni]
-        if full and self._clock - self._lp_ref > _LP_REBASE:
-            # log popularity is exported relative to a clock reference, moved only with a full
-            # export (a replica rebuilds from it): float32 values stay small on a stream of any length
+        rebase = not full and self._clock - self._lp_ref > _LP_REBASE
+        if rebase:
+            # log popularity is exported relative to a clock reference, moved only by a delta that
+            # carries every item row: a replica following deltas never mixes two references, and a
+            # snapshot (which replicas skip when they hold its version) never moves it
             self._lp_ref = self._clock
         if full:
             ur, ir = np.flatnonzero(alive_u), np.flatnonzero(alive_i)
         else:
             ur = np.flatnonzero(alive_u & self._TOUCH_U[:nu])
-            ir = np.flatnonzero(alive_i & self._TOUCH_I[:ni])
+            ir = np.flatnonzero(alive_i if rebase else alive_i & self._TOUCH_I[:ni])
             self._TOUCH_U[:nu] = False
             self._TOUCH_I[:ni] = False
         now = self._newest_time
@@ -1054,7 +1061,7 @@ class HybridMF:
             "global_mean": self.global_mean,
             "user_ids": [self._uids[r] for r in ur],
             "item_ids": [iids[r] for r in ir],
-            "user_candidates": [[iids[c] for c in row if c >= 0] for row in cand_rows.tolist()],
+            "candidate_item_ids": [x if x is not None else "" for x in iids],  # a copy; dead rows are named by no candidate
             "ranking": self.rank_weights.to_dict(),
         }
         if not full:
@@ -1068,6 +1075,7 @@ class HybridMF:
             "item_bias": np.ascontiguousarray(self._BI[ir], np.float32),
             "item_popularity": np.ascontiguousarray(pop, np.float32),
             "item_log_popularity": log_popularity(self._RPOP[ir], self._RPOPT[ir] - self._lp_ref, self._pop_taus),
+            "user_candidates": np.ascontiguousarray(cand_rows, np.int32),
             "user_candidate_scores": np.ascontiguousarray(cand_vals, np.float32),
             "user_mf_gain": self._user_mf_gain(ur),
         }

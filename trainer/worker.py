@@ -7,17 +7,27 @@ one leaves or dies (after the group session timeout, 6 s). On every assignment t
 newest checkpoint and seeks the partition to the checkpoint's offsets: the checkpoint, not Kafka's
 committed offsets, says where learning resumes (see :mod:`trainer.checkpoint` for the guarantee).
 
-Model updates (:class:`trainer.updates.ModelUpdate`) go to the model-updates topic:
+Model updates (:class:`trainer.updates.ModelUpdate`, the contract in :mod:`trainer.updates`):
 
-* a **delta** (rows touched since the previous update) as soon as ``update_interval_ms`` has passed
-  since the previous one, or after ``update_max_examples`` examples, carrying ``published`` =
-  ``[[user_id, item_id, published_s], ...]`` for every example it covers; a delta larger than
-  ``max_message_bytes`` is sent as several consecutive deltas (each its own version);
+* a **delta** (rows touched since the previous update) on the model-updates topic as soon as
+  ``update_interval_ms`` has passed since the previous one, or after ``update_max_examples``
+  examples, carrying ``published`` = ``[[user_id, item_id, published_s], ...]`` for every example
+  it covers; a delta larger than ``max_message_bytes`` is sent as several consecutive deltas (each
+  its own version);
 * a **snapshot** (all rows, chunked by rows to fit ``max_message_bytes``, every chunk the same
-  version) right after the first examples or a restore, then every ``snapshot_interval_s``.
+  version) on the model-snapshots topic right after the first examples or a restore, then every
+  ``snapshot_interval_s``. Its header's ``deltas_from`` is the model-updates offset where the
+  deltas that follow it start. While the trainer's rows are the ones its deltas delivered ("in
+  sync"), a snapshot takes the version of the last delta (replicas that follow the deltas already
+  hold it and never need it); after a restore or a refused update it takes the next version, so the
+  following deltas make every replica that followed the old ones see a gap and reload.
+  The rows are copied on the training thread (``export(full=True)``); chunking, encoding,
+  compression and sending happen on a background thread with its own producer, one snapshot at a
+  time (``last_snapshot`` holds the stall and send times).
 
 Versions only move forward, also across restarts and take-overs: on assignment the trainer reads
-the tail of the model-updates topic and continues after the highest version found there.
+the tails of the model-updates and model-snapshots topics and continues after the highest version
+found there.
 
 Erasure: the active trainer also reads the control topic (:mod:`streamproc.control`, one
 partition, its offset kept in the checkpoint like the examples offset). An erasure record drops
@@ -51,16 +61,17 @@ from typing import Any
 import numpy as np
 
 from streamproc.control import ControlRecord, InvalidControl
-from streamproc.errors import RecoError
+from streamproc.errors import InvalidUpdate, RecoError
 from streamproc.examples import KIND_ITEM, KIND_NAMES, ExampleBatch, InvalidExampleBatch
 from streamproc.kafka import GROUP_TIMEOUTS, client_config
 from streamproc.settings import Settings
 from streamproc.topics import Topics
 from trainer.checkpoint import Checkpoint, CheckpointError, CheckpointStore
 from trainer.metrics import TrainerMetrics
-from trainer.updates import ModelUpdate
+from trainer.scoring import RankWeights
+from trainer.updates import UpdateHeader, chunk_update, peek
 
-__all__ = ["TrainerWorker", "split_rows", "peek_header"]
+__all__ = ["TrainerWorker"]
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +80,6 @@ MAX_POLL_RECORDS = 8  # example batches per poll: keeps the loop (and publishing
 _LAG_EVERY_S = 1.0
 SETTLE_MIN_S, SETTLE_MAX_S = 1.2, 15.0  # before leaving the group: see _settle_group
 _REPUBLISH_PAUSE_S = 1.0  # after the broker refused a model update
-_HEADER_SLACK = 2048  # bytes reserved for the fixed header fields and safetensors framing
 _ERASURE_FLUSH_MIN_S = 0.25  # erasures arriving closer together share one delta + checkpoint
 # After an erasure the next snapshot comes on the regular schedule, but at the latest this long after
 # the previous one. Not at once: every replica rebuilds from a snapshot, and extra snapshots during a
@@ -80,65 +90,6 @@ _CONTROL_POLL_RECORDS = 500
 # Examples published up to this long after the erasure record are dropped too: the record's Kafka
 # timestamp is taken before the DELETE is acknowledged, and producers' clocks differ a little.
 ERASURE_SLACK_S = 1.0
-
-
-def _header_bytes(x: Any) -> int:
-    """Bytes ``x`` adds to a model update's header: its JSON, escaped once more as the safetensors
-    metadata string (every quote doubles), plus a separator."""
-    return len(json.dumps(json.dumps(x, separators=(",", ":")))) - 1
-
-
-def peek_header(data: bytes) -> dict[str, Any]:
-    """The JSON header of an encoded :class:`ModelUpdate`, without loading its tensors.
-
-    Examples
-    --------
-    >>> peek_header(ModelUpdate({"version": 7, "kind": "delta"}).encode())["version"]
-    7
-    """
-    hlen = int.from_bytes(data[:8], "little")
-    return json.loads(json.loads(data[8 : 8 + hlen])["__metadata__"]["reco"])
-
-
-def split_rows(user_cost: list[int], item_cost: list[int], extra_cost: list[int], budget: int) -> list[tuple[slice, slice, slice]]:
-    """Pack user rows, item rows and ``published`` entries, in order, into parts of at most
-    ``budget`` estimated bytes (a single oversized unit still gets its own part).
-
-    Returns one ``(users, items, extras)`` slice triple per part; always at least one part.
-
-    Examples
-    --------
-    >>> split_rows([10, 10], [10], [], 25)
-    [(slice(0, 2, None), slice(0, 0, None), slice(0, 0, None)), (slice(2, 2, None), slice(0, 1, None), slice(0, 0, None))]
-    """
-    parts: list[tuple[slice, slice, slice]] = []
-    starts = [0, 0, 0]
-    pos = [0, 0, 0]
-    used = 0
-    for table, costs in enumerate((user_cost, item_cost, extra_cost)):
-        for c in costs:
-            if used and used + c > budget:
-                parts.append(tuple(slice(starts[t], pos[t]) for t in range(3)))  # type: ignore[arg-type]
-                starts = list(pos)
-                used = 0
-            pos[table] += 1
-            used += c
-    parts.append(tuple(slice(starts[t], pos[t]) for t in range(3)))  # type: ignore[arg-type]
-    return parts
-
-
-def _state_of(obj: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """``obj.state()`` as ``(meta, arrays)``; a plain-dict state is wrapped (and unwrapped on restore)."""
-    s = obj.state()
-    if isinstance(s, tuple) and len(s) == 2 and isinstance(s[1], dict):
-        return {"form": "pair", "meta": s[0]}, s[1]
-    return {"form": "dict", "meta": s}, {}
-
-
-def _restore(cls: Any, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Any:
-    if meta.get("form") == "pair":
-        return cls.from_state(meta["meta"], arrays)
-    return cls.from_state(meta["meta"])
 
 
 def _default_classes() -> tuple[Any, Any, Any]:
@@ -182,6 +133,11 @@ class TrainerWorker:
         self._offsets: dict[str, int] = {}
         self._consumer: Any = None
         self._producer: Any = None
+        self._snap_producer: Any = None  # snapshots: their own connection, so a delta never waits behind one
+        self._snap_thread: threading.Thread | None = None
+        self.last_snapshot: dict[str, Any] = {}  # stall_s (training thread), send_s, messages, bytes, version
+        self._in_sync = False  # the rows equal what the deltas published so far delivered (see the module doc)
+        self._updates_end: int | None = None  # next offset of the model-updates topic (deltas_from of a snapshot)
         self._fatal: BaseException | None = None
         self._lock = threading.RLock()  # the poll loop vs. rebalance callbacks (kafka-python I/O thread)
         self._commit_due = False
@@ -244,6 +200,9 @@ class TrainerWorker:
         self._producer = KafkaProducer(
             linger_ms=0, acks=1, enable_idempotence=False, max_request_size=max(2 * self.settings.max_message_bytes, 1_048_576),
             compression_type=self.settings.compression_type, **cfg)  # RECO_COMPRESSION: zstd halves snapshots (README)
+        self._snap_producer = KafkaProducer(
+            linger_ms=5, acks=1, enable_idempotence=False, max_request_size=max(2 * self.settings.max_message_bytes, 1_048_576),
+            compression_type=self.settings.compression_type, **cfg)
         self._listener = _Listener()
         self._open_consumer()
         if self.topics.control:
@@ -282,6 +241,15 @@ class TrainerWorker:
         log.warning("leaving group %s while a rebalance is still in progress", self.group_id)
 
     def close(self) -> None:
+        if self._snap_thread is not None:
+            self._snap_thread.join(120)  # a snapshot in flight is finished, not cut
+            self._snap_thread = None
+        if self._snap_producer is not None:
+            try:
+                self._snap_producer.close(10)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("closing the snapshot producer: %s", exc)
+            self._snap_producer = None
         if self._control is not None:
             try:
                 self._control.close(autocommit=False)
@@ -443,101 +411,135 @@ class TrainerWorker:
         return time.monotonic() - self._last_snapshot >= self.settings.snapshot_interval_s
 
     def publish_delta(self) -> int:
-        """Publish the rows touched since the previous update; returns messages sent."""
+        """Publish the rows touched since the previous update; returns messages sent. While not in
+        sync (after a restore or a refused update) a snapshot goes first instead (it holds them)."""
         if self.model is None:
             return 0
+        if not self._in_sync:
+            return self.publish_snapshot() if time.monotonic() >= self._snapshot_not_before else 0
         t0 = time.perf_counter()
         head, tensors = self.model.export(full=False)
-        published = [[u, i, p] for u, i, p in zip(self._pending_users, self._pending_items, self._pending_published, strict=True)]
+        published = list(zip(self._pending_users, self._pending_items, self._pending_published, strict=True))
         if not published and not any(head.get(k) for k in ("user_ids", "item_ids", "expired_user_ids", "expired_item_ids")):
             return 0
-        extra = {"newest_event_time": self._pending_event_time or self._newest_event_time,
-                 "newest_published": self._pending_newest_published or self._newest_published}
-        sent = self._send(head, tensors, "delta", published, extra)
-        self._reset_pending()
-        self._last_delta = time.monotonic()
-        self.metrics.publish_duration.observe(time.perf_counter() - t0)
-        return sent
-
-    def publish_snapshot(self) -> int:
-        """Publish every row (chunked to fit ``max_message_bytes``), after any pending delta."""
-        if self.model is None:
-            return 0
-        if self._pending_published:
-            self.publish_delta()
-        t0 = time.perf_counter()
-        head, tensors = self.model.export(full=True)
-        extra = {"newest_event_time": self._newest_event_time, "newest_published": self._newest_published}
-        sent = self._send(head, tensors, "snapshot", [], extra)
-        self.metrics.rows.labels(table="users").set(len(head.get("user_ids", [])))
-        self.metrics.rows.labels(table="items").set(len(head.get("item_ids", [])))
-        self._need_snapshot = False
-        self._last_snapshot = time.monotonic()
-        self.metrics.publish_duration.observe(time.perf_counter() - t0)
-        return sent
-
-    def _send(self, head: dict[str, Any], tensors: dict[str, np.ndarray], kind: str,
-              published: list[list[Any]], extra: dict[str, Any]) -> int:
-        users, items = list(head.get("user_ids", [])), list(head.get("item_ids", []))
-        row_bytes = {name: int(np.asarray(t).itemsize * (np.prod(np.asarray(t).shape[1:]) if np.asarray(t).ndim > 1 else 1))
-                     for name, t in tensors.items()}
-        u_fixed = sum(v for k, v in row_bytes.items() if k.startswith("user"))
-        i_fixed = sum(v for k, v in row_bytes.items() if not k.startswith("user"))
-        cands = head.get("user_candidates")
-        u_cost = [u_fixed + _header_bytes(x) for x in users]
-        if cands is not None:
-            u_cost = [c + _header_bytes(x) for c, x in zip(u_cost, cands, strict=False)]
-        i_cost = [i_fixed + _header_bytes(x) for x in items]
-        p_cost = [_header_bytes(p) for p in published]
-        expired = sum(_header_bytes(head.get(k, [])) for k in ("expired_user_ids", "expired_item_ids"))
-        budget = max(self.settings.max_message_bytes - _HEADER_SLACK - _header_bytes(self._offsets) - expired, 1024)
-        # items first: a user's candidates may name an item this very update introduces
-        parts = [(us, its, ps) for its, us, ps in split_rows(i_cost, u_cost, p_cost, budget)]
-        base = self.version
-        snapshot_version = self.version + 1
+        header = self._header(head, "delta", self.version + 1, base=self.version, published=published,
+                              newest_event_time=self._pending_event_time or self._newest_event_time,
+                              newest_published=self._pending_newest_published or self._newest_published)
+        parts = chunk_update(header, tensors, self.settings.max_message_bytes, candidate_space=head.get("candidate_item_ids"))
         futures = []
-        for n, (us, its, ps) in enumerate(parts):
-            version = snapshot_version if kind == "snapshot" else self.version + 1
-            header: dict[str, Any] = {
-                "version": version,
-                "kind": kind,
-                "base_version": base if kind == "snapshot" else version - 1,
-                "chunk": n if kind == "snapshot" else 0,
-                "chunks": len(parts) if kind == "snapshot" else 1,
-                "global_mean": float(head.get("global_mean", 0.0)),
-                "user_ids": users[us],
-                "item_ids": items[its],
-                **({"user_candidates": cands[us]} if cands is not None else {}),
-                **({"ranking": head["ranking"]} if "ranking" in head else {}),
-                **({k: head[k] for k in ("expired_user_ids", "expired_item_ids") if k in head} if n == 0 else {}),
-                **extra,
-                "published": published[ps],
-                "offsets": dict(self._offsets),
-                "created": time.time(),
-            }
-            part = {name: np.ascontiguousarray(t[us] if name.startswith("user") else t[its]) for name, t in tensors.items()}
-            data = ModelUpdate(header, part).encode()
-            if len(data) > self.settings.max_message_bytes:
-                log.warning("model update v%d part %d is %d bytes, above max_message_bytes=%d (one row too large?)",
-                            version, n, len(data), self.settings.max_message_bytes)
+        for u in parts:
+            data = u.encode()
+            self._check_size(u.header, len(data))
             futures.append(self._producer.send(self.topics.model_updates, value=data))
-            self.version = version
+            self.version = u.header.version
             self.metrics.update_size.observe(len(data))
-            self.metrics.updates_published.labels(kind=kind).inc()
+            self.metrics.updates_published.labels(kind="delta").inc()
         self._producer.flush()
         from kafka.errors import KafkaError
 
         try:
             for f in futures:
-                f.get(timeout=30)  # raise if the broker refused one
+                md = f.get(timeout=30)  # raise if the broker refused one
+                self._updates_end = max(self._updates_end or 0, int(md.offset) + 1)
         except KafkaError as exc:
             # e.g. a broker that came back with the topic recreated refuses the batch: replicas would
             # see a gap, so the next turn publishes a full snapshot (after a pause), the trainer stays up
-            log.warning("model update v%d (%s) not accepted by the broker: %r; a full snapshot follows", self.version, kind, exc)
-            self._need_snapshot = True
-            self._snapshot_not_before = time.monotonic() + _REPUBLISH_PAUSE_S
+            log.warning("model update v%d (delta) not accepted by the broker: %r; a full snapshot follows", self.version, exc)
+            self._refused()
         self.metrics.model_version.set(self.version)
+        self._reset_pending()
+        self._last_delta = time.monotonic()
+        self.metrics.publish_duration.observe(time.perf_counter() - t0)
         return len(parts)
+
+    def publish_snapshot(self, *, wait: bool = False) -> int:
+        """Publish every row to the model-snapshots topic (after any pending delta): the rows are
+        copied here, then chunked, encoded and sent on a background thread (``wait``: join it).
+        Returns the messages sent (``wait``) or 1 when a snapshot was started, 0 when none was
+        (no model, or the previous snapshot is still being sent)."""
+        if self.model is None:
+            return 0
+        if self._snap_thread is not None and self._snap_thread.is_alive():
+            return 0  # one at a time; still due, so the next turn after it ends starts the next one
+        if self._in_sync and self._pending_published:
+            self.publish_delta()
+        t0 = time.perf_counter()
+        head, tensors = self.model.export(full=True)
+        version = self.version if self._in_sync and self.version > 0 else self.version + 1
+        header = self._header(head, "snapshot", version, base=None, published=[], newest_event_time=self._newest_event_time,
+                              newest_published=self._newest_published, deltas_from=self._updates_end or 0)
+        stall = time.perf_counter() - t0
+        self.version = version
+        self._in_sync = True
+        self._reset_pending()  # a snapshot after a restore holds what pending deltas held
+        self.metrics.model_version.set(version)
+        self.metrics.rows.labels(table="users").set(len(header.user_ids))
+        self.metrics.rows.labels(table="items").set(len(header.item_ids))
+        self._need_snapshot = False
+        self._last_snapshot = time.monotonic()
+        self.last_snapshot = {"version": version, "stall_s": round(stall, 4), "users": len(header.user_ids),
+                              "items": len(header.item_ids)}
+        out: dict[str, int] = {}
+
+        def send() -> None:
+            out["sent"] = self._send_snapshot(header, tensors, head.get("candidate_item_ids"), t0)
+
+        self._snap_thread = threading.Thread(target=send, name=f"snapshot-v{version}", daemon=True)
+        self._snap_thread.start()
+        if wait:
+            self._snap_thread.join()
+            return out.get("sent", 0)
+        return 1
+
+    def _send_snapshot(self, header: UpdateHeader, tensors: dict[str, np.ndarray], space: Any, t0: float) -> int:
+        """Background thread: chunk, encode and send one snapshot; a failure schedules the next."""
+        from kafka.errors import KafkaError
+
+        t1 = time.perf_counter()
+        sent = size = 0
+        try:
+            parts = chunk_update(header, tensors, self.settings.max_message_bytes, candidate_space=space)
+            futures = []
+            for u in parts:
+                data = u.encode()
+                self._check_size(u.header, len(data))
+                futures.append(self._snap_producer.send(self.topics.model_snapshots, value=data))
+                size += len(data)
+                self.metrics.update_size.observe(len(data))
+                self.metrics.updates_published.labels(kind="snapshot").inc()
+            self._snap_producer.flush()
+            for f in futures:
+                f.get(timeout=60)
+            sent = len(parts)
+        except (KafkaError, InvalidUpdate, ValueError) as exc:
+            log.warning("snapshot v%d not published: %r; another follows", header.version, exc)
+            with self._lock:
+                self._need_snapshot = True
+                self._snapshot_not_before = time.monotonic() + _REPUBLISH_PAUSE_S
+        self.last_snapshot.update(send_s=round(time.perf_counter() - t1, 3), messages=sent, bytes=size)
+        self.metrics.publish_duration.observe(time.perf_counter() - t0)
+        return sent
+
+    def _header(self, head: dict[str, Any], kind: str, version: int, *, base: int | None, published: list[tuple[str, str, float]],
+                newest_event_time: float, newest_published: float, deltas_from: int | None = None) -> UpdateHeader:
+        ranking = head.get("ranking")
+        return UpdateHeader(
+            version=version, kind="snapshot" if kind == "snapshot" else "delta", base_version=base, deltas_from=deltas_from,
+            global_mean=float(head.get("global_mean", 0.0)), user_ids=list(head.get("user_ids", [])),
+            item_ids=list(head.get("item_ids", [])), ranking=RankWeights.from_dict(ranking) if ranking is not None else None,
+            expired_user_ids=list(head.get("expired_user_ids", [])), expired_item_ids=list(head.get("expired_item_ids", [])),
+            newest_event_time=float(newest_event_time), newest_published=float(newest_published),
+            published=[(str(u), str(i), float(p)) for u, i, p in published], offsets=dict(self._offsets), created=time.time())
+
+    def _check_size(self, h: UpdateHeader, n: int) -> None:
+        if n > self.settings.max_message_bytes:
+            log.warning("model update v%d part %d is %d bytes, above max_message_bytes=%d (one row too large?)",
+                        h.version, h.chunk, n, self.settings.max_message_bytes)
+
+    def _refused(self) -> None:
+        self._in_sync = False
+        self._need_snapshot = True
+        self._snapshot_not_before = time.monotonic() + _REPUBLISH_PAUSE_S
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint(self) -> Checkpoint | None:
@@ -548,7 +550,7 @@ class TrainerWorker:
         self._last_ckpt = time.monotonic()
         if self.model is None:
             return None
-        components = {"model": _state_of(self.model), "prequential": _state_of(self.prequential), "drift": _state_of(self.drift),
+        components = {"model": self.model.state(), "prequential": self.prequential.state(), "drift": self.drift.state(),
                       "erasures": self._erasure_state()}
         erased = set(self._erase_tags)
         info = {
@@ -595,6 +597,7 @@ class TrainerWorker:
         self.model = model_cls.from_settings(self.settings)
         self.prequential = preq_cls()
         self.drift = drift_cls(detector=self.settings.drift_detector)
+        self._in_sync = self.version == 0  # nothing published yet: deltas from the empty model are the truth
         if not self._salt:
             self._salt = os.urandom(16)
 
@@ -623,8 +626,10 @@ class TrainerWorker:
             log.info("no examples partition assigned: standby")
             return
         ck = self.store.latest()
+        prev_version, in_sync = self.version, False
         if ck is not None and ck.seq == self._mem_seq and self.model is not None:
             log.info("assignment: in-memory state equals checkpoint %d", ck.seq)
+            in_sync = self._in_sync
         elif ck is not None:
             self._load(ck)
         else:
@@ -634,6 +639,7 @@ class TrainerWorker:
             self.examples_learned = 0
             self._learned_at_ckpt = 0
         topic_version = self._published_version()
+        self._in_sync = in_sync and topic_version <= prev_version  # nobody published since our own last update
         self.version = max(self.version, topic_version, ck.version if ck else 0)
         self.metrics.model_version.set(self.version)
         for tp in mine:
@@ -654,9 +660,9 @@ class TrainerWorker:
 
     def _load(self, ck: Checkpoint) -> None:
         model_cls, preq_cls, drift_cls = self.classes or _default_classes()
-        self.model = _restore(model_cls, *ck.components["model"])
-        self.prequential = _restore(preq_cls, *ck.components["prequential"])
-        self.drift = _restore(drift_cls, *ck.components["drift"])
+        self.model = model_cls.from_state(*ck.components["model"])
+        self.prequential = preq_cls.from_state(*ck.components["prequential"])
+        self.drift = drift_cls.from_state(*ck.components["drift"])
         self._restore_erasures(ck.components.get("erasures"))
         self._offsets = dict(ck.offsets)
         self.examples_learned = int(ck.info.get("examples_learned", 0))
@@ -671,32 +677,38 @@ class TrainerWorker:
                  ck.seq, ck.version, self.examples_learned, ck.offsets)
 
     def _published_version(self, idle_polls: int = 2) -> int:
-        """Highest version on the model-updates topic (reads only its tail)."""
+        """Highest version on the model-updates and model-snapshots topics (reads only their tails);
+        also notes where the next delta will land (:attr:`_updates_end`)."""
         from kafka import KafkaConsumer, TopicPartition
 
-        tp = TopicPartition(self.topics.model_updates, 0)
-        c = KafkaConsumer(enable_auto_commit=False, fetch_max_wait_ms=100, **client_config(self.settings))
         best = 0
-        try:
-            c.assign([tp])
-            end = c.end_offsets([tp]).get(tp, 0) or 0
-            c.seek(tp, max(0, end - 4))  # the last messages hold the highest version; read on to the real end
-            empty = 0
-            deadline = time.monotonic() + 10
-            while empty < idle_polls and time.monotonic() < deadline:
-                recs = c.poll(timeout_ms=150)
-                if not recs:
-                    empty += 1
-                    continue
+        for topic in (self.topics.model_updates, self.topics.model_snapshots):
+            tp = TopicPartition(topic, 0)
+            c = KafkaConsumer(enable_auto_commit=False, fetch_max_wait_ms=100, **client_config(self.settings))
+            try:
+                c.assign([tp])
+                end = c.end_offsets([tp]).get(tp, 0) or 0
+                # the last messages hold the highest version (a snapshot's chunks share one); read on to the real end
+                c.seek(tp, max(0, end - 4))
                 empty = 0
-                for msgs in recs.values():
-                    for m in msgs:
-                        try:
-                            best = max(best, int(peek_header(m.value)["version"]))
-                        except (ValueError, KeyError, TypeError):
-                            log.warning("unreadable model update at offset %d", m.offset)
-        finally:
-            c.close()
+                deadline = time.monotonic() + 10
+                while empty < idle_polls and time.monotonic() < deadline:
+                    recs = c.poll(timeout_ms=150)
+                    if not recs:
+                        empty += 1
+                        continue
+                    empty = 0
+                    for msgs in recs.values():
+                        for m in msgs:
+                            end = max(end, m.offset + 1)
+                            try:
+                                best = max(best, peek(m.value).version)
+                            except InvalidUpdate:
+                                log.warning("unreadable model update at %s offset %d", topic, m.offset)
+            finally:
+                c.close()
+            if topic == self.topics.model_updates:
+                self._updates_end = max(self._updates_end or 0, end)
         return best
 
     def _update_lag(self) -> None:
@@ -732,7 +744,7 @@ class TrainerWorker:
     def _erasure_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         tags = np.array([int(t, 16) for t in self._tombs], np.uint64)
         times = np.array(list(self._tombs.values()), np.float64)
-        return {"form": "pair", "meta": {"salt": self._salt.hex()}}, {"tag": tags, "time": times}
+        return {"salt": self._salt.hex()}, {"tag": tags, "time": times}
 
     def _restore_erasures(self, comp: Any) -> None:
         if comp is None:  # a checkpoint written before erasure existed
@@ -740,7 +752,7 @@ class TrainerWorker:
             self._salt = self._salt or os.urandom(16)
             return
         meta, arrays = comp
-        self._salt = bytes.fromhex(meta["meta"]["salt"])
+        self._salt = bytes.fromhex(meta["salt"])
         tags, times = arrays.get("tag", np.zeros(0, np.uint64)), arrays.get("time", np.zeros(0))
         self._tombs = {format(int(t), "016x"): float(x) for t, x in zip(tags.tolist(), times.tolist(), strict=True)}
         self._tomb_max = max(self._tombs.values(), default=0.0)

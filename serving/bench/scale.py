@@ -6,21 +6,26 @@ truth) at growing sizes. Each size runs in its own process, so resident memory i
 
 * **trainer** (:class:`trainer.worker.TrainerWorker`, the real one, on the embedded broker):
   events/s of ``learn`` on batches of 1,000 examples; resident memory growth and
-  ``HybridMF.memory_bytes_per_row``; checkpoint write time and bytes; a full snapshot's bytes and
-  publish time (export + encoding + send); then 10 s of stream at 2,000 events/s in deltas of
-  ``update_interval_ms`` and their bytes (raw and as ``RECO_COMPRESSION`` stores them);
+  ``HybridMF.memory_bytes_per_row``; checkpoint write time and bytes; a full snapshot on the
+  model-snapshots topic: its bytes, the training thread's stall (the rows copied by
+  ``export(full=True)``) and the background send (chunking, encoding, compression, send); then
+  10 s (1M users: 4 s) of stream at 2,000 events/s in deltas of ``update_interval_ms`` on
+  model-updates and their bytes (raw and as ``RECO_COMPRESSION`` stores them);
 * **new replica** (:class:`serving.kafka_io.UpdateFollower` into a :class:`serving.store.ModelStore`,
-  in a fresh process): time until the snapshot is applied and the replica is ready, its memory,
-  and top-10 latency on the model it built;
+  in a fresh process, as ``reco serve`` starts one): time from start to its first answer from the
+  model (the newest snapshot read from model-snapshots), then to having applied every delta after
+  it; the bytes it read from each topic, its memory, and top-10 latency on the model it built;
 * **serving alone** (items 1k → 1M): a :class:`serving.bench.synthetic.SyntheticModel` snapshot built into a
   :class:`serving.model.ServingModel`; top-10 latency (in process, no HTTP) and memory;
 * **feedback latency** at a steady 2,000 events/s: ``reco bench freshness``'s probe loop, whole
   loop up (streamproc → trainer → model update → serving).
 
-Model-updates traffic per replica at 2,000 events/s = delta bytes per second (measured) + snapshot
-bytes / ``snapshot_interval_s``. Sizes whose full snapshot would not fit the run's time budget
-(above ``--snapshot-max-users``) report snapshot and replica figures extrapolated linearly per user
-row from the largest measured size, marked ``"extrapolated": true``.
+Model-updates traffic per replica at 2,000 events/s = the model-updates bytes the new replica read
+for the deltas of the stream above (what a following replica consumes: it reads model-snapshots only
+at start and after a gap), per second of stream, scaled to the stored (compressed) size by the
+codec's ratio on those deltas. Sizes above ``--snapshot-max-users`` (default: none) report snapshot
+and replica figures extrapolated linearly per user row from the largest measured size, marked
+``"extrapolated": true``.
 
 The JSON holds, for every target of issue 14, the figure and a ``meets_<target>`` boolean.
 """
@@ -128,7 +133,7 @@ def _q(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(np.asarray(values), q)), 4) if values else None
 
 
-class _SizeRecorder:
+class _SizeRecorder:  # wraps one of the trainer's producers (deltas, snapshots)
     """Wraps the trainer's real producer: forwards every send, keeps each message's size (and the
     message itself while ``keep`` is set, for the codec's stored size afterwards)."""
 
@@ -202,18 +207,24 @@ def _trainer_size(settings: Settings, users: int, items: int, events: int, snaps
     w.open()
     rec = _SizeRecorder(w._producer)
     w._producer = rec
+    snap_rec = _SizeRecorder(w._snap_producer)
+    w._snap_producer = snap_rec
+    w._in_sync = True  # the rows learned above count as delivered by deltas (as in a running trainer)
+    w.version = max(w.version, 1)
     try:
         if snapshot:
-            rec.keep = True
+            snap_rec.keep = True
             t0 = time.perf_counter()
-            chunks = w.publish_snapshot()
+            chunks = w.publish_snapshot(wait=True)
             out["snapshot_publish_s"] = round(time.perf_counter() - t0, 3)
-            rec.keep = False
+            out["snapshot_stall_s"] = w.last_snapshot.get("stall_s")  # the training thread's share: export(full=True)
+            out["snapshot_send_s"] = w.last_snapshot.get("send_s")  # background: chunk, encode, compress, send
+            snap_rec.keep = False
             out["snapshot_chunks"] = chunks
-            out["snapshot_bytes"] = sum(rec.sizes)
-            out["snapshot_bytes_stored"] = _stored_bytes(rec.kept, settings.compression)
+            out["snapshot_bytes"] = sum(snap_rec.sizes)
+            out["snapshot_bytes_stored"] = _stored_bytes(snap_rec.kept, settings.compression)
             out["snapshot_version"] = w.version
-            rec.kept = []
+            snap_rec.kept = []
         else:
             # no snapshot at this size (time budget): the rows learned so far count as delivered, as
             # after a snapshot, so the deltas below carry only what the stream at 2,000 events/s touches
@@ -243,12 +254,14 @@ def _trainer_size(settings: Settings, users: int, items: int, events: int, snaps
         out["final_version"] = w.version
     finally:
         w._producer = rec._p
+        w._snap_producer = snap_rec._p
         w.close()
     return out
 
 
 def _replica_size(settings: Settings, version: int, samples: int) -> dict[str, Any]:
-    """A new replica: follow the model-updates topic from a fresh process until ``version`` is served."""
+    """A new replica in a fresh process: start → first answer from the model (the newest snapshot on
+    model-snapshots), then → ``version`` served (the deltas after it applied); bytes read per topic."""
     import kafka  # noqa: F401 - imported before the baseline: the replica's memory is its model's
     from prometheus_client import CollectorRegistry
 
@@ -262,13 +275,22 @@ def _replica_size(settings: Settings, version: int, samples: int) -> dict[str, A
     t0 = time.perf_counter()
     follower.start()
     deadline = time.monotonic() + 600
+    while store.current is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    first = store.current
+    if first is not None:  # the first answer from the model (a known user's top-10)
+        first.recommend(first._users.ids[0] if first.n_users else "nobody", 10)
+    ready_s = time.perf_counter() - t0
+    snapshot_version = store.version
     while (store.version or 0) < version and time.monotonic() < deadline:
         time.sleep(0.02)
-    ready_s = time.perf_counter() - t0
+    caught_up_s = time.perf_counter() - t0
     follower.stop()
     model = store.current
-    out: dict[str, Any] = {"replica_ready_s": round(ready_s, 3), "replica_version": store.version,
-                           "replica_rss_growth_bytes": _rss() - rss0}
+    out: dict[str, Any] = {"replica_ready_s": round(ready_s, 3), "replica_first_version": snapshot_version,
+                           "replica_caught_up_s": round(caught_up_s, 3), "replica_version": store.version,
+                           "replica_snapshot_loads": follower.snapshot_loads, "replica_snapshot_bytes_read": follower.snapshot_bytes_read,
+                           "replica_delta_bytes_read": follower.delta_bytes_read, "replica_rss_growth_bytes": _rss() - rss0}
     if model is not None:
         out.update(_latency(model, samples))
     return out
@@ -401,7 +423,7 @@ def run_scale(settings: Settings, *, quick: bool = False, out_dir: str | None = 
 
     sizes = QUICK_SIZES if quick else FULL_SIZES
     serving_items = QUICK_SERVING_ITEMS if quick else FULL_SERVING_ITEMS
-    snap_max = snapshot_max_users if snapshot_max_users is not None else (10**9 if quick else 100_000)
+    snap_max = snapshot_max_users if snapshot_max_users is not None else 10**9  # every size measured (issue 14: no extrapolation)
     samples = 500 if quick else 2000
     steps = 2 * len(sizes) + len(serving_items) + (1 if feedback else 0)
     bar = tqdm(total=steps, desc="reco bench scale", unit="step", file=sys.stderr, disable=not progress)
@@ -446,7 +468,7 @@ def run_scale(settings: Settings, *, quick: bool = False, out_dir: str | None = 
             bar.update()
             bar.set_postfix_str(f"replica {users:,} users")
             if snapshot and "error" not in size:
-                size.update(_run_child(["replica", "--version", str(size["snapshot_version"]), "--samples", str(samples)], env, part_timeout))
+                size.update(_run_child(["replica", "--version", str(size["final_version"]), "--samples", str(samples)], env, part_timeout))
                 size["extrapolated"] = False
             bar.update()
             result["sizes"].append(size)
@@ -455,8 +477,9 @@ def run_scale(settings: Settings, *, quick: bool = False, out_dir: str | None = 
         measured = [z for z in result["sizes"] if z.get("extrapolated") is False]
         for z in result["sizes"]:
             if "error" not in z and z.get("extrapolated") is not False and measured:
-                _extrapolate(z, measured[-1], ("snapshot_bytes", "snapshot_bytes_stored", "snapshot_publish_s", "snapshot_chunks",
-                                               "replica_ready_s", "replica_rss_growth_bytes"))
+                _extrapolate(z, measured[-1], ("snapshot_bytes", "snapshot_bytes_stored", "snapshot_publish_s", "snapshot_stall_s",
+                                               "snapshot_send_s", "snapshot_chunks", "replica_ready_s", "replica_rss_growth_bytes",
+                                               "replica_delta_bytes_read"))
     if feedback and "feedback" not in result:
         bar.set_postfix_str(f"feedback latency at {FEEDBACK_RATE:,.0f} events/s")
         result["feedback"] = _feedback(settings, quick)
@@ -487,8 +510,15 @@ def finish(result: dict[str, Any], settings: Settings, out: Path | None = None) 
     for z in result["sizes"]:
         if "error" in z:
             continue
-        z["model_updates_bytes_per_s_per_replica"] = round(
-            z.get("delta_bytes_stored_per_s", 0) + (z.get("snapshot_bytes_stored") or 0) / settings.snapshot_interval_s, 1)
+        # what a following replica read from model-updates for the deltas of the stream (it reads
+        # model-snapshots only at start and after a gap), as stored: the codec's ratio on those deltas
+        ratio = z.get("delta_bytes_stored_per_s", 0) / max(z.get("delta_bytes_per_s") or 1, 1)
+        read = z.get("replica_delta_bytes_read")
+        if read is not None and z.get("tail_seconds_of_stream"):
+            z["replica_delta_bytes_read_per_s"] = round(read / z["tail_seconds_of_stream"], 1)
+            z["model_updates_bytes_per_s_per_replica"] = round(z["replica_delta_bytes_read_per_s"] * ratio, 1)
+        else:  # no replica at this size: the deltas as stored
+            z["model_updates_bytes_per_s_per_replica"] = z.get("delta_bytes_stored_per_s")
     result.update(_verdicts(result))
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -553,7 +583,7 @@ def _verdicts(r: dict[str, Any]) -> dict[str, Any]:
     out["meets_ann_recall_at_10"] = None if not ann else bool(ann[-1]["ann_recall_at_10"] >= TARGETS["ann_recall_at_10_min"])
     out["ann_recall_at_10_at"] = f"{ann[-1]['items']:,} items" if ann else "not measured (no catalogue above 50,000 items)"
     put("model_updates_traffic_per_replica", None if mbps is None else round(mbps / 1e6, 3), "model_updates_mb_per_s_per_replica",
-        f"{big.get('users', 0):,} users, MB/s, deltas + snapshot every snapshot_interval_s")
+        f"{big.get('users', 0):,} users, MB/s as stored: the deltas a following replica reads (snapshots only at start or after a gap)")
     return out
 
 
@@ -563,7 +593,8 @@ CURVES = (
     ("memory_bytes_per_user_row", "trainer bytes per user row", "sizes"),
     ("trainer_rss_growth_bytes", "trainer resident memory growth (bytes)", "sizes"),
     ("snapshot_bytes", "full snapshot bytes (raw)", "sizes"),
-    ("snapshot_publish_s", "snapshot publish time (s)", "sizes"),
+    ("snapshot_publish_s", "snapshot publish time, stall + background send (s)", "sizes"),
+    ("snapshot_stall_s", "snapshot: training thread stalled (s)", "sizes"),
     ("checkpoint_write_s", "checkpoint write time (s)", "sizes"),
     ("replica_ready_s", "new replica ready (s)", "sizes"),
     ("model_updates_bytes_per_s_per_replica", "model-updates bytes/s per replica at 2,000 events/s", "sizes"),
@@ -623,8 +654,8 @@ def markdown_tables(result: dict[str, Any]) -> str:
     def mb(v: Any) -> str:
         return "–" if v is None else f"{v / 1e6:,.1f} MB"
 
-    rows = ["| users × items | trainer events/s | bytes/user row (RSS/user) | checkpoint write | snapshot raw / stored | snapshot publish | "
-            "deltas at 2,000 ev/s (stored) | updates per replica | replica ready |",
+    rows = ["| users × items | trainer events/s | bytes/user row (RSS/user) | checkpoint write | snapshot raw / stored | snapshot stall / send | "
+            "deltas at 2,000 ev/s (stored) | updates per replica | replica ready (all deltas) |",
             "|---|---|---|---|---|---|---|---|---|"]
     for z in result["sizes"]:
         if "error" in z:
@@ -633,9 +664,10 @@ def markdown_tables(result: dict[str, Any]) -> str:
         x = " (extrapolated)" if z.get("extrapolated") else ""
         rows.append(f"| {z['users']:,} × {z['items']:,} | {f(z['trainer_events_per_s'], '', 0)} | {f(z['memory_bytes_per_user_row'], ' B', 0)}"
                     f" ({f(z.get('trainer_rss_bytes_per_user_row'), ' B', 0)}) | {f(z['checkpoint_write_s'], ' s', 2)} ({mb(z['checkpoint_bytes'])})"
-                    f" | {mb(z.get('snapshot_bytes'))} / {mb(z.get('snapshot_bytes_stored'))}{x} | {f(z.get('snapshot_publish_s'), ' s', 1)}{x}"
+                    f" | {mb(z.get('snapshot_bytes'))} / {mb(z.get('snapshot_bytes_stored'))}{x} | {f(z.get('snapshot_stall_s'), ' s', 2)}"
+                    f" / {f(z.get('snapshot_send_s'), ' s', 1)}{x}"
                     f" | {mb(z.get('delta_bytes_stored_per_s'))}/s | {mb(z.get('model_updates_bytes_per_s_per_replica'))}/s{x}"
-                    f" | {f(z.get('replica_ready_s'), ' s', 1)}{x} |")
+                    f" | {f(z.get('replica_ready_s'), ' s', 1)} ({f(z.get('replica_caught_up_s'), ' s', 1)}){x} |")
     rows += ["", "| items | exact p50 / p99 (default BLAS threads) | exact p50 / p99 (1 BLAS thread) | index p50 / p99 | recall@10 | index build | served | memory |",
              "|---|---|---|---|---|---|---|---|"]
     for z in result["serving"]:
@@ -677,7 +709,7 @@ def register_bench(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="CI-sized: two small sizes, serving at 1k/5k items, 6 probes")
     p.add_argument("--out", default="", help="directory for scale.json and one PNG per curve (default: none)")
     p.add_argument("--snapshot-max-users", type=int, default=None,
-                   help="largest size whose full snapshot and replica start are measured (default 100,000; larger sizes are extrapolated)")
+                   help="largest size whose full snapshot and replica start are measured (default: all; larger sizes are extrapolated)")
     p.add_argument("--no-feedback", action="store_true", help="skip the feedback-latency loop")
     p.add_argument("--max-users", type=int, default=10**9, help="skip trainer sizes above this many users")
     p.add_argument("--from", dest="from_dir", default="", help="recompute verdicts and plots from DIR/scale.json of an earlier run (no measuring)")

@@ -4,10 +4,10 @@
 Examples
 --------
 >>> m = SyntheticModel(n_users=3, n_items=5, factors=2)
->>> [u.header["kind"] for u in m.snapshot(max_bytes=10_000)]
+>>> [u.header.kind for u in m.snapshot(max_bytes=10_000)]
 ['snapshot']
 >>> d = m.delta(rows=2)
->>> d.header["version"], d.header["base_version"], len(d.header["item_ids"])
+>>> d.header.version, d.header.base_version, len(d.header.item_ids)
 (2, 1, 2)
 """
 
@@ -59,7 +59,11 @@ class SyntheticModel:
         if not self.candidates:
             return
         header["ranking"] = self.ranking or {"knn": 1.0, "popularity": 0.2, "mf": 0.0, "rating_span": 4.5}
-        header["user_candidates"] = [[self.item_ids[c] for c in self.user_candidates[u]] for u in ui.tolist()]
+        # the trainer's form (trainer.updates): int32 rows into the ids this message references
+        rows = np.array([self.user_candidates[u] for u in ui.tolist()], np.int64).reshape(len(ui), self.candidates)
+        used, local = np.unique(rows, return_inverse=True)
+        header["candidate_item_ids"] = [self.item_ids[c] for c in used.tolist()]
+        tensors["user_candidates"] = local.reshape(rows.shape).astype(np.int32)
         tensors["user_candidate_scores"] = self.user_candidate_scores[ui]
         tensors["item_log_popularity"] = self.item_log_popularity[ii]
 

@@ -24,7 +24,7 @@ from streamproc.kafka import client_config, read_all
 from streamproc.publisher import EventPublisher
 from streamproc.settings import Settings
 from streamproc.topics import Topics
-from trainer.worker import peek_header
+from trainer.updates import peek
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -92,19 +92,21 @@ def _metric(url: str, name: str) -> float:
 
 
 def _snapshot_after_expiry(s: Settings, kind: str, id_: str) -> list[bytes] | None:
-    """Every chunk of the newest complete snapshot published after the delta that expired ``id_``
-    (None: no such snapshot yet)."""
+    """Every chunk of the newest complete snapshot of the model after the delta that expired
+    ``id_`` (its version or a later one; None: no such snapshot yet)."""
     expired_at: int | None = None
     snaps: dict[int, dict[int, tuple[int, bytes]]] = {}
-    for m in read_all(s, Topics.from_settings(s).model_updates, idle_ms=700):
-        h = peek_header(m.value)
-        if h["kind"] == "delta" and id_ in (h.get(f"expired_{kind}_ids") or ()):
-            expired_at = h["version"]
-        elif h["kind"] == "snapshot":
-            snaps.setdefault(h["version"], {})[h["chunk"]] = (h["chunks"], m.value)
+    topics = Topics.from_settings(s)
+    for m in read_all(s, topics.model_updates, idle_ms=700):
+        h = peek(m.value)
+        if id_ in (h.expired_user_ids if kind == "user" else h.expired_item_ids):
+            expired_at = h.version
+    for m in read_all(s, topics.model_snapshots, idle_ms=700):
+        h = peek(m.value)
+        snaps.setdefault(h.version, {})[h.chunk] = (h.chunks, m.value)
     if expired_at is None:
         return None
-    complete = [v for v, chunks in snaps.items() if v > expired_at and len(chunks) == next(iter(chunks.values()))[0]]
+    complete = [v for v, chunks in snaps.items() if v >= expired_at and len(chunks) == next(iter(chunks.values()))[0]]
     return [raw for _, raw in snaps[max(complete)].values()] if complete else None
 
 
@@ -132,7 +134,7 @@ def test_erase_a_user_everywhere_then_an_item(loop: tuple[Settings, list[str], s
     poll(lambda: checkpoint_holds(s.checkpoint_dir, VICTIM.encode()) is False, 30, "the victim out of the checkpoint files", 0.1)
     snapshot = poll(lambda: _snapshot_after_expiry(s, "user", VICTIM), 30, "a snapshot after the erasure", 0.5)
     assert all(VICTIM.encode() not in raw for raw in snapshot)
-    assert any("u3" in peek_header(raw)["user_ids"] for raw in snapshot)  # the other users are all there
+    assert any("u3" in peek(raw).user_ids for raw in snapshot)  # the other users are all there
 
     # an event published before the acknowledgement, arriving only now, cannot resurrect the user
     producer = KafkaProducer(**client_config(s))

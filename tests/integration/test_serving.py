@@ -231,7 +231,7 @@ def test_a_replica_reads_only_the_tail_of_a_long_history(s: Settings, producer: 
     assert len(chunks) > 1
     tail = [sm.delta(5) for _ in range(6)]
     _publish(producer, s, history + chunks + tail)
-    final = ModelUpdate.decode(tail[-1] if isinstance(tail[-1], bytes) else tail[-1].encode()).header["version"]
+    final = ModelUpdate.decode(tail[-1] if isinstance(tail[-1], bytes) else tail[-1].encode()).header.version
     store = ModelStore(s, ServingMetrics(registry=CollectorRegistry()))
     follower = UpdateFollower(s, store, catch_up_window=4)  # 4 < chunks + tail: the window must grow
     follower.start()

@@ -71,7 +71,13 @@ class Running:
 
 
 def updates(settings: Settings) -> list[ModelUpdate]:
+    """The deltas (model-updates topic)."""
     return [ModelUpdate.decode(m.value) for m in read_all(settings, Topics.from_settings(settings).model_updates, idle_ms=1000)]
+
+
+def snapshots(settings: Settings) -> list[ModelUpdate]:
+    """The snapshots' chunks (model-snapshots topic)."""
+    return [ModelUpdate.decode(m.value) for m in read_all(settings, Topics.from_settings(settings).model_snapshots, idle_ms=1000)]
 
 
 def test_examples_in_deltas_and_snapshot_out(settings: Settings, tmp_path: Path) -> None:
@@ -86,26 +92,32 @@ def test_examples_in_deltas_and_snapshot_out(settings: Settings, tmp_path: Path)
         wait_for(lambda: t.worker.examples_learned >= 410, "the late batch learned")
     finally:
         t.close()
-    ups = updates(s)
-    deltas = [u for u in ups if u.header["kind"] == "delta"]
-    snaps = [u for u in ups if u.header["kind"] == "snapshot"]
+    deltas, snaps = updates(s), snapshots(s)
     assert deltas and snaps
-    covered = [tuple(p[:2]) for d in deltas for p in d.header["published"]]
+    assert all(d.header.kind == "delta" for d in deltas) and all(x.header.kind == "snapshot" for x in snaps)
+    covered = [tuple(p[:2]) for d in deltas for p in d.header.published]
     assert len(covered) == 410 and covered[-1] == ("u2", "i35")  # e409: u(409 % 37), i(409 * 7 % 101)
-    versions = [u.header["version"] for u in ups]
-    assert versions == sorted(versions) and len(set(versions)) == len(deltas) + len({x.header["version"] for x in snaps})
+    versions = [u.header.version for u in deltas]
+    assert versions == list(range(1, len(deltas) + 1))
     snap = snaps[0]
-    assert snap.header["chunks"] == 1 and len(snap.header["user_ids"]) == 37 and len(snap.header["item_ids"]) == 101
+    assert snap.header.chunks == 1 and len(snap.header.user_ids) == 37 and len(snap.header.item_ids) == 101
     assert snap.tensors["user_factors"].shape == (37, s.factors)
+    for x in snaps:  # in sync with the deltas: a snapshot takes the version of the delta before it ...
+        assert x.header.version in versions
+        # ... and names where the deltas after it start: the first one there builds on the snapshot
+        after = [d for n, d in enumerate(deltas) if n >= x.header.deltas_from]
+        assert not after or after[0].header.base_version == x.header.version
     for d in deltas:
-        assert d.header["base_version"] == d.header["version"] - 1
-        assert set(d.header) >= {"global_mean", "newest_event_time", "newest_published", "offsets", "created"}
-        assert set(d.tensors) == {"user_factors", "user_bias", "user_candidate_scores", "user_mf_gain", "item_factors", "item_bias", "item_popularity",
-                                  "item_log_popularity", "item_feedback"}
-        assert len(d.header["user_candidates"]) == len(d.header["user_ids"]) and d.header["ranking"]["knn"] > 0
-    assert deltas[-1].header["offsets"] == {f"{Topics.from_settings(s).examples}:0": 11}
+        assert d.header.base_version == d.header.version - 1 and d.header.global_mean is not None and d.header.created > 0
+        assert set(d.tensors) == {"user_factors", "user_bias", "user_candidates", "user_candidate_scores", "user_mf_gain", "item_factors",
+                                  "item_bias", "item_popularity", "item_log_popularity", "item_feedback"}
+        cands = d.tensors["user_candidates"]
+        assert cands.shape[0] == len(d.header.user_ids) and d.header.ranking is not None and d.header.ranking.knn > 0
+        assert d.header.candidate_item_ids is not None and set(d.header.candidate_item_ids) <= {f"i{j}" for j in range(101)}
+        assert sorted(set(cands[cands >= 0].tolist())) == list(range(len(d.header.candidate_item_ids)))  # each id used, none twice
+    assert deltas[-1].header.offsets == {f"{Topics.from_settings(s).examples}:0": 11}
     ck = t.worker.store.latest()  # the shutdown checkpoint
-    assert ck is not None and ck.offsets == deltas[-1].header["offsets"] and ck.version == versions[-1]
+    assert ck is not None and ck.offsets == deltas[-1].header.offsets and ck.version == versions[-1]
     assert sorted(t.worker.store.learned_ids()) == sorted(f"e{j}" for j in range(410))
     assert t.registry.get_sample_value("reco_trainer_examples_learned_total", {"kind": "click"}) == 137
     assert t.registry.get_sample_value("reco_trainer_prequential_rmse", {"window": "running"}) > 0
@@ -136,6 +148,8 @@ def test_standby_takes_over_when_the_active_trainer_stops(settings: Settings, tm
         for r in (a, b):
             if r.thread.is_alive():
                 r.close()
-    versions = [u.header["version"] for u in updates(s)]
-    assert versions == sorted(versions)
+    versions = [u.header.version for u in updates(s)]
+    assert versions == sorted(versions) and len(set(versions)) == len(versions)
+    # the standby restored a checkpoint: its first update is a snapshot with a version of its own
+    assert any(x.header.version > v_before for x in snapshots(s))
     assert sorted(standby.worker.store.learned_ids()) == sorted(f"e{j}" for j in range(80))

@@ -70,7 +70,12 @@ def test_quick_run_end_to_end(tmp_path: Path) -> None:
     assert big["snapshot_bytes"] > small["snapshot_bytes"] > 0
     assert big["checkpoint_bytes"] > small["checkpoint_bytes"] > 0
     for size in r["sizes"]:
-        assert size["trainer_events_per_s"] > 0 and size["replica_version"] >= size["snapshot_version"]
+        assert size["trainer_events_per_s"] > 0 and size["replica_version"] == size["final_version"] > size["snapshot_version"]
+        # the new replica read one snapshot from model-snapshots and only the deltas after it from model-updates
+        assert size["replica_snapshot_loads"] == 1 and size["replica_first_version"] == size["snapshot_version"]
+        assert size["snapshot_bytes"] <= size["replica_snapshot_bytes_read"] < size["snapshot_bytes"] + 3 * 1_000_000  # + a fetch's overshoot
+        assert 0 < size["replica_delta_bytes_read"] <= size["delta_bytes_per_s"] * size["tail_seconds_of_stream"] * 1.01
+        assert size["snapshot_stall_s"] <= size["snapshot_publish_s"]
         assert 0 < size["serving_p50_ms"] <= size["serving_p99_ms"]
     for key in TARGETS:
         assert key in r["targets"]

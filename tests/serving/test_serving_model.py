@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -118,13 +120,13 @@ def test_rows_expired_by_the_trainer_are_not_served_until_they_come_back() -> No
     top = m1.recommend("u1", 1).items[0][0]
     popular = m1.recommend("nobody", 1).items[0][0]
     d = sm.delta(1)
-    d.header |= {"expired_user_ids": ["u1"], "expired_item_ids": [top, popular, "never-known"]}
+    d.header = replace(d.header, expired_user_ids=["u1"], expired_item_ids=[top, popular, "never-known"])
     m2 = ServingModel.build(m1, [d])
     assert m2.recommend("u1", 5).fallback and not m2.has_user("u1") and m1.has_user("u1")
     assert all(i not in (top, popular) for i, _ in m2.recommend("u2", 30).items)
     assert popular not in [i for i, _ in m2.recommend("nobody", 30).items]
     back = sm.delta(1)
-    back.header |= {"user_ids": ["u1"], "item_ids": [top]}
+    back.header = replace(back.header, user_ids=["u1"], item_ids=[top])
     back.tensors = {"user_factors": sm.user_factors[1:2], "item_factors": sm.item_factors[[int(top[1:])]]}
     m3 = ServingModel.build(m2, [back])
     assert m3.has_user("u1") and top in [i for i, _ in m3.recommend("u1", 30).items]

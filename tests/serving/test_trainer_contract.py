@@ -78,8 +78,9 @@ class _Sent:
         self.values.append(value)
         return self
 
-    def get(self, timeout: float | None = None) -> None:
-        return None
+    def get(self, timeout: float | None = None) -> Any:
+        self.offset = len(self.values) - 1  # kafka's RecordMetadata
+        return self
 
     def flush(self, timeout: float | None = None) -> None:
         pass
@@ -91,7 +92,7 @@ def test_a_delta_split_into_parts_keeps_every_candidate_and_carries_expiries(tmp
     s = Settings(kafka_bootstrap="127.0.0.1:1", topic_prefix="t.", checkpoint_dir=str(tmp_path), max_message_bytes=10_000,
                  row_ttl_s=1000.0)
     w = TrainerWorker(s, registry=CollectorRegistry())
-    w._producer = sent = _Sent()
+    w._producer = w._snap_producer = sent = _Sent()
     w.active = True
     m = HybridMF(n_factors=4, row_ttl_s=1000.0, rank_sample=0.0)
     w.model = m
@@ -107,17 +108,17 @@ def test_a_delta_split_into_parts_keeps_every_candidate_and_carries_expiries(tmp
                                    targets=[5.0] * n, event_times=[t0 + k for k in range(n)], published=[t0] * n, processed=[t0] * n))
 
     feed(["old-user"], ["old-item"], 0.0)
-    w.publish_snapshot()
+    w.publish_snapshot(wait=True)
     # many new items and users in one delta: it must be split, and users' candidates name new items
     feed([f"u{k % 40}" for k in range(400)], [f"new{k % 97}" for k in range(400)], 5000.0)
     sent.values.clear()
     w.publish_delta()
     parts = [ModelUpdate.decode(v) for v in sent.values]
     assert len(parts) > 1
-    assert parts[0].header.get("expired_item_ids") == ["old-item"] and parts[0].header.get("expired_user_ids") == ["old-user"]
+    assert parts[0].header.expired_item_ids == ["old-item"] and parts[0].header.expired_user_ids == ["old-user"]
     store = ModelStore(Settings(), ServingMetrics(CollectorRegistry()))
     head, tensors = HybridMF(n_factors=4).export(full=True)  # an empty base to chain the parts onto
-    base = ModelUpdate({**head, "version": parts[0].header["base_version"], "kind": "snapshot", "chunk": 0, "chunks": 1}, tensors)
+    base = ModelUpdate({**head, "version": parts[0].header.base_version, "kind": "snapshot", "chunk": 0, "chunks": 1}, tensors)
     assert store.apply(base.encode()).swapped
     for p in parts:
         assert store.apply(p.encode()).swapped

@@ -105,11 +105,11 @@ def test_export_follows_the_update_contract(params: dict) -> None:
     run(m, stream(4, dim=dim_of(params)))
     header, tensors = m.export(full=True)
     upd = ModelUpdate.decode(ModelUpdate(header={"version": 1, "kind": "snapshot", **header}, tensors=tensors).encode())
-    assert len(upd.header["user_ids"]) == m.n_users and len(upd.header["item_ids"]) == m.n_items
+    assert len(upd.header.user_ids) == m.n_users and len(upd.header.item_ids) == m.n_items
     k = m.n_factors
     assert upd.tensors["user_factors"].shape == (m.n_users, k) and upd.tensors["item_factors"].shape == (m.n_items, k)
     # serving's formula reproduces predict_one
-    u, i = upd.header["user_ids"].index("u3"), upd.header["item_ids"].index("i5")
+    u, i = upd.header.user_ids.index("u3"), upd.header.item_ids.index("i5")
     score = header["global_mean"] + tensors["user_bias"][u] + tensors["item_bias"][i] + tensors["user_factors"][u] @ tensors["item_factors"][i]
     expected = m.predict_one("u3", "i5")
     assert np.clip(score, m.rating_min, m.rating_max) == pytest.approx(expected, abs=1e-4)

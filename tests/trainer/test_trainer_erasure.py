@@ -26,8 +26,11 @@ ITEM = "film-erased-41d2"
 
 
 class _Future:
-    def get(self, timeout: float | None = None) -> None:
-        return None
+    def __init__(self, offset: int = 0) -> None:
+        self.offset = offset  # kafka's RecordMetadata
+
+    def get(self, timeout: float | None = None) -> _Future:
+        return self
 
 
 class Producer:
@@ -36,13 +39,13 @@ class Producer:
 
     def send(self, topic: str, value: bytes, key: Any = None, headers: Any = None) -> _Future:
         self.sent.append((topic, value, key, headers))
-        return _Future()
+        return _Future(len(self.sent) - 1)
 
     def flush(self, timeout: float | None = None) -> None:
         pass
 
     def updates(self) -> list[tuple[ModelUpdate, bytes]]:
-        return [(ModelUpdate.decode(v), v) for t, v, _, _ in self.sent if t.endswith("model-updates")]
+        return [(ModelUpdate.decode(v), v) for t, v, _, _ in self.sent if t.endswith(("model-updates", "model-snapshots"))]
 
 
 class Consumer:
@@ -63,7 +66,7 @@ class Consumer:
 def worker(tmp_path: Path) -> tuple[TrainerWorker, Producer]:
     s = Settings(kafka_bootstrap="127.0.0.1:1", topic_prefix="t.", checkpoint_dir=str(tmp_path / "ck"), factors=4)
     w = TrainerWorker(s, registry=CollectorRegistry())
-    w._producer = Producer()
+    w._producer = w._snap_producer = Producer()
     w._consumer = Consumer()
     w.active = True
     return w, w._producer
@@ -101,13 +104,16 @@ def test_erased_user_leaves_model_delta_snapshot_checkpoint_and_id_log(tmp_path:
     assert ALICE not in w.model._umap and w.model.n_users == 3
     w.flush_erasures()
 
+    assert w._snap_thread is not None
+    w._snap_thread.join()  # the snapshot is sent off the training thread
     ups = prod.updates()
-    delta = [u for u, _ in ups if u.header["kind"] == "delta"][-1]
-    assert delta.header["expired_user_ids"] == [ALICE]
-    assert all(e[0] != ALICE for u, _ in ups[1:] for e in u.header["published"])  # the pending entry went too
-    snaps = [(u, raw) for u, raw in ups if u.header["kind"] == "snapshot"]
-    assert snaps and snaps[-1][0].header["version"] > delta.header["version"]
-    assert "bob" in snaps[-1][0].header["user_ids"] and ALICE.encode() not in snaps[-1][1]
+    delta = [u for u, _ in ups if u.header.kind == "delta"][-1]
+    assert delta.header.expired_user_ids == [ALICE]
+    assert all(e[0] != ALICE for u, _ in ups[1:] for e in u.header.published)  # the pending entry went too
+    snaps = [(u, raw) for u, raw in ups if u.header.kind == "snapshot"]
+    # sent after the expiring delta; in sync with the deltas, so it takes the expiring delta's version
+    assert snaps and snaps[-1][0].header.version >= delta.header.version and ups[-1][0].header.kind == "snapshot"
+    assert "bob" in snaps[-1][0].header.user_ids and ALICE.encode() not in snaps[-1][1]
 
     ck = tmp_path / "ck"
     assert len(CheckpointStore(ck).paths()) == 1  # older checkpoints removed once the new one is in place
@@ -141,8 +147,8 @@ def test_erased_item_is_dropped_and_its_late_examples_too(tmp_path: Path) -> Non
     w.erase("item", ITEM, at=1200.0)
     w.flush_erasures()
     assert ITEM not in w.model._imap
-    delta = [u for u, _ in prod.updates() if u.header["kind"] == "delta"][-1]
-    assert delta.header["expired_item_ids"] == [ITEM]
+    delta = [u for u, _ in prod.updates() if u.header.kind == "delta"][-1]
+    assert delta.header.expired_item_ids == [ITEM]
     w.learn(examples([("bob", ITEM), ("carol", "m1")], 1100.0, start=400))
     assert ITEM not in w.model._imap and w.model.n_users == 4
     assert ITEM.encode() not in ckpt_bytes(tmp_path / "ck")

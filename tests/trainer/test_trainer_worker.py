@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from streamproc.examples import KIND_CLICK, KIND_ITEM, KIND_RATING, ExampleBatch
 from streamproc.settings import Settings
 from trainer.updates import ModelUpdate
-from trainer.worker import TrainerWorker, peek_header, split_rows
+from trainer.worker import TrainerWorker
 
 K = 2
 
@@ -89,13 +89,13 @@ class FakePrequential:
         return {"n": self.n, "rmse": 1.5, "rmse_recent": 1.25, "mae": 1.0, "mae_recent": 0.5,
                 "ndcg_at_10": 0.2, "ndcg_at_10_recent": 0.3, "hit_rate_at_10": 0.4, "hit_rate_at_10_recent": float("nan")}
 
-    def state(self) -> dict[str, Any]:
-        return {"n": self.n}
+    def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        return {"n": self.n}, {}
 
     @classmethod
-    def from_state(cls, d: dict[str, Any]) -> FakePrequential:
+    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> FakePrequential:
         p = cls()
-        p.n = d["n"]
+        p.n = meta["n"]
         return p
 
 
@@ -120,17 +120,24 @@ FAKES = (FakeModel, FakePrequential, FakeDrift)
 
 
 class _Future:
-    def get(self, timeout: float | None = None) -> None:
-        return None
+    def __init__(self, offset: int = 0) -> None:
+        self.offset = offset
+
+    def get(self, timeout: float | None = None) -> _Future:
+        return self  # kafka's RecordMetadata has the offset too
 
 
 class FakeProducer:
+    """Both of the trainer's producers: every message in order, and the topic each went to."""
+
     def __init__(self) -> None:
         self.sent: list[bytes] = []
+        self.topics: list[str] = []
 
     def send(self, topic: str, value: bytes) -> _Future:
         self.sent.append(value)
-        return _Future()
+        self.topics.append(topic)
+        return _Future(self.topics.count(topic) - 1)
 
     def flush(self, timeout: float | None = None) -> None:
         pass
@@ -168,7 +175,7 @@ def make_worker(tmp_path: Path, **over: Any) -> tuple[TrainerWorker, FakeProduce
     reg = CollectorRegistry()
     w = TrainerWorker(s, registry=reg, classes=FAKES)
     prod = FakeProducer()
-    w._producer = prod
+    w._producer = w._snap_producer = prod
     w._consumer = FakeConsumer()
     w.active = True
     return w, prod, reg
@@ -182,12 +189,13 @@ def test_delta_carries_touched_rows_published_and_versions(tmp_path: Path) -> No
     w.learn(batch(1, start=10, users=100))
     w.publish_delta()
     d1, d2 = prod.updates()
-    assert (d1.header["version"], d1.header["base_version"], d1.header["kind"]) == (1, 0, "delta")
-    assert (d2.header["version"], d2.header["base_version"]) == (2, 1)
-    assert d1.header["published"] == [["u0", "i0", 2000.0], ["u1", "i1", 2001.0], ["u2", "i2", 2002.0], ["u0", "i3", 2003.0]]
-    assert d1.header["newest_published"] == 2003.0 and d1.header["newest_event_time"] == 1003.0
-    assert d1.header["offsets"] == {"t.examples:0": 1} and d1.header["created"] > 0
-    assert d2.header["user_ids"] == ["u10"] and d2.header["item_ids"] == ["i0"]  # only the rows touched since
+    assert (d1.header.version, d1.header.base_version, d1.header.kind) == (1, 0, "delta")
+    assert (d2.header.version, d2.header.base_version) == (2, 1)
+    assert d1.header.published == [("u0", "i0", 2000.0), ("u1", "i1", 2001.0), ("u2", "i2", 2002.0), ("u0", "i3", 2003.0)]
+    assert d1.header.newest_published == 2003.0 and d1.header.newest_event_time == 1003.0
+    assert d1.header.offsets == {"t.examples:0": 1} and d1.header.created > 0
+    assert d2.header.user_ids == ["u10"] and d2.header.item_ids == ["i0"]  # only the rows touched since
+    assert set(prod.topics) == {"t.model-updates"}
     assert d2.tensors["user_factors"].shape == (1, K)
     assert w.publish_delta() == 0  # nothing new: nothing sent
     assert reg.get_sample_value("reco_trainer_updates_published_total", {"kind": "delta"}) == 2
@@ -214,19 +222,26 @@ def test_delta_is_due_by_interval_or_example_count(tmp_path: Path) -> None:
 def test_snapshot_is_chunked_to_fit_and_shares_one_version(tmp_path: Path) -> None:
     w, prod, reg = make_worker(tmp_path, max_message_bytes=10_000)
     w.learn(batch(3000, users=1500, items=900))
-    w.publish_snapshot()
+    assert w.publish_snapshot(wait=True) > 2
     ups = prod.updates()
-    deltas = [u for u in ups if u.header["kind"] == "delta"]
-    snaps = [u for u in ups if u.header["kind"] == "snapshot"]
+    deltas = [u for u, t in zip(ups, prod.topics, strict=True) if t == "t.model-updates"]
+    snaps = [u for u, t in zip(ups, prod.topics, strict=True) if t == "t.model-snapshots"]
+    assert all(d.header.kind == "delta" for d in deltas) and all(s.header.kind == "snapshot" for s in snaps)
     assert len(deltas) >= 2  # the pending delta went first, split into consecutive versions
-    assert [d.header["version"] for d in deltas] == list(range(1, len(deltas) + 1))
-    assert [d.header["base_version"] for d in deltas] == list(range(0, len(deltas)))
-    assert sum(len(d.header["published"]) for d in deltas) == 3000
+    assert [d.header.version for d in deltas] == list(range(1, len(deltas) + 1))
+    assert [d.header.base_version for d in deltas] == list(range(0, len(deltas)))
+    assert sum(len(d.header.published) for d in deltas) == 3000
     assert len(snaps) > 2 and all(len(v) <= 10_000 for v in prod.sent)
-    assert {s.header["version"] for s in snaps} == {len(deltas) + 1}
-    assert [s.header["chunk"] for s in snaps] == list(range(len(snaps))) and {s.header["chunks"] for s in snaps} == {len(snaps)}
-    assert sum(len(s.header["user_ids"]) for s in snaps) == 1500 and sum(len(s.header["item_ids"]) for s in snaps) == 900
+    # in sync: the snapshot holds what the deltas delivered, so it takes the last delta's version,
+    # and names the model-updates offset where the deltas after it start
+    assert {s.header.version for s in snaps} == {len(deltas)} and {s.header.deltas_from for s in snaps} == {len(deltas)}
+    assert [s.header.chunk for s in snaps] == list(range(len(snaps))) and {s.header.chunks for s in snaps} == {len(snaps)}
+    assert sum(len(s.header.user_ids) for s in snaps) == 1500 and sum(len(s.header.item_ids) for s in snaps) == 900
     assert reg.get_sample_value("reco_trainer_updates_published_total", {"kind": "snapshot"}) == len(snaps)
+    assert w.last_snapshot["messages"] == len(snaps) and w.last_snapshot["stall_s"] >= 0
+    w.learn(batch(2, start=5000))
+    w.publish_delta()
+    assert (prod.updates()[-1].header.version, prod.updates()[-1].header.base_version) == (len(deltas) + 1, len(deltas))
 
 
 def test_checkpoint_restore_continues_versions_offsets_and_counts(tmp_path: Path) -> None:
@@ -251,8 +266,13 @@ def test_checkpoint_restore_continues_versions_offsets_and_counts(tmp_path: Path
     assert w2.version == 5 and w2.examples_learned == 6 and w2.prequential.n == 6
     assert w2.model.n_users == 3 and w2._need_snapshot
     assert reg2.get_sample_value("reco_trainer_active") == 1
-    w2.publish_snapshot()
-    assert prod2.updates()[0].header["version"] == 6  # never reuses a version
+    w2.learn(batch(2, start=20))
+    w2.publish_delta()  # restored rows are not what replicas hold: a snapshot goes first, with a new version
+    w2._snap_thread.join()
+    assert prod2.topics[0] == "t.model-snapshots" and prod2.updates()[0].header.version == 6  # never reuses a version
+    w2.learn(batch(2, start=30))
+    w2.publish_delta()
+    assert (prod2.updates()[-1].header.version, prod2.updates()[-1].header.base_version) == (7, 6)
 
     w3, _, _ = make_worker(tmp_path / "empty")
     w3.active = False
@@ -270,13 +290,6 @@ def test_drift_counts_logs_and_reacts(tmp_path: Path, caplog: pytest.LogCaptureF
     assert any("drift detected: signal=rating" in r.message and "mean_after" in r.message for r in caplog.records)
 
 
-def test_split_rows_and_peek_header() -> None:
-    assert len(split_rows([], [], [], 100)) == 1
-    parts = split_rows([60, 60], [60], [10, 10], 100)
-    assert [(p[0].stop - p[0].start, p[1].stop - p[1].start, p[2].stop - p[2].start) for p in parts] == [(1, 0, 0), (1, 0, 0), (0, 1, 2)]
-    assert peek_header(ModelUpdate({"version": 3, "kind": "snapshot"}).encode())["kind"] == "snapshot"
-
-
 def test_a_refused_update_does_not_stop_the_trainer_and_a_snapshot_repairs_it(tmp_path: Path) -> None:
     from kafka.errors import UnknownError
 
@@ -289,13 +302,14 @@ def test_a_refused_update_does_not_stop_the_trainer_and_a_snapshot_repairs_it(tm
     sent = prod.sent
     prod.send = lambda topic, value: (sent.append(value), _Refused())[1]  # type: ignore[method-assign]
     assert w.publish_delta() == 1  # no exception: the trainer keeps running
-    assert w._need_snapshot and prod.updates()[-1].header["kind"] == "delta"
+    assert w._need_snapshot and prod.updates()[-1].header.kind == "delta"
     prod.send = lambda topic, value: (sent.append(value), _Future())[1]  # type: ignore[method-assign]
     w._snapshot_not_before = 0.0  # the pause is over
     w._last_lag = float("inf")  # (no lag gauges from the fake consumer)
     w._learn_and_publish({})
+    w._snap_thread.join()
     last = prod.updates()[-1]
-    assert last.header["kind"] == "snapshot" and last.header["version"] > 1 and not w._need_snapshot
+    assert last.header.kind == "snapshot" and last.header.version > 1 and not w._need_snapshot
 
 
 def test_catalogue_content_gives_no_freshness_sample(tmp_path: Path) -> None:
@@ -306,4 +320,35 @@ def test_catalogue_content_gives_no_freshness_sample(tmp_path: Path) -> None:
     w.learn(mixed)
     w.publish_delta()
     (d,) = prod.updates()
-    assert d.header["published"] == [["u0", "i0", 10.0], ["u2", "i2", 30.0]]  # no user "" for the catalogue record
+    assert d.header.published == [("u0", "i0", 10.0), ("u2", "i2", 30.0)]  # no user "" for the catalogue record
+
+
+def test_checkpoints_of_the_previous_format_still_load(tmp_path: Path) -> None:
+    """Format 1 wrapped each component's state as {"form": "pair"|"dict", "meta": ...} (a "dict"
+    state had no arrays); a trainer of this version restores from it and continues."""
+    import json
+
+    from kafka import TopicPartition
+
+    w, _, _ = make_worker(tmp_path)
+    w.learn(batch(6))
+    w._offsets = {"t.examples:0": 3}
+    w.publish_delta()
+    w.erase("user", "gone", 2100.0)
+    ck = w.checkpoint()
+    assert ck is not None
+    meta_path = ck.path / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["format"] == 2 and "form" not in meta["components"]["model"]
+    meta["format"] = 1
+    meta["components"] = {name: {"form": "dict" if name == "prequential" else "pair", "meta": m} for name, m in meta["components"].items()}
+    meta_path.write_text(json.dumps(meta))
+
+    w2, _, _ = make_worker(tmp_path)
+    w2.active = False
+    w2._published_version = lambda: 1  # type: ignore[method-assign]
+    w2._on_assigned([TopicPartition("t.examples", 0)])
+    assert w2.model.n_users == 3 and w2.prequential.n == 6 and w2.drift.detector == "adwin" and w2.examples_learned == 6
+    assert w2._tombs == w._tombs and w2._salt == w._salt  # the erasure state (salt, tombstones) too
+    ck2 = w2.checkpoint()
+    assert ck2 is not None and json.loads((ck2.path / "meta.json").read_text())["format"] == 2

@@ -1,0 +1,114 @@
+"""A serving replica's update follower on the embedded broker: it starts from the newest complete
+snapshot on the model-snapshots topic and the deltas after the offset that snapshot names, never
+reading older history, and reloads from model-snapshots after a gap."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from kafka import KafkaProducer
+from prometheus_client import CollectorRegistry
+from support import poll
+
+from serving.bench import SyntheticModel
+from serving.kafka_io import UpdateFollower
+from serving.metrics import ServingMetrics
+from serving.store import ModelStore
+from streamproc.kafka import client_config
+from streamproc.settings import Settings
+from streamproc.topics import Topics
+from trainer.updates import ModelUpdate
+
+
+@pytest.fixture
+def producer(settings: Settings) -> Iterator[KafkaProducer]:
+    p = KafkaProducer(max_request_size=4 * settings.max_message_bytes, **client_config(settings))
+    yield p
+    p.close()
+
+
+def _send(producer: KafkaProducer, topic: str, updates: list[ModelUpdate]) -> int:
+    """Publish in order; returns the bytes sent."""
+    for u in updates:
+        producer.send(topic, u.encode())
+    producer.flush()
+    return sum(len(u.encode()) for u in updates)
+
+
+def _with(updates: list[ModelUpdate], **fields: object) -> list[ModelUpdate]:
+    return [ModelUpdate(replace(u.header, **fields), u.tensors) for u in updates]  # type: ignore[arg-type]
+
+
+def _follower(settings: Settings) -> tuple[UpdateFollower, ModelStore]:
+    store = ModelStore(settings, ServingMetrics(CollectorRegistry()))
+    return UpdateFollower(settings, store, snapshot_check_s=0.2), store
+
+
+def test_a_replica_starts_from_the_snapshot_topic_then_follows_deltas_and_reloads_after_a_gap(
+        settings: Settings, producer: KafkaProducer) -> None:
+    topics = Topics.from_settings(settings)
+    sm = SyntheticModel(40, 120, 4, candidates=5)
+    history = [sm.delta(20) for _ in range(5)]  # v1..v5 at offsets 0..4: older than any snapshot here
+    _send(producer, topics.model_updates, history)
+    snap = sm.snapshot(max_bytes=3_000)  # v6, several chunks
+    assert len(snap) > 2
+    # deltas_from 3 is a lower bound (the trainer's end offset may lag): v4 and v5 are skipped unread
+    _send(producer, topics.model_snapshots, _with(snap, deltas_from=3))
+    newer = _with(sm.snapshot(max_bytes=3_000)[:2], deltas_from=99)  # v7, incomplete: still being sent
+    _send(producer, topics.model_snapshots, newer)
+    sm.version = 6  # the deltas after snapshot v6 (v7 above never completed)
+    tail = [sm.delta(20) for _ in range(3)]  # v7..v9 at offsets 5..7
+    _send(producer, topics.model_updates, tail)
+
+    follower, store = _follower(settings)
+    follower.start()
+    try:
+        poll(lambda: follower.caught_up.is_set(), 60, "the replica to start", 0.05)
+        assert store.version == 9 and follower.snapshot_loads == 1 and follower.caught_up_from == 3
+        assert store.swaps == 1 + len(tail) and store.rejected == {}  # history before the snapshot was never applied
+        model = store.current
+        assert model is not None and model.n_users == 40
+        np.testing.assert_allclose(model.user_vector("u3"), sm.user_factors[3], atol=1e-6)
+        # from model-updates only the deltas from offset 3 on, never the history before it
+        assert follower.delta_bytes_read == sum(len(u.encode()) for u in history[3:] + tail)
+        assert follower.snapshot_bytes_read >= sum(len(u.encode()) for u in snap)
+
+        # the trainer restarted from a checkpoint: its deltas build on a snapshot replicas do not have
+        sm.version = 19
+        restart = sm.snapshot(max_bytes=3_000)  # v20
+        after = [sm.delta(20) for _ in range(2)]  # v21, v22 (base 20, 21)
+        _send(producer, topics.model_updates, after[:1])
+        poll(lambda: store.rejected.get("gap") == 1, 30, "the gap seen", 0.05)
+        _send(producer, topics.model_updates, after[1:])  # skipped while a snapshot is awaited
+        assert store.version == 9
+        _send(producer, topics.model_snapshots, _with(restart, deltas_from=8))
+        poll(lambda: store.version == 22, 30, "reloaded from model-snapshots and followed on", 0.05)
+        assert follower.snapshot_loads == 2 and store.rejected == {"gap": 1}
+        np.testing.assert_allclose(store.current.user_vector("u3"), sm.user_factors[3], atol=1e-6)
+    finally:
+        follower.stop()
+        follower.join(10)
+
+
+def test_a_replica_waits_for_the_first_snapshot(settings: Settings, producer: KafkaProducer) -> None:
+    topics = Topics.from_settings(settings)
+    sm = SyntheticModel(10, 30, 4)
+    first = [sm.delta(5)]  # a trainer's first delta (base 0) comes before its first snapshot
+    _send(producer, topics.model_updates, first)
+    follower, store = _follower(settings)
+    follower.start()
+    try:
+        poll(lambda: follower.caught_up.is_set(), 60, "the replica to start", 0.05)
+        assert store.current is None
+        snap = _with(sm.snapshot(), version=1, deltas_from=1)  # in sync: the first delta's version
+        _send(producer, topics.model_snapshots, snap)
+        sm.version = 1
+        _send(producer, topics.model_updates, [sm.delta(5)])  # v2, base 1
+        poll(lambda: store.version == 2, 30, "the first snapshot loaded and the delta after it applied", 0.05)
+        assert follower.snapshot_loads == 1
+    finally:
+        follower.stop()
+        follower.join(10)
