@@ -13,7 +13,16 @@ import pytest
 
 from streamproc import encoder as encoder_mod
 from streamproc.bench.encoder import _auc, review_texts, sentiment_auc
-from streamproc.encoder import SLICE_TEXTS, MicroBatcher, TextEncoder, get_encoder, native_bf16
+from streamproc.encoder import (
+    CALL_COST_TOKENS,
+    SLICE_TEXTS,
+    MicroBatcher,
+    TextEncoder,
+    _batches,
+    auto_backend,
+    get_encoder,
+    native_bf16,
+)
 from streamproc.errors import ConfigError, RecoError
 from streamproc.settings import Settings
 
@@ -41,8 +50,76 @@ def int8():
     return get_encoder(Settings(encoder_backend="onnx-int8"))
 
 
+@pytest.fixture(scope="module")
+def openvino(fp32):
+    pytest.importorskip("openvino")
+    return TextEncoder(fp32.model_dir, backend="openvino")  # converted once into the default cache
+
+
 def test_the_default_backend_follows_the_cpu(encoder) -> None:
-    assert encoder.backend == ("torch-bf16" if native_bf16() else "onnx-int8")
+    assert encoder.backend == auto_backend()
+    assert encoder.backend == ("onnx-int8" if not native_bf16() else "openvino" if encoder_mod._have("openvino") else "torch-bf16")
+
+
+@pytest.mark.parametrize("bf16, installed, device, expected", [
+    (True, True, "cpu", "openvino"), (True, False, "cpu", "torch-bf16"), (False, True, "cpu", "onnx-int8"),
+    (True, True, "cuda", "torch"),
+])
+def test_auto_picks_the_measured_fastest_backend_for_the_cpu(monkeypatch, bf16, installed, device, expected) -> None:
+    monkeypatch.setattr(encoder_mod, "native_bf16", lambda: bf16)
+    monkeypatch.setattr(encoder_mod, "_have", lambda module: installed)
+    assert auto_backend(device) == expected
+
+
+def test_an_unknown_backend_is_a_clear_error(fp32) -> None:
+    with pytest.raises(ConfigError, match=r"RECO_ENCODER_BACKEND='ctranslate'.*openvino"):
+        TextEncoder(fp32.model_dir, backend="ctranslate")
+
+
+def test_openvino_missing_is_a_clear_error(fp32, monkeypatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino -> ImportError
+    with pytest.raises(ConfigError, match=r"RECO_ENCODER_BACKEND='openvino'.*pip install openvino"):
+        TextEncoder(fp32.model_dir, backend="openvino")
+
+
+def test_openvino_is_close_to_fp32(openvino, fp32) -> None:
+    v = openvino.encode(REVIEWS)
+    assert v.shape == (len(REVIEWS), 384) and v.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-3)
+    cos = (v * fp32.encode(REVIEWS)).sum(axis=1)
+    assert cos.min() > 0.995, cos
+
+
+def test_openvino_batches_stay_bounded_with_rounded_widths(openvino, fp32) -> None:
+    small = TextEncoder(fp32.model_dir, backend="openvino", batch_tokens=256)
+    small.batch_shapes = []
+    texts = [" ".join(["tasty"] * (3 + 7 * i)) for i in range(12)] + ["ok"]
+    v = small.encode(texts)
+    assert small.batch_shapes and all(b * t <= 256 or b == 1 for b, t in small.batch_shapes)
+    assert all(t <= 16 or t % 16 == 0 or t == small.max_tokens for _, t in small.batch_shapes)
+    assert sum(b for b, _ in small.batch_shapes) == len(texts)
+    cos = (v * fp32.encode(texts)).sum(axis=1)  # rows in the texts' order, padding masked out
+    assert cos.min() > 0.995, cos
+
+
+def test_batches_are_cut_where_padding_is_least() -> None:
+    lengths = [10] * 8 + [200] * 2  # filling each call to the budget would pad the short texts to 200
+    batches = _batches(list(range(10)), lengths, 2048)
+    assert batches == [list(range(8)), [8, 9]]
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(3, 257, 500).tolist()
+    order = sorted(range(500), key=lengths.__getitem__)
+    cut = _batches(order, lengths, 2048)
+    assert [i for b in cut for i in b] == order  # every text once, in order
+    assert all(len(b) * max(lengths[i] for i in b) <= 2048 for b in cut)
+    greedy = _batches(order, lengths, 2048, sort=False)
+
+    def cost(bs):
+        return sum(len(b) * max(lengths[i] for i in b) + CALL_COST_TOKENS for b in bs)
+
+    assert cost(cut) < cost(greedy)
 
 
 def test_bf16_is_close_to_fp32(fp32) -> None:
@@ -194,6 +271,29 @@ def test_an_unwritable_cache_falls_back_to_a_temporary_directory(fp32, tmp_path,
     blocker.write_text("not a directory")
     path = encoder_mod.onnx_export(fp32.model_dir, str(blocker / "cache"))
     assert path.is_relative_to(tmp_path / "tmp") and len(calls) == 1
+
+
+def test_the_openvino_conversion_runs_once_and_is_reused_from_the_cache(fp32, tmp_path, monkeypatch) -> None:
+    pytest.importorskip("openvino")
+    calls: list = []
+
+    def run(cmd, **kw):
+        calls.append(cmd)
+        (Path(cmd[-1]) / "model.xml").write_bytes(b"<net/>")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(encoder_mod.subprocess, "run", run)
+    first = encoder_mod.openvino_convert(fp32.model_dir, str(tmp_path / "cache"))
+    again = encoder_mod.openvino_convert(fp32.model_dir, str(tmp_path / "cache"))
+    assert first == again and first.name == "model.xml" and first.is_relative_to(tmp_path / "cache")
+    assert len(calls) == 1 and calls[0][1:4] == ["-m", "streamproc.encoder", "convert-openvino"]
+
+
+def test_a_failed_openvino_conversion_names_the_cause(fp32, tmp_path, monkeypatch) -> None:
+    pytest.importorskip("openvino")
+    monkeypatch.setattr(encoder_mod.subprocess, "run", _fake_export([], fail=True))
+    with pytest.raises(RecoError, match=r"(?s)OpenVINO conversion of .* failed .*export exploded"):
+        encoder_mod.openvino_convert(fp32.model_dir, str(tmp_path))
 
 
 def test_a_failed_export_names_the_model_and_the_cause(fp32, tmp_path, monkeypatch) -> None:
