@@ -1,6 +1,7 @@
 """``reco bench encoder`` (:func:`encoder_bench`): the stream worker's comment encoding on real
 reviews against the plain fp32 transformers model in the same run; compares their embeddings
 (cosine, and the AUC of a sentiment head trained on each), and keeps the short-text figure.
+``--compare`` runs other backends through the same path in the same rounds (one figure each).
 """
 
 from __future__ import annotations
@@ -140,26 +141,36 @@ class RawFp32:
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
-def _interleaved(texts: list[str], fns: dict[str, Callable[[list[str]], np.ndarray]], rounds: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+def _interleaved(texts: list[str], fns: dict[str, Callable[[list[str]], np.ndarray]], rounds: int,
+                 cpu: dict[str, float] | None = None) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Every function over ``texts`` in ``rounds`` parts, taking turns part by part (load from other
-    processes then disturbs each alike); embeddings and seconds per function."""
+    processes then disturbs each alike); embeddings and seconds per function. ``cpu`` gets the
+    process's CPU seconds per function (steadier than seconds on a shared machine)."""
     parts: dict[str, list[np.ndarray]] = {k: [] for k in fns}
     secs = {k: 0.0 for k in fns}
+    if cpu is not None:
+        cpu.update({k: 0.0 for k in fns})
     step = -(-len(texts) // max(1, rounds))
     names = list(fns)
     for r, start in enumerate(range(0, len(texts), step)):
         part = texts[start : start + step]
         for k in names[r % len(names):] + names[: r % len(names)]:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             parts[k].append(fns[k](part))
             secs[k] += time.perf_counter() - t0
+            if cpu is not None:
+                cpu[k] += time.process_time() - c0
     return {k: np.concatenate(v) for k, v in parts.items()}, secs
 
 
 def encoder_bench(settings: Settings, *, reviews: str | None = None, n: int | None = None, tags: int = 2000,
-                  rounds: int = 6, single: int = 50) -> dict[str, Any]:
+                  rounds: int = 6, single: int = 50, compare: Sequence[str] = ()) -> dict[str, Any]:
     """``reco bench encoder``: the worker's encoding path against the plain fp32 model on real reviews
-    (throughput, cosine, sentiment AUC), the short-text figure on tags, and peak memory."""
+    (throughput, cosine, sentiment AUC), the short-text figure on tags, and peak memory.
+
+    ``compare``: other backends, each through its own micro-batcher in the same interleaved rounds;
+    their figures go under ``"compare"`` (``peak_rss_mb`` then counts every backend loaded).
+    """
     import os
     import resource
 
@@ -175,21 +186,35 @@ def encoder_bench(settings: Settings, *, reviews: str | None = None, n: int | No
     bs = settings.encode_batch_size
     enc.encode(texts[:bs])  # warm-up, both
     raw.encode(texts[:bs])
-    mb = MicroBatcher.from_settings(settings, enc.encode)  # the stream worker's path
+    others = {b: TextEncoder(settings.encoder_dir, threads=settings.torch_threads, backend=b,
+                             max_tokens=settings.encoder_max_tokens, batch_tokens=settings.encoder_batch_tokens,
+                             cache_dir=settings.encoder_cache_dir)
+              for b in dict.fromkeys(compare) if b != enc.backend}
+    for other in others.values():
+        other.encode(texts[:bs])
+    batchers = {"worker": MicroBatcher.from_settings(settings, enc.encode)}  # the stream worker's path
+    batchers.update({b: MicroBatcher.from_settings(settings, e.encode) for b, e in others.items()})
 
-    def worker_path(part: list[str]) -> np.ndarray:
-        return np.stack([f.result() for f in mb.submit_many(part)])
+    def worker_path(mb: MicroBatcher) -> Callable[[list[str]], np.ndarray]:
+        return lambda part: np.stack([f.result() for f in mb.submit_many(part)])
 
+    fns = {k: worker_path(mb) for k, mb in batchers.items()}
+    fns["raw"] = raw.encode
+    cpu: dict[str, float] = {}
+    tcpu: dict[str, float] = {}
     try:
-        emb, secs = _interleaved(texts, {"worker": worker_path, "raw": raw.encode}, rounds)
+        emb, secs = _interleaved(texts, fns, rounds, cpu)
         cos = (emb["worker"] * emb["raw"]).sum(axis=1)
         auc, n_train, n_test = sentiment_auc(emb["worker"], ratings)
         auc32, _, _ = sentiment_auc(emb["raw"], ratings)
         short, short_source = bench_texts(tags)
         enc.encode(short[:bs])
-        temb, tsecs = _interleaved(short, {"worker": worker_path, "raw": raw.encode}, rounds)
+        for other in others.values():
+            other.encode(short[:bs])
+        temb, tsecs = _interleaved(short, fns, rounds, tcpu)
     finally:
-        mb.close()
+        for mb in batchers.values():
+            mb.close()
     sample = texts[:single]
     t0 = time.perf_counter()
     for t in sample:
@@ -197,12 +222,14 @@ def encoder_bench(settings: Settings, *, reviews: str | None = None, n: int | No
     single_s = time.perf_counter() - t0
     out: dict[str, Any] = {
         "dataset": source, "texts": len(texts), "model": settings.encoder_dir,
-        "backend": enc.backend, "device": enc.device, "max_tokens": enc.max_tokens, "batch_tokens": enc.batch_tokens,
+        "backend": enc.backend, "precision": enc.precision, "device": enc.device, "max_tokens": enc.max_tokens, "batch_tokens": enc.batch_tokens,
         "batch_size": bs, "max_wait_ms": settings.encode_max_wait_ms, "torch_threads": settings.torch_threads,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""), "load_s": round(load_s, 2),
         "comments_per_s": round(len(texts) / secs["worker"], 1),
         "raw_fp32_comments_per_s": round(len(texts) / secs["raw"], 1),
         "speedup_vs_raw_fp32": round(secs["raw"] / secs["worker"], 2),
+        "comments_per_cpu_s": round(len(texts) / cpu["worker"], 1),
+        "raw_fp32_comments_per_cpu_s": round(len(texts) / cpu["raw"], 1),
         "mean_cosine_vs_fp32": round(float(cos.mean()), 4),
         "p05_cosine_vs_fp32": round(float(np.quantile(cos, 0.05)), 4),
         "min_cosine_vs_fp32": round(float(cos.min()), 4),
@@ -213,6 +240,18 @@ def encoder_bench(settings: Settings, *, reviews: str | None = None, n: int | No
         "tags_raw_fp32_comments_per_s": round(len(short) / tsecs["raw"], 1),
         "tags_mean_cosine_vs_fp32": round(float((temb["worker"] * temb["raw"]).sum(axis=1).mean()), 4),
     }
+    if others:
+        out["compare"] = {}
+        for b in ["worker", *others]:
+            bcos = (emb[b] * emb["raw"]).sum(axis=1)
+            out["compare"][enc.backend if b == "worker" else b] = {
+                "precision": (enc if b == "worker" else others[b]).precision,
+                "comments_per_s": round(len(texts) / secs[b], 1), "speedup_vs_raw_fp32": round(secs["raw"] / secs[b], 2),
+                "comments_per_cpu_s": round(len(texts) / cpu[b], 1), "cpu_speedup_vs_raw_fp32": round(cpu["raw"] / cpu[b], 2),
+                "mean_cosine_vs_fp32": round(float(bcos.mean()), 4), "min_cosine_vs_fp32": round(float(bcos.min()), 4),
+                "sentiment_auc": sentiment_auc(emb[b], ratings)[0],
+                "tags_comments_per_s": round(len(short) / tsecs[b], 1), "tags_comments_per_cpu_s": round(len(short) / tcpu[b], 1)}
+        del others
     del raw
     import torch
 
@@ -238,7 +277,14 @@ def encoder_bench(settings: Settings, *, reviews: str | None = None, n: int | No
 
 
 def _cmd_bench_encoder(args: argparse.Namespace, settings: Settings) -> int:
-    out = encoder_bench(settings, reviews=args.reviews, n=args.n, tags=args.tags, rounds=args.rounds, single=args.single)
+    compare = [b.strip() for b in (args.compare or "").split(",") if b.strip()]
+    from streamproc.encoder import BACKENDS
+
+    bad = [b for b in compare if b not in BACKENDS or b == "auto"]
+    if bad:
+        raise SystemExit(f"--compare {args.compare}: {', '.join(bad)} not among {', '.join(b for b in BACKENDS if b != 'auto')}")
+    out = encoder_bench(settings, reviews=args.reviews, n=args.n, tags=args.tags, rounds=args.rounds, single=args.single,
+                        compare=compare)
     if args.json:
         print_json(out)
     else:
@@ -257,5 +303,7 @@ def register_bench(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--tags", type=int, default=2000, help="short texts for the short-comment figure (ml-latest-small tags, else demo comments)")
     p.add_argument("--single", type=int, default=50, help="reviews encoded one at a time for the low-load number")
     p.add_argument("--rounds", type=int, default=6, help="interleaved rounds of the plain model vs the worker's path")
+    p.add_argument("--compare", metavar="BACKENDS", default="", help="comma-separated backends also run through the worker's "
+                   "path in the same rounds, e.g. torch-bf16,onnx-int8 (per-backend figures under \"compare\")")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_bench_encoder)
