@@ -30,7 +30,7 @@ Errors are JSON ``{"detail": <code>, "message": <text>}`` with a bounded ``detai
 Examples
 --------
 >>> from starlette.testclient import TestClient
->>> with TestClient(create_app(Settings(), start_kafka=False)) as client:
+>>> with TestClient(create_app(ServingSettings(), start_kafka=False)) as client:
 ...     client.get("/v1/users/u1/recommendations").json()["detail"]
 'no_model'
 """
@@ -64,12 +64,12 @@ from serving.feedback import FeedbackView
 from serving.feedback import routes as feedback_routes
 from serving.kafka_io import KafkaIO
 from serving.metrics import ServingMetrics
+from serving.settings import ServingSettings
 from serving.store import ModelStore
 from streamproc.control import ControlRecord, InvalidControl
 from streamproc.errors import InvalidEvent
 from streamproc.events import SCHEMA_VERSION, EventValidator
 from streamproc.items import ItemValidator
-from streamproc.settings import Settings
 from streamproc.topics import Topics
 
 __all__ = ["create_app", "EventSink"]
@@ -158,20 +158,20 @@ def _refresh_gauges(state: State) -> tuple[bool, list[str]]:
     return not reasons, reasons
 
 
-def _key_ok(settings: Settings, request: Request) -> bool:
+def _key_ok(settings: ServingSettings, request: Request) -> bool:
     given = request.headers.get("x-api-key", "")
     return bool(settings.api_key) and hmac.compare_digest(given.encode(), settings.api_key.encode())
 
 
 def read_ok(request: Request) -> bool:
     """Whether a read may go ahead (no read key required, auth disabled, or the right key)."""
-    settings: Settings = request.app.state.settings
+    settings: ServingSettings = request.app.state.settings
     return not settings.read_api_key_required or settings.auth_disabled or _key_ok(settings, request)
 
 
 def _write_refused(request: Request) -> Response | None:
     """The error for a write without the API key (None: allowed)."""
-    settings: Settings = request.app.state.settings
+    settings: ServingSettings = request.app.state.settings
     if settings.auth_disabled:
         return None
     if not settings.api_key:
@@ -298,7 +298,7 @@ def _forget_feedback(feedback: try_page.FeedbackLog, model: Any, update: Any) ->
 # ----------------------------------------------------------------------------------------- routes
 async def recommendations(request: Request) -> Response:
     """``GET /v1/users/{user_id}/recommendations``."""
-    settings: Settings = request.app.state.settings
+    settings: ServingSettings = request.app.state.settings
     if not read_ok(request):
         return _error(401, "unauthorized", "missing or wrong X-API-Key")
     q = request.query_params
@@ -450,7 +450,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
 
 
 def create_app(
-    settings: Settings,
+    settings: ServingSettings,
     store: ModelStore | None = None,
     start_kafka: bool = True,
     *,

@@ -8,13 +8,13 @@ import logging
 import signal
 import sys
 
+from serving.settings import ServingSettings
 from streamproc.runtime import client_settings
-from streamproc.settings import Settings
 
 log = logging.getLogger("reco.serve")
 
 
-def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+def _cmd_serve(args: argparse.Namespace, settings: ServingSettings) -> int:
     import uvicorn
 
     from serving.app import create_app

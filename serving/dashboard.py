@@ -108,7 +108,7 @@ from starlette.responses import FileResponse, JSONResponse
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from streamproc.settings import Settings
+from serving.settings import ServingSettings
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 SELF = "serving"
@@ -634,7 +634,7 @@ class Dashboard:
         }
 
 
-def routes(settings: Settings, registry: Any = None, *,
+def routes(settings: ServingSettings, registry: Any = None, *,
            feedback: Callable[[], dict[str, Any] | None] | None = None) -> list[BaseRoute]:
     """Starlette routes of the dashboard (page + JSON data); mounted by the serving app.
 
@@ -643,7 +643,7 @@ def routes(settings: Settings, registry: Any = None, *,
 
     Examples
     --------
-    >>> [getattr(r, "path", None) for r in routes(Settings(dashboard_sources=""))]
+    >>> [getattr(r, "path", None) for r in routes(ServingSettings(dashboard_sources=""))]
     ['/dashboard', '/dashboard/data', '/dashboard/static']
     """
     dash = Dashboard(settings.dashboard_sources.split(","), registry)

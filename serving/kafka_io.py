@@ -41,10 +41,10 @@ from typing import Any
 from serving.catalog import Catalog, CatalogFollower, RuleError, Rules
 from serving.metrics import ServingMetrics
 from serving.model import ServingModel
+from serving.settings import ServingSettings
 from serving.store import ModelStore
 from streamproc.errors import InvalidUpdate
 from streamproc.kafka import GROUP_TIMEOUTS, client_config
-from streamproc.settings import Settings
 from streamproc.topics import Topics
 from trainer.updates import ModelUpdate, peek
 
@@ -83,7 +83,7 @@ class UpdateFollower(threading.Thread):
     model-updates: rolling upgrade) falls back to catching up on model-updates from its tail.
     """
 
-    def __init__(self, settings: Settings, store: ModelStore, *, poll_ms: int = 100, catch_up_window: int = 256,
+    def __init__(self, settings: ServingSettings, store: ModelStore, *, poll_ms: int = 100, catch_up_window: int = 256,
                  snapshot_check_s: float = 1.0) -> None:
         super().__init__(name="model-updates", daemon=True)
         self.settings = settings
@@ -367,7 +367,7 @@ class Pusher(threading.Thread):
         Called with a list of ``(key, value, headers)`` messages; must be thread-safe.
     """
 
-    def __init__(self, settings: Settings, store: ModelStore, send: Callable[[list[Message]], None],
+    def __init__(self, settings: ServingSettings, store: ModelStore, send: Callable[[list[Message]], None],
                  metrics: ServingMetrics, *, k: int = 10, catalog: Catalog | None = None) -> None:
         super().__init__(name="push", daemon=True)
         self.settings, self.store, self.send, self.metrics, self.k = settings, store, send, metrics, k
@@ -438,7 +438,7 @@ class Pusher(threading.Thread):
             log.warning("push of %d messages failed: %s", len(msgs), exc)
 
 
-def answer_request(raw: bytes | None, store: ModelStore, settings: Settings, catalog: Catalog | None = None,
+def answer_request(raw: bytes | None, store: ModelStore, settings: ServingSettings, catalog: Catalog | None = None,
                    metrics: ServingMetrics | None = None) -> tuple[Message, str]:
     """Answer one message of the requests topic: ``((key, value, headers), status)``.
 
@@ -449,7 +449,7 @@ def answer_request(raw: bytes | None, store: ModelStore, settings: Settings, cat
     Examples
     --------
     >>> (key, value, headers), status = answer_request(b'{"request_id": "r1", "user_id": "u", "k": 0}',
-    ...                                                ModelStore(), Settings())
+    ...                                                ModelStore(), ServingSettings())
     >>> status, json.loads(value)["error"], headers
     ('invalid', 'invalid_k', [('correlation_id', b'r1')])
     """
@@ -496,7 +496,7 @@ def answer_request(raw: bytes | None, store: ModelStore, settings: Settings, cat
 class KafkaIO:
     """The serving role's Kafka clients, started and stopped with the app (see ``create_app``)."""
 
-    def __init__(self, settings: Settings, store: ModelStore, metrics: ServingMetrics, *, catalog: Catalog | None = None) -> None:
+    def __init__(self, settings: ServingSettings, store: ModelStore, metrics: ServingMetrics, *, catalog: Catalog | None = None) -> None:
         self.settings, self.store, self.metrics = settings, store, metrics
         self.topics = Topics.from_settings(settings)
         self.follower = UpdateFollower(settings, store)

@@ -34,8 +34,8 @@ from dataclasses import dataclass
 
 from serving.metrics import ServingMetrics
 from serving.model import RejectedUpdate, ServingModel
+from serving.settings import ServingSettings
 from streamproc.errors import InvalidUpdate
-from streamproc.settings import Settings
 from trainer.updates import ModelUpdate
 
 __all__ = ["ModelStore", "ApplyResult"]
@@ -71,8 +71,8 @@ class ModelStore:
         Wall clock (Unix s) for feedback latency.
     """
 
-    def __init__(self, settings: Settings | None = None, metrics: ServingMetrics | None = None, *, clock: Callable[[], float] = time.time) -> None:
-        self.settings = settings or Settings()
+    def __init__(self, settings: ServingSettings | None = None, metrics: ServingMetrics | None = None, *, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings or ServingSettings()
         self.metrics = metrics or ServingMetrics()
         self.clock = clock
         self._current: ServingModel | None = None

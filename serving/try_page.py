@@ -36,7 +36,7 @@ from starlette.staticfiles import StaticFiles
 
 from serving.catalog import Catalog
 from serving.dashboard import STATIC_DIR
-from streamproc.settings import Settings
+from serving.settings import ServingSettings
 
 __all__ = ["FeedbackLog", "routes"]
 
@@ -93,7 +93,7 @@ class FeedbackLog:
             return list(self._log.get(user_id, ()))
 
 
-def routes(settings: Settings, recommend: Recommend, catalog: Catalog, feedback: FeedbackLog, *,
+def routes(settings: ServingSettings, recommend: Recommend, catalog: Catalog, feedback: FeedbackLog, *,
            try_writes: bool = False, read_ok: Callable[[Request], bool] = lambda r: True) -> list[BaseRoute]:
     """The ``/try`` page, its state and session endpoints, and its static files."""
 

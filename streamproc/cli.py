@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import math
 import sys
@@ -24,7 +25,7 @@ from streamproc.runtime import (
     signals_stop,
     stop_on_signals,
 )
-from streamproc.settings import Settings
+from streamproc.settings import Settings, program_settings
 from streamproc.sources import add_source_args, event_source
 from streamproc.topics import Topics
 
@@ -46,7 +47,7 @@ def _cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
         if args.create_topics:
             from streamproc.kafka import create_topics
 
-            create_topics(Settings(**{**settings.__dict__, "kafka_bootstrap": broker.bootstrap}))
+            create_topics(dataclasses.replace(settings, kafka_bootstrap=broker.bootstrap))
         print(f"embedded broker listening on {broker.bootstrap} (memory-only; Ctrl-C to stop)", flush=True)
         while not stop.wait(0.2) and broker.running:
             pass
@@ -315,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("kafka.net.transport").addFilter(_closed_socket_race)
     try:
-        settings = Settings.load(file=args.config)
+        settings = program_settings().load(file=args.config)
         return int(args.func(args, settings) or 0)
     except RecoError as exc:
         print(f"reco: error: {exc}", file=sys.stderr)

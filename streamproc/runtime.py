@@ -27,6 +27,7 @@ True
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import signal
@@ -45,19 +46,20 @@ DEFAULT_LOCAL_BOOTSTRAP = "127.0.0.1:9092"
 #: ``/metrics`` port of each worker role when ``RECO_METRICS_PORT`` is 0 (serving's is its HTTP port).
 METRICS_PORTS = {"streamproc": 9101, "trainer": 9102}
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+S = TypeVar("S", bound=Settings)  # a settings class: core or a role's section
 T = TypeVar("T")
 
 
 # ---------------------------------------------------------------------------------- Kafka
-def client_settings(settings: Settings) -> Settings:
+def client_settings(settings: S) -> S:
     """Client commands with no RECO_KAFKA_BOOTSTRAP talk to `reco broker`'s default address."""
     if settings.kafka_bootstrap:
         return settings
-    return Settings(**{**settings.__dict__, "kafka_bootstrap": DEFAULT_LOCAL_BOOTSTRAP})
+    return dataclasses.replace(settings, kafka_bootstrap=DEFAULT_LOCAL_BOOTSTRAP)
 
 
 @contextlib.contextmanager
-def embedded_or_configured(settings: Settings, *, create: bool = True) -> Iterator[Settings]:
+def embedded_or_configured(settings: S, *, create: bool = True) -> Iterator[S]:
     """Yield settings pointing at Kafka: the configured cluster, or a freshly started embedded
     broker when ``RECO_KAFKA_BOOTSTRAP`` is unset (stopped on exit). Topics are created."""
     from streamproc.broker import EmbeddedBroker, wait_for_kafka
@@ -71,7 +73,7 @@ def embedded_or_configured(settings: Settings, *, create: bool = True) -> Iterat
         return
     with EmbeddedBroker(settings.embedded_port) as broker:
         log.info("embedded broker (Tansu, memory-only) on %s", broker.bootstrap)
-        s = Settings(**{**settings.__dict__, "kafka_bootstrap": broker.bootstrap})
+        s = dataclasses.replace(settings, kafka_bootstrap=broker.bootstrap)
         if create:
             create_topics(s)
         yield s

@@ -1,7 +1,16 @@
-"""The one typed settings object: environment (``RECO_*``), optional TOML file, defaults.
+"""Typed settings: environment (``RECO_*``), optional TOML file, defaults.
 
-Every setting has an env name, a type, a default and a one-line doc (``Settings.describe()``
-renders the README table). A malformed value fails at start-up naming the setting and the value.
+:class:`Settings` holds what every role reads (Kafka brokers and security, topic names and
+partitions, the event contract's limits, the stream worker's encoder and de-duplication, the
+worker roles' ``/metrics``). Each role that needs more extends it with a *section* in its own
+package, as the packages import one way: ``trainer.settings.TrainerSettings`` (core + model,
+replay, checkpoints, ranking) and ``serving.settings.ServingSettings`` (trainer's + HTTP, keys,
+push, top-k: the serving package's tools run the trainer too, so its settings are the whole
+program's). ``reco`` loads :func:`program_settings`, the section that extends every other one.
+
+Every setting has an env name, a type, a default and a one-line doc (``describe()`` renders the
+README table). A malformed value of *any* section's ``RECO_*`` fails at start-up naming the
+setting and the value, whichever section the process loads; an unknown ``RECO_*`` fails too.
 """
 
 from __future__ import annotations
@@ -13,11 +22,11 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
 from streamproc.errors import ConfigError
 
-__all__ = ["Settings", "default_model_dir"]
+__all__ = ["Settings", "default_model_dir", "program_settings", "sections", "setting"]
 
 
 def default_model_dir() -> str:
@@ -30,13 +39,22 @@ def default_model_dir() -> str:
     return str(Path(list(spec.submodule_search_locations)[0]) / "model")
 
 
-def _s(default: Any, doc: str, **kw: Any) -> Any:
+def setting(default: Any, doc: str, **kw: Any) -> Any:
+    """A settings field: its default, one-line doc and checks (``min``, ``max``, ``choices``, ``secret``)."""
     return field(default=default, metadata={"doc": doc, **kw})
+
+
+_SECTIONS: list[type[Settings]] = []  # role sections, in the order their modules were imported
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Service settings. Build with :meth:`Settings.load` (env + TOML) or directly in tests.
+    """The core settings every role reads. Build with :meth:`Settings.load` (env + TOML) or
+    directly in tests; a role's own settings are a section extending this class::
+
+        @dataclass(frozen=True)
+        class TrainerSettings(Settings, section="trainer"):
+            factors: int = setting(32, "Latent factors per user/item", min=1, max=1024)
 
     Examples
     --------
@@ -50,78 +68,51 @@ class Settings:
     """
 
     # Kafka
-    kafka_bootstrap: str = _s("", "Kafka bootstrap servers, comma-separated; empty = start the embedded broker")
-    kafka_security_protocol: str = _s("PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL", choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))
-    kafka_sasl_mechanism: str = _s("", "SASL mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) when SASL is used")
-    kafka_sasl_username: str = _s("", "SASL username")
-    kafka_sasl_password: str = _s("", "SASL password (never logged)", secret=True)
-    kafka_ssl_cafile: str = _s("", "CA bundle for SSL")
-    embedded_port: int = _s(0, "Port of the embedded broker; 0 = 9092 for `reco broker`, a free port otherwise", min=0, max=65535)
-    topic_prefix: str = _s("reco.", "Prefix of every topic name")
-    partitions: int = _s(4, "Partitions of the events, requests and recommendations topics", min=1, max=1024)
-    replication_factor: int = _s(1, "Replication factor for topics created by `reco topics create`", min=1, max=16)
-    max_message_bytes: int = _s(1_000_000, "Largest Kafka message produced (model updates are chunked to fit)", min=10_000)
-    compression: str = _s("zstd", "Codec of the batches the trainer (model updates) and stream workers (examples, dead letters) produce: none, gzip, snappy, lz4 or zstd", choices=("none", "gzip", "snappy", "lz4", "zstd"))
+    kafka_bootstrap: str = setting("", "Kafka bootstrap servers, comma-separated; empty = start the embedded broker")
+    kafka_security_protocol: str = setting("PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL", choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))
+    kafka_sasl_mechanism: str = setting("", "SASL mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) when SASL is used")
+    kafka_sasl_username: str = setting("", "SASL username")
+    kafka_sasl_password: str = setting("", "SASL password (never logged)", secret=True)
+    kafka_ssl_cafile: str = setting("", "CA bundle for SSL")
+    embedded_port: int = setting(0, "Port of the embedded broker; 0 = 9092 for `reco broker`, a free port otherwise", min=0, max=65535)
+    topic_prefix: str = setting("reco.", "Prefix of every topic name")
+    partitions: int = setting(4, "Partitions of the events, requests and recommendations topics", min=1, max=1024)
+    replication_factor: int = setting(1, "Replication factor for topics created by `reco topics create`", min=1, max=16)
+    snapshot_interval_s: float = setting(30.0, "Publish a full model snapshot this often (s); core, as the update topics' retention follows it", min=0.1)
+    max_message_bytes: int = setting(1_000_000, "Largest Kafka message produced (model updates are chunked to fit)", min=10_000)
+    compression: str = setting("zstd", "Codec of the batches the trainer (model updates) and stream workers (examples, dead letters) produce: none, gzip, snappy, lz4 or zstd", choices=("none", "gzip", "snappy", "lz4", "zstd"))
     # Event contract
-    rating_min: float = _s(0.5, "Lowest valid rating value")
-    rating_max: float = _s(5.0, "Highest valid rating value")
-    max_text_chars: int = _s(5000, "Longest comment text accepted", min=1)
-    max_event_bytes: int = _s(64_000, "Largest event message accepted (bytes)", min=256)
-    max_future_s: float = _s(86_400.0, "Event times further in the future than this are rejected", min=0)
-    min_event_time: float = _s(631_152_000.0, "Event times before this Unix time (1990-01-01) are rejected")
+    rating_min: float = setting(0.5, "Lowest valid rating value")
+    rating_max: float = setting(5.0, "Highest valid rating value")
+    max_text_chars: int = setting(5000, "Longest comment text accepted", min=1)
+    max_event_bytes: int = setting(64_000, "Largest event message accepted (bytes)", min=256)
+    max_future_s: float = setting(86_400.0, "Event times further in the future than this are rejected", min=0)
+    min_event_time: float = setting(631_152_000.0, "Event times before this Unix time (1990-01-01) are rejected")
     # Stream workers
-    model_dir: str = _s("", "Directory of the text encoder (transformers); empty = packaged all-MiniLM-L6-v2")
-    encode_batch_size: int = _s(32, "Largest comment batch encoded at once", min=1, max=4096)
-    encode_max_wait_ms: float = _s(20.0, "Longest a comment waits for its batch to fill (ms)", min=0)
-    torch_threads: int = _s(2, "torch intra-op threads for the encoder", min=1, max=256)
-    quantize_encoder: bool = _s(False, "Use int8 dynamic quantization for the encoder")
-    encoder_backend: str = _s("auto", "Comment encoder backend: auto (torch-bf16 on CPUs with native bfloat16, else onnx-int8), torch-bf16, onnx-int8 (ONNX Runtime, int8 weights), onnx (ONNX Runtime fp32) or torch (transformers fp32; int8 with RECO_QUANTIZE_ENCODER)", choices=("auto", "torch-bf16", "onnx-int8", "onnx", "torch"))
-    encoder_max_tokens: int = _s(256, "Comment tokens encoded, the rest truncated (capped at the model's maximum)", min=8, max=8192)
-    encoder_batch_tokens: int = _s(2048, "Most padded tokens per encoder call: bounds the encoder's memory for any number of comments", min=256, max=1_000_000)
-    encoder_device: str = _s("cpu", "cpu, or cuda to run the transformers model on a GPU (fails at start-up when none is visible)", choices=("cpu", "cuda"))
-    encoder_cache_dir: str = _s("", "Where the encoder's ONNX export is cached (made at first use); empty = $XDG_CACHE_HOME/reco/encoder or ~/.cache/reco/encoder")
-    dedupe_window: int = _s(1_000_000, "How many recent event_ids are remembered for de-duplication", min=0)
-    # Trainer
-    factors: int = _s(32, "Latent factors per user/item", min=1, max=1024)
-    learning_rate: float = _s(0.05, "SGD learning rate of the factors", min=0)
-    bias_learning_rate: float = _s(0.025, "SGD learning rate of the biases", min=0)
-    l2: float = _s(0.02, "L2 regularisation", min=0)
-    replay_size: int = _s(50_000, "Replay buffer capacity (examples)", min=0)
-    replay_ratio: float = _s(0.0, "Replayed examples learned per fresh example", min=0)
-    replay_policy: str = _s("reservoir", "reservoir, recency or per_user", choices=("reservoir", "recency", "per_user"))
-    drift_detector: str = _s("adwin", "adwin or page_hinkley", choices=("adwin", "page_hinkley"))
-    update_interval_ms: float = _s(200.0, "Publish a model update at least this often while learning (ms)", min=1)
-    update_max_examples: int = _s(5000, "... or after this many examples", min=1)
-    snapshot_interval_s: float = _s(30.0, "Publish a full snapshot this often (s)", min=0.1)
-    checkpoint_dir: str = _s("checkpoints", "Directory of trainer checkpoints")
-    checkpoint_interval_s: float = _s(10.0, "Checkpoint this often (s); bounds re-learning after a crash", min=0.1)
-    row_ttl_s: float = _s(0.0, "Expire users/items inactive this long (s); 0 = never", min=0)
-    erasure_tombstones: int = _s(100_000, "Erasures remembered (as salted hashes) to drop older events of an erased id that arrive late", min=1)
-    seed: int = _s(42, "Random seed")
-    rank_window: int = _s(20, "Ranking: a user's latest feedback items that pair up and score neighbours", min=1, max=1000)
-    rank_popularity: float = _s(0.2, "Ranking: weight of recent popularity in the served score", min=0)
-    rank_mf: float = _s(0.5, "Ranking: weight of the factor model in the served score", min=0)
-    rank_knn: float = _s(1.0, "Ranking: weight of the sequential co-occurrence part in the served score", min=0)
-    rank_sample: float = _s(0.01, "Share of positive feedback ranked against the full catalogue for live HR/NDCG@10", min=0, max=1)
-    # Serving
-    http_host: str = _s("127.0.0.1", "HTTP bind address of `reco serve`")
-    http_port: int = _s(8000, "HTTP port of `reco serve`", min=0, max=65535)
-    api_key: str = _s("", "API key for write endpoints (header X-API-Key); empty = writes refused", secret=True)
-    auth_disabled: bool = _s(False, "Explicitly disable the API key check (development only)")
-    read_api_key_required: bool = _s(False, "Also require the API key on read endpoints")
-    max_k: int = _s(500, "Largest k a request may ask for", min=1)
-    max_body_bytes: int = _s(1_000_000, "Largest HTTP request body", min=1024)
-    push_enabled: bool = _s(True, "Push refreshed top-k to the recommendations topic after feedback")
-    push_min_interval_s: float = _s(1.0, "At most one push per user per this many seconds", min=0)
-    seen_per_user: int = _s(1000, "Items remembered per user for exclude_seen", min=0)
-    ann_min_items: int = _s(50_000, "Catalogue size from which top-k uses the approximate index (serving.ann; exact below, and as fallback); 0 = never", min=0)
-    ann_fetch: int = _s(200, "Approximate top-k: items fetched from the index and from the popularity order before the exact re-scoring", min=10)
-    metrics_port: int = _s(0, "Port of /metrics for worker roles; 0 = role default (streamproc 9101, trainer 9102)", min=0, max=65535)
-    metrics_host: str = _s("127.0.0.1", "Bind address of the worker roles' /metrics endpoints")
-    dashboard_sources: str = _s(
-        "http://127.0.0.1:9101/metrics,http://127.0.0.1:9102/metrics",
-        "Comma-separated /metrics URLs of the other roles that /dashboard reads (serving adds its own)",
-    )
+    model_dir: str = setting("", "Directory of the text encoder (transformers); empty = packaged all-MiniLM-L6-v2")
+    encode_batch_size: int = setting(32, "Largest comment batch encoded at once", min=1, max=4096)
+    encode_max_wait_ms: float = setting(20.0, "Longest a comment waits for its batch to fill (ms)", min=0)
+    torch_threads: int = setting(2, "torch intra-op threads for the encoder", min=1, max=256)
+    quantize_encoder: bool = setting(False, "Use int8 dynamic quantization for the encoder")
+    encoder_backend: str = setting("auto", "Comment encoder backend: auto (torch-bf16 on CPUs with native bfloat16, else onnx-int8), torch-bf16, onnx-int8 (ONNX Runtime, int8 weights), onnx (ONNX Runtime fp32) or torch (transformers fp32; int8 with RECO_QUANTIZE_ENCODER)", choices=("auto", "torch-bf16", "onnx-int8", "onnx", "torch"))
+    encoder_max_tokens: int = setting(256, "Comment tokens encoded, the rest truncated (capped at the model's maximum)", min=8, max=8192)
+    encoder_batch_tokens: int = setting(2048, "Most padded tokens per encoder call: bounds the encoder's memory for any number of comments", min=256, max=1_000_000)
+    encoder_device: str = setting("cpu", "cpu, or cuda to run the transformers model on a GPU (fails at start-up when none is visible)", choices=("cpu", "cuda"))
+    encoder_cache_dir: str = setting("", "Where the encoder's ONNX export is cached (made at first use); empty = $XDG_CACHE_HOME/reco/encoder or ~/.cache/reco/encoder")
+    dedupe_window: int = setting(1_000_000, "How many recent event_ids are remembered for de-duplication", min=0)
+    # Worker roles
+    metrics_port: int = setting(0, "Port of /metrics for worker roles; 0 = role default (streamproc 9101, trainer 9102)", min=0, max=65535)
+    metrics_host: str = setting("127.0.0.1", "Bind address of the worker roles' /metrics endpoints")
+
+    section: ClassVar[str] = "core"  # the README table's "section" column
+
+    def __init_subclass__(cls, section: str | None = None, **kw: Any) -> None:
+        """``class X(Settings, section="name")`` registers a role section (its ``RECO_*`` become known
+        to every role's start-up check); a subclass without ``section`` is not a section."""
+        super().__init_subclass__(**kw)
+        if section is not None:
+            cls.section = section
+            _SECTIONS.append(cls)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -131,12 +122,16 @@ class Settings:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def load(cls, env: Mapping[str, str] | None = None, file: str | Path | None = None, **overrides: Any) -> Settings:
-        """Defaults, then the TOML file (``RECO_CONFIG`` or ``file``), then ``RECO_*`` env, then overrides."""
+    def load(cls, env: Mapping[str, str] | None = None, file: str | Path | None = None, **overrides: Any) -> Self:
+        """Defaults, then the TOML file (``RECO_CONFIG`` or ``file``), then ``RECO_*`` env, then overrides.
+
+        A value for another section's setting (``RECO_FACTORS`` in the stream worker) is checked
+        like this section's own, then left out: one environment serves every role.
+        """
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
         path = file or env.get("RECO_CONFIG")
-        names = {f.name: f for f in dataclasses.fields(cls)}
+        known = _known_fields()
         if path:
             try:
                 data = tomllib.loads(Path(path).read_text())
@@ -144,22 +139,27 @@ class Settings:
                 raise ConfigError(f"RECO_CONFIG={str(path)!r}: {exc}") from exc
             data = data.get("reco", data)
             for key, raw in data.items():
-                if key not in names:
+                if key not in known:
                     raise ConfigError(f"{path}: unknown setting {key!r}")
-                values[key] = _coerce(names[key], raw, f"{path}:{key}")
-        for name, f in names.items():
+                values[key] = _coerce(known[key], raw, f"{path}:{key}")
+        for name, f in known.items():
             env_name = "RECO_" + name.upper()
             if env_name in env:
                 values[name] = _coerce(f, env[env_name], env_name)
-        unknown = [k for k in env if k.startswith("RECO_") and k[5:].lower() not in names and k != "RECO_CONFIG"]
+        unknown = [k for k in env if k.startswith("RECO_") and k[5:].lower() not in known and k != "RECO_CONFIG"]
         if unknown:
             raise ConfigError(f"unknown setting(s) {', '.join(sorted(unknown))}")
+        own = {f.name for f in dataclasses.fields(cls)}
+        for name, value in values.items():
+            if name not in own:
+                _check(known[name], value)  # another section's: the same checks, then not kept
+        values = {name: value for name, value in values.items() if name in own}
         values.update(overrides)
         return cls(**values)
 
     @classmethod
     def describe(cls) -> list[tuple[str, str, str, str]]:
-        """(env name, type, default, doc) rows, for the README table."""
+        """(env name, type, default, doc) rows of this class's settings (core and its sections)."""
         return [
             ("RECO_" + f.name.upper(), f.type if isinstance(f.type, str) else f.type.__name__, repr(f.default), f.metadata["doc"])
             for f in dataclasses.fields(cls)
@@ -253,13 +253,36 @@ def _check(f: dataclasses.Field, value: Any) -> None:
         raise ConfigError(f"{env_name}={value!r}: must be one of {', '.join(meta['choices'])}")
 
 
-def markdown_table() -> str:
-    """The README's settings table (``python -m streamproc.settings``)."""
-    rows = ["| env | type | default | meaning |", "| --- | --- | --- | --- |"]
-    for env, kind, default, doc in Settings.describe():
-        rows.append(f"| `{env}` | {kind} | `{default.replace('|', chr(92) + '|')}` | {doc} |")
+def sections() -> list[type[Settings]]:
+    """The core and every role section imported so far (importing ``serving.settings`` imports all)."""
+    return [Settings, *_SECTIONS]
+
+
+def program_settings() -> type[Settings]:
+    """The settings ``reco`` loads: the imported section that extends every other (the core when none).
+
+    Sections extend each other along the packages' one-way imports (core <- trainer <- serving), so
+    the last of the chain carries every role's settings and each role reads its own from it.
+    """
+    leaves = [c for c in sections() if all(issubclass(c, other) for other in sections())]
+    if not leaves:
+        raise ConfigError(f"settings sections {[c.__name__ for c in _SECTIONS]} do not extend one another")
+    return leaves[0]
+
+
+def _known_fields() -> dict[str, dataclasses.Field]:
+    return {f.name: f for c in sections() for f in dataclasses.fields(c)}
+
+
+def markdown_table(cls: type[Settings] | None = None) -> str:
+    """The README's settings table: every setting of ``cls`` (:func:`program_settings` when None) and its section."""
+    cls = cls or program_settings()
+    owner: dict[str, str] = {}  # each setting's section: the first class down the chain that declares it
+    for c in reversed(cls.__mro__):
+        if issubclass(c, Settings):
+            for f in dataclasses.fields(c):
+                owner.setdefault(f.name, c.section)
+    rows = ["| env | section | type | default | meaning |", "| --- | --- | --- | --- | --- |"]
+    for (env, kind, default, doc), name in zip(cls.describe(), (f.name for f in dataclasses.fields(cls)), strict=True):
+        rows.append(f"| `{env}` | {owner[name]} | {kind} | `{default.replace('|', chr(92) + '|')}` | {doc} |")
     return "\n".join(rows)
-
-
-if __name__ == "__main__":
-    print(markdown_table())

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from serving.settings import ServingSettings
 from streamproc.broker import EmbeddedBroker
 from streamproc.kafka import create_topics
-from streamproc.settings import Settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -32,8 +32,8 @@ def broker() -> Iterator[EmbeddedBroker]:
 
 
 @pytest.fixture
-def settings(broker: EmbeddedBroker) -> Settings:
-    """Settings pointing at the session broker, with a unique topic prefix; topics created."""
-    s = Settings(kafka_bootstrap=broker.bootstrap, topic_prefix=f"t{uuid.uuid4().hex[:8]}.", partitions=4)
+def settings(broker: EmbeddedBroker) -> ServingSettings:
+    """ServingSettings pointing at the session broker, with a unique topic prefix; topics created."""
+    s = ServingSettings(kafka_bootstrap=broker.bootstrap, topic_prefix=f"t{uuid.uuid4().hex[:8]}.", partitions=4)
     create_topics(s)
     return s

@@ -26,10 +26,10 @@ with warnings.catch_warnings():
 from serving.app import create_app
 from serving.bench import SyntheticModel
 from serving.metrics import ServingMetrics
+from serving.settings import ServingSettings
 from serving.store import ModelStore
 from streamproc.broker import free_port
 from streamproc.kafka import client_config
-from streamproc.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "k-" + uuid.uuid4().hex
@@ -45,7 +45,7 @@ class Sink:
 
 
 def _client(**kw: Any) -> tuple[TestClient, Sink]:
-    settings = Settings(topic_prefix="sec.", **{"api_key": KEY, **kw})
+    settings = ServingSettings(topic_prefix="sec.", **{"api_key": KEY, **kw})
     registry = CollectorRegistry()
     store = ModelStore(settings, ServingMetrics(registry))
     store.apply(SyntheticModel(10, 30, 4).snapshot()[0].encode())
@@ -147,7 +147,7 @@ def test_client_config_carries_sasl_and_ssl(tmp_path: Path) -> None:
     import ssl
 
     ca = Path(ssl.get_default_verify_paths().cafile or "/etc/ssl/certs/ca-certificates.crt")
-    s = Settings(kafka_bootstrap="broker:9093", kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="SCRAM-SHA-512",
+    s = ServingSettings(kafka_bootstrap="broker:9093", kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="SCRAM-SHA-512",
                  kafka_sasl_username="svc", kafka_sasl_password="pw", kafka_ssl_cafile=str(ca))
     cfg = client_config(s)
     assert cfg == {"bootstrap_servers": "broker:9093", "security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512",

@@ -6,14 +6,14 @@ import argparse
 import logging
 import time
 
-from streamproc.settings import Settings
+from trainer.settings import TrainerSettings
 
 __all__ = ["register"]
 
 log = logging.getLogger("reco.trainer")
 
 
-def _cmd_trainer(args: argparse.Namespace, settings: Settings) -> int:
+def _cmd_trainer(args: argparse.Namespace, settings: TrainerSettings) -> int:
     from prometheus_client import start_http_server
 
     from streamproc.broker import wait_for_kafka

@@ -56,6 +56,7 @@ from trainer.cooc import SequentialKNN
 from trainer.feedback import ItemFeedback
 from trainer.replay import POLICIES, ReplayBuffer
 from trainer.scoring import RankWeights, log_popularity, popularity_part, score_items
+from trainer.settings import TrainerSettings
 
 __all__ = ["HybridMF", "RANK_CANDIDATES", "warm_up"]
 
@@ -495,8 +496,8 @@ class HybridMF:
         return {name: getattr(self, name) for name in self._PARAM_NAMES}
 
     @classmethod
-    def from_settings(cls, settings: Any) -> HybridMF:
-        """Build from :class:`streamproc.settings.Settings` (factors, rates, replay, TTL, seed, ranking)."""
+    def from_settings(cls, settings: TrainerSettings) -> HybridMF:
+        """Build from :class:`trainer.settings.TrainerSettings` (factors, rates, replay, TTL, seed, ranking)."""
         return cls(n_factors=settings.factors, lr=settings.learning_rate, bias_lr=settings.bias_learning_rate,
                    l2=settings.l2, rating_min=settings.rating_min, rating_max=settings.rating_max,
                    replay_size=settings.replay_size, replay_ratio=settings.replay_ratio,
@@ -1211,7 +1212,7 @@ class HybridMF:
         return m
 
 
-def warm_up(settings: Any = None) -> None:
+def warm_up(settings: TrainerSettings | None = None) -> None:
     """Run every compiled kernel once on a throwaway model (numba compiles, or loads its cache)."""
     m = HybridMF.from_settings(settings) if settings is not None else HybridMF()
     m = HybridMF(**{**m.get_params(), "rank_sample": 1.0})

@@ -41,8 +41,8 @@ or before the erasure, however late they arrive; later events start a fresh prof
 
 Examples
 --------
->>> from streamproc.settings import Settings
->>> w = TrainerWorker(Settings(kafka_bootstrap="127.0.0.1:1", checkpoint_dir="/tmp/reco-doctest-ckpt"))
+>>> from trainer.settings import TrainerSettings
+>>> w = TrainerWorker(TrainerSettings(kafka_bootstrap="127.0.0.1:1", checkpoint_dir="/tmp/reco-doctest-ckpt"))
 >>> w.group_id, w.active
 ('reco.trainer', False)
 """
@@ -64,11 +64,11 @@ from streamproc.control import ControlRecord, InvalidControl
 from streamproc.errors import InvalidUpdate, RecoError
 from streamproc.examples import KIND_ITEM, KIND_NAMES, ExampleBatch, InvalidExampleBatch
 from streamproc.kafka import GROUP_TIMEOUTS, client_config
-from streamproc.settings import Settings
 from streamproc.topics import Topics
 from trainer.checkpoint import Checkpoint, CheckpointError, CheckpointStore
 from trainer.metrics import TrainerMetrics
 from trainer.scoring import RankWeights
+from trainer.settings import TrainerSettings
 from trainer.updates import UpdateHeader, chunk_update, peek
 
 __all__ = ["TrainerWorker"]
@@ -114,7 +114,7 @@ class TrainerWorker:
         Tests inject small fakes with the same interface.
     """
 
-    def __init__(self, settings: Settings, *, registry: Any = None, classes: tuple[Any, Any, Any] | None = None) -> None:
+    def __init__(self, settings: TrainerSettings, *, registry: Any = None, classes: tuple[Any, Any, Any] | None = None) -> None:
         self.settings = settings
         self.registry = registry
         self.classes = classes

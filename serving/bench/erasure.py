@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from serving.ops.scrape import metric_sum, samples
+from serving.settings import ServingSettings
 from streamproc.runtime import poll, print_result, quantile, wait_until
-from streamproc.settings import Settings
 
 __all__ = ["run_erasure", "register_bench", "checkpoint_holds", "TARGET_P99_S"]
 
@@ -69,7 +69,7 @@ def checkpoint_holds(directory: str | Path, needle: bytes) -> bool | None:
 _scanned: dict[Any, bool] = {}
 
 
-def run_erasure(settings: Settings, *, erasures: int = 20, replicas: int = 2, ratings_per_user: int = 4,
+def run_erasure(settings: ServingSettings, *, erasures: int = 20, replicas: int = 2, ratings_per_user: int = 4,
                 background_rate: float = 300.0, preload: int = 0, anchors: int = 5, timeout_s: float = 30.0,
                 log: Any = None) -> dict[str, Any]:
     """Run the loop, erase ``erasures`` users one after another and time each (see the module doc).
@@ -219,7 +219,7 @@ def _wait(fn: Any, timeout: float, what: str, log: Any) -> None:
         raise TimeoutError(f"{exc}\n{tail}") from None
 
 
-def _cmd(args: argparse.Namespace, settings: Settings) -> int:
+def _cmd(args: argparse.Namespace, settings: ServingSettings) -> int:
     out = run_erasure(settings, erasures=args.erasures, replicas=args.replicas, background_rate=args.background_rate,
                       preload=args.preload)
     print_result(out, args.json)

@@ -25,9 +25,9 @@ import uuid
 from typing import Any
 
 from serving.ops.scrape import metric_sum, samples
+from serving.settings import ServingSettings
 from streamproc.events import event_dict
 from streamproc.runtime import print_json, quantile, wait_until
-from streamproc.settings import Settings
 
 __all__ = ["register_bench", "run_freshness"]
 
@@ -47,7 +47,7 @@ def _personalized(client: Any, user: str) -> bool:
     return not client.get(f"/v1/users/{user}/recommendations", params={"k": 10}).json().get("fallback", True)
 
 
-def run_freshness(settings: Settings, *, probes: int = 30, comment_probes: int = 10, background_rate: float = 1500,
+def run_freshness(settings: ServingSettings, *, probes: int = 30, comment_probes: int = 10, background_rate: float = 1500,
                   warmup_s: float = 20, log: Any = None) -> dict[str, Any]:
     import httpx
     from kafka import KafkaConsumer, KafkaProducer
@@ -140,7 +140,7 @@ def run_freshness(settings: Settings, *, probes: int = 30, comment_probes: int =
     }
 
 
-def _cmd(args: argparse.Namespace, settings: Settings) -> int:
+def _cmd(args: argparse.Namespace, settings: ServingSettings) -> int:
     out = run_freshness(settings, probes=args.probes, comment_probes=args.comment_probes, background_rate=args.background_rate)
     print_json(out) if args.json else print(out)
     return 0

@@ -29,8 +29,8 @@ import numpy as np
 
 from serving.bench.synthetic import SyntheticModel
 from serving.ops.scrape import scrape
+from serving.settings import ServingSettings
 from streamproc.runtime import embedded_or_configured, print_json, quantile, wait_until
-from streamproc.settings import Settings
 
 __all__ = ["run_bench", "register_bench"]
 
@@ -211,7 +211,7 @@ def _anchors(model: SyntheticModel) -> dict[str, float | None]:
             "delta_build_p50_ms": quantile(build, 0.50, scale=1000, digits=3), "full_copy_ms": round(full_copy * 1000, 3)}
 
 
-def run_bench(settings: Settings, *, items: int = 10_000, users: int = 1000, factors: int = 32, concurrency: int = 6,
+def run_bench(settings: ServingSettings, *, items: int = 10_000, users: int = 1000, factors: int = 32, concurrency: int = 6,
               duration: float = 8.0, swap_rate: float = 4.0, snapshot_every: int = 8, http: str = "auto", rounds: int = 4) -> dict[str, Any]:
     from kafka import KafkaProducer
 
@@ -345,7 +345,7 @@ def run_bench(settings: Settings, *, items: int = 10_000, users: int = 1000, fac
     }
 
 
-def _cmd_bench_serving(args: argparse.Namespace, settings: Settings) -> int:
+def _cmd_bench_serving(args: argparse.Namespace, settings: ServingSettings) -> int:
     out = run_bench(settings, items=args.items, users=args.users, concurrency=args.concurrency,
                     duration=args.duration, swap_rate=args.swap_rate, http=args.server_http, rounds=args.rounds)
     if args.json:

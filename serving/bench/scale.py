@@ -33,6 +33,7 @@ The JSON holds, for every target of issue 14, the figure and a ``meets_<target>`
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -44,8 +45,8 @@ from typing import Any
 
 import numpy as np
 
+from serving.settings import ServingSettings
 from streamproc.runtime import embedded_or_configured, print_result
-from streamproc.settings import Settings
 
 __all__ = ["synthetic_stream", "run_scale", "register_bench", "plot", "TARGETS"]
 
@@ -164,7 +165,7 @@ def _stored_bytes(values: list[bytes], codec: str) -> int:
 
 
 # ---------------------------------------------------------------------------------- one size (own process)
-def _trainer_size(settings: Settings, users: int, items: int, events: int, snapshot: bool, seed: int, tail_events: int = 20_000) -> dict[str, Any]:
+def _trainer_size(settings: ServingSettings, users: int, items: int, events: int, snapshot: bool, seed: int, tail_events: int = 20_000) -> dict[str, Any]:
     from prometheus_client import CollectorRegistry
 
     from trainer.model import warm_up
@@ -259,7 +260,7 @@ def _trainer_size(settings: Settings, users: int, items: int, events: int, snaps
     return out
 
 
-def _replica_size(settings: Settings, version: int, samples: int) -> dict[str, Any]:
+def _replica_size(settings: ServingSettings, version: int, samples: int) -> dict[str, Any]:
     """A new replica in a fresh process: start → first answer from the model (the newest snapshot on
     model-snapshots), then → ``version`` served (the deltas after it applied); bytes read per topic."""
     import kafka  # noqa: F401 - imported before the baseline: the replica's memory is its model's
@@ -314,7 +315,7 @@ def _latency(model: Any, samples: int, k: int = 10, prefix: str = "serving", top
     return {f"{prefix}_p50_ms": _q(lat, 50), f"{prefix}_p99_ms": _q(lat, 99), f"{prefix}_requests": len(lat)}
 
 
-def _serving_size(settings: Settings, items: int, users: int, samples: int, seed: int) -> dict[str, Any]:
+def _serving_size(settings: ServingSettings, items: int, users: int, samples: int, seed: int) -> dict[str, Any]:
     """Serving alone at ``items``: the exact scan (as ``reco serve`` runs it: numpy's default BLAS
     threads, and with one BLAS thread), the approximate path (:mod:`serving.ann`) with its recall@10
     against the exact answers, and which of the two the settings serve at this size."""
@@ -367,7 +368,7 @@ def _child(argv: list[str]) -> int:
     import logging
 
     logging.basicConfig(level=logging.WARNING)
-    settings = Settings.load()
+    settings = ServingSettings.load()
     if a.part == "trainer":
         out = _trainer_size(settings, a.users, a.items, a.events, a.snapshot, a.seed, a.tail)
     elif a.part == "replica":
@@ -395,7 +396,7 @@ def _run_child(args: list[str], env: dict[str, str], timeout: float) -> dict[str
 
 
 # ---------------------------------------------------------------------------------- the run
-def _env(settings: Settings, prefix: str, ckpt: str) -> dict[str, str]:
+def _env(settings: ServingSettings, prefix: str, ckpt: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECO_") or k == "RECO_CONFIG"}
     env.update({"RECO_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "RECO_TOPIC_PREFIX": prefix, "RECO_CHECKPOINT_DIR": ckpt,
                 "RECO_COMPRESSION": settings.compression, "RECO_MAX_MESSAGE_BYTES": str(settings.max_message_bytes),
@@ -413,7 +414,7 @@ def _extrapolate(size: dict[str, Any], ref: dict[str, Any], keys: tuple[str, ...
     size["extrapolated_from_users"] = ref["users"]
 
 
-def run_scale(settings: Settings, *, quick: bool = False, out_dir: str | None = None, snapshot_max_users: int | None = None,
+def run_scale(settings: ServingSettings, *, quick: bool = False, out_dir: str | None = None, snapshot_max_users: int | None = None,
               feedback: bool = True, progress: bool = True, max_users: int = 10**9, part_timeout: float = 1500.0) -> dict[str, Any]:
     """Run every size (see the module docstring); returns the JSON object (and writes the plots
     and ``scale.json`` into ``out_dir`` when given)."""
@@ -457,7 +458,7 @@ def run_scale(settings: Settings, *, quick: bool = False, out_dir: str | None = 
                 save()
             prefix = f"{settings.topic_prefix}scale{run_id}x{n}."
             env = _env(s, prefix, str(Path(tmp) / f"ckpt{n}"))
-            create_topics(Settings(**{**s.__dict__, "topic_prefix": prefix}))
+            create_topics(dataclasses.replace(s, topic_prefix=prefix))
             events = 2 * users if users <= 100_000 else users  # every user once at 1M: the CPU budget of the run
             tail = 20_000 if users <= 100_000 else 8_000
             snapshot = users <= snap_max
@@ -495,7 +496,7 @@ def run_scale(settings: Settings, *, quick: bool = False, out_dir: str | None = 
     return finish(result, settings, out)
 
 
-def finish(result: dict[str, Any], settings: Settings, out: Path | None = None) -> dict[str, Any]:
+def finish(result: dict[str, Any], settings: ServingSettings, out: Path | None = None) -> dict[str, Any]:
     """Derived figures, verdicts and plots of a run's raw parts (also ``--from`` a saved run):
     the path serving takes at each catalogue size under ``RECO_ANN_MIN_ITEMS``, marginal memory,
     model-updates traffic, ``meets_*``."""
@@ -540,12 +541,12 @@ def _marginal_memory(sizes: list[dict[str, Any]]) -> None:
         b["trainer_memory_gib_per_1m_users"] = round(max(b["trainer_rss_bytes_per_user_row"], b["memory_bytes_per_user_row"]) * 1e6 / 2**30, 4)
 
 
-def _feedback(settings: Settings, quick: bool) -> dict[str, Any]:
+def _feedback(settings: ServingSettings, quick: bool) -> dict[str, Any]:
     """Publish → visible latency with the whole loop up and background load at 2,000 events/s
     (:func:`serving.bench.freshness.run_freshness`: the demo/ml-latest-small stream, quick size)."""
     from serving.bench.freshness import run_freshness
 
-    s = Settings(**{**settings.__dict__, "topic_prefix": f"{settings.topic_prefix}scalefb{int(time.time())}."})
+    s = dataclasses.replace(settings, topic_prefix=f"{settings.topic_prefix}scalefb{int(time.time())}.")
     r = run_freshness(s, probes=6 if quick else 20, comment_probes=0, background_rate=FEEDBACK_RATE, warmup_s=5 if quick else 10)
     return {"p50_s": r["p50_s"], "p99_s": r["p99_s"], "max_s": r["max_s"], "probes": r["probes"], "probes_missed": r["probes_missed"],
             "background_events_per_s": r["background_events_per_s"],
@@ -688,7 +689,7 @@ def markdown_tables(result: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------------- CLI
-def _cmd(args: argparse.Namespace, settings: Settings) -> int:
+def _cmd(args: argparse.Namespace, settings: ServingSettings) -> int:
     if args.from_dir:
         saved = Path(args.from_dir) / "scale.json"
         if not saved.is_file():

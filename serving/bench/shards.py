@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from serving.settings import ServingSettings
 from streamproc.runtime import print_result
-from streamproc.settings import Settings
 
 __all__ = ["ItemSharing", "simulate", "run_shards", "register_bench"]
 
@@ -160,7 +160,7 @@ def simulate(stream: Any, params: dict[str, Any], *, shards: int, sync: int, eve
             "target_item_unknown_to_shard": round(unknown / n, 4), "seconds": round(time.perf_counter() - t0, 1)}
 
 
-def run_shards(settings: Settings, *, shard_counts: tuple[int, ...] = (1, 2, 4), syncs: tuple[int, ...] = (0, 1_000, 10_000),
+def run_shards(settings: ServingSettings, *, shard_counts: tuple[int, ...] = (1, 2, 4), syncs: tuple[int, ...] = (0, 1_000, 10_000),
                limit: int = 0, every: int = 5) -> dict[str, Any]:
     from trainer.bench.quality import DEFAULT_DATASET, demo_stream, load_stream
 
@@ -186,7 +186,7 @@ def run_shards(settings: Settings, *, shard_counts: tuple[int, ...] = (1, 2, 4),
             "shared": "item factors, item bias, popularity (sum of decayed counts); not the co-occurrence pairs"}
 
 
-def _cmd(args: argparse.Namespace, settings: Settings) -> int:
+def _cmd(args: argparse.Namespace, settings: ServingSettings) -> int:
     out = run_shards(settings, shard_counts=tuple(int(x) for x in args.shards.split(",")),
                      syncs=tuple(int(x) for x in args.syncs.split(",")), limit=args.limit, every=args.every)
     print_result(out, args.json)

@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from serving.ops.scrape import metric_sum, scrape
+from serving.settings import ServingSettings
 from streamproc.events import event_dict
 from streamproc.runtime import poll, print_json
-from streamproc.settings import Settings
 
 __all__ = ["FaultHarness", "synthetic_events", "poison_messages", "http_fuzz", "register_bench", "run_faults", "loop_settings",
            "scrape", "metric_sum"]
@@ -119,7 +119,7 @@ class FaultHarness:
         ``{"http": …, "streamproc": …, "trainer": …}`` (the roles' metrics ports).
     """
 
-    def __init__(self, settings: Settings, sup: Any, ports: dict[str, int]) -> None:
+    def __init__(self, settings: ServingSettings, sup: Any, ports: dict[str, int]) -> None:
         from streamproc.topics import Topics
 
         self.settings = settings
@@ -332,7 +332,7 @@ def http_fuzz(cases: int = 2000, seed: int = 0) -> dict[str, int]:
         return None
 
     rng = random.Random(seed)
-    s = Settings(api_key="k", topic_prefix="fz.", max_body_bytes=200_000)
+    s = ServingSettings(api_key="k", topic_prefix="fz.", max_body_bytes=200_000)
     client = TestClient(create_app(s, start_kafka=False, registry=CollectorRegistry(), event_sink=sink), raise_server_exceptions=False)
     values: list[Any] = [None, True, -1, 0, 10**30, -1e300, math.nan, math.inf, "", "x" * 70_000, "\x00\x1b\n", [], {}, [[[]]],
                          "é" * 100, -1e-300, "2024-01-01"]
@@ -361,18 +361,18 @@ def http_fuzz(cases: int = 2000, seed: int = 0) -> dict[str, int]:
 
 
 # ---------------------------------------------------------------------- the bench
-def loop_settings(**kw: Any) -> tuple[Settings, dict[str, int], dict[str, dict[str, str]]]:
+def loop_settings(**kw: Any) -> tuple[ServingSettings, dict[str, int], dict[str, dict[str, str]]]:
     from streamproc.broker import free_port
 
     ports = {"http": free_port(), "streamproc": free_port(), "trainer": free_port()}
-    s = Settings(http_port=ports["http"], topic_prefix=f"faults{uuid.uuid4().hex[:6]}.",
+    s = ServingSettings(http_port=ports["http"], topic_prefix=f"faults{uuid.uuid4().hex[:6]}.",
                  dashboard_sources=f"http://127.0.0.1:{ports['streamproc']}/metrics,http://127.0.0.1:{ports['trainer']}/metrics",
                  **{"checkpoint_interval_s": 2.0, "snapshot_interval_s": 5.0, **kw})
     role_env = {"streamproc": {"RECO_METRICS_PORT": str(ports["streamproc"])}, "trainer": {"RECO_METRICS_PORT": str(ports["trainer"])}}
     return s, ports, role_env
 
 
-def run_faults(settings: Settings, *, rate: float = 1200, events: int = 200_000, fuzz_cases: int = 2000,
+def run_faults(settings: ServingSettings, *, rate: float = 1200, events: int = 200_000, fuzz_cases: int = 2000,
                seed: int = 0, log: Any = None) -> dict[str, Any]:
     from serving.ops.loop import running_loop
 
@@ -406,7 +406,7 @@ def run_faults(settings: Settings, *, rate: float = 1200, events: int = 200_000,
     return out
 
 
-def _cmd(args: argparse.Namespace, settings: Settings) -> int:
+def _cmd(args: argparse.Namespace, settings: ServingSettings) -> int:
     result = run_faults(settings, rate=args.rate, fuzz_cases=args.fuzz_cases, seed=args.seed)
     if args.json:
         print_json(result)

@@ -26,8 +26,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from serving.settings import ServingSettings
 from streamproc.runtime import METRICS_PORTS, embedded_or_configured, stop_on_signals, wait_until
-from streamproc.settings import Settings
 from streamproc.sources import add_source_args
 
 __all__ = ["Supervisor", "Role", "register"]
@@ -53,7 +53,7 @@ class Supervisor:
     ``roles`` maps a role name to its ``reco`` arguments; ``env`` adds environment per role.
     """
 
-    settings: Settings
+    settings: ServingSettings
     roles: dict[str, list[str]] = field(default_factory=lambda: {r: [r] for r in ROLES})
     role_env: dict[str, dict[str, str]] = field(default_factory=dict)
     restart: bool = True
@@ -151,8 +151,8 @@ class Supervisor:
 
 
 @contextlib.contextmanager
-def running_loop(settings: Settings, *, log: Any = sys.stderr, roles: dict[str, list[str]] | None = None,
-                 role_env: dict[str, dict[str, str]] | None = None) -> Iterator[tuple[Settings, Supervisor]]:
+def running_loop(settings: ServingSettings, *, log: Any = sys.stderr, roles: dict[str, list[str]] | None = None,
+                 role_env: dict[str, dict[str, str]] | None = None) -> Iterator[tuple[ServingSettings, Supervisor]]:
     """Broker (embedded unless configured) + topics + supervised roles, torn down on exit."""
     with contextlib.ExitStack() as stack:
         s = stack.enter_context(embedded_or_configured(settings))
@@ -180,7 +180,7 @@ def wait_http(url: str, timeout: float = 120.0, stop: threading.Event | None = N
     return bool(wait_until(functools.partial(_answers, url), timeout, stop=stop))
 
 
-def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+def _cmd_up(args: argparse.Namespace, settings: ServingSettings) -> int:
     stop = stop_on_signals()
     with running_loop(settings) as (s, sup):
         base = f"http://{s.http_host}:{s.http_port}"
@@ -234,7 +234,7 @@ def _summary_line(data: dict[str, Any]) -> str:
     return " | ".join(parts)
 
 
-def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+def _cmd_demo(args: argparse.Namespace, settings: ServingSettings) -> int:
     import secrets
 
     import httpx

@@ -7,6 +7,7 @@ reviews against the plain fp32 transformers model in the same run; compares thei
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -256,7 +257,7 @@ def encoder_bench(settings: Settings, *, reviews: str | None = None, n: int | No
     import torch
 
     if torch.cuda.is_available():  # reported separately, only where a GPU is present
-        gpu = TextEncoder.from_settings(Settings(**{**settings.__dict__, "encoder_device": "cuda"}))
+        gpu = TextEncoder.from_settings(dataclasses.replace(settings, encoder_device="cuda"))
         gpu.encode(texts[:bs])
         t0 = time.perf_counter()
         gemb = gpu.encode(texts)

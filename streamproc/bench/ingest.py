@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import threading
@@ -113,7 +114,7 @@ def codec_pass(settings: Settings, events: list[tuple[float, str, bytes]], codec
     (``worker_kw`` go to the :class:`~streamproc.worker.StreamWorker`; ``tag`` tells passes apart)."""
     from streamproc.kafka import create_topics
 
-    s = Settings(**{**settings.__dict__, "topic_prefix": f"{settings.topic_prefix}{codec}{tag}."})
+    s = dataclasses.replace(settings, topic_prefix=f"{settings.topic_prefix}{codec}{tag}.")
     create_topics(s)
     publish_rate = publish_compressed(s, events, codec)
     run = WorkerRun(s, **worker_kw)
@@ -272,7 +273,7 @@ def _cmd_bench_ingest(args: argparse.Namespace, settings: Settings) -> int:
     from streamproc.topics import Topics
 
     events, ids = _bench_events(args.n, args.comments, args.invalid)
-    settings = Settings(**{**settings.__dict__, "topic_prefix": f"{settings.topic_prefix}bench{int(time.time())}."})
+    settings = dataclasses.replace(settings, topic_prefix=f"{settings.topic_prefix}bench{int(time.time())}.")
     with embedded_or_configured(settings) as s:
         # Published as an app would, in --compression batches (default none).
         publish_rate = publish_compressed(s, events, args.compression)

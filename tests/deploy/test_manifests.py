@@ -15,16 +15,16 @@ import pytest
 import yaml
 from metrics_catalog import DEPLOY, ROOT
 
+from serving.settings import ServingSettings
 from streamproc.cli import build_parser
-from streamproc.settings import Settings
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate (in the test extra)")
 
 K8S_VERSION = "1.30.0"
 COMPOSE = DEPLOY / "compose.yaml"
 DOCKERFILE = DEPLOY / "Dockerfile"
-SETTINGS = {name for name, *_ in Settings.describe()}
-SECRET_SETTINGS = {"RECO_" + f.name.upper() for f in dataclasses.fields(Settings) if f.metadata.get("secret")}
+SETTINGS = {name for name, *_ in ServingSettings.describe()}
+SECRET_SETTINGS = {"RECO_" + f.name.upper() for f in dataclasses.fields(ServingSettings) if f.metadata.get("secret")}
 
 
 @functools.cache
@@ -140,7 +140,7 @@ def test_k8s_secrets_live_in_the_secret_not_the_configmap() -> None:
     assert {"RECO_API_KEY", "RECO_KAFKA_SASL_PASSWORD"} <= set(secret)
     assert not set(config) & SECRET_SETTINGS
     # The ConfigMap is a valid settings set (this is what the pods load at start-up).
-    Settings.load(env={**config, **secret})
+    ServingSettings.load(env={**config, **secret})
 
 
 # ------------------------------------------------------------------------------------ compose
@@ -237,7 +237,7 @@ def test_compose_environments_load_as_settings() -> None:
     for name in ("topics", "streamproc", "trainer", "serving"):
         env = {k: str(v) for k, v in _compose()["services"][name]["environment"].items() if k.startswith("RECO_")}
         env = {k: ("x" if v.startswith("${") else v) for k, v in env.items()}
-        Settings.load(env=env)
+        ServingSettings.load(env=env)
 
 
 def test_every_command_the_deploy_runs_exists() -> None:

@@ -4,6 +4,7 @@ again, a late replica reading the compacted topic from the start)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -26,10 +27,10 @@ from support import poll
 
 from serving.app import create_app
 from serving.bench import SyntheticModel
+from serving.settings import ServingSettings
 from streamproc.examples import KIND_ITEM, ExampleBatch
 from streamproc.kafka import client_config, read_all
 from streamproc.publisher import ItemPublisher
-from streamproc.settings import Settings
 from streamproc.topics import Topics
 from streamproc.worker import StreamWorker
 
@@ -45,7 +46,7 @@ def fake_encode(texts: list[str]) -> np.ndarray:
     return out
 
 
-def _item_rows(s: Settings) -> list[tuple[str, str, int, float, float, int]]:
+def _item_rows(s: ServingSettings) -> list[tuple[str, str, int, float, float, int]]:
     rows = []
     for msg in read_all(s, Topics.from_settings(s).examples, idle_ms=300):
         b = ExampleBatch.decode(msg.value)
@@ -57,7 +58,7 @@ def _item_rows(s: Settings) -> list[tuple[str, str, int, float, float, int]]:
     return rows
 
 
-def test_item_records_become_item_examples_and_bad_ones_dead_letters(settings: Settings) -> None:
+def test_item_records_become_item_examples_and_bad_ones_dead_letters(settings: ServingSettings) -> None:
     topics = Topics.from_settings(settings)
     registry = CollectorRegistry()
     worker = StreamWorker(settings, registry=registry, encode_fn=fake_encode)
@@ -108,8 +109,8 @@ def _recs(client: TestClient, user: str, **params: Any) -> list[str]:
     return [i["item_id"] for i in r.json()["items"]]
 
 
-def test_serving_catalogue_filters_by_category_and_never_serves_a_hidden_item(settings: Settings) -> None:
-    s = Settings(**{**settings.__dict__, "api_key": KEY})
+def test_serving_catalogue_filters_by_category_and_never_serves_a_hidden_item(settings: ServingSettings) -> None:
+    s = dataclasses.replace(settings, api_key=KEY)
     topics = Topics.from_settings(s)
     sm = SyntheticModel(20, 60, 4, seed=3)
     producer = KafkaProducer(max_request_size=4 * s.max_message_bytes, **client_config(s))
@@ -156,12 +157,12 @@ def test_serving_catalogue_filters_by_category_and_never_serves_a_hidden_item(se
     assert len(body["items"]) == 5 and all(int(i["item_id"][1:]) % 6 == 0 for i in body["items"])
 
 
-def _reco(s: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+def _reco(s: ServingSettings, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "RECO_KAFKA_BOOTSTRAP": s.kafka_bootstrap, "RECO_TOPIC_PREFIX": s.topic_prefix}
     return subprocess.run([sys.executable, "-m", "streamproc.cli", *args], env=env, capture_output=True, text=True, timeout=120)
 
 
-def test_cli_publish_item(settings: Settings) -> None:
+def test_cli_publish_item(settings: ServingSettings) -> None:
     ok = _reco(settings, "publish", "item", "--item", "m1", "--title", "Heat (1995)", "--category", "Action,Crime",
                "--description", "A heist.", "--unavailable")
     assert ok.returncode == 0, ok.stderr
@@ -191,7 +192,7 @@ def test_whole_loop_catalogue_rules_and_a_hidden_item() -> None:
     from streamproc.publisher import EventPublisher
 
     ports = {"http": free_port(), "streamproc": free_port(), "trainer": free_port()}
-    settings = Settings(http_port=ports["http"], topic_prefix=f"cat{uuid.uuid4().hex[:6]}.", api_key=KEY, snapshot_interval_s=5.0,
+    settings = ServingSettings(http_port=ports["http"], topic_prefix=f"cat{uuid.uuid4().hex[:6]}.", api_key=KEY, snapshot_interval_s=5.0,
                         dashboard_sources=f"http://127.0.0.1:{ports['streamproc']}/metrics,http://127.0.0.1:{ports['trainer']}/metrics")
     role_env = {"streamproc": {"RECO_METRICS_PORT": str(ports["streamproc"])}, "trainer": {"RECO_METRICS_PORT": str(ports["trainer"])}}
     base = f"http://127.0.0.1:{ports['http']}"

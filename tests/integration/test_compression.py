@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
+from serving.settings import ServingSettings
 from streamproc.bench.ingest import CODECS, codec_pass
 from streamproc.examples import ExampleBatch
 from streamproc.kafka import read_all
-from streamproc.settings import Settings
 from streamproc.topics import Topics
 from streamproc.undecodable import undecodable
 
@@ -29,7 +30,7 @@ def _events(n: int) -> list[tuple[float, str, bytes]]:
 
 
 @pytest.mark.parametrize("codec", CODECS)
-def test_events_in_every_codec_become_examples(settings: Settings, codec: str) -> None:
+def test_events_in_every_codec_become_examples(settings: ServingSettings, codec: str) -> None:
     events = _events(3000)
     res = codec_pass(settings, events, codec, timeout=60, encode_fn=fake_encode)
     assert res["undecodable_batches"] == 0
@@ -50,12 +51,12 @@ def kafka_python_without(codec: str) -> Iterator[None]:
 
 
 @pytest.mark.parametrize("codec", ["lz4", "zstd"])
-def test_stream_worker_compresses_examples_with_the_setting(settings: Settings, codec: str) -> None:
-    s = Settings(**{**settings.__dict__, "compression": codec})
+def test_stream_worker_compresses_examples_with_the_setting(settings: ServingSettings, codec: str) -> None:
+    s = dataclasses.replace(settings, compression=codec)
     events = _events(2000)
     res = codec_pass(s, events, "none", timeout=60, encode_fn=fake_encode)
     assert res["examples"] == len(events)
-    examples_topic = Topics.from_settings(Settings(**{**s.__dict__, "topic_prefix": f"{s.topic_prefix}none."})).examples
+    examples_topic = Topics.from_settings(dataclasses.replace(s, topic_prefix=f"{s.topic_prefix}none.")).examples
     messages = read_all(s, examples_topic, idle_ms=500)
     assert sum(len(ExampleBatch.decode(m.value)) for m in messages) == len(events)
     # A reader without the codec's library meets only undecodable batches of that codec: the
@@ -66,13 +67,13 @@ def test_stream_worker_compresses_examples_with_the_setting(settings: Settings, 
     assert markers and all(b is not None and b.codec == codec for b in markers)
 
 
-def test_trainer_producer_uses_the_setting(settings: Settings) -> None:
+def test_trainer_producer_uses_the_setting(settings: ServingSettings) -> None:
     from prometheus_client import CollectorRegistry
 
     from trainer.worker import TrainerWorker
 
     for codec, expected in (("zstd", "zstd"), ("none", None)):
-        w = TrainerWorker(Settings(**{**settings.__dict__, "compression": codec}), registry=CollectorRegistry())
+        w = TrainerWorker(dataclasses.replace(settings, compression=codec), registry=CollectorRegistry())
         w.open()
         try:
             assert w._producer.config["compression_type"] == expected
@@ -80,7 +81,7 @@ def test_trainer_producer_uses_the_setting(settings: Settings) -> None:
             w.close()
 
 
-def test_bench_updates_reports_bytes_and_times_per_codec(settings: Settings, tmp_path) -> None:
+def test_bench_updates_reports_bytes_and_times_per_codec(settings: ServingSettings, tmp_path) -> None:
     from trainer.bench.updates import run_bench
 
     out = run_bench(settings, ratings=str(tmp_path / "none.csv"), limit=3000, deltas=2, codecs=("none", "zstd"))

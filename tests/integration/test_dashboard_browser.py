@@ -18,8 +18,8 @@ from starlette.applications import Starlette
 from support import poll  # the one deadline-poll helper (raises TimeoutError)
 
 from serving.dashboard import routes
+from serving.settings import ServingSettings
 from streamproc.broker import free_port
-from streamproc.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +48,7 @@ def dashboard_server(fake_streamproc: tuple[str, CollectorRegistry]) -> Iterator
     url, _ = fake_streamproc
     trainer_down = f"http://127.0.0.1:{free_port()}/metrics"
     reg = CollectorRegistry()
-    app = Starlette(routes=routes(Settings(dashboard_sources=f"{url},{trainer_down}"), reg))
+    app = Starlette(routes=routes(ServingSettings(dashboard_sources=f"{url},{trainer_down}"), reg))
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)

@@ -19,10 +19,10 @@ from support import poll
 
 from serving.bench.erasure import checkpoint_holds
 from serving.ops.loop import running_loop
+from serving.settings import ServingSettings
 from streamproc.broker import free_port
 from streamproc.kafka import client_config, read_all
 from streamproc.publisher import EventPublisher
-from streamproc.settings import Settings
 from streamproc.topics import Topics
 from trainer.updates import peek
 
@@ -34,9 +34,9 @@ ITEM = "item-erased-7c1d42"
 
 
 @pytest.fixture(scope="module")
-def loop() -> Iterator[tuple[Settings, list[str], str, io.StringIO]]:
+def loop() -> Iterator[tuple[ServingSettings, list[str], str, io.StringIO]]:
     http, http2, trainer_metrics = free_port(), free_port(), free_port()
-    settings = Settings(api_key=KEY, http_port=http, topic_prefix=f"er{uuid.uuid4().hex[:6]}.", checkpoint_interval_s=2.0,
+    settings = ServingSettings(api_key=KEY, http_port=http, topic_prefix=f"er{uuid.uuid4().hex[:6]}.", checkpoint_interval_s=2.0,
                         snapshot_interval_s=5.0, push_min_interval_s=0.0)
     roles = {"streamproc": ["streamproc"], "trainer": ["trainer"], "serve-1": ["serve"], "serve-2": ["serve"]}
     role_env = {"streamproc": {"RECO_METRICS_PORT": str(free_port())}, "trainer": {"RECO_METRICS_PORT": str(trainer_metrics)},
@@ -91,7 +91,7 @@ def _metric(url: str, name: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " ") or line.startswith(name + "{"))
 
 
-def _snapshot_after_expiry(s: Settings, kind: str, id_: str) -> list[bytes] | None:
+def _snapshot_after_expiry(s: ServingSettings, kind: str, id_: str) -> list[bytes] | None:
     """Every chunk of the newest complete snapshot of the model after the delta that expired
     ``id_`` (its version or a later one; None: no such snapshot yet)."""
     expired_at: int | None = None
@@ -110,7 +110,7 @@ def _snapshot_after_expiry(s: Settings, kind: str, id_: str) -> list[bytes] | No
     return [raw for _, raw in snaps[max(complete)].values()] if complete else None
 
 
-def test_erase_a_user_everywhere_then_an_item(loop: tuple[Settings, list[str], str, io.StringIO]) -> None:
+def test_erase_a_user_everywhere_then_an_item(loop: tuple[ServingSettings, list[str], str, io.StringIO]) -> None:
     from kafka import KafkaProducer
 
     s, bases, trainer_metrics, log = loop
@@ -180,7 +180,7 @@ def test_erase_a_user_everywhere_then_an_item(loop: tuple[Settings, list[str], s
     assert _metric(trainer_metrics, "reco_trainer_erasures_total") == 2
 
 
-def test_reco_erase_publishes_the_control_record(settings: Settings, monkeypatch: pytest.MonkeyPatch,
+def test_reco_erase_publishes_the_control_record(settings: ServingSettings, monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     from streamproc.cli import main
     from streamproc.control import ControlRecord

@@ -20,9 +20,9 @@ from support import poll  # the one deadline-poll helper (raises TimeoutError)
 
 from serving.app import create_app
 from serving.metrics import ServingMetrics
+from serving.settings import ServingSettings
 from serving.store import ModelStore
 from streamproc.broker import free_port
-from streamproc.settings import Settings
 from trainer.feedback import FEEDBACK_COLUMNS, ItemFeedback
 from trainer.updates import ModelUpdate
 
@@ -44,7 +44,7 @@ def comments(fb: ItemFeedback, row: int, sentiment: np.ndarray) -> None:
 
 @pytest.fixture
 def serving() -> Iterator[tuple[str, ModelStore]]:
-    settings = Settings(dashboard_sources="", topic_prefix="x.")
+    settings = ServingSettings(dashboard_sources="", topic_prefix="x.")
     registry = CollectorRegistry()
     store = ModelStore(settings, ServingMetrics(registry))
     app = create_app(settings, store, start_kafka=False, registry=registry)

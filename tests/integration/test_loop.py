@@ -18,11 +18,11 @@ import pytest
 from support import poll
 
 from serving.ops.loop import running_loop
+from serving.settings import ServingSettings
 from streamproc.broker import free_port
 from streamproc.examples import ExampleBatch
 from streamproc.kafka import client_config, read_all
 from streamproc.publisher import EventPublisher
-from streamproc.settings import Settings
 from streamproc.topics import Topics
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -32,9 +32,9 @@ prom = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(prom)  # type: ignore[union-attr]
 
 
-def _settings(**kw: Any) -> tuple[Settings, dict[str, int]]:
+def _settings(**kw: Any) -> tuple[ServingSettings, dict[str, int]]:
     ports = {"http": free_port(), "streamproc": free_port(), "trainer": free_port()}
-    s = Settings(
+    s = ServingSettings(
         http_port=ports["http"],
         topic_prefix=f"loop{uuid.uuid4().hex[:6]}.",
         dashboard_sources=f"http://127.0.0.1:{ports['streamproc']}/metrics,http://127.0.0.1:{ports['trainer']}/metrics",
@@ -57,7 +57,7 @@ def _seed_events(n_users: int = 40, n_items: int = 60) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def loop() -> Iterator[tuple[Settings, dict[str, int], io.StringIO]]:
+def loop() -> Iterator[tuple[ServingSettings, dict[str, int], io.StringIO]]:
     settings, ports = _settings()
     log = io.StringIO()
     role_env = {"streamproc": {"RECO_METRICS_PORT": str(ports["streamproc"])}, "trainer": {"RECO_METRICS_PORT": str(ports["trainer"])}}
@@ -84,7 +84,7 @@ def _ok(url: str) -> bool:
         return False
 
 
-def test_feedback_changes_recommendations_over_http_and_topic(loop: tuple[Settings, dict[str, int], io.StringIO]) -> None:
+def test_feedback_changes_recommendations_over_http_and_topic(loop: tuple[ServingSettings, dict[str, int], io.StringIO]) -> None:
     s, ports, log = loop
     base = f"http://127.0.0.1:{ports['http']}"
     from kafka import KafkaConsumer
@@ -119,14 +119,14 @@ def test_feedback_changes_recommendations_over_http_and_topic(loop: tuple[Settin
     assert push["user_id"] == user and push["items"]
 
 
-def test_dashboard_data_sees_every_role(loop: tuple[Settings, dict[str, int], io.StringIO]) -> None:
+def test_dashboard_data_sees_every_role(loop: tuple[ServingSettings, dict[str, int], io.StringIO]) -> None:
     s, ports, _ = loop
     data = httpx.get(f"http://127.0.0.1:{ports['http']}/dashboard/data", timeout=5).json()
     assert all(src["up"] for src in data["sources"]), data["sources"]
 
 
 @pytest.mark.skipif(shutil.which("prometheus") is None, reason="Debian prometheus not installed (deploy/system-deps.sh)")
-def test_real_prometheus_scrapes_all_roles(loop: tuple[Settings, dict[str, int], io.StringIO], tmp_path: Path) -> None:
+def test_real_prometheus_scrapes_all_roles(loop: tuple[ServingSettings, dict[str, int], io.StringIO], tmp_path: Path) -> None:
     s, ports, _ = loop
     targets = [f"127.0.0.1:{ports[r]}" for r in ("http", "streamproc", "trainer")]
     port = prom.free_port()
@@ -196,7 +196,7 @@ def _split(log: str, partitions: int) -> bool:
     return len(owned) == 2 and all(owned) and not (owned[0] & owned[1]) and len(owned[0] | owned[1]) == partitions
 
 
-def test_dashboard_in_chromium_shows_the_live_loop(loop: tuple[Settings, dict[str, int], io.StringIO], browser: Any) -> None:
+def test_dashboard_in_chromium_shows_the_live_loop(loop: tuple[ServingSettings, dict[str, int], io.StringIO], browser: Any) -> None:
     """The built-in page against the real running roles: live numbers from every role."""
     import threading
 

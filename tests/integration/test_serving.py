@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -20,8 +21,8 @@ with warnings.catch_warnings():
 
 from serving.app import create_app
 from serving.bench import SyntheticModel
+from serving.settings import ServingSettings
 from streamproc.kafka import client_config, read_all
-from streamproc.settings import Settings
 from streamproc.topics import Topics
 from trainer.updates import ModelUpdate
 
@@ -35,24 +36,24 @@ def _wait(cond: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
 
 
 @pytest.fixture
-def s(settings: Settings) -> Settings:
-    return Settings(**{**settings.__dict__, "api_key": KEY, "push_min_interval_s": 0.0})
+def s(settings: ServingSettings) -> ServingSettings:
+    return dataclasses.replace(settings, api_key=KEY, push_min_interval_s=0.0)
 
 
 @pytest.fixture
-def producer(s: Settings) -> Iterator[KafkaProducer]:
+def producer(s: ServingSettings) -> Iterator[KafkaProducer]:
     p = KafkaProducer(max_request_size=4 * s.max_message_bytes, **client_config(s))
     yield p
     p.close()
 
 
-def _publish(producer: KafkaProducer, s: Settings, updates: list[ModelUpdate] | list[bytes]) -> None:
+def _publish(producer: KafkaProducer, s: ServingSettings, updates: list[ModelUpdate] | list[bytes]) -> None:
     for u in updates:
         producer.send(Topics.from_settings(s).model_updates, u if isinstance(u, bytes) else u.encode())
     producer.flush()
 
 
-def _app(s: Settings) -> TestClient:
+def _app(s: ServingSettings) -> TestClient:
     return TestClient(create_app(s, registry=CollectorRegistry()))
 
 
@@ -60,7 +61,7 @@ def _version(client: TestClient) -> int | None:
     return client.get("/readyz").json()["version"]
 
 
-def _read_recommendations(s: Settings, match: Callable[[Any], bool], timeout: float = 30.0) -> Any:
+def _read_recommendations(s: ServingSettings, match: Callable[[Any], bool], timeout: float = 30.0) -> Any:
     consumer = KafkaConsumer(auto_offset_reset="earliest", enable_auto_commit=False, **client_config(s))
     topic = Topics.from_settings(s).recommendations
     try:
@@ -78,7 +79,7 @@ def _read_recommendations(s: Settings, match: Callable[[Any], bool], timeout: fl
         consumer.close()
 
 
-def test_update_visible_over_http_kafka_requests_and_push(s: Settings, producer: KafkaProducer) -> None:
+def test_update_visible_over_http_kafka_requests_and_push(s: ServingSettings, producer: KafkaProducer) -> None:
     sm = SyntheticModel(50, 300, 8)
     with _app(s) as client:
         assert client.get("/readyz").status_code == 503
@@ -110,7 +111,7 @@ def test_update_visible_over_http_kafka_requests_and_push(s: Settings, producer:
     assert "reco_serving_ready 1.0" in text and "reco_serving_kafka_connected 1.0" in text
 
 
-def test_late_replica_catches_up_from_snapshot_and_deltas(s: Settings, producer: KafkaProducer) -> None:
+def test_late_replica_catches_up_from_snapshot_and_deltas(s: ServingSettings, producer: KafkaProducer) -> None:
     sm = SyntheticModel(40, 200, 8)
     _publish(producer, s, sm.snapshot(max_bytes=20_000) + [sm.delta(10) for _ in range(3)])
     _publish(producer, s, sm.snapshot(max_bytes=20_000) + [sm.delta(10, new_items=2) for _ in range(4)])
@@ -128,7 +129,7 @@ def test_late_replica_catches_up_from_snapshot_and_deltas(s: Settings, producer:
             _wait(lambda: _version(first) == 10 and _version(late) == 10, "both replicas at 10")
 
 
-def test_requests_during_a_burst_of_swaps_all_succeed(s: Settings, producer: KafkaProducer) -> None:
+def test_requests_during_a_burst_of_swaps_all_succeed(s: ServingSettings, producer: KafkaProducer) -> None:
     sm = SyntheticModel(100, 2000, 16)
     with _app(s) as client:
         _publish(producer, s, sm.snapshot())
@@ -160,7 +161,7 @@ def test_requests_during_a_burst_of_swaps_all_succeed(s: Settings, producer: Kaf
     assert len(versions) > 1
 
 
-def test_events_endpoint_auth_and_publish(s: Settings) -> None:
+def test_events_endpoint_auth_and_publish(s: ServingSettings) -> None:
     with _app(s) as client:
         _wait(lambda: client.app.state.kafka["kafka"].producer_ok, "producer connected")
         ev = {"type": "click", "user_id": "u9", "item_id": "m1", "event_id": "ev-1"}
@@ -171,7 +172,7 @@ def test_events_endpoint_auth_and_publish(s: Settings) -> None:
     assert [(m.key, json.loads(m.value)["event_id"]) for m in msgs] == [(b"u9", "ev-1")]
 
 
-def test_corrupt_update_rejected_last_good_keeps_serving(s: Settings, producer: KafkaProducer) -> None:
+def test_corrupt_update_rejected_last_good_keeps_serving(s: ServingSettings, producer: KafkaProducer) -> None:
     sm = SyntheticModel(20, 100, 4)
     with _app(s) as client:
         _publish(producer, s, sm.snapshot())
@@ -187,7 +188,7 @@ def test_corrupt_update_rejected_last_good_keeps_serving(s: Settings, producer: 
         _wait(lambda: _version(client) == 2, "next good delta")
 
 
-def test_reco_serve_process_serves_and_exits_cleanly_on_sigterm(s: Settings, producer: KafkaProducer) -> None:
+def test_reco_serve_process_serves_and_exits_cleanly_on_sigterm(s: ServingSettings, producer: KafkaProducer) -> None:
     import os
     import signal
     import subprocess
@@ -220,7 +221,7 @@ def test_reco_serve_process_serves_and_exits_cleanly_on_sigterm(s: Settings, pro
     assert "Traceback" not in err
 
 
-def test_a_replica_reads_only_the_tail_of_a_long_history(s: Settings, producer: KafkaProducer) -> None:
+def test_a_replica_reads_only_the_tail_of_a_long_history(s: ServingSettings, producer: KafkaProducer) -> None:
     from serving.kafka_io import UpdateFollower
     from serving.metrics import ServingMetrics
     from serving.store import ModelStore

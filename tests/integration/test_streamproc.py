@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import threading
@@ -259,7 +260,7 @@ def test_events_only_wait_behind_pending_comments_of_their_own_user(settings: Se
 
 
 def test_example_messages_stay_under_the_message_size_limit(settings: Settings) -> None:
-    small = Settings(**{**settings.__dict__, "max_message_bytes": 10_000})
+    small = dataclasses.replace(settings, max_message_bytes=10_000)
     users = [f"user-{'é' * 200}-{i}" for i in range(60)]  # JSON escapes each é to 6 bytes: the estimate is low
     send_raw(small, [(u.encode(), raw_event("click", f"s{i}", u, "m" * 200)) for i, u in enumerate(users)])
     w = Running(small, encode_fn=fake_encode)

@@ -3,6 +3,7 @@ snapshot out that decode; a standby trainer takes over (checkpoint + versions co
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -15,8 +16,8 @@ from support import poll  # the one deadline-poll helper (raises TimeoutError)
 
 from streamproc.examples import KIND_CLICK, KIND_RATING, ExampleBatch
 from streamproc.kafka import client_config, read_all
-from streamproc.settings import Settings
 from streamproc.topics import Topics
+from trainer.settings import TrainerSettings
 from trainer.updates import ModelUpdate
 from trainer.worker import TrainerWorker
 
@@ -33,7 +34,7 @@ def make_batch(start: int, n: int) -> ExampleBatch:
         event_times=[now - 5 for _ in ids], published=[now - 1 for _ in ids], processed=[now for _ in ids])
 
 
-def produce(settings: Settings, batches: list[ExampleBatch]) -> None:
+def produce(settings: TrainerSettings, batches: list[ExampleBatch]) -> None:
     from kafka import KafkaProducer
 
     p = KafkaProducer(**client_config(settings))
@@ -50,7 +51,7 @@ def wait_for(cond: Callable[[], Any], what: str, timeout: float = 90.0) -> Any:
 class Running:
     """A TrainerWorker in a thread with its own registry."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: TrainerSettings) -> None:
         self.registry = CollectorRegistry()
         self.worker = TrainerWorker(settings, registry=self.registry)
         self.stop = threading.Event()
@@ -70,18 +71,18 @@ class Running:
         assert not self.thread.is_alive() and self.error is None, self.error
 
 
-def updates(settings: Settings) -> list[ModelUpdate]:
+def updates(settings: TrainerSettings) -> list[ModelUpdate]:
     """The deltas (model-updates topic)."""
     return [ModelUpdate.decode(m.value) for m in read_all(settings, Topics.from_settings(settings).model_updates, idle_ms=1000)]
 
 
-def snapshots(settings: Settings) -> list[ModelUpdate]:
+def snapshots(settings: TrainerSettings) -> list[ModelUpdate]:
     """The snapshots' chunks (model-snapshots topic)."""
     return [ModelUpdate.decode(m.value) for m in read_all(settings, Topics.from_settings(settings).model_snapshots, idle_ms=1000)]
 
 
-def test_examples_in_deltas_and_snapshot_out(settings: Settings, tmp_path: Path) -> None:
-    s = Settings(**{**settings.__dict__, "checkpoint_dir": str(tmp_path / "ck"), "update_interval_ms": 50.0})
+def test_examples_in_deltas_and_snapshot_out(settings: TrainerSettings, tmp_path: Path) -> None:
+    s = dataclasses.replace(settings, checkpoint_dir=str(tmp_path / "ck"), update_interval_ms=50.0)
     produce(s, [make_batch(n * 40, 40) for n in range(10)])
     t = Running(s)
     try:
@@ -123,8 +124,8 @@ def test_examples_in_deltas_and_snapshot_out(settings: Settings, tmp_path: Path)
     assert t.registry.get_sample_value("reco_trainer_prequential_rmse", {"window": "running"}) > 0
 
 
-def test_standby_takes_over_when_the_active_trainer_stops(settings: Settings, tmp_path: Path) -> None:
-    s = Settings(**{**settings.__dict__, "checkpoint_dir": str(tmp_path / "ck")})
+def test_standby_takes_over_when_the_active_trainer_stops(settings: TrainerSettings, tmp_path: Path) -> None:
+    s = dataclasses.replace(settings, checkpoint_dir=str(tmp_path / "ck"))
     a = Running(s)
     wait_for(lambda: a.worker.active, "the first trainer active")
     b = Running(s)

@@ -17,9 +17,9 @@ import pytest
 from streamproc.broker import free_port
 from streamproc.examples import ExampleBatch
 from streamproc.kafka import client_config, read_all
-from streamproc.settings import Settings
 from streamproc.topics import Topics
 from trainer.checkpoint import CheckpointStore
+from trainer.settings import TrainerSettings
 from trainer.updates import ModelUpdate
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 BATCH = 25
 
 
-def start_trainer(settings: Settings, ckdir: Path, log: Path) -> subprocess.Popen[bytes]:
+def start_trainer(settings: TrainerSettings, ckdir: Path, log: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "RECO_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "RECO_TOPIC_PREFIX": settings.topic_prefix,
            "RECO_CHECKPOINT_DIR": str(ckdir), "RECO_CHECKPOINT_INTERVAL_S": "0.5", "RECO_METRICS_PORT": str(free_port())}
     return subprocess.Popen([sys.executable, "-m", "streamproc.cli", "trainer"], env=env,
@@ -40,7 +40,7 @@ def start_trainer(settings: Settings, ckdir: Path, log: Path) -> subprocess.Pope
 class Stream:
     """Writes example batches to the examples topic at a steady pace until stopped."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: TrainerSettings) -> None:
         from kafka import KafkaProducer
 
         self.producer = KafkaProducer(**client_config(settings))
@@ -64,7 +64,7 @@ class Stream:
         return self.sent
 
 
-def test_kill_9_mid_stream_then_restart_loses_nothing_and_continues(settings: Settings, tmp_path: Path) -> None:
+def test_kill_9_mid_stream_then_restart_loses_nothing_and_continues(settings: TrainerSettings, tmp_path: Path) -> None:
     ckdir, log = tmp_path / "ck", tmp_path / "trainer.log"
     store = CheckpointStore(ckdir)
     stream = Stream(settings)

@@ -3,6 +3,7 @@ still rebalancing. The new one must take over and continue from the old one's fi
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -17,7 +18,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_stop_during_a_rebalance_still_hands_over(settings: Settings, tmp_path: Path) -> None:
-    s = Settings(**{**settings.__dict__, "checkpoint_dir": str(tmp_path / "ck")})
+    s = dataclasses.replace(settings, checkpoint_dir=str(tmp_path / "ck"))
     old = Running(s)
     try:
         wait_for(lambda: old.worker.active, "the old trainer active")

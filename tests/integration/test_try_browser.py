@@ -22,10 +22,10 @@ import pytest
 from support import poll  # the one deadline-poll helper (raises TimeoutError)
 
 from serving.ops.loop import running_loop
+from serving.settings import ServingSettings
 from streamproc.broker import free_port
 from streamproc.demo_data import DemoData
 from streamproc.replay import replay
-from streamproc.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -40,9 +40,9 @@ def _ok(url: str) -> bool:
         return False
 
 
-def _settings() -> tuple[Settings, dict[str, int]]:
+def _settings() -> tuple[ServingSettings, dict[str, int]]:
     ports = {"http": free_port(), "streamproc": free_port(), "trainer": free_port()}
-    s = Settings(http_port=ports["http"], api_key=KEY, topic_prefix=f"try{uuid.uuid4().hex[:6]}.", snapshot_interval_s=5.0,
+    s = ServingSettings(http_port=ports["http"], api_key=KEY, topic_prefix=f"try{uuid.uuid4().hex[:6]}.", snapshot_interval_s=5.0,
                  dashboard_sources=f"http://127.0.0.1:{ports['streamproc']}/metrics,http://127.0.0.1:{ports['trainer']}/metrics")
     return s, ports
 

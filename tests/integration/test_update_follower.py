@@ -16,15 +16,15 @@ from support import poll
 from serving.bench import SyntheticModel
 from serving.kafka_io import UpdateFollower
 from serving.metrics import ServingMetrics
+from serving.settings import ServingSettings
 from serving.store import ModelStore
 from streamproc.kafka import client_config
-from streamproc.settings import Settings
 from streamproc.topics import Topics
 from trainer.updates import ModelUpdate
 
 
 @pytest.fixture
-def producer(settings: Settings) -> Iterator[KafkaProducer]:
+def producer(settings: ServingSettings) -> Iterator[KafkaProducer]:
     p = KafkaProducer(max_request_size=4 * settings.max_message_bytes, **client_config(settings))
     yield p
     p.close()
@@ -42,13 +42,13 @@ def _with(updates: list[ModelUpdate], **fields: object) -> list[ModelUpdate]:
     return [ModelUpdate(replace(u.header, **fields), u.tensors) for u in updates]  # type: ignore[arg-type]
 
 
-def _follower(settings: Settings) -> tuple[UpdateFollower, ModelStore]:
+def _follower(settings: ServingSettings) -> tuple[UpdateFollower, ModelStore]:
     store = ModelStore(settings, ServingMetrics(CollectorRegistry()))
     return UpdateFollower(settings, store, snapshot_check_s=0.2), store
 
 
 def test_a_replica_starts_from_the_snapshot_topic_then_follows_deltas_and_reloads_after_a_gap(
-        settings: Settings, producer: KafkaProducer) -> None:
+        settings: ServingSettings, producer: KafkaProducer) -> None:
     topics = Topics.from_settings(settings)
     sm = SyntheticModel(40, 120, 4, candidates=5)
     history = [sm.delta(20) for _ in range(5)]  # v1..v5 at offsets 0..4: older than any snapshot here
@@ -93,7 +93,7 @@ def test_a_replica_starts_from_the_snapshot_topic_then_follows_deltas_and_reload
         follower.join(10)
 
 
-def test_a_replica_waits_for_the_first_snapshot(settings: Settings, producer: KafkaProducer) -> None:
+def test_a_replica_waits_for_the_first_snapshot(settings: ServingSettings, producer: KafkaProducer) -> None:
     topics = Topics.from_settings(settings)
     sm = SyntheticModel(10, 30, 4)
     first = [sm.delta(5)]  # a trainer's first delta (base 0) comes before its first snapshot

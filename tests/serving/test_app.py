@@ -17,8 +17,8 @@ with warnings.catch_warnings():  # starlette nags about httpx vs httpx2 in its t
 from serving.app import create_app
 from serving.bench import SyntheticModel
 from serving.metrics import ServingMetrics
+from serving.settings import ServingSettings
 from serving.store import ModelStore
-from streamproc.settings import Settings
 
 KEY = "s3cret"
 
@@ -31,8 +31,8 @@ class Sink:
         self.sent.append((topic, messages))
 
 
-def _client(settings: Settings | None = None, *, loaded: bool = True, sink: Sink | None = None) -> tuple[TestClient, ModelStore, SyntheticModel]:
-    settings = settings or Settings(api_key=KEY, max_k=50, topic_prefix="x.")
+def _client(settings: ServingSettings | None = None, *, loaded: bool = True, sink: Sink | None = None) -> tuple[TestClient, ModelStore, SyntheticModel]:
+    settings = settings or ServingSettings(api_key=KEY, max_k=50, topic_prefix="x.")
     registry = CollectorRegistry()
     store = ModelStore(settings, ServingMetrics(registry))
     sm = SyntheticModel(20, 100, 4)
@@ -84,7 +84,7 @@ def test_no_model_is_503_and_not_ready() -> None:
 
 
 def test_read_auth_when_required() -> None:
-    client, _, _ = _client(Settings(api_key=KEY, read_api_key_required=True))
+    client, _, _ = _client(ServingSettings(api_key=KEY, read_api_key_required=True))
     with client:
         assert client.get("/v1/users/u1/recommendations").status_code == 401
         assert client.get("/v1/users/u1/recommendations", headers={"X-API-Key": KEY}).status_code == 200
@@ -101,11 +101,11 @@ def test_events_require_the_api_key() -> None:
 
 def test_writes_refused_without_configured_key_unless_auth_disabled() -> None:
     sink = Sink()
-    client, _, _ = _client(Settings(), sink=sink)
+    client, _, _ = _client(ServingSettings(), sink=sink)
     with client:
         r = client.post("/v1/events", json=[_event()], headers={"X-API-Key": ""})
     assert r.status_code == 403 and r.json()["detail"] == "writes_disabled"
-    client, _, _ = _client(Settings(auth_disabled=True), sink=sink)
+    client, _, _ = _client(ServingSettings(auth_disabled=True), sink=sink)
     with client:
         assert client.post("/v1/events", json=[_event()]).status_code == 202
 
@@ -127,7 +127,7 @@ def test_events_batch_publishes_valid_and_reports_errors_by_index() -> None:
 
 def test_events_body_limits() -> None:
     sink = Sink()
-    client, _, _ = _client(Settings(api_key=KEY, max_body_bytes=2048), sink=sink)
+    client, _, _ = _client(ServingSettings(api_key=KEY, max_body_bytes=2048), sink=sink)
     with client:
         big = client.post("/v1/events", content=b"[" + b" " * 5000 + b"]", headers={"X-API-Key": KEY})
         bad = client.post("/v1/events", content=b"{nope", headers={"X-API-Key": KEY})
@@ -191,7 +191,7 @@ def test_events_get_503_when_kafka_refuses() -> None:
     async def broken(topic: str, messages: list[Any]) -> None:
         raise ConnectionError("broker down")
 
-    settings = Settings(api_key=KEY)
+    settings = ServingSettings(api_key=KEY)
     app = create_app(settings, start_kafka=False, registry=CollectorRegistry(), event_sink=broken)
     with TestClient(app) as client:
         r = client.post("/v1/events", json=[_event()], headers={"X-API-Key": KEY})

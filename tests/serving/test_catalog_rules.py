@@ -21,8 +21,8 @@ from serving.catalog import Catalog, RuleError, Rules
 from serving.kafka_io import answer_request
 from serving.metrics import ServingMetrics
 from serving.model import ServingModel
+from serving.settings import ServingSettings
 from serving.store import ModelStore
-from streamproc.settings import Settings
 from trainer.updates import ModelUpdate
 
 KEY = "k3y"
@@ -126,7 +126,7 @@ def test_bad_rules_name_the_parameter(kw: dict[str, Any], field: str) -> None:
 
 
 def _app(sink: list[Any] | None = None) -> tuple[TestClient, ModelStore, Catalog, CollectorRegistry]:
-    settings = Settings(api_key=KEY, max_k=500, topic_prefix="c.")
+    settings = ServingSettings(api_key=KEY, max_k=500, topic_prefix="c.")
     registry = CollectorRegistry()
     store = ModelStore(settings, ServingMetrics(registry))
     sm = SyntheticModel(10, 50, 4)
@@ -186,7 +186,7 @@ def test_post_items_validates_and_publishes_keyed_by_item_id() -> None:
 
 
 def test_kafka_request_rules() -> None:
-    settings = Settings()
+    settings = ServingSettings()
     store = ModelStore(settings, ServingMetrics(CollectorRegistry()))
     store.apply(SyntheticModel(5, 40, 4).snapshot()[0].encode())
     catalog = Catalog()
@@ -214,7 +214,7 @@ def test_delta_new_items_join_their_category() -> None:
 
 
 def test_popularity_before_the_first_model_obeys_the_rules() -> None:
-    settings = Settings(topic_prefix="c.")
+    settings = ServingSettings(topic_prefix="c.")
     catalog = Catalog()
     for n in range(6):
         catalog.apply_json(_record(f"p{n}", ["x"] if n % 2 else ["y"], available=n != 5))

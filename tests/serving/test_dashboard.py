@@ -16,8 +16,8 @@ with warnings.catch_warnings():  # starlette nags about httpx vs httpx2 in its t
     from starlette.testclient import TestClient
 
 from serving.dashboard import WANTED, Dashboard, histogram_quantile, parse_metrics, routes
+from serving.settings import ServingSettings
 from streamproc.broker import free_port
-from streamproc.settings import Settings
 
 SP = "http://127.0.0.1:9101/metrics"
 
@@ -183,7 +183,7 @@ def client() -> TestClient:
     down = f"http://127.0.0.1:{free_port()}/metrics"  # nothing listens there
     reg = CollectorRegistry()
     Gauge("reco_serving_model_version", "x", registry=reg).set(7)
-    app = Starlette(routes=routes(Settings(dashboard_sources=down), reg))
+    app = Starlette(routes=routes(ServingSettings(dashboard_sources=down), reg))
     return TestClient(app)
 
 

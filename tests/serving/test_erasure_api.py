@@ -18,9 +18,9 @@ from serving.app import create_app
 from serving.bench import SyntheticModel
 from serving.kafka_io import Pusher
 from serving.metrics import ServingMetrics
+from serving.settings import ServingSettings
 from serving.store import ModelStore
 from streamproc.control import ControlRecord
-from streamproc.settings import Settings
 from trainer.updates import ModelUpdate
 
 KEY = "s3cret"
@@ -35,7 +35,7 @@ class Sink:
 
 
 def _setup() -> tuple[TestClient, ModelStore, Sink, CollectorRegistry]:
-    settings = Settings(api_key=KEY, topic_prefix="x.")
+    settings = ServingSettings(api_key=KEY, topic_prefix="x.")
     registry = CollectorRegistry()
     store = ModelStore(settings, ServingMetrics(registry))
     store.apply(SyntheticModel(20, 100, 4).snapshot()[0].encode())
@@ -72,7 +72,7 @@ def test_delete_needs_the_api_key_and_a_valid_id() -> None:
 
 
 def test_writes_disabled_without_a_configured_key() -> None:
-    settings = Settings(topic_prefix="x.")
+    settings = ServingSettings(topic_prefix="x.")
     with TestClient(create_app(settings, start_kafka=False, registry=CollectorRegistry(), event_sink=Sink())) as client:
         r = client.delete("/v1/users/u3")
     assert r.status_code == 403 and r.json()["detail"] == "writes_disabled"

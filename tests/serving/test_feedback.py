@@ -18,8 +18,8 @@ with warnings.catch_warnings():  # starlette nags about httpx vs httpx2 in its t
 
 from serving.app import create_app
 from serving.metrics import ServingMetrics
+from serving.settings import ServingSettings
 from serving.store import ModelStore
-from streamproc.settings import Settings
 from trainer.feedback import FEEDBACK_COLUMNS, ItemFeedback
 from trainer.updates import ModelUpdate
 
@@ -57,8 +57,8 @@ def _snapshot(fb: ItemFeedback, version: int = 1) -> ModelUpdate:
                         "item_popularity": np.ones(n, np.float32), **fb.export(np.arange(n))})
 
 
-def _client(settings: Settings | None = None, *, loaded: bool = True) -> tuple[TestClient, ModelStore]:
-    settings = settings or Settings(api_key=KEY, topic_prefix="x.")
+def _client(settings: ServingSettings | None = None, *, loaded: bool = True) -> tuple[TestClient, ModelStore]:
+    settings = settings or ServingSettings(api_key=KEY, topic_prefix="x.")
     registry = CollectorRegistry()
     store = ModelStore(settings, ServingMetrics(registry))
     app = create_app(settings, store, start_kafka=False, registry=registry)
@@ -144,7 +144,7 @@ def test_no_model_yet_is_503() -> None:
 
 
 def test_reads_need_the_key_when_configured() -> None:
-    client, _ = _client(Settings(api_key=KEY, read_api_key_required=True, topic_prefix="x."))
+    client, _ = _client(ServingSettings(api_key=KEY, read_api_key_required=True, topic_prefix="x."))
     with client:
         assert client.get("/v1/items/falls/feedback").status_code == 401
         assert client.get("/v1/items/feedback").json()["detail"] == "unauthorized"
@@ -233,7 +233,7 @@ def test_trainer_model_to_endpoint_an_item_whose_comments_turn_negative() -> Non
     again = HybridMF.from_state(meta, arrays)
     assert np.array_equal(again.export(full=True)[1]["item_feedback"], tensors["item_feedback"])
 
-    settings = Settings(api_key=KEY, topic_prefix="x.")
+    settings = ServingSettings(api_key=KEY, topic_prefix="x.")
     registry = CollectorRegistry()
     store = ModelStore(settings, ServingMetrics(registry))
     client = TestClient(create_app(settings, store, start_kafka=False, registry=registry))

@@ -28,8 +28,8 @@ with warnings.catch_warnings():  # starlette nags about httpx in its test client
 from serving.app import create_app
 from serving.bench import SyntheticModel
 from serving.metrics import ServingMetrics
+from serving.settings import ServingSettings
 from serving.store import ModelStore
-from streamproc.settings import Settings
 
 KEY = "fuzz-key"
 HEADERS = {"X-API-Key": KEY, "content-type": "application/json"}
@@ -44,7 +44,7 @@ class Sink:
         self.sent.extend(value for _, value, _ in messages)
 
 
-SETTINGS = Settings(api_key=KEY, max_k=50, topic_prefix="fz.", max_body_bytes=200_000)
+SETTINGS = ServingSettings(api_key=KEY, max_k=50, topic_prefix="fz.", max_body_bytes=200_000)
 SINK = Sink()
 _registry = CollectorRegistry()
 _store = ModelStore(SETTINGS, ServingMetrics(_registry))

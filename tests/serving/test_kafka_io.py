@@ -11,12 +11,12 @@ from prometheus_client import CollectorRegistry
 from serving.bench import SyntheticModel
 from serving.kafka_io import Pusher, answer_request
 from serving.metrics import ServingMetrics
+from serving.settings import ServingSettings
 from serving.store import ModelStore
-from streamproc.settings import Settings
 
 
 def _store() -> tuple[ModelStore, SyntheticModel]:
-    store = ModelStore(Settings(), ServingMetrics(CollectorRegistry()))
+    store = ModelStore(ServingSettings(), ServingMetrics(CollectorRegistry()))
     sm = SyntheticModel(10, 50, 4)
     store.apply(sm.snapshot()[0].encode())
     return store, sm
@@ -24,7 +24,7 @@ def _store() -> tuple[ModelStore, SyntheticModel]:
 
 def test_request_answered_keyed_by_user_with_correlation_id() -> None:
     store, _ = _store()
-    (key, value, headers), status = answer_request(b'{"request_id":"r9","user_id":"u2","k":3,"exclude_seen":false}', store, Settings())
+    (key, value, headers), status = answer_request(b'{"request_id":"r9","user_id":"u2","k":3,"exclude_seen":false}', store, ServingSettings())
     body = json.loads(value)
     assert status == "ok" and key == b"u2" and headers == [("correlation_id", b"r9")]
     assert body["request_id"] == "r9" and len(body["items"]) == 3 and body["version"] == 1
@@ -34,19 +34,19 @@ def test_invalid_requests_get_error_replies_when_they_have_an_id() -> None:
     store, _ = _store()
     for raw, code in [(b'{"request_id":"r","user_id":""}', "invalid_user_id"), (b'{"request_id":"r","user_id":"u","k":"3"}', "invalid_k"),
                       (b'{"request_id":"r","user_id":"u","exclude_seen":"yes"}', "invalid_exclude_seen")]:
-        (_, value, _), status = answer_request(raw, store, Settings())
+        (_, value, _), status = answer_request(raw, store, ServingSettings())
         assert status == "invalid" and json.loads(value)["error"] == code
     for raw in (b"not json", b"[1]", b'{"user_id":"u"}', None):
-        (key, value, _), status = answer_request(raw, store, Settings())
+        (key, value, _), status = answer_request(raw, store, ServingSettings())
         assert status == "invalid" and value == b""
-    (_, value, _), status = answer_request(b'{"request_id":"r","user_id":"u"}', ModelStore(), Settings())
+    (_, value, _), status = answer_request(b'{"request_id":"r","user_id":"u"}', ModelStore(), ServingSettings())
     assert status == "error" and json.loads(value)["error"] == "no_model"
 
 
 def test_push_after_feedback_is_rate_limited_per_user() -> None:
     store, sm = _store()
     sent: list[tuple[float, Any]] = []
-    pusher = Pusher(Settings(push_min_interval_s=0.3), store, lambda msgs: sent.extend((time.monotonic(), m) for m in msgs), store.metrics)
+    pusher = Pusher(ServingSettings(push_min_interval_s=0.3), store, lambda msgs: sent.extend((time.monotonic(), m) for m in msgs), store.metrics)
     store.listeners.append(pusher.on_swap)
 
     def wait_for(cond: Any) -> None:

@@ -8,12 +8,12 @@ from prometheus_client import CollectorRegistry
 
 from serving.bench import SyntheticModel
 from serving.metrics import ServingMetrics
+from serving.settings import ServingSettings
 from serving.store import ModelStore
-from streamproc.settings import Settings
 
 
 def _store(clock: float = 1000.0) -> ModelStore:
-    return ModelStore(Settings(), ServingMetrics(CollectorRegistry()), clock=lambda: clock)
+    return ModelStore(ServingSettings(), ServingMetrics(CollectorRegistry()), clock=lambda: clock)
 
 
 def _sample(store: ModelStore, name: str, **labels: str) -> float | None:

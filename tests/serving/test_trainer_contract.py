@@ -10,9 +10,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from serving.metrics import ServingMetrics
+from serving.settings import ServingSettings
 from serving.store import ModelStore
 from streamproc.examples import KIND_CLICK
-from streamproc.settings import Settings
 from trainer.scoring import score_items
 from trainer.updates import ModelUpdate
 
@@ -32,7 +32,7 @@ def test_snapshot_and_delta_from_the_trainer_are_served_as_the_bench_scores_them
         m.learn_one(f"u{n % 5}", f"i{(n * 7) % 13}", 1.0 + (n % 5), event_time=1000.0 + n)
     head, tensors = m.export(full=True)
     head |= {"version": 1, "kind": "snapshot", "chunk": 0, "chunks": 1}
-    store = ModelStore(Settings(), ServingMetrics(CollectorRegistry()))
+    store = ModelStore(ServingSettings(), ServingMetrics(CollectorRegistry()))
     assert store.apply(ModelUpdate(head, tensors).encode()).swapped
     m.learn_one("u1", "i99", 5.0, event_time=2000.0)
     m.learn_one("u1", "i4", None, kind=KIND_CLICK, event_time=2001.0)
@@ -89,7 +89,7 @@ class _Sent:
 def test_a_delta_split_into_parts_keeps_every_candidate_and_carries_expiries(tmp_path: Any) -> None:
     from trainer.worker import TrainerWorker
 
-    s = Settings(kafka_bootstrap="127.0.0.1:1", topic_prefix="t.", checkpoint_dir=str(tmp_path), max_message_bytes=10_000,
+    s = ServingSettings(kafka_bootstrap="127.0.0.1:1", topic_prefix="t.", checkpoint_dir=str(tmp_path), max_message_bytes=10_000,
                  row_ttl_s=1000.0)
     w = TrainerWorker(s, registry=CollectorRegistry())
     w._producer = w._snap_producer = sent = _Sent()
@@ -116,7 +116,7 @@ def test_a_delta_split_into_parts_keeps_every_candidate_and_carries_expiries(tmp
     parts = [ModelUpdate.decode(v) for v in sent.values]
     assert len(parts) > 1
     assert parts[0].header.expired_item_ids == ["old-item"] and parts[0].header.expired_user_ids == ["old-user"]
-    store = ModelStore(Settings(), ServingMetrics(CollectorRegistry()))
+    store = ModelStore(ServingSettings(), ServingMetrics(CollectorRegistry()))
     head, tensors = HybridMF(n_factors=4).export(full=True)  # an empty base to chain the parts onto
     base = ModelUpdate({**head, "version": parts[0].header.base_version, "kind": "snapshot", "chunk": 0, "chunks": 1}, tensors)
     assert store.apply(base.encode()).swapped

@@ -17,15 +17,15 @@ from serving.app import create_app
 from serving.bench import SyntheticModel
 from serving.catalog import Catalog, CatalogError
 from serving.metrics import ServingMetrics
+from serving.settings import ServingSettings
 from serving.store import ModelStore
-from streamproc.settings import Settings
 from trainer.updates import ModelUpdate
 
 KEY = "demo-key"
 
 
-def _app(settings: Settings | None = None, *, try_writes: bool = False, catalog: Catalog | None = None):  # type: ignore[no-untyped-def]
-    settings = settings or Settings(api_key=KEY, topic_prefix="t.")
+def _app(settings: ServingSettings | None = None, *, try_writes: bool = False, catalog: Catalog | None = None):  # type: ignore[no-untyped-def]
+    settings = settings or ServingSettings(api_key=KEY, topic_prefix="t.")
     registry = CollectorRegistry()
     store = ModelStore(settings, ServingMetrics(registry))
     app = create_app(settings, store, start_kafka=False, registry=registry, catalog=catalog, try_writes=try_writes)

@@ -5,6 +5,7 @@ dead-lettered."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,8 +17,8 @@ from prometheus_client import CollectorRegistry
 
 from streamproc.control import ControlRecord
 from streamproc.examples import KIND_RATING, ExampleBatch
-from streamproc.settings import Settings
 from trainer.checkpoint import CheckpointStore
+from trainer.settings import TrainerSettings
 from trainer.updates import ModelUpdate
 from trainer.worker import ERASURE_SLACK_S, TrainerWorker
 
@@ -64,7 +65,7 @@ class Consumer:
 
 
 def worker(tmp_path: Path) -> tuple[TrainerWorker, Producer]:
-    s = Settings(kafka_bootstrap="127.0.0.1:1", topic_prefix="t.", checkpoint_dir=str(tmp_path / "ck"), factors=4)
+    s = TrainerSettings(kafka_bootstrap="127.0.0.1:1", topic_prefix="t.", checkpoint_dir=str(tmp_path / "ck"), factors=4)
     w = TrainerWorker(s, registry=CollectorRegistry())
     w._producer = w._snap_producer = Producer()
     w._consumer = Consumer()
@@ -180,7 +181,7 @@ def test_tombstones_survive_checkpoint_and_restore(tmp_path: Path) -> None:
 
 def test_tombstones_are_bounded_oldest_first(tmp_path: Path) -> None:
     w, _ = worker(tmp_path)
-    w.settings = Settings(**{**w.settings.__dict__, "erasure_tombstones": 2})
+    w.settings = dataclasses.replace(w.settings, erasure_tombstones=2)
     for n, u in enumerate(["a", "b", "c"]):
         w.erase("user", u, at=100.0 + n)
     assert len(w._tombs) == 2 and w._tag("user", "a") not in w._tombs and w._tag("user", "c") in w._tombs

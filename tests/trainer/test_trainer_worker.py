@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from streamproc.examples import KIND_CLICK, KIND_ITEM, KIND_RATING, ExampleBatch
-from streamproc.settings import Settings
+from trainer.settings import TrainerSettings
 from trainer.updates import ModelUpdate
 from trainer.worker import TrainerWorker
 
@@ -28,7 +28,7 @@ class FakeModel:
         self.drifts = 0
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> FakeModel:
+    def from_settings(cls, settings: TrainerSettings) -> FakeModel:
         return cls()
 
     @property
@@ -171,7 +171,7 @@ def batch(n: int, *, start: int = 0, users: int = 3, items: int = 5, user: str |
 
 
 def make_worker(tmp_path: Path, **over: Any) -> tuple[TrainerWorker, FakeProducer, CollectorRegistry]:
-    s = Settings(kafka_bootstrap="127.0.0.1:1", topic_prefix="t.", checkpoint_dir=str(tmp_path / "ck"), **over)
+    s = TrainerSettings(kafka_bootstrap="127.0.0.1:1", topic_prefix="t.", checkpoint_dir=str(tmp_path / "ck"), **over)
     reg = CollectorRegistry()
     w = TrainerWorker(s, registry=reg, classes=FAKES)
     prod = FakeProducer()

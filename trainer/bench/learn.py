@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from streamproc.examples import KIND_RATING, ExampleBatch
-from streamproc.settings import Settings
+from trainer.settings import TrainerSettings
 
 __all__ = ["register_bench", "load_ratings", "rating_batches"]
 
@@ -111,7 +111,7 @@ def _river(users: list[str], items: list[str], ratings: np.ndarray, lo: float, h
     return out
 
 
-def _cmd_bench_trainer(args: argparse.Namespace, settings: Settings) -> int:
+def _cmd_bench_trainer(args: argparse.Namespace, settings: TrainerSettings) -> int:
     from trainer.drift import DriftMonitor
     from trainer.model import HybridMF
 

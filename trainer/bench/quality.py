@@ -47,7 +47,7 @@ from numba import njit
 
 from streamproc.errors import RecoError
 from streamproc.examples import KIND_CLICK, KIND_COMMENT, KIND_ITEM, KIND_RATING, ExampleBatch
-from streamproc.settings import Settings
+from trainer.settings import TrainerSettings
 
 __all__ = ["Stream", "load_stream", "evaluate", "register_bench"]
 
@@ -173,7 +173,7 @@ def demo_stream(events: int = 30_000, users: int = 500, items: int = 1_000, seed
     return stream
 
 
-def encode_texts(stream: Stream, settings: Settings, chunk: int = 64) -> None:
+def encode_texts(stream: Stream, settings: TrainerSettings, chunk: int = 64) -> None:
     """Fill ``stream.embeddings`` with the project's encoder (unique texts, in chunks)."""
     idx = [n for n, t in enumerate(stream.texts) if t]
     if not idx:
@@ -195,7 +195,7 @@ def encode_texts(stream: Stream, settings: Settings, chunk: int = 64) -> None:
     stream.meta["encode_seconds"] = round(time.perf_counter() - t0, 1)
 
 
-def encode_item_texts(stream: Stream, settings: Settings, chunk: int = 64) -> None:
+def encode_item_texts(stream: Stream, settings: TrainerSettings, chunk: int = 64) -> None:
     """Fill ``stream.item_embeddings`` from ``stream.item_texts`` with the project's encoder."""
     if not stream.item_texts:
         return
@@ -506,7 +506,7 @@ def _learning_speed(stream: Stream, model: Any, batch_size: int = 1000) -> float
     return len(stream) / (time.perf_counter() - t0)
 
 
-def _cmd_bench_quality(args: argparse.Namespace, settings: Settings) -> int:
+def _cmd_bench_quality(args: argparse.Namespace, settings: TrainerSettings) -> int:
     from tqdm import tqdm
 
     from trainer.model import HybridMF
@@ -654,7 +654,7 @@ def rating_drift(stream: Stream, detector: str = "adwin", seed: int = 0) -> dict
             "targets": {"shuffled": 0, "per_100k_time_ordered": 1, "injected_delay_events": 2000}}
 
 
-def _model_params(settings: Settings, stream: Stream) -> dict[str, Any]:
+def _model_params(settings: TrainerSettings, stream: Stream) -> dict[str, Any]:
     from trainer.model import HybridMF
 
     params = HybridMF.from_settings(settings).get_params()

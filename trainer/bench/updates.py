@@ -12,6 +12,7 @@ export included) and the replica's read time. The ``none`` codec is the anchor.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import tempfile
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from streamproc.settings import Settings
+from trainer.settings import TrainerSettings
 
 __all__ = ["register_bench", "run_bench"]
 
@@ -77,7 +78,7 @@ def _codec_ms(values: list[bytes], codec: str, rounds: int = 3) -> tuple[float, 
     return round(best_e * 1000, 2), round(best_d * 1000, 2)
 
 
-def run_bench(settings: Settings, *, ratings: str, limit: int = 0, deltas: int = 20, codecs: tuple[str, ...] = CODECS) -> dict[str, Any]:
+def run_bench(settings: TrainerSettings, *, ratings: str, limit: int = 0, deltas: int = 20, codecs: tuple[str, ...] = CODECS) -> dict[str, Any]:
     from prometheus_client import CollectorRegistry
 
     from streamproc.kafka import read_all
@@ -92,10 +93,9 @@ def run_bench(settings: Settings, *, ratings: str, limit: int = 0, deltas: int =
     out: dict[str, Any] = {"ratings": len(r), "source": source, "deltas": len(rest), "codecs": {}}
     base = settings.topic_prefix
     with tempfile.TemporaryDirectory(prefix="reco-bench-updates-") as tmp, \
-            embedded_or_configured(Settings(**{**settings.__dict__, "topic_prefix": f"{base}upd{int(time.time())}."})) as s0:
+            embedded_or_configured(dataclasses.replace(settings, topic_prefix=f"{base}upd{int(time.time())}.")) as s0:
         for codec in codecs:
-            s = Settings(**{**s0.__dict__, "topic_prefix": f"{s0.topic_prefix}{codec}.", "compression": codec,
-                            "checkpoint_dir": str(Path(tmp) / codec)})
+            s = dataclasses.replace(s0, topic_prefix=f"{s0.topic_prefix}{codec}.", compression=codec, checkpoint_dir=str(Path(tmp) / codec))
             from streamproc.kafka import create_topics
 
             create_topics(s)
@@ -141,7 +141,7 @@ def run_bench(settings: Settings, *, ratings: str, limit: int = 0, deltas: int =
     return out
 
 
-def _cmd_bench_updates(args: argparse.Namespace, settings: Settings) -> int:
+def _cmd_bench_updates(args: argparse.Namespace, settings: TrainerSettings) -> int:
     from trainer.bench.learn import DEFAULT_RATINGS
 
     out = run_bench(settings, ratings=args.ratings or str(DEFAULT_RATINGS), limit=args.limit, deltas=args.deltas,
