@@ -109,6 +109,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from serving.settings import ServingSettings
+from streamproc.runtime import METRICS_PORTS
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 SELF = "serving"
@@ -479,7 +480,7 @@ def source_name(url: str) -> str:
     host = u.hostname or url
     if host in ("streamproc", "trainer"):
         return host
-    return {9101: "streamproc", 9102: "trainer"}.get(u.port or 0, f"{host}:{u.port}" if u.port else host)
+    return {port: role for role, port in METRICS_PORTS.items()}.get(u.port or 0, f"{host}:{u.port}" if u.port else host)
 
 
 class Dashboard:
