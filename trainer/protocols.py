@@ -32,6 +32,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from streamproc.examples import ExampleBatch
+    from trainer.settings import TrainerSettings
 
 __all__ = ["Meta", "Arrays", "State", "Stateful", "OnlineModel", "Monitor"]
 
@@ -65,7 +66,7 @@ class OnlineModel(Stateful, Protocol):
     """
 
     @classmethod
-    def from_settings(cls, settings: Any) -> Self:
+    def from_settings(cls, settings: TrainerSettings) -> Self:
         """Build from the trainer's settings."""
         ...
 
