@@ -1025,7 +1025,7 @@ class HybridMF:
         return users, items
 
     # ------------------------------------------------------------------ export
-    def export(self, full: bool) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    def export(self, full: bool, *, candidates: bool = True) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """Header part and tensors of a model update (see :mod:`trainer.updates`).
 
         ``full=False``: rows touched since the previous delta export (then forgotten), plus
@@ -1035,6 +1035,12 @@ class HybridMF:
         ``candidate_item_ids``, here the model's item id by row (``""`` for dead rows, which no
         candidate names): a valid update as it is; :func:`trainer.updates.chunk_update` narrows it
         to the ids each message references.
+
+        ``candidates=False`` (full exports): the two candidate tensors are left out and
+        ``header["candidates"]`` is a function of a slice of the exported users returning their
+        ``(user_candidates, user_candidate_scores)`` when called (item rows as of this export): the
+        co-occurrence walk is most of a full export's cost (~0.25 ms per user), so the trainer's
+        snapshot thread computes it in small steps while learning goes on.
         """
         nu, ni = len(self._uids), len(self._iids)
         alive_u = np.array([x is not None for x in self._uids], bool)
@@ -1056,7 +1062,12 @@ class HybridMF:
         tau = self.popularity_half_life_s / math.log(2.0)
         seen = self._SEEN_I[ir]
         pop = self._POP[ir] * np.exp(-np.clip(now - seen, 0, None) / tau)
-        cand_rows, cand_vals = self._knn.candidates(ur.astype(np.int32), n_items=ni, alive=self._ALIVE_I[:ni], gain=self.knn_gains)
+        knn, users32, gains = self._knn, ur.astype(np.int32), self.knn_gains
+
+        def candidates_of(part: slice) -> tuple[np.ndarray, np.ndarray]:
+            rows, vals = knn.candidates(users32[part], n_items=ni, alive=self._ALIVE_I[:ni], gain=gains)
+            return np.ascontiguousarray(rows, np.int32), np.ascontiguousarray(vals, np.float32)
+
         iids = self._iids
         header: dict[str, Any] = {
             "global_mean": self.global_mean,
@@ -1076,10 +1087,12 @@ class HybridMF:
             "item_bias": np.ascontiguousarray(self._BI[ir], np.float32),
             "item_popularity": np.ascontiguousarray(pop, np.float32),
             "item_log_popularity": log_popularity(self._RPOP[ir], self._RPOPT[ir] - self._lp_ref, self._pop_taus),
-            "user_candidates": np.ascontiguousarray(cand_rows, np.int32),
-            "user_candidate_scores": np.ascontiguousarray(cand_vals, np.float32),
             "user_mf_gain": self._user_mf_gain(ur),
         }
+        if candidates or not full:
+            tensors["user_candidates"], tensors["user_candidate_scores"] = candidates_of(slice(None))
+        else:
+            header["candidates"] = candidates_of
         tensors.update(self._feedback.export(ir))
         return header, tensors
 

@@ -86,8 +86,10 @@ class OnlineModel(Stateful, Protocol):
         """Prediction for one user and item (unknown ids allowed)."""
         ...
 
-    def export(self, full: bool) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """Header part and tensors of a model update: every row (``full``) or the changed ones."""
+    def export(self, full: bool, *, candidates: bool = True) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Header part and tensors of a model update: every row (``full``) or the changed ones.
+        ``candidates=False`` may defer a full export's candidate tensors to ``header["candidates"]``
+        (a function of a slice of the exported users; see ``HybridMF.export``)."""
         ...
 
     def on_drift(self) -> None:

@@ -80,6 +80,7 @@ MAX_POLL_RECORDS = 8  # example batches per poll: keeps the loop (and publishing
 _LAG_EVERY_S = 1.0
 SETTLE_MIN_S, SETTLE_MAX_S = 1.2, 15.0  # before leaving the group: see _settle_group
 _REPUBLISH_PAUSE_S = 1.0  # after the broker refused a model update
+_CANDIDATE_STEP = 128  # users per step of a snapshot's candidates (~30 ms of GIL at 0.25 ms per user)
 _ERASURE_FLUSH_MIN_S = 0.25  # erasures arriving closer together share one delta + checkpoint
 # After an erasure the next snapshot comes on the regular schedule, but at the latest this long after
 # the previous one. Not at once: every replica rebuilds from a snapshot, and extra snapshots during a
@@ -464,7 +465,8 @@ class TrainerWorker:
         if self._in_sync and self._pending_published:
             self.publish_delta()
         t0 = time.perf_counter()
-        head, tensors = self.model.export(full=True)
+        head, tensors = self.model.export(full=True, candidates=False)  # candidates: computed on the snapshot thread
+        candidates = head.pop("candidates", None)
         version = self.version if self._in_sync and self.version > 0 else self.version + 1
         header = self._header(head, "snapshot", version, base=None, published=[], newest_event_time=self._newest_event_time,
                               newest_published=self._newest_published, deltas_from=self._updates_end or 0)
@@ -482,7 +484,7 @@ class TrainerWorker:
         out: dict[str, int] = {}
 
         def send() -> None:
-            out["sent"] = self._send_snapshot(header, tensors, head.get("candidate_item_ids"), t0)
+            out["sent"] = self._send_snapshot(header, tensors, head.get("candidate_item_ids"), t0, candidates)
 
         self._snap_thread = threading.Thread(target=send, name=f"snapshot-v{version}", daemon=True)
         self._snap_thread.start()
@@ -491,12 +493,24 @@ class TrainerWorker:
             return out.get("sent", 0)
         return 1
 
-    def _send_snapshot(self, header: UpdateHeader, tensors: dict[str, np.ndarray], space: Any, t0: float) -> int:
-        """Background thread: chunk, encode and send one snapshot; a failure schedules the next."""
+    def _send_snapshot(self, header: UpdateHeader, tensors: dict[str, np.ndarray], space: Any, t0: float,
+                       candidates: Callable[[slice], tuple[np.ndarray, np.ndarray]] | None = None) -> int:
+        """Background thread: the users' candidates (in steps of ``_CANDIDATE_STEP`` users, the GIL
+        handed back to learning between steps), then chunk, encode and send one snapshot; a failure
+        schedules the next."""
         from kafka.errors import KafkaError
 
         t1 = time.perf_counter()
         sent = size = 0
+        if candidates is not None:
+            n = len(header.user_ids)
+            steps = [candidates(slice(0, 0))]
+            for a in range(0, n, _CANDIDATE_STEP):
+                steps.append(candidates(slice(a, a + _CANDIDATE_STEP)))
+                time.sleep(0.0005)  # learning takes the GIL between steps: the numba walk holds it
+            tensors = {**tensors, "user_candidates": np.concatenate([r for r, _ in steps]),
+                       "user_candidate_scores": np.concatenate([v for _, v in steps])}
+            self.last_snapshot["candidates_s"] = round(time.perf_counter() - t1, 3)
         try:
             parts = chunk_update(header, tensors, self.settings.max_message_bytes, candidate_space=space)
             futures = []

@@ -210,40 +210,49 @@ def _trainer_size(settings: ServingSettings, users: int, items: int, events: int
     w._producer = rec
     snap_rec = _SizeRecorder(w._snap_producer)
     w._snap_producer = snap_rec
-    w._in_sync = True  # the rows learned above count as delivered by deltas (as in a running trainer)
+    # the rows learned above count as delivered by deltas, as in a running trainer (exporting them as
+    # one delta here would recompute every user's candidates: minutes at 1M users, on no real path)
+    w.model._TOUCH_U[:] = False
+    w.model._TOUCH_I[:] = False
+    w._reset_pending()
+    w._in_sync = True
     w.version = max(w.version, 1)
     try:
-        if snapshot:
+        t_snap = time.perf_counter()
+        if snapshot:  # started here, sent by its thread while the stream below is learned and published
             snap_rec.keep = True
-            t0 = time.perf_counter()
-            chunks = w.publish_snapshot(wait=True)
-            out["snapshot_publish_s"] = round(time.perf_counter() - t0, 3)
+            w.publish_snapshot()
             out["snapshot_stall_s"] = w.last_snapshot.get("stall_s")  # the training thread's share: export(full=True)
-            out["snapshot_send_s"] = w.last_snapshot.get("send_s")  # background: chunk, encode, compress, send
-            snap_rec.keep = False
-            out["snapshot_chunks"] = chunks
-            out["snapshot_bytes"] = sum(snap_rec.sizes)
-            out["snapshot_bytes_stored"] = _stored_bytes(snap_rec.kept, settings.compression)
             out["snapshot_version"] = w.version
-            snap_rec.kept = []
-        else:
-            # no snapshot at this size (time budget): the rows learned so far count as delivered, as
-            # after a snapshot, so the deltas below carry only what the stream at 2,000 events/s touches
-            # (exporting them would recompute every user's candidates: minutes at 1M users)
-            w.model._TOUCH_U[:] = False
-            w.model._TOUCH_I[:] = False
-            w._reset_pending()
         # 10 s of stream at 2,000 events/s: one delta per update_interval_ms of events
         per_delta = max(1, int(FEEDBACK_RATE * settings.update_interval_ms / 1000))
         rec.sizes, rec.keep = [], True
         delta_s = []
         tail_batches = _batches(tail, per_delta)
         t_tail = time.perf_counter()
+        step_s = []
         for b in tail_batches:
+            t_step = time.perf_counter()
             w.learn(b)
             t0 = time.perf_counter()
             w.publish_delta()
             delta_s.append(time.perf_counter() - t0)
+            step_s.append(time.perf_counter() - t_step)
+        # the longest learn + publish step of the stream, while the snapshot's thread was busy: the
+        # pause a snapshot costs learning (the candidates' numba walk holds the GIL ~30 ms a step)
+        out["tail_step_max_s"] = round(max(step_s), 4) if step_s else None
+        if snapshot:
+            assert w._snap_thread is not None
+            w._snap_thread.join()
+            out["snapshot_publish_s"] = round(time.perf_counter() - t_snap, 3)
+            out["snapshot_send_s"] = w.last_snapshot.get("send_s")  # background: candidates, chunk, encode, compress, send
+            out["snapshot_candidates_s"] = w.last_snapshot.get("candidates_s")  # of which the users' candidates
+            out["snapshot_overlaps_stream"] = True
+            snap_rec.keep = False
+            out["snapshot_chunks"] = w.last_snapshot.get("messages")
+            out["snapshot_bytes"] = sum(snap_rec.sizes)
+            out["snapshot_bytes_stored"] = _stored_bytes(snap_rec.kept, settings.compression)
+            snap_rec.kept = []
         seconds = len(tail["users"]) / FEEDBACK_RATE
         out["tail_seconds_of_stream"] = seconds
         out["tail_wall_s"] = round(time.perf_counter() - t_tail, 2)  # learn + publish of those seconds: > 1x = cannot keep up

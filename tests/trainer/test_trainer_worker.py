@@ -51,7 +51,7 @@ class FakeModel:
                 self.count += 1
         return preds
 
-    def export(self, full: bool) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    def export(self, full: bool, *, candidates: bool = True) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         us = sorted(self.users, key=self.users.get) if full else sorted(self.touched_u)
         its = sorted(self.items, key=self.items.get) if full else sorted(self.touched_i)
         self.touched_u, self.touched_i = set(), set()
