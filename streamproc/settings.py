@@ -94,11 +94,11 @@ class Settings:
     encode_max_wait_ms: float = setting(20.0, "Longest a comment waits for its batch to fill (ms)", min=0)
     torch_threads: int = setting(2, "torch intra-op threads for the encoder", min=1, max=256)
     quantize_encoder: bool = setting(False, "Use int8 dynamic quantization for the encoder")
-    encoder_backend: str = setting("auto", "Comment encoder backend: auto (torch-bf16 on CPUs with native bfloat16, else onnx-int8), torch-bf16, onnx-int8 (ONNX Runtime, int8 weights), onnx (ONNX Runtime fp32) or torch (transformers fp32; int8 with RECO_QUANTIZE_ENCODER)", choices=("auto", "torch-bf16", "onnx-int8", "onnx", "torch"))
+    encoder_backend: str = setting("auto", "Comment encoder backend: auto (openvino where installed on CPUs with native bfloat16, else torch-bf16 there, else onnx-int8), openvino (OpenVINO, bf16 on AMX/AVX512-BF16 CPUs), torch-bf16, onnx-int8 (ONNX Runtime, int8 weights), onnx (ONNX Runtime fp32) or torch (transformers fp32; int8 with RECO_QUANTIZE_ENCODER)", choices=("auto", "openvino", "torch-bf16", "onnx-int8", "onnx", "torch"))
     encoder_max_tokens: int = setting(256, "Comment tokens encoded, the rest truncated (capped at the model's maximum)", min=8, max=8192)
     encoder_batch_tokens: int = setting(2048, "Most padded tokens per encoder call: bounds the encoder's memory for any number of comments", min=256, max=1_000_000)
     encoder_device: str = setting("cpu", "cpu, or cuda to run the transformers model on a GPU (fails at start-up when none is visible)", choices=("cpu", "cuda"))
-    encoder_cache_dir: str = setting("", "Where the encoder's ONNX export is cached (made at first use); empty = $XDG_CACHE_HOME/reco/encoder or ~/.cache/reco/encoder")
+    encoder_cache_dir: str = setting("", "Where the encoder's ONNX/OpenVINO conversions are cached (made at first use); empty = $XDG_CACHE_HOME/reco/encoder or ~/.cache/reco/encoder")
     dedupe_window: int = setting(1_000_000, "How many recent event_ids are remembered for de-duplication", min=0)
     # Worker roles
     metrics_port: int = setting(0, "Port of /metrics for worker roles; 0 = role default (streamproc 9101, trainer 9102)", min=0, max=65535)
