@@ -14,9 +14,9 @@ storage.
 Examples
 --------
 >>> log = FeedbackLog(clock=lambda: 100.5)
+>>> from trainer.updates import ModelUpdate
 >>> class M: version = 7
->>> class U: header = {"published": [["u1", "i3", 100.0]]}
->>> log.on_swap(M(), U())
+>>> log.on_swap(M(), ModelUpdate({"version": 7, "kind": "delta", "base_version": 6, "published": [["u1", "i3", 100.0]]}))
 >>> log.recent("u1")
 [{'item_id': 'i3', 'published': 100.0, 'version': 7, 'visible_at': 100.5, 'latency_s': 0.5}]
 """
