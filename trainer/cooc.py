@@ -18,7 +18,10 @@ test-then-train): the plain co-occurrence kNN over a user's whole history reache
 window of the last 20 items with recency weights 0.85 and pair weights 0.95 reached 0.14. Users'
 next items follow what they did *just now* far more than what they did years ago.
 
-Storage: each pair is two adjacent entries ``(row, col, value)`` (one in each item's row) in flat
+Storage: a user's ring holds its first ``_SHORT`` positions inline (the profiles of 1-4 events
+most users of a large service have) and the rest in a row of a long table, given at the user's
+``_SHORT + 1``-th event: 40 bytes per user instead of ``8 * window`` until then (see
+:class:`Rings`). Each pair is two adjacent entries ``(row, col, value)`` (one in each item's row) in flat
 arrays, each row a linked list (``head``/``next``) so a row scan touches only its own entries, and
 an open-addressing hash ``{lo, hi} -> entry`` (key and entry side by side) for increments. All of
 it is plain numpy arrays (checkpointed in safetensors).
@@ -36,15 +39,53 @@ Examples
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from numba import njit
 
-__all__ = ["SequentialKNN"]
+__all__ = ["SequentialKNN", "Rings"]
+
+_SHORT = 4  # ring positions held inline per user (HybridMF's young profiles: 1-4 events)
 
 _EMPTY = np.int64(0)  # an empty hash slot: no pair has key 0 (keys are lo << 32 | hi with lo < hi);
 # zero-filled tables come from calloc, so growing them costs no explicit fill
+
+
+class Rings(NamedTuple):
+    """Each user's last ``window`` feedback items: event ``q`` of user ``u`` sits at ring position
+    ``q % window``; positions below ``_SHORT`` in ``items``/``weights[u]``, the others in row
+    ``long_row[u]`` of ``long_items``/``long_weights`` (at position minus ``_SHORT``). Long row 0 is
+    never given (stays empty): ``long_row`` 0 means none. Empty positions: item -1, weight 0."""
+
+    items: np.ndarray  # int32 [user rows, _SHORT]
+    weights: np.ndarray  # float32 [user rows, _SHORT]: signed feedback strength, 0 = not counted
+    length: np.ndarray  # int32 [user rows]: events the ring has taken in
+    long_row: np.ndarray  # int32 [user rows]
+    long_items: np.ndarray  # int32 [long rows, window - _SHORT]
+    long_weights: np.ndarray  # float32 [long rows, window - _SHORT]
+
+
+@njit(cache=True)
+def _ring_get(ring, u, pos):  # pragma: no cover - compiled
+    """(item, weight) at ring position ``pos`` of user ``u``."""
+    s = ring.items.shape[1]
+    if pos < s:
+        return ring.items[u, pos], ring.weights[u, pos]
+    r = ring.long_row[u]
+    return ring.long_items[r, pos - s], ring.long_weights[r, pos - s]
+
+
+@njit(cache=True)
+def _ring_put(ring, u, pos, item, w):  # pragma: no cover - compiled
+    s = ring.items.shape[1]
+    if pos < s:
+        ring.items[u, pos] = item
+        ring.weights[u, pos] = w
+    else:
+        r = ring.long_row[u]
+        ring.long_items[r, pos - s] = item
+        ring.long_weights[r, pos - s] = w
 
 
 @njit(cache=True)
@@ -81,22 +122,19 @@ def _pair(ht, a, b, erow, ecol, eval_, enext, head, n_ent):  # pragma: no cover 
 
 
 @njit(cache=True)
-def _learn(u_rows, i_rows, weights, hist, histw, hlen, cnt, head, erow, ecol, eval_, enext, ht, n_ent, pair_decay):  # pragma: no cover - compiled
-    window = hist.shape[1]
+def _learn(u_rows, i_rows, weights, ring, window, cnt, head, erow, ecol, eval_, enext, ht, n_ent, pair_decay):  # pragma: no cover - compiled
     for n in range(len(u_rows)):
         w = weights[n]
         if w == 0.0:
             continue
         u = u_rows[n]
         j = i_rows[n]
-        m = hlen[u]
+        m = ring.length[u]
         lo = m - window if m > window else 0
         if w > 0.0:
             pd = 1.0
             for q in range(m - 1, lo - 1, -1):
-                slot = q % window
-                h = hist[u, slot]
-                wh = histw[u, slot]
+                h, wh = _ring_get(ring, u, q % window)
                 if h != j and wh > 0.0:
                     inc = w * wh * pd
                     e = _pair(ht, h, j, erow, ecol, eval_, enext, head, n_ent)
@@ -106,25 +144,22 @@ def _learn(u_rows, i_rows, weights, hist, histw, hlen, cnt, head, erow, ecol, ev
             cnt[j] += w
         # the item moves to the newest ring position (an older occurrence stops counting)
         for q in range(lo, m):
-            if hist[u, q % window] == j:
-                histw[u, q % window] = 0.0
-        hist[u, m % window] = j
-        histw[u, m % window] = w
-        hlen[u] = m + 1
+            h, wh = _ring_get(ring, u, q % window)
+            if h == j:
+                _ring_put(ring, u, q % window, h, np.float32(0.0))
+        _ring_put(ring, u, m % window, j, w)
+        ring.length[u] = m + 1
 
 
 @njit(cache=True)
-def _candidates(users, hist, histw, hlen, cnt, head, ecol, eval_, enext, alive, decay, alpha, beta, gain, n_out, acc, mark, tmp, out_rows, out_vals):  # pragma: no cover - compiled
-    window = hist.shape[1]
+def _candidates(users, ring, window, cnt, head, ecol, eval_, enext, alive, decay, alpha, beta, gain, n_out, acc, mark, tmp, out_rows, out_vals):  # pragma: no cover - compiled
     for x in range(len(users)):
         u = users[x]
-        m = hlen[u]
+        m = ring.length[u]
         lo = m - window if m > window else 0
         n_mark = 0
         for q in range(m - 1, lo - 1, -1):
-            slot = q % window
-            h = hist[u, slot]
-            wh = histw[u, slot]
+            h, wh = _ring_get(ring, u, q % window)
             if wh == 0.0 or not alive[h]:
                 continue
             w = wh * decay ** (m - 1 - q) / (cnt[h] ** alpha if cnt[h] > 0 else 1.0)
@@ -140,7 +175,7 @@ def _candidates(users, hist, histw, hlen, cnt, head, ecol, eval_, enext, alive, 
                 e = enext[e]
         # the user's own ring is never a candidate
         for q in range(lo, m):
-            h = hist[u, q % window]
+            h, _ = _ring_get(ring, u, q % window)
             if h >= 0 and acc[h] != 0.0:
                 acc[h] = -np.inf
         n_val = 0
@@ -249,7 +284,7 @@ class SequentialKNN:
         When the stored pairs exceed this, the weakest are pruned (memory bound).
     """
 
-    _STATE_VERSION = 1
+    _STATE_VERSION = 2  # 1: every ring position inline (read too)
 
     def __init__(self, window: int = 20, decay: float = 0.85, pair_decay: float = 0.95, alpha: float = 0.3,
                  beta: float = 0.5, n_candidates: int = 50, max_pairs: int = 20_000_000, confident: int = 5) -> None:
@@ -276,9 +311,12 @@ class SequentialKNN:
         return {name: getattr(self, name) for name in ("window", "decay", "pair_decay", "alpha", "beta", "n_candidates", "max_pairs", "confident")}
 
     def _init_state(self, cap_u: int = 256, cap_i: int = 256, cap_e: int = 1 << 16) -> None:
-        self._hist = np.full((cap_u, self.window), -1, np.int32)
-        self._histw = np.zeros((cap_u, self.window), np.float32)
-        self._hlen = np.zeros(cap_u, np.int64)
+        short, rest = min(_SHORT, self.window), max(self.window - _SHORT, 0)
+        self._ring = Rings(items=np.full((cap_u, short), -1, np.int32), weights=np.zeros((cap_u, short), np.float32),
+                           length=np.zeros(cap_u, np.int32), long_row=np.zeros(cap_u, np.int32),
+                           long_items=np.full((16, rest), -1, np.int32), long_weights=np.zeros((16, rest), np.float32))
+        self._n_long = 1  # long rows given out so far (row 0 is the empty one)
+        self._long_free: list[int] = []  # long rows given back (a user forgotten), reused first
         self._cnt = np.zeros(cap_i, np.float32)
         self._head = np.full(cap_i, -1, np.int64)
         self._erow = np.zeros(cap_e, np.int32)
@@ -313,9 +351,10 @@ class SequentialKNN:
             out[: len(arr)] = arr
             return out
 
-        self._hist = grow(self._hist, n_users, -1)
-        self._histw = grow(self._histw, n_users, 0)
-        self._hlen = grow(self._hlen, n_users, 0)
+        r = self._ring
+        if n_users > len(r.length):
+            self._ring = r._replace(items=grow(r.items, n_users, -1), weights=grow(r.weights, n_users, 0),
+                                    length=grow(r.length, n_users, 0), long_row=grow(r.long_row, n_users, 0))
         for name, fill in (("_cnt", 0), ("_head", -1), ("_acc", 0), ("_mark", 0), ("_tmp", 0)):
             setattr(self, name, grow(getattr(self, name), n_items, fill))
         if self.n_pairs + new_pairs > self.max_pairs:
@@ -344,45 +383,89 @@ class SequentialKNN:
         self._new_hash(len(self._ht))
         self._cnt[~keep[: len(self._cnt)]] = 0
         if not keep.all():  # rings must not point at dropped rows (a reused row would inherit them)
-            dead = ~keep[np.clip(self._hist, 0, len(keep) - 1)] & (self._hist >= 0)
-            self._hist[dead] = -1
-            self._histw[dead] = 0
+            r = self._ring
+            for items, weights in ((r.items, r.weights), (r.long_items, r.long_weights)):
+                dead = ~keep[np.clip(items, 0, len(keep) - 1)] & (items >= 0)
+                items[dead] = -1
+                weights[dead] = 0
+
+    def _give_long_rows(self, users: np.ndarray) -> None:
+        """A long-table row for each of ``users`` (which have none): free rows first, then new ones."""
+        n = len(users)
+        reuse = [self._long_free.pop() for _ in range(min(n, len(self._long_free)))]
+        rows = np.array(reuse + list(range(self._n_long, self._n_long + n - len(reuse))), np.int32)
+        self._n_long += n - len(reuse)
+        r = self._ring
+        if self._n_long > len(r.long_items):
+            cap = max(self._n_long, 2 * len(r.long_items))
+            items = np.full((cap, r.long_items.shape[1]), -1, np.int32)
+            weights = np.zeros((cap, r.long_items.shape[1]), np.float32)
+            items[: len(r.long_items)], weights[: len(r.long_items)] = r.long_items, r.long_weights
+            self._ring = r = r._replace(long_items=items, long_weights=weights)
+        r.long_row[users] = rows
 
     def events_of(self, row: int) -> int:
         """Feedback events the user's ring has taken in."""
-        return int(self._hlen[row]) if row < len(self._hlen) else 0
+        return int(self._ring.length[row]) if row < len(self._ring.length) else 0
+
+    def events_of_rows(self, rows: np.ndarray) -> np.ndarray:
+        """:meth:`events_of` for many user rows at once (int64)."""
+        rows = np.asarray(rows, np.int64)
+        length = self._ring.length
+        out = np.zeros(len(rows), np.int64)
+        ok = rows < len(length)
+        out[ok] = length[rows[ok]]
+        return out
 
     def recent_items(self, row: int) -> np.ndarray:
         """Item rows in the user's ring (newest last)."""
-        if row >= len(self._hlen):
+        r = self._ring
+        if row >= len(r.length):
             return np.empty(0, np.int64)
-        m = int(self._hlen[row])
+        m = int(r.length[row])
         q = np.arange(max(0, m - self.window), m) % self.window
-        items = self._hist[row, q].astype(np.int64)
+        items = np.concatenate([r.items[row], r.long_items[r.long_row[row]]])[q].astype(np.int64)
         return items[items >= 0]
 
     def forget_user(self, row: int) -> None:
         """Clear a user's ring (the row is reused by someone else, or the user was erased)."""
-        if row < len(self._hlen):
-            self._hist[row] = -1
-            self._histw[row] = 0
-            self._hlen[row] = 0
+        r = self._ring
+        if row < len(r.length):
+            r.items[row] = -1
+            r.weights[row] = 0
+            r.length[row] = 0
+            lr = int(r.long_row[row])
+            if lr:
+                r.long_items[lr] = -1
+                r.long_weights[lr] = 0
+                r.long_row[row] = 0
+                self._long_free.append(lr)
 
     # ------------------------------------------------------------------ learning, scoring
     def learn(self, u_rows: np.ndarray, i_rows: np.ndarray, weights: np.ndarray, *, n_users: int, n_items: int) -> None:
         """Feed events in order: ``weights`` > 0 liked (strength), < 0 disliked, 0 ignored."""
+        u_rows = np.ascontiguousarray(u_rows, np.int32)
+        weights = np.ascontiguousarray(weights, np.float32)
         n_pos = int(np.count_nonzero(weights > 0))
         self._ensure(n_users, n_items, self.window * n_pos)
-        _learn(np.ascontiguousarray(u_rows, np.int32), np.ascontiguousarray(i_rows, np.int32),
-               np.ascontiguousarray(weights, np.float32), self._hist, self._histw, self._hlen, self._cnt, self._head,
+        # users whose ring reaches past the inline positions in this batch get their long row now
+        users, n_new = np.unique(u_rows[weights != 0], return_counts=True)
+        r = self._ring
+        grows = (r.length[users] + n_new > r.items.shape[1]) & (r.long_row[users] == 0)
+        if r.long_items.shape[1] and grows.any():
+            self._give_long_rows(users[grows])
+        _learn(u_rows, np.ascontiguousarray(i_rows, np.int32), weights, self._ring, self.window, self._cnt, self._head,
                self._erow, self._ecol, self._eval, self._enext, self._ht, self._n_ent, self.pair_decay)
 
     def candidates(self, users: np.ndarray, *, n_items: int, alive: np.ndarray | None = None,
-                   gain: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   gain: np.ndarray | None = None, out: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(rows, values)`` of shape ``[len(users), n_candidates]``: each user's best items by
         neighbourhood score (``-1`` / 0 pads). Items in the user's own ring are excluded.
         ``gain[k]``: the strongest value of a user with ``k + 1`` feedback events (the last entry
-        for longer profiles); default ``min(1, events / confident)``."""
+        for longer profiles); default ``min(1, events / confident)``. ``out``: int32 and float32
+        arrays of at least that shape to write into (returned, cut to ``len(users)`` rows): a
+        caller going through many users in chunks reuses one buffer (at 1M users the whole
+        answer is 400 MB, and first touching fresh pages cost more CPU than the scoring itself)."""
         if gain is None:
             gain = np.minimum(1.0, np.arange(1, self.confident + 1) / self.confident)
         users = np.ascontiguousarray(users, np.int32)
@@ -391,23 +474,43 @@ class SequentialKNN:
             alive = np.ones(len(self._head), np.bool_)
         elif len(alive) < len(self._head):
             alive = np.concatenate([alive, np.zeros(len(self._head) - len(alive), np.bool_)])
-        rows = np.empty((len(users), self.n_candidates), np.int32)
-        vals = np.empty((len(users), self.n_candidates), np.float32)
-        _candidates(users, self._hist, self._histw, self._hlen, self._cnt, self._head, self._ecol, self._eval,
+        if out is None:
+            rows = np.empty((len(users), self.n_candidates), np.int32)
+            vals = np.empty((len(users), self.n_candidates), np.float32)
+        else:
+            rows, vals = out[0][: len(users)], out[1][: len(users)]
+            if rows.shape[1:] != (self.n_candidates,) or vals.shape != rows.shape or rows.dtype != np.int32 or vals.dtype != np.float32:
+                raise ValueError(f"out: int32 and float32 arrays of shape [>= {len(users)}, {self.n_candidates}] expected")
+        _candidates(users, self._ring, self.window, self._cnt, self._head, self._ecol, self._eval,
                     self._enext, alive, self.decay, self.alpha, self.beta, np.asarray(gain, np.float64), self.n_candidates, self._acc, self._mark, self._tmp, rows, vals)
         return rows, vals
 
     # ------------------------------------------------------------------ state
-    def memory_bytes(self) -> dict[str, float]:
-        per_user = self._hist[0:1].nbytes + self._histw[0:1].nbytes + 8
+    def memory_bytes(self, n_users: int | None = None) -> dict[str, float]:
+        """Bytes per user (``user``: the inline part plus, with ``n_users``, the long rows in use
+        spread over them; ``user_full``: a user whose ring is full) and per item pair."""
+        r = self._ring
+        inline = r.items[0:1].nbytes + r.weights[0:1].nbytes + r.length[0:1].nbytes + r.long_row[0:1].nbytes
+        long_row = r.long_items[0:1].nbytes + r.long_weights[0:1].nbytes
+        in_use = (self._n_long - 1 - len(self._long_free)) * long_row
         per_pair = 2 * (4 + 4 + 4 + 8) + 2 * (8 + 8)  # two entries (row, col, value, next) + hash slots at load <= 1/2
-        return {"user": float(per_user), "pair": float(per_pair), "pairs": float(self.n_pairs)}
+        return {"user": float(inline + (in_use / n_users if n_users else 0)), "user_full": float(inline + long_row),
+                "pair": float(per_pair), "pairs": float(self.n_pairs)}
 
     def state(self, n_users: int, n_items: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         n = int(self._n_ent[0])
+        r = self._ring
+        # long rows renumbered 1.. in user order (the free ones left out); row 0 the empty one
+        lrow = r.long_row[:n_users]
+        has = np.flatnonzero(lrow)
+        new_lrow = np.zeros(n_users, np.int32)
+        new_lrow[has] = np.arange(1, len(has) + 1, dtype=np.int32)
+        keep = np.concatenate([[0], lrow[has]])
         arrays: dict[str, np.ndarray] = {
-            "knn_hist": np.ascontiguousarray(self._hist[:n_users]), "knn_histw": np.ascontiguousarray(self._histw[:n_users]),
-            "knn_hlen": np.ascontiguousarray(self._hlen[:n_users]), "knn_cnt": np.ascontiguousarray(self._cnt[:n_items]),
+            "knn_ring": np.ascontiguousarray(r.items[:n_users]), "knn_ringw": np.ascontiguousarray(r.weights[:n_users]),
+            "knn_hlen": np.ascontiguousarray(r.length[:n_users]), "knn_long_row": new_lrow,
+            "knn_long": np.ascontiguousarray(r.long_items[keep]), "knn_longw": np.ascontiguousarray(r.long_weights[keep]),
+            "knn_cnt": np.ascontiguousarray(self._cnt[:n_items]),
             # entries in order, twins adjacent: the lists and the hash are rebuilt from them on load
             "knn_rows": np.ascontiguousarray(self._erow[:n]), "knn_cols": np.ascontiguousarray(self._ecol[:n]),
             "knn_vals": np.ascontiguousarray(self._eval[:n]),
@@ -416,14 +519,33 @@ class SequentialKNN:
 
     @classmethod
     def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> SequentialKNN:
-        if meta.get("state_version") != cls._STATE_VERSION:
-            raise ValueError(f"unsupported co-occurrence state version {meta.get('state_version')!r}")
+        """Rebuild from :meth:`state`; also reads state version 1 (every ring position inline:
+        ``knn_hist``/``knn_histw`` of ``[users, window]``)."""
+        version = meta.get("state_version")
+        if version not in (1, cls._STATE_VERSION):
+            raise ValueError(f"unsupported co-occurrence state version {version!r}")
         m = cls(**meta["params"])
         nu, ni, n = len(arrays["knn_hlen"]), len(arrays["knn_cnt"]), len(arrays["knn_rows"])
         if n % 2 or (n and int(arrays["knn_rows"].max()) >= ni):
             raise ValueError(f"co-occurrence state: {n} entries over {ni} items is not a list of pairs")
         m._init_state(max(nu, 256), max(ni, 256), max(n, 1 << 16))
-        m._hist[:nu], m._histw[:nu], m._hlen[:nu] = arrays["knn_hist"], arrays["knn_histw"], arrays["knn_hlen"]
+        r = m._ring
+        short = r.items.shape[1]
+        r.length[:nu] = arrays["knn_hlen"]
+        if version == 1:
+            hist, histw = arrays["knn_hist"], arrays["knn_histw"]
+            r.items[:nu], r.weights[:nu] = hist[:, :short], histw[:, :short]
+            users = np.flatnonzero(r.length[:nu] > short) if r.long_items.shape[1] else np.zeros(0, np.int64)
+            m._give_long_rows(users)
+            r = m._ring
+            r.long_items[r.long_row[users]], r.long_weights[r.long_row[users]] = hist[users, short:], histw[users, short:]
+        else:
+            r.items[:nu], r.weights[:nu], r.long_row[:nu] = arrays["knn_ring"], arrays["knn_ringw"], arrays["knn_long_row"]
+            rest = r.long_items.shape[1]
+            n_long = len(arrays["knn_long"])
+            m._ring = r._replace(long_items=np.array(arrays["knn_long"], np.int32).reshape(n_long, rest),
+                                 long_weights=np.array(arrays["knn_longw"], np.float32).reshape(n_long, rest))
+            m._n_long = len(m._ring.long_items)
         m._cnt[:ni] = arrays["knn_cnt"]
         m._erow[:n], m._ecol[:n], m._eval[:n] = arrays["knn_rows"], arrays["knn_cols"], arrays["knn_vals"]
         m._n_ent[0] = _compact(np.ones(len(m._head), np.bool_), n, m._erow, m._ecol, m._eval, m._enext, m._head, 0.0)

@@ -104,7 +104,7 @@ def _sample_item(rng: np.ndarray, n_items: int, alive: np.ndarray, avoid: int) -
 
 @njit(cache=True)
 def _learn(u_rows, i_rows, kinds, targets, weights, emb_rows, fresh, times, emb,
-           P, BU, TU, TUN, Q, BI, X, XN, XW, W, SW, SST, HP, GM, POP, SEEN_U, SEEN_I, ALIVE_I, CNT_U, CNT_I,
+           P, BU, TU_ROW, TU, TUN, Q, BI, X, XN, XW, W, SW, SST, HP, GM, POP, SEEN_U, SEEN_I, ALIVE_I, CNT_U, CNT_I,
            TOUCH_U, TOUCH_I, par, n_items, rng, out, stored_targets):  # pragma: no cover - compiled
     k = P.shape[1]
     dim = X.shape[1]
@@ -137,9 +137,10 @@ def _learn(u_rows, i_rows, kinds, targets, weights, emb_rows, fresh, times, emb,
         y = targets[n]
         w = weights[n]
         is_fresh = fresh[n]
-        # effective vectors
+        # effective vectors (text row 0 is all zeros: users without text)
+        tr = TU_ROW[u]
         for f in range(k):
-            pu[f] = P[u, f] + TU[u, f]
+            pu[f] = P[u, f] + TU[tr, f]
         if XN[i] > 0:
             # x_i W with the factor loop innermost (contiguous rows of W: it vectorises)
             for f in range(k):
@@ -286,8 +287,8 @@ def _learn(u_rows, i_rows, kinds, targets, weights, emb_rows, fresh, times, emb,
             a = 1.0 / XN[i]
             for d in range(dim):
                 X[i, d] += a * (emb[er, d] - X[i, d])
-            TUN[u] += 1.0
-            b = 1.0 / TUN[u]
+            TUN[tr] += 1.0  # the user's text row was given before the batch (see _give_text_rows)
+            b = 1.0 / TUN[tr]
             for f in range(k):
                 acc[f] = 0.0
             for d in range(dim):
@@ -295,7 +296,7 @@ def _learn(u_rows, i_rows, kinds, targets, weights, emb_rows, fresh, times, emb,
                 for f in range(k):
                     acc[f] += ed * W[d, f]
             for f in range(k):
-                TU[u, f] += b * (acc[f] - TU[u, f])
+                TU[tr, f] += b * (acc[f] - TU[tr, f])
         if is_fresh:
             t = times[n]
             if SEEN_I[i] > 0.0 and t > SEEN_I[i]:
@@ -538,8 +539,14 @@ class HybridMF:
         self._free_i: list[int] = []
         self._P = np.zeros((cap_u, k), np.float32)
         self._BU = np.zeros(cap_u, np.float32)
-        self._TU = np.zeros((cap_u, k), np.float32)
-        self._TUN = np.zeros(cap_u, np.float32)
+        # t_u, the running mean of the user's projected comments, only for users with comments (a
+        # minority; 132 bytes each): a row of _TU_VECS (+ count in _TU_COUNTS) per user with text,
+        # _TU_ROW 0 for the others (row 0 stays all zeros, so p_u + t_u needs no branch)
+        self._TU_ROW = np.zeros(cap_u, np.int32)
+        self._TU_VECS = np.zeros((16, k), np.float32)
+        self._TU_COUNTS = np.zeros(16, np.float32)
+        self._n_tu = 1  # text rows given so far (row 0 included)
+        self._tu_free: list[int] = []  # text rows of dropped users, reused first
         self._SEEN_U = np.zeros(cap_u, np.float64)
         self._TOUCH_U = np.zeros(cap_u, np.bool_)
         self._CNT_U = np.zeros(cap_u, np.float32)
@@ -613,7 +620,7 @@ class HybridMF:
         return self._feedback
 
     # ------------------------------------------------------------------ rows
-    _USER_ARRAYS = ("_P", "_BU", "_TU", "_TUN", "_SEEN_U", "_TOUCH_U", "_CNT_U")
+    _USER_ARRAYS = ("_P", "_BU", "_TU_ROW", "_SEEN_U", "_TOUCH_U", "_CNT_U")
     _GLOBAL_ARRAYS = ("_W", "_SW", "_SST", "_GM", "_POPTOT", "_POPLL", "_GAINRR", "_HP")
     _ITEM_ARRAYS = ("_Q", "_BI", "_X", "_XN", "_XW", "_POP", "_SEEN_I", "_ALIVE_I", "_TOUCH_I", "_CNT_I", "_RPOP", "_RPOPT")
 
@@ -640,8 +647,8 @@ class HybridMF:
         self._grow(self._USER_ARRAYS if users else self._ITEM_ARRAYS, len(names))
         idx = np.array(rows, np.intp)
         if users:
-            for a in (self._BU, self._TUN, self._SEEN_U, self._CNT_U, self._TU):
-                a[idx] = 0
+            for a in (self._BU, self._SEEN_U, self._CNT_U):
+                a[idx] = 0  # (a reused row's text row went back with _drop: _TU_ROW is 0)
             self._P[idx] = self._rng_u.standard_normal((m, self.n_factors)) * self.init_std
             for r in rows[:n_reuse]:
                 self._knn.forget_user(r)
@@ -652,6 +659,30 @@ class HybridMF:
             self._Q[idx] = self._rng_i.standard_normal((m, self.n_factors)) * self.init_std
             self._ALIVE_I[idx] = True
             self._imap.update(zip(ids, rows, strict=True))
+
+    def _give_text_rows(self, users: np.ndarray) -> None:
+        """A text row (zeros) for each user row in ``users`` that has none (free rows first)."""
+        users = np.unique(users[self._TU_ROW[users] == 0])
+        n = len(users)
+        if not n:
+            return
+        reuse = [self._tu_free.pop() for _ in range(min(n, len(self._tu_free)))]
+        rows = np.array(reuse + list(range(self._n_tu, self._n_tu + n - len(reuse))), np.int32)
+        self._n_tu += n - len(reuse)
+        if self._n_tu > len(self._TU_COUNTS):
+            cap = max(self._n_tu, 2 * len(self._TU_COUNTS))
+            vecs, counts = np.zeros((cap, self.n_factors), np.float32), np.zeros(cap, np.float32)
+            vecs[: len(self._TU_VECS)], counts[: len(self._TU_COUNTS)] = self._TU_VECS, self._TU_COUNTS
+            self._TU_VECS, self._TU_COUNTS = vecs, counts
+        self._TU_ROW[users] = rows
+
+    def _user_vectors(self, rows: np.ndarray) -> np.ndarray:
+        """``p_u + t_u`` (float32) of the user rows ``rows``: what a replica scores a user with."""
+        return self._P[rows] + self._TU_VECS[self._TU_ROW[rows]]
+
+    @property
+    def _TU(self) -> np.ndarray:  # TODO(M): transitional, for export until it calls _user_vectors
+        return self._TU_VECS[self._TU_ROW]
 
     def _rows(self, ids: list[str], users: bool) -> np.ndarray:
         get = (self._umap if users else self._imap).get
@@ -699,6 +730,7 @@ class HybridMF:
         i_rows = self._rows(batch.item_ids, False)
         weights = np.ascontiguousarray(rec["weight"], np.float64)
         emb_rows = np.ascontiguousarray(rec["emb_row"], np.int32)
+        self._give_text_rows(u_rows[(kinds == KIND_COMMENT) & (emb_rows >= 0)])  # the kernel folds these comments into t_u
         times = np.ascontiguousarray(rec["event_time"], np.float64)
         fresh = np.ones(n, np.bool_)
         n_rep = 0
@@ -725,7 +757,7 @@ class HybridMF:
         stored = np.empty(n, np.float64)
         n_items = len(self._iids)
         _learn(u_all, i_all, k_all, t_all, w_all, e_all, f_all, tm_all, emb,
-               self._P, self._BU, self._TU, self._TUN, self._Q, self._BI, self._X, self._XN, self._XW, self._W,
+               self._P, self._BU, self._TU_ROW, self._TU_VECS, self._TU_COUNTS, self._Q, self._BI, self._X, self._XN, self._XW, self._W,
                self._SW, self._SST, self._HP, self._GM, self._POP, self._SEEN_U, self._SEEN_I, self._ALIVE_I, self._CNT_U, self._CNT_I,
                self._TOUCH_U, self._TOUCH_I, self._params(), n_items, self._krng, out, stored)
         self._knn.learn(u_rows, i_rows, self._preference(kinds, stored), n_users=len(self._uids), n_items=len(self._iids))
@@ -845,7 +877,7 @@ class HybridMF:
         return np.array(MF_GAINS)[np.argmax(self._GAINRR, axis=1) % len(MF_GAINS)]
 
     def _user_mf_gain(self, rows: np.ndarray) -> np.ndarray:
-        m = np.array([self._knn.events_of(int(r)) for r in rows], np.int64)
+        m = self._knn.events_of_rows(rows)
         return self.mf_gains[np.clip(m, 1, _GAIN_BUCKETS) - 1].astype(np.float32)
 
     @property
@@ -866,7 +898,7 @@ class HybridMF:
         w = self.rank_weights
         pop = side["pop_part"].copy()  # the parts of score_items, apart, to weigh them per gain
         if w.mf and "item_factors" in side:
-            mf = side["item_factors"] @ (self._P[u] + self._TU[u]) + side["item_bias"]
+            mf = side["item_factors"] @ self._user_vectors(np.array([u]))[0] + side["item_bias"]
             mf = mf.astype(np.float64) * (w.mf / w.rating_span)
         else:
             mf = np.zeros_like(pop)
@@ -929,7 +961,7 @@ class HybridMF:
         if i is not None:
             score += float(self._BI[i])
         if u is not None and i is not None:
-            score += float(np.dot(self._P[u] + self._TU[u], self._item_vectors(np.array([i]))[0]))
+            score += float(np.dot(self._user_vectors(np.array([u]))[0], self._item_vectors(np.array([i]))[0]))
         return float(min(max(score, self.rating_min), self.rating_max))
 
     def item_rows(self, item_ids: list[str]) -> np.ndarray:
@@ -1011,6 +1043,10 @@ class HybridMF:
             del self._imap[iid]
             self._iids[r] = None
             self._free_i.append(r)
+        text = self._TU_ROW[dead_u]
+        text = text[text > 0]
+        self._TU_VECS[text], self._TU_COUNTS[text] = 0, 0
+        self._tu_free.extend(text.tolist())
         for name in self._USER_ARRAYS:
             getattr(self, name)[dead_u] = 0
         for name in self._ITEM_ARRAYS:
@@ -1127,7 +1163,7 @@ class HybridMF:
         kw: dict[str, Any] = {"log_popularity": side["log_popularity"], "lp_max": side["lp_max"], "pop_part": side["pop_part"]}
         u = self._umap.get(user_id)
         if u is not None:
-            kw["user_vector"] = self._P[u] + self._TU[u]
+            kw["user_vector"] = self._user_vectors(np.array([u]))[0]
             cr, cv = self._knn.candidates(np.array([u], np.int32), n_items=ni, alive=self._ALIVE_I[:ni], gain=self.knn_gains)
             kw["cand_rows"], kw["cand_vals"] = cr[0], cv[0]
             kw["mf_gain"] = float(self._user_mf_gain(np.array([u]))[0])
@@ -1148,14 +1184,21 @@ class HybridMF:
         return float(self._GM[0] / self._GM[1]) if self._GM[1] > 0 else 0.5 * (self.rating_min + self.rating_max)
 
     def memory_bytes_per_row(self) -> dict[str, float]:
-        """Bytes held per user row and per item row (arrays + id-map entry estimate)."""
+        """Bytes held per user row and per item row (arrays + id-map entry estimate): ``user`` on
+        average over the users now (text rows and long co-occurrence rings shared out over them),
+        ``user_full`` for a user with text and a full ring."""
         import sys
 
-        per_u = sum(getattr(self, a)[0:1].nbytes for a in self._USER_ARRAYS) + self._knn.memory_bytes()["user"]
+        nu = max(len(self._uids), 1)
+        knn = self._knn.memory_bytes(nu)
+        text_row = self._TU_VECS[0:1].nbytes + self._TU_COUNTS[0:1].nbytes
+        text_in_use = (self._n_tu - 1 - len(self._tu_free)) * text_row
+        per_u = sum(getattr(self, a)[0:1].nbytes for a in self._USER_ARRAYS)
         per_i = sum(getattr(self, a)[0:1].nbytes for a in self._ITEM_ARRAYS)
         uid = next(iter(self._umap), "123456")
         map_entry = sys.getsizeof(uid) + 8 * 3 + 8  # key object + dict slot (hash, key, value) + list slot
-        return {"user": float(per_u + map_entry), "item": float(per_i + map_entry)}
+        return {"user": float(per_u + knn["user"] + text_in_use / nu + map_entry),
+                "user_full": float(per_u + knn["user_full"] + text_row + map_entry), "item": float(per_i + map_entry)}
 
     # ------------------------------------------------------------------ checkpoints
     def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -1173,7 +1216,7 @@ class HybridMF:
             "newest_time": self._newest_time, "last_expiry": self._last_expiry, "clock": self._clock,
             "horizon": self._horizon, "lp_ref": self._lp_ref,
             "expired_u": self._expired_u, "expired_i": self._expired_i,
-            "replay_credit": self._replay_credit, "replay": rmeta,
+            "replay_credit": self._replay_credit, "replay": rmeta, "tu_free": self._tu_free,
         }
         kmeta, karrays = self._knn.state(nu, ni)
         meta["knn"] = kmeta
@@ -1181,6 +1224,7 @@ class HybridMF:
         arrays.update({name.lstrip("_"): np.ascontiguousarray(getattr(self, name)[:ni]) for name in self._ITEM_ARRAYS})
         for name in self._GLOBAL_ARRAYS:
             arrays[name.lstrip("_")] = np.ascontiguousarray(getattr(self, name))
+        arrays["TU_VECS"], arrays["TU_COUNTS"] = self._TU_VECS[: self._n_tu].copy(), self._TU_COUNTS[: self._n_tu].copy()
         arrays.update(rarrays)
         arrays.update(karrays)
         meta["feedback"], farrays = self._feedback.state()
@@ -1196,7 +1240,17 @@ class HybridMF:
         nu, ni = len(meta["user_ids"]), len(meta["item_ids"])
         m._init_state(max(nu, 256), max(ni, 256))
         for name in cls._USER_ARRAYS + cls._ITEM_ARRAYS:
-            getattr(m, name)[: len(arrays[name.lstrip("_")])] = arrays[name.lstrip("_")]
+            if name == "_TU_ROW" and "TU_ROW" not in arrays:  # older builds: a text vector per user (see below)
+                continue
+            saved = arrays[name.lstrip("_")]
+            getattr(m, name)[: len(saved)] = saved
+        if "TU_ROW" in arrays:
+            m._TU_VECS, m._TU_COUNTS = np.array(arrays["TU_VECS"], np.float32), np.array(arrays["TU_COUNTS"], np.float32)
+            m._n_tu, m._tu_free = len(m._TU_COUNTS), [int(r) for r in meta.get("tu_free", [])]
+        else:  # "TU"/"TUN" per user (older builds): a text row for each user with comments
+            has = np.flatnonzero(arrays["TUN"] > 0)
+            m._give_text_rows(has.astype(np.int32))
+            m._TU_VECS[m._TU_ROW[has]], m._TU_COUNTS[m._TU_ROW[has]] = arrays["TU"][has], arrays["TUN"][has]
         for name in cls._GLOBAL_ARRAYS:
             src, dst = arrays.get(name.lstrip("_")), getattr(m, name)
             if src is None:  # an array added since (state of an older build): its default

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 import pytest
@@ -156,3 +157,68 @@ def test_an_expired_item_leaves_no_trace_for_the_item_that_reuses_its_row() -> N
     assert "a" in m.item_ids_of(rows[0][rows[0] >= 0])  # the real one is there
     ids, s = m.rank_scores("v")
     assert np.isneginf(s[[r for r, i in enumerate(ids) if i is None]]).all()  # free rows never compete
+
+
+def _old_layout(knn: SequentialKNN, meta: dict[str, Any], arrays: dict[str, np.ndarray], n_users: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The state as builds before the inline/long ring split wrote it (co-occurrence state version 1:
+    every ring position inline, ``knn_hist``/``knn_histw`` of ``[users, window]``, int64 lengths)."""
+    hist = np.full((n_users, knn.window), -1, np.int32)
+    histw = np.zeros((n_users, knn.window), np.float32)
+    old = {k: v for k, v in arrays.items() if not k.startswith(("knn_ring", "knn_long"))}
+    short = arrays["knn_ring"].shape[1]
+    hist[:, :short], histw[:, :short] = arrays["knn_ring"], arrays["knn_ringw"]
+    rows = arrays["knn_long_row"]
+    has = rows > 0
+    hist[has, short:], histw[has, short:] = arrays["knn_long"][rows[has]], arrays["knn_longw"][rows[has]]
+    old.update(knn_hist=hist, knn_histw=histw, knn_hlen=arrays["knn_hlen"].astype(np.int64))
+    return {**meta, "state_version": 1}, old
+
+
+def test_rings_past_the_inline_positions_get_a_long_row_and_give_it_back() -> None:
+    knn = SequentialKNN(window=8, confident=1)
+    _learn(knn, [(0, i, 1.0) for i in range(1, 4)] + [(1, i, 1.0) for i in range(1, 7)])
+    r = knn._ring
+    assert r.long_row[0] == 0 and r.long_row[1] > 0  # 3 events fit inline, 6 do not
+    assert knn.recent_items(1).tolist() == [1, 2, 3, 4, 5, 6] and knn.recent_items(0).tolist() == [1, 2, 3]
+    inline, full = knn.memory_bytes()["user"], knn.memory_bytes()["user_full"]
+    assert inline < full and knn.memory_bytes(n_users=2)["user"] == inline + (full - inline) / 2  # one long row for 2 users
+    long_row = int(r.long_row[1])
+    knn.forget_user(1)
+    assert knn.recent_items(1).tolist() == [] and knn._ring.long_row[1] == 0
+    _learn(knn, [(2, i, 1.0) for i in range(1, 10)])  # 9 events wrap the 8-slot ring
+    assert knn._ring.long_row[2] == long_row  # the freed row is reused
+    assert knn.recent_items(2).tolist() == list(range(2, 10))
+
+
+def test_state_of_older_builds_loads_with_the_same_pairs_and_scores() -> None:
+    rng = np.random.default_rng(3)
+    knn = SequentialKNN(window=6, confident=1)
+    # users with 1..12 events: some rings inline only, some full and wrapped
+    events = [(int(rng.integers(40)), int(rng.integers(60)), float(rng.choice([1.0, 0.5, -0.5]))) for _ in range(300)]
+    _learn(knn, events, n_users=40, n_items=60)
+    meta, arrays = knn.state(40, 60)
+    old_meta, old_arrays = _old_layout(knn, meta, arrays, 40)
+    loaded = SequentialKNN.from_state(json.loads(json.dumps(old_meta)), load(save(old_arrays)))
+    users = np.arange(40, dtype=np.int32)
+    for a, b in zip(knn.candidates(users, n_items=60), loaded.candidates(users, n_items=60), strict=True):
+        assert np.array_equal(a, b)
+    assert all(knn.recent_items(u).tolist() == loaded.recent_items(u).tolist() for u in range(40))
+    _learn(knn, events[:100], n_users=40, n_items=60)
+    _learn(loaded, events[:100], n_users=40, n_items=60)
+    for a, b in zip(knn.candidates(users, n_items=60), loaded.candidates(users, n_items=60), strict=True):
+        assert np.array_equal(a, b)
+
+
+def test_candidates_into_a_reused_buffer_match_fresh_ones() -> None:
+    rng = np.random.default_rng(4)
+    knn = SequentialKNN(window=5, confident=1, n_candidates=6)
+    _learn(knn, [(int(rng.integers(20)), int(rng.integers(30)), 1.0) for _ in range(400)], n_users=20, n_items=30)
+    users = np.arange(20, dtype=np.int32)
+    whole = knn.candidates(users, n_items=30)
+    buf = (np.full((8, 6), 7, np.int32), np.full((8, 6), 7.0, np.float32))
+    for lo in range(0, 20, 8):
+        rows, vals = knn.candidates(users[lo : lo + 8], n_items=30, out=buf)
+        assert rows.base is buf[0] or rows is buf[0]
+        assert np.array_equal(rows, whole[0][lo : lo + 8]) and np.array_equal(vals, whole[1][lo : lo + 8])
+    with pytest.raises(ValueError, match="out"):
+        knn.candidates(users, n_items=30, out=(np.zeros((20, 5), np.int32), np.zeros((20, 5), np.float32)))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from streamproc.examples import KIND_CLICK, KIND_COMMENT, KIND_ITEM, KIND_RATING, ExampleBatch
@@ -235,3 +237,46 @@ def test_rated_comment_prediction_uses_its_own_text_once_the_head_is_trained() -
     assert np.abs(preds - y[300:]).mean() < 1.0
     head = m.last_sentiment  # the head's own estimates, as of the batch's start
     assert np.isfinite(head).all() and (head[good[300:]] > 4).all() and (head[~good[300:]] < 2).all()
+
+
+def _state_of_older_builds(m: HybridMF) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """``m.state()`` as builds before the compact text table wrote it: ``TU``/``TUN`` a text vector
+    and count per user row (zeros for users without comments), no ``TU_ROW``/``TU_VECS``/``TU_COUNTS``."""
+    meta, arrays = m.state()
+    rows = arrays.pop("TU_ROW")
+    vecs, counts = arrays.pop("TU_VECS"), arrays.pop("TU_COUNTS")
+    arrays["TU"], arrays["TUN"] = vecs[rows], counts[rows]
+    meta = {k: v for k, v in meta.items() if k != "tu_free"}
+    return meta, arrays
+
+
+def test_only_users_with_comments_hold_a_text_vector_and_old_checkpoints_load() -> None:
+    import json
+
+    from safetensors.numpy import load, save
+
+    rng = np.random.default_rng(5)
+    m = HybridMF(n_factors=4, seed=0, row_ttl_s=50.0)
+    emb = unit(rng.standard_normal((6, 384)))
+    for r in range(3):
+        m.learn_batch(comments(["a", "b", "c", "a", "b", "c"], [f"i{k}" for k in range(6)], emb, [4.0, 2.0, 5.0, 3.0, 1.0, 4.0], t0=1e9 + 10 * r))
+        for k in range(20):
+            m.learn_one(f"r{k}", f"i{k % 6}", 3.0 + k % 3, event_time=1e9 + 10 * r + 1)
+    assert m.n_users == 23 and m._n_tu - 1 == 3  # a text row for each commenter only
+    text = m._user_vectors(np.array([m._umap["a"]]))[0] - m._P[m._umap["a"]]
+    assert np.abs(text).max() > 0
+    meta, arrays = _state_of_older_builds(m)
+    old = HybridMF.from_state(json.loads(json.dumps(meta)), load(save(arrays)))
+    assert old._n_tu - 1 == 3
+    probe = [("a", "i1"), ("b", "i0"), ("r3", "i2"), ("c", "i5")]
+    assert [old.predict_one(u, i) for u, i in probe] == [m.predict_one(u, i) for u, i in probe]
+    for full in (m, old):  # both learn on: expiry frees the commenters' text rows, new commenters reuse them
+        full.learn_batch(comments(["d", "e"], ["i1", "i2"], emb[:2], [5.0, 2.0], t0=1e9 + 500))
+    assert sorted(m._tu_free) == [1, 2, 3] and m._n_tu - 1 == 5 and m.n_users == 2  # a, b, c and the r* expired
+    for full in (m, old):
+        full.learn_batch(comments(["f"], ["i3"], emb[:1], [4.0], t0=1e9 + 501))
+    assert len(m._tu_free) == 2 and m._n_tu - 1 == 5
+    assert [old.predict_one(u, i) for u, i in (("d", "i1"), ("f", "i3"))] == [m.predict_one(u, i) for u, i in (("d", "i1"), ("f", "i3"))]
+    h1, t1 = m.export(full=True)
+    h2, t2 = old.export(full=True)
+    assert h1["user_ids"] == h2["user_ids"] and np.array_equal(t1["user_factors"], t2["user_factors"])
