@@ -21,9 +21,10 @@ Model updates (:class:`trainer.updates.ModelUpdate`, the contract in :mod:`train
   sync"), a snapshot takes the version of the last delta (replicas that follow the deltas already
   hold it and never need it); after a restore or a refused update it takes the next version, so the
   following deltas make every replica that followed the old ones see a gap and reload.
-  The rows are copied on the training thread (``export(full=True)``); chunking, encoding,
-  compression and sending happen on a background thread with its own producer, one snapshot at a
-  time (``last_snapshot`` holds the stall and send times).
+  The rows are copied on the training thread (``export(full=True)``); the users' candidates are
+  computed there too, in slices of at most 50 ms per loop turn (:meth:`TrainerWorker.advance_snapshot`);
+  chunking, encoding, compression and sending happen on a background thread with its own
+  producer, one snapshot at a time (``last_snapshot`` holds the stall, candidate and send times).
 
 Versions only move forward, also across restarts and take-overs: on assignment the trainer reads
 the tails of the model-updates and model-snapshots topics and continues after the highest version
@@ -80,7 +81,12 @@ MAX_POLL_RECORDS = 8  # example batches per poll: keeps the loop (and publishing
 _LAG_EVERY_S = 1.0
 SETTLE_MIN_S, SETTLE_MAX_S = 1.2, 15.0  # before leaving the group: see _settle_group
 _REPUBLISH_PAUSE_S = 1.0  # after the broker refused a model update
-_CANDIDATE_STEP = 128  # users per step of a snapshot's candidates (~30 ms of GIL at 0.25 ms per user)
+# A snapshot's candidates (the co-occurrence walk, ~0.25 ms per user) are computed on the training
+# thread between batches, at most this long per loop turn (longer when the turn brought no records),
+# in steps of _CANDIDATE_STEP users. On a thread of its own the walk (numba, holding the GIL) made
+# learning wait behind it at every GIL hand-over: the longest learn step rose to 2.5 s at 100k users.
+_CANDIDATE_STEP = 128
+_CANDIDATE_SLICE_S, _CANDIDATE_IDLE_SLICE_S = 0.05, 0.1
 _ERASURE_FLUSH_MIN_S = 0.25  # erasures arriving closer together share one delta + checkpoint
 # After an erasure the next snapshot comes on the regular schedule, but at the latest this long after
 # the previous one. Not at once: every replica rebuilds from a snapshot, and extra snapshots during a
@@ -136,6 +142,7 @@ class TrainerWorker:
         self._producer: Any = None
         self._snap_producer: Any = None  # snapshots: their own connection, so a delta never waits behind one
         self._snap_thread: threading.Thread | None = None
+        self._snap_job: dict[str, Any] | None = None  # a snapshot whose candidates are being computed
         self.last_snapshot: dict[str, Any] = {}  # stall_s (training thread), send_s, messages, bytes, version
         self._in_sync = False  # the rows equal what the deltas published so far delivered (see the module doc)
         self._updates_end: int | None = None  # next offset of the model-updates topic (deltas_from of a snapshot)
@@ -242,6 +249,7 @@ class TrainerWorker:
         log.warning("leaving group %s while a rebalance is still in progress", self.group_id)
 
     def close(self) -> None:
+        self._drop_snapshot_job("closing")
         if self._snap_thread is not None:
             self._snap_thread.join(120)  # a snapshot in flight is finished, not cut
             self._snap_thread = None
@@ -305,6 +313,7 @@ class TrainerWorker:
                     self.publish_delta()
         if self._delta_due():
             self.publish_delta()
+        self.advance_snapshot(_CANDIDATE_SLICE_S if records else _CANDIDATE_IDLE_SLICE_S)
         if (self._need_snapshot and time.monotonic() >= self._snapshot_not_before) or (
                 (self.examples_learned or self._mem_seq is not None) and self._snapshot_due()):
             self.publish_snapshot()
@@ -454,18 +463,19 @@ class TrainerWorker:
         return len(parts)
 
     def publish_snapshot(self, *, wait: bool = False) -> int:
-        """Publish every row to the model-snapshots topic (after any pending delta): the rows are
-        copied here, then chunked, encoded and sent on a background thread (``wait``: join it).
-        Returns the messages sent (``wait``) or 1 when a snapshot was started, 0 when none was
-        (no model, or the previous snapshot is still being sent)."""
+        """Publish every row to the model-snapshots topic (after any pending delta). The rows are
+        copied here; the users' candidates follow in slices (:meth:`advance_snapshot`, each loop
+        turn), then a background thread chunks, encodes, compresses and sends. ``wait``: do all of it
+        now and join. Returns the messages sent (``wait``) or 1 when a snapshot was started, 0 when
+        none was (no model, or the previous snapshot is still under way)."""
         if self.model is None:
             return 0
-        if self._snap_thread is not None and self._snap_thread.is_alive():
-            return 0  # one at a time; still due, so the next turn after it ends starts the next one
+        if self._snap_job is not None or (self._snap_thread is not None and self._snap_thread.is_alive()):
+            return 0  # one at a time; still due, so a turn after it ends starts the next one
         if self._in_sync and self._pending_published:
             self.publish_delta()
         t0 = time.perf_counter()
-        head, tensors = self.model.export(full=True, candidates=False)  # candidates: computed on the snapshot thread
+        head, tensors = self.model.export(full=True, candidates=False)  # candidates: advance_snapshot
         candidates = head.pop("candidates", None)
         version = self.version if self._in_sync and self.version > 0 else self.version + 1
         header = self._header(head, "snapshot", version, base=None, published=[], newest_event_time=self._newest_event_time,
@@ -480,37 +490,65 @@ class TrainerWorker:
         self._need_snapshot = False
         self._last_snapshot = time.monotonic()
         self.last_snapshot = {"version": version, "stall_s": round(stall, 4), "users": len(header.user_ids),
-                              "items": len(header.item_ids)}
-        out: dict[str, int] = {}
-
-        def send() -> None:
-            out["sent"] = self._send_snapshot(header, tensors, head.get("candidate_item_ids"), t0, candidates)
-
-        self._snap_thread = threading.Thread(target=send, name=f"snapshot-v{version}", daemon=True)
-        self._snap_thread.start()
+                              "items": len(header.item_ids), "candidates_s": 0.0, "candidate_slice_max_s": 0.0}
+        self._snap_job = {"header": header, "tensors": tensors, "space": head.get("candidate_item_ids"), "t0": t0,
+                          "candidates": candidates, "steps": [], "next": 0, "out": {}}
         if wait:
-            self._snap_thread.join()
-            return out.get("sent", 0)
+            out = self._snap_job["out"]
+            self.advance_snapshot(None)
+            if self._snap_thread is not None:
+                self._snap_thread.join()
+            return int(out.get("sent", 0))
+        self.advance_snapshot(_CANDIDATE_SLICE_S)
         return 1
 
-    def _send_snapshot(self, header: UpdateHeader, tensors: dict[str, np.ndarray], space: Any, t0: float,
-                       candidates: Callable[[slice], tuple[np.ndarray, np.ndarray]] | None = None) -> int:
-        """Background thread: the users' candidates (in steps of ``_CANDIDATE_STEP`` users, the GIL
-        handed back to learning between steps), then chunk, encode and send one snapshot; a failure
-        schedules the next."""
+    def advance_snapshot(self, budget_s: float | None = _CANDIDATE_SLICE_S) -> None:
+        """Compute the next users' candidates of the snapshot under way, for at most ``budget_s``
+        (None: all); when every user's are done, start the thread that sends it."""
+        job = self._snap_job
+        if job is None:
+            return
+        t = time.perf_counter()
+        header, fn, steps = job["header"], job["candidates"], job["steps"]
+        n = len(header.user_ids)
+        if fn is not None:
+            if not steps:
+                steps.append(fn(slice(0, 0)))  # the shapes, also for a model without users
+            while job["next"] < n:
+                steps.append(fn(slice(job["next"], job["next"] + _CANDIDATE_STEP)))
+                job["next"] += _CANDIDATE_STEP
+                if budget_s is not None and time.perf_counter() - t >= budget_s:
+                    break
+        spent = time.perf_counter() - t
+        self.last_snapshot["candidates_s"] = round(self.last_snapshot.get("candidates_s", 0.0) + spent, 3)
+        self.last_snapshot["candidate_slice_max_s"] = round(max(self.last_snapshot.get("candidate_slice_max_s", 0.0), spent), 4)
+        if fn is not None and job["next"] < n:
+            return
+        self._snap_job = None
+        tensors = job["tensors"]
+        if fn is not None:
+            tensors = {**tensors, "user_candidates": np.concatenate([r for r, _ in steps]),
+                       "user_candidate_scores": np.concatenate([v for _, v in steps])}
+        out = job["out"]
+
+        def send() -> None:
+            out["sent"] = self._send_snapshot(header, tensors, job["space"], job["t0"])
+
+        self._snap_thread = threading.Thread(target=send, name=f"snapshot-v{header.version}", daemon=True)
+        self._snap_thread.start()
+
+    def _drop_snapshot_job(self, why: str) -> None:
+        if self._snap_job is not None:
+            log.info("snapshot v%d abandoned before it was sent (%s)", self._snap_job["header"].version, why)
+            self._snap_job = None
+            self._need_snapshot = True
+
+    def _send_snapshot(self, header: UpdateHeader, tensors: dict[str, np.ndarray], space: Any, t0: float) -> int:
+        """Background thread: chunk, encode and send one snapshot; a failure schedules the next."""
         from kafka.errors import KafkaError
 
         t1 = time.perf_counter()
         sent = size = 0
-        if candidates is not None:
-            n = len(header.user_ids)
-            steps = [candidates(slice(0, 0))]
-            for a in range(0, n, _CANDIDATE_STEP):
-                steps.append(candidates(slice(a, a + _CANDIDATE_STEP)))
-                time.sleep(0.0005)  # learning takes the GIL between steps: the numba walk holds it
-            tensors = {**tensors, "user_candidates": np.concatenate([r for r, _ in steps]),
-                       "user_candidate_scores": np.concatenate([v for _, v in steps])}
-            self.last_snapshot["candidates_s"] = round(time.perf_counter() - t1, 3)
         try:
             parts = chunk_update(header, tensors, self.settings.max_message_bytes, candidate_space=space)
             futures = []
@@ -624,6 +662,7 @@ class TrainerWorker:
             return
         if self._pending_published:
             self.publish_delta()
+        self._drop_snapshot_job("standing by")
         self.checkpoint()
         self.active = False
         self.metrics.active.set(0)

@@ -237,16 +237,19 @@ def _trainer_size(settings: ServingSettings, users: int, items: int, events: int
             t0 = time.perf_counter()
             w.publish_delta()
             delta_s.append(time.perf_counter() - t0)
+            w.advance_snapshot()  # as each loop turn of TrainerWorker.run: a slice of the snapshot's candidates
             step_s.append(time.perf_counter() - t_step)
-        # the longest learn + publish step of the stream, while the snapshot's thread was busy: the
-        # pause a snapshot costs learning (the candidates' numba walk holds the GIL ~30 ms a step)
+        # the longest learn + publish step of the stream while the snapshot was under way: the pause
+        # a snapshot costs learning
         out["tail_step_max_s"] = round(max(step_s), 4) if step_s else None
         if snapshot:
+            w.advance_snapshot(None)  # the rest at once (the stream above is over)
             assert w._snap_thread is not None
             w._snap_thread.join()
             out["snapshot_publish_s"] = round(time.perf_counter() - t_snap, 3)
-            out["snapshot_send_s"] = w.last_snapshot.get("send_s")  # background: candidates, chunk, encode, compress, send
-            out["snapshot_candidates_s"] = w.last_snapshot.get("candidates_s")  # of which the users' candidates
+            out["snapshot_send_s"] = w.last_snapshot.get("send_s")  # background thread: chunk, encode, compress, send
+            out["snapshot_candidates_s"] = w.last_snapshot.get("candidates_s")  # the users' candidates, in slices
+            out["snapshot_candidate_slice_max_s"] = w.last_snapshot.get("candidate_slice_max_s")
             out["snapshot_overlaps_stream"] = True
             snap_rec.keep = False
             out["snapshot_chunks"] = w.last_snapshot.get("messages")

@@ -126,3 +126,46 @@ def test_a_delta_split_into_parts_keeps_every_candidate_and_carries_expiries(tmp
     for user in ("u0", "u7", "u39"):
         expected = _bench_scores(m, user)
         assert model.score(user, list(expected)) == pytest.approx(list(expected.values()), abs=1e-5)
+
+
+def test_a_snapshot_computed_in_slices_between_batches_is_the_snapshot_computed_at_once(tmp_path: Any, monkeypatch: Any) -> None:
+    import trainer.worker as tw
+    from streamproc.examples import ExampleBatch
+    from trainer.drift import DriftMonitor
+    from trainer.prequential import Prequential
+    from trainer.settings import TrainerSettings
+
+    def worker(directory: str) -> tuple[tw.TrainerWorker, _Sent]:
+        s = TrainerSettings(kafka_bootstrap="127.0.0.1:1", topic_prefix="t.", checkpoint_dir=directory, max_message_bytes=20_000)
+        w = tw.TrainerWorker(s, registry=CollectorRegistry())
+        w._producer = w._snap_producer = sent = _Sent()
+        w.model, w.prequential, w.drift, w.active = HybridMF(n_factors=4, rank_sample=0.0), Prequential(), DriftMonitor(), True
+        w._in_sync = True  # a fresh model: deltas from version 0 are the truth
+        rng = np.random.default_rng(3)
+        users, items = [f"u{k}" for k in rng.integers(0, 300, 3000)], [f"i{k}" for k in rng.zipf(1.5, 3000) % 200]
+        w.learn(ExampleBatch.build(event_ids=[f"e{k}" for k in range(3000)], user_ids=users, item_ids=items, kinds=[0] * 3000,
+                                   targets=[4.0] * 3000, event_times=[float(k) for k in range(3000)], published=[1.0] * 3000,
+                                   processed=[1.0] * 3000))
+        w.publish_delta()
+        sent.values.clear()
+        return w, sent
+
+    at_once, sent_once = worker(str(tmp_path / "a"))
+    assert at_once.publish_snapshot(wait=True) > 1
+    monkeypatch.setattr(tw, "_CANDIDATE_STEP", 7)
+    monkeypatch.setattr(tw, "_CANDIDATE_SLICE_S", 0.0)
+    sliced, sent_sliced = worker(str(tmp_path / "b"))
+    sliced.publish_snapshot()
+    turns = 0
+    while sliced._snap_job is not None:  # each loop turn computes one slice (no time budget left: one step)
+        sliced.advance_snapshot(0.0)
+        turns += 1
+    assert turns >= 250 // 7 and sliced._snap_thread is not None
+    sliced._snap_thread.join()
+    a = [ModelUpdate.decode(v) for v in sent_once.values]
+    b = [ModelUpdate.decode(v) for v in sent_sliced.values]
+    assert [u.header.user_ids for u in a] == [u.header.user_ids for u in b] and len(a) > 1
+    for x, y in zip(a, b, strict=True):
+        assert x.header.candidate_item_ids == y.header.candidate_item_ids
+        np.testing.assert_array_equal(x.tensors["user_candidates"], y.tensors["user_candidates"])
+        np.testing.assert_array_equal(x.tensors["user_candidate_scores"], y.tensors["user_candidate_scores"])
