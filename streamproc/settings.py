@@ -16,6 +16,8 @@ setting and the value, whichever section the process loads; an unknown ``RECO_*`
 from __future__ import annotations
 
 import dataclasses
+import functools
+import logging
 import math
 import os
 import tomllib
@@ -25,6 +27,8 @@ from pathlib import Path
 from typing import Any, ClassVar, Self
 
 from streamproc.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Settings", "default_model_dir", "program_settings", "sections", "setting"]
 
@@ -254,8 +258,21 @@ def _check(f: dataclasses.Field, value: Any) -> None:
 
 
 def sections() -> list[type[Settings]]:
-    """The core and every role section imported so far (importing ``serving.settings`` imports all)."""
+    """The core and every role section: those imported so far and those installed (entry points
+    ``reco.settings``), so a library user's ``Settings.load()`` knows ``RECO_FACTORS`` too."""
+    _load_installed_sections()
     return [Settings, *_SECTIONS]
+
+
+@functools.cache
+def _load_installed_sections() -> None:
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="reco.settings"):
+        try:
+            ep.load()  # importing the module registers its section (Settings.__init_subclass__)
+        except ImportError as exc:  # a section whose package is not importable here: its names stay unknown
+            log.warning("settings section %s not loaded: %s", ep.value, exc)
 
 
 def program_settings() -> type[Settings]:

@@ -149,3 +149,18 @@ def test_settings_table_names_each_settings_section() -> None:
     rows = {line.split(" | ")[0].strip("| `"): line.split(" | ")[1] for line in markdown_table().splitlines()[2:]}
     assert (rows["RECO_KAFKA_BOOTSTRAP"], rows["RECO_FACTORS"], rows["RECO_API_KEY"]) == ("core", "trainer", "serving")
     assert set(rows) == {env for env, *_ in ServingSettings.describe()}
+
+
+def test_a_library_users_core_load_knows_every_installed_section() -> None:
+    # An app that only publishes events imports the core alone; the installed sections (entry points
+    # `reco.settings`) still make RECO_FACTORS known and checked, so one environment serves it too.
+    env = {"RECO_FACTORS": "8", "PATH": ""}
+    code = ("import sys; from streamproc.settings import Settings\n"
+            "assert 'trainer.settings' not in sys.modules\n"
+            "s = Settings.load(); print(type(s).__name__, hasattr(s, 'factors'))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, cwd="/")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["Settings", "False"]
+    bad = subprocess.run([sys.executable, "-c", code], env={**env, "RECO_FACTORS": "eight"}, capture_output=True, text=True,
+                         timeout=120, cwd="/")
+    assert bad.returncode != 0 and "RECO_FACTORS='eight': expected an integer" in bad.stderr
