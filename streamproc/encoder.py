@@ -82,9 +82,12 @@ BACKENDS = ("auto", "openvino", "torch-bf16", "onnx-int8", "onnx", "torch")
 SLICE_TEXTS = 1024
 #: Most texts in one model call, however short.
 MAX_BATCH_TEXTS = 256
-#: Padded tokens one model call costs beyond its tokens (fixed per-call work), in the batch cutting:
-#: measured ~4 ms of CPU per call on 2 cores, the time of ~60 tokens of a review.
-CALL_COST_TOKENS = 64
+#: Padded tokens one model call costs beyond its tokens (fixed per-call work), in the batch cutting
+#: (:func:`_batches`). Measured per CPU-second on 2,000 ml-latest-small tags in batches of 32
+#: (reviews did not move): openvino +30 % and torch-bf16 +40 % at 160 against 64; onnx-int8 the
+#: other way (-15 %), so it keeps :data:`ONNX_CALL_COST_TOKENS`.
+CALL_COST_TOKENS = 160
+ONNX_CALL_COST_TOKENS = 64
 #: Padded widths are rounded up to a multiple of this on the openvino backend (of half of it up to
 #: twice it): its CPU plugin prepares kernels per input shape and keeps them, so fewer distinct
 #: shapes cost less. Measured per CPU-second, worker batches of 32: Yelp reviews +10 % (16 against
@@ -219,6 +222,8 @@ class TextEncoder:
         self._ov_lock = threading.Lock()
         #: Padded widths rounded up to a multiple of this (1: none; see OPENVINO_WIDTH_STEP).
         self.width_step = OPENVINO_WIDTH_STEP if backend == "openvino" else 1
+        #: Per-call cost in padded tokens when cutting batches (see CALL_COST_TOKENS).
+        self.call_cost = ONNX_CALL_COST_TOKENS if backend in ("onnx", "onnx-int8") else CALL_COST_TOKENS
         #: What the model computes in: fp32, bf16 or int8 (weights; the openvino backend asks its runtime).
         self.precision = {"torch-bf16": "bf16", "onnx-int8": "int8", "onnx": "fp32"}.get(backend, "int8" if quantize and device == "cpu" else "fp32")
         if backend in ("torch", "torch-bf16"):
@@ -331,7 +336,8 @@ class TextEncoder:
                                   return_attention_mask=False, return_token_type_ids=False)["input_ids"]
             lengths = [len(x) for x in ids]
             order = sorted(range(len(ids)), key=lengths.__getitem__) if sort else list(range(len(ids)))
-            for batch in _batches(order, lengths, self.batch_tokens, sort=sort, step=self.width_step, cap=self.max_tokens):
+            for batch in _batches(order, lengths, self.batch_tokens, sort=sort, step=self.width_step, cap=self.max_tokens,
+                                  call_cost=self.call_cost):
                 width = _padded(max(lengths[i] for i in batch), self.width_step, self.max_tokens)
                 input_ids = np.full((len(batch), width), self._pad_id, np.int64)
                 mask = np.zeros((len(batch), width), np.int64)
@@ -354,14 +360,14 @@ def _padded(width: int, step: int, cap: int) -> int:
 
 
 def _batches(order: list[int], lengths: list[int], budget: int, *, sort: bool = True, step: int = 1,
-             cap: int = 0) -> list[list[int]]:
+             cap: int = 0, call_cost: int = CALL_COST_TOKENS) -> list[list[int]]:
     """Consecutive runs of ``order`` whose padded size (texts x longest, the width rounded by
     :func:`_padded` with ``step`` and ``cap``) stays within ``budget`` (a text longer than the budget
     goes alone), at most :data:`MAX_BATCH_TEXTS` texts each.
 
     ``order`` by ascending length (``sort``): the cuts that make the padded tokens plus
-    :data:`CALL_COST_TOKENS` per call least (dynamic programming over the cut points; on Yelp
-    reviews in the worker's batches of 32, 13 % fewer than filling each call to the budget).
+    ``call_cost`` per call least (dynamic programming over the cut points; on Yelp reviews in the
+    worker's batches of 32, 13 % fewer than filling each call to the budget at a cost of 64).
     Otherwise each call is filled up to the budget.
     """
     n = len(order)
@@ -386,7 +392,7 @@ def _batches(order: list[int], lengths: list[int], budget: int, *, sort: bool = 
         w = max(1, _padded(lengths[order[j - 1]], step, cap))
         lo = j - max(1, min(MAX_BATCH_TEXTS, budget // w, j))
         starts = np.arange(lo, j)
-        cost = best[lo:j] + (j - starts) * w + CALL_COST_TOKENS
+        cost = best[lo:j] + (j - starts) * w + call_cost
         k = int(np.argmin(cost))
         best[j], cut[j] = cost[k], lo + k
     out: list[list[int]] = []
