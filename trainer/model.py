@@ -19,8 +19,9 @@ Signals
 * clicks: BPR (pairwise logistic) against ``n_negatives`` items sampled uniformly.
 
 Every example is predicted before it is learned, in stream order: ids are mapped to rows in Python
-(dict lookups, arrays grown by doubling), then one compiled (numba) call per batch runs the
-sequential predict-then-learn loop, replayed examples interleaved per ``replay_ratio``.
+(dict lookups, arrays grown by doubling), then one compiled (numba) call per batch,
+:func:`trainer._kernel.learn`, runs the sequential predict-then-learn loop over named tables of the
+model's arrays, replayed examples interleaved per ``replay_ratio``.
 
 Predictions returned by :meth:`HybridMF.learn_batch`: the clipped rating-scale prediction for
 ratings; for a rated comment, once the head is trained, a blend of that prediction and the head's
@@ -49,9 +50,10 @@ import zlib
 from typing import Any
 
 import numpy as np
-from numba import njit
 
 from streamproc.examples import KIND_CLICK, KIND_COMMENT, KIND_ITEM, KIND_RATING, ExampleBatch
+from trainer import _kernel
+from trainer._kernel import Examples, ItemTable, Params, SharedState, UserTable
 from trainer.cooc import SequentialKNN
 from trainer.feedback import ItemFeedback
 from trainer.replay import POLICIES, ReplayBuffer
@@ -69,272 +71,7 @@ _GAIN_BUCKETS = 5  # profiles of 1, 2, 3, 4 feedback events (learned) and 5+ (fi
 _GAIN_KEEP = 0.998  # memory of the per-bucket NDCG@10 sums (events of young profiles)
 _GAIN_PRIOR = 0.5  # NDCG@10 credit the default gain starts with: the data must outweigh it
 _LP_REBASE = 1e6  # events between moves of the log-popularity reference (at a full export)
-_LL_EVERY = 4  # events per likelihood update of the popularity horizons
-_BLEND_KEEP = 1.0 - 1.0 / 2_000  # memory (rated comments) of the head's share in a rated comment's prediction
 _LL_SWITCH = 1.25  # nats (on scored events) a horizon must lead by before the served one switches (no flapping)
-
-# parameter vector handed to the kernel
-_P_LR, _P_BLR, _P_L2, _P_L2B, _P_RMIN, _P_RMAX, _P_MULT, _P_TLR, _P_SLR, _P_SW, _P_CLR, _P_TAU, _P_SMIN, _P_NNEG, _P_NRANK, _P_SHR, _P_FSHR = range(17)
-
-
-# ---------------------------------------------------------------------------------- kernel
-@njit(cache=True)
-def _rand(state: np.ndarray) -> np.uint64:
-    """splitmix64: a tiny PRNG whose whole state is one uint64 (checkpointable)."""
-    z = state[0] + np.uint64(0x9E3779B97F4A7C15)
-    state[0] = z
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
-
-
-@njit(cache=True)
-def _clip(x: float, lo: float, hi: float) -> float:
-    return lo if x < lo else (hi if x > hi else x)
-
-
-@njit(cache=True)
-def _sample_item(rng: np.ndarray, n_items: int, alive: np.ndarray, avoid: int) -> np.int64:
-    for _ in range(32):
-        j = np.int64(_rand(rng) % np.uint64(n_items))
-        if j != avoid and alive[j]:
-            return j
-    return np.int64(-1)
-
-
-@njit(cache=True)
-def _learn(u_rows, i_rows, kinds, targets, weights, emb_rows, fresh, times, emb,
-           P, BU, TU_ROW, TU, TUN, Q, BI, X, XN, XW, W, SW, SST, HP, GM, POP, SEEN_U, SEEN_I, ALIVE_I, CNT_U, CNT_I,
-           TOUCH_U, TOUCH_I, par, n_items, rng, out, stored_targets):  # pragma: no cover - compiled
-    k = P.shape[1]
-    dim = X.shape[1]
-    # river's convention: squared-loss gradient 2 (y_hat - y), L2 term l2 * w; below, the factor 2
-    # is folded into the step sizes (lr, blr) and halved into the L2 terms
-    lr = 2.0 * par[_P_LR] * par[_P_MULT]
-    blr = 2.0 * par[_P_BLR] * par[_P_MULT]
-    l2 = 0.5 * par[_P_L2]
-    l2b = 0.5 * par[_P_L2B]
-    rmin = par[_P_RMIN]
-    rmax = par[_P_RMAX]
-    tlr = par[_P_TLR] * par[_P_MULT]
-    slr = par[_P_SLR]
-    clr = par[_P_CLR] * par[_P_MULT]
-    tau = par[_P_TAU]
-    n_neg = int(par[_P_NNEG])
-    n_rank = int(par[_P_NRANK])
-    shr = par[_P_SHR]
-    fshr = par[_P_FSHR]
-    pu = np.empty(k, np.float32)
-    hpx = np.empty(dim + 1, np.float64)
-    qi = np.empty(k, np.float32)
-    qj = np.empty(k, np.float32)
-    acc = np.empty(k, np.float32)
-    n_out = 0
-    for n in range(len(u_rows)):
-        u = u_rows[n]
-        i = i_rows[n]
-        kd = kinds[n]
-        y = targets[n]
-        w = weights[n]
-        is_fresh = fresh[n]
-        # effective vectors (text row 0 is all zeros: users without text)
-        tr = TU_ROW[u]
-        for f in range(k):
-            pu[f] = P[u, f] + TU[tr, f]
-        if XN[i] > 0:
-            # x_i W with the factor loop innermost (contiguous rows of W: it vectorises)
-            for f in range(k):
-                acc[f] = 0.0
-            for d in range(dim):
-                xd = X[i, d]
-                if xd != 0.0:
-                    for f in range(k):
-                        acc[f] += xd * W[d, f]
-            for f in range(k):
-                XW[i, f] = acc[f]
-                qi[f] = Q[i, f] + acc[f]
-        else:
-            for f in range(k):
-                qi[f] = Q[i, f]
-        mean = GM[0] / GM[1] if GM[1] > 0 else 0.5 * (rmin + rmax)
-        dot = 0.0
-        for f in range(k):
-            dot += pu[f] * qi[f]
-        raw = mean + float(BU[u]) + float(BI[i]) + dot
-        pred = _clip(raw, rmin, rmax)
-        er = emb_rows[n]
-        # ---- comments: the sentiment head
-        if kd == 2 and er >= 0:
-            s_raw = mean + SST[0]
-            for d in range(dim):
-                s_raw += SW[d] * emb[er, d]
-            if math.isnan(y):
-                if is_fresh:
-                    pred = _clip(s_raw, rmin, rmax)
-                if SST[1] >= par[_P_SMIN]:
-                    y = _clip(s_raw, rmin, rmax)
-                    w = w * par[_P_SW]
-            else:
-                if is_fresh and SST[1] >= par[_P_SMIN]:
-                    # the comment's own text predicts its rating: blend the head into the factor
-                    # prediction; the head's share h is the least-squares one on the rated comments
-                    # so far (decayed sums of (y - f)(s - f) and (s - f)^2; f the factor prediction)
-                    s_c = _clip(s_raw, rmin, rmax)
-                    h = _clip(SST[2] / SST[3], 0.0, 1.0) if SST[3] > 0.0 else 0.0
-                    blend = (1.0 - h) * pred + h * s_c
-                    SST[2] = _BLEND_KEEP * SST[2] + (y - pred) * (s_c - pred)
-                    SST[3] = _BLEND_KEEP * SST[3] + (s_c - pred) * (s_c - pred)
-                    pred = blend
-                if slr > 0.0:
-                    g = s_raw - y
-                    for d in range(dim):
-                        SW[d] -= slr * (g * emb[er, d] + l2 * SW[d])
-                    SST[0] -= slr * g
-                else:
-                    # recursive least squares: the exact ridge fit on every rated comment so far
-                    den = 1.0
-                    for a in range(dim + 1):
-                        acc_h = HP[a, dim]
-                        for d in range(dim):
-                            acc_h += HP[a, d] * emb[er, d]
-                        hpx[a] = acc_h
-                        den += acc_h * (emb[er, a] if a < dim else 1.0)
-                    e = (y - s_raw) / den
-                    for d in range(dim):
-                        SW[d] += hpx[d] * e
-                    SST[0] += hpx[dim] * e
-                    for a in range(dim + 1):
-                        ga = hpx[a] / den
-                        for d in range(dim + 1):
-                            HP[a, d] -= ga * hpx[d]
-                SST[1] += 1.0
-        if is_fresh:
-            if kd == 1:
-                # rank of the clicked item among sampled candidates (before learning)
-                s_i = float(BI[i]) + dot
-                beaten = 0
-                drawn = 0
-                for _ in range(n_rank):
-                    j = _sample_item(rng, n_items, ALIVE_I, i)
-                    if j < 0:
-                        continue
-                    drawn += 1
-                    s_j = float(BI[j])
-                    for f in range(k):
-                        s_j += pu[f] * (Q[j, f] + XW[j, f])
-                    if s_j < s_i:
-                        beaten += 1
-                # unseen candidates count as beaten; no candidates at all -> score 1 (top)
-                pred = (beaten + (n_rank - drawn)) / n_rank if n_rank > 0 else 1.0
-            out[n_out] = pred
-            stored_targets[n_out] = y
-            n_out += 1
-        # ---- learning
-        if (kd == 0 or kd == 2) and not math.isnan(y):
-            if is_fresh:
-                GM[0] += y
-                GM[1] += 1.0
-            g = w * (_clip(raw, rmin, rmax) - y)
-            # young rows learn their bias as a shrunk running mean of residuals (step 1/(n+shrink)),
-            # then settle to the constant SGD step
-            blr_u = blr
-            blr_i = blr
-            lr_u = lr
-            lr_i = lr
-            if shr > 0:
-                blr_u = max(blr, 1.0 / (CNT_U[u] + shr))
-                blr_i = max(blr, 1.0 / (CNT_I[i] + shr))
-            if fshr > 0:
-                lr_u = lr * (1.0 + fshr / math.sqrt(CNT_U[u] + 1.0))
-                lr_i = lr * (1.0 + fshr / math.sqrt(CNT_I[i] + 1.0))
-            if is_fresh:
-                CNT_U[u] += 1.0
-                CNT_I[i] += 1.0
-            BU[u] -= blr_u * (g + l2b * BU[u])
-            BI[i] -= blr_i * (g + l2b * BI[i])
-            for f in range(k):
-                puf = P[u, f]
-                P[u, f] -= lr_u * (g * qi[f] + l2 * puf)
-                Q[i, f] -= lr_i * (g * pu[f] + l2 * Q[i, f])
-            if XN[i] > 0 and tlr > 0:
-                gt = np.float32(g * tlr)
-                for d in range(dim):
-                    xd = X[i, d] * gt  # float32 throughout: the inner loop vectorises
-                    if xd != 0.0:
-                        for f in range(k):
-                            W[d, f] -= xd * pu[f]
-        elif kd == 1:
-            for _ in range(n_neg):
-                j = _sample_item(rng, n_items, ALIVE_I, i)
-                if j < 0:
-                    break
-                x = float(BI[i]) - float(BI[j])
-                for f in range(k):
-                    qj[f] = Q[j, f] + XW[j, f]
-                    x += pu[f] * (qi[f] - qj[f])
-                gg = clr * w / (1.0 + math.exp(x)) if x > -30.0 else clr * w
-                BI[i] += gg - clr * l2b * BI[i]
-                BI[j] -= gg + clr * l2b * BI[j]
-                for f in range(k):
-                    puf = P[u, f]
-                    P[u, f] += gg * (qi[f] - qj[f]) - clr * l2 * puf
-                    Q[i, f] += gg * pu[f] - clr * l2 * Q[i, f]
-                    Q[j, f] -= gg * pu[f] + clr * l2 * Q[j, f]
-                TOUCH_I[j] = True
-        # ---- text profiles (fresh comments only)
-        if kd == 2 and er >= 0 and is_fresh:
-            XN[i] += 1.0
-            a = 1.0 / XN[i]
-            for d in range(dim):
-                X[i, d] += a * (emb[er, d] - X[i, d])
-            TUN[tr] += 1.0  # the user's text row was given before the batch (see _give_text_rows)
-            b = 1.0 / TUN[tr]
-            for f in range(k):
-                acc[f] = 0.0
-            for d in range(dim):
-                ed = emb[er, d]
-                for f in range(k):
-                    acc[f] += ed * W[d, f]
-            for f in range(k):
-                TU[tr, f] += b * (acc[f] - TU[tr, f])
-        if is_fresh:
-            t = times[n]
-            if SEEN_I[i] > 0.0 and t > SEEN_I[i]:
-                POP[i] *= math.exp(-(t - SEEN_I[i]) / tau)
-            POP[i] += 1.0
-            if t > SEEN_I[i]:
-                SEEN_I[i] = t
-            if t > SEEN_U[u]:
-                SEEN_U[u] = t
-        TOUCH_U[u] = True
-        TOUCH_I[i] = True
-    return n_out
-
-
-@njit(cache=True)
-def _bump_popularity(i_rows, pop, stamp, clock, taus, tot, ll, keep, n_items):  # pragma: no cover - compiled
-    """Event-clock popularity at several half-lives (columns of ``pop``): each event ticks the
-    clock; first every horizon scores how well it predicted this event's item (log of its share of
-    the decayed mass, smoothed; a decayed running sum in ``ll``), then the item's counts decay to
-    now and get +1."""
-    H = len(taus)
-    step = np.empty(H)
-    for h in range(H):
-        step[h] = math.exp(-1.0 / taus[h])
-    for n in range(len(i_rows)):
-        i = i_rows[n]
-        clock += 1.0
-        age = clock - stamp[i]
-        score = np.int64(clock) % _LL_EVERY == 0  # the likelihood on a fixed quarter of events: as informative, 4x cheaper
-        for h in range(H):
-            tot[h] *= step[h]
-            p = pop[i, h] * math.exp(-age / taus[h])
-            if score:
-                ll[h] = ll[h] * keep + math.log((p + 0.1) / (tot[h] + 0.1 * n_items))
-            pop[i, h] = p + 1.0
-            tot[h] += 1.0
-        stamp[i] = clock
-    return clock
 
 
 # ---------------------------------------------------------------------------------- model
@@ -595,7 +332,6 @@ class HybridMF:
         self._replay_credit = 0.0
         self._empty_emb = np.zeros((0, dim), np.float32)
         self._feedback = ItemFeedback()  # per-item comment sentiment and its trend (feedback analysis)
-        self._par = np.zeros(17, np.float64)
 
     @property
     def n_users(self) -> int:
@@ -694,16 +430,23 @@ class HybridMF:
         return np.array(rows, np.int32)
 
     # ------------------------------------------------------------------ learning
-    def _params(self) -> np.ndarray:
-        p = self._par
-        p[_P_LR], p[_P_BLR], p[_P_L2], p[_P_L2B] = self.lr, self.bias_lr, self.l2, self.l2_bias
-        p[_P_RMIN], p[_P_RMAX], p[_P_MULT], p[_P_TLR] = self.rating_min, self.rating_max, self._lr_mult, self.text_lr
-        p[_P_SLR] = 0.0 if self.sentiment_ridge > 0 else self.sentiment_lr  # ridge: refitted per batch, not by SGD
-        p[_P_SW], p[_P_CLR] = self.sentiment_weight, self.implicit_lr
-        p[_P_TAU] = self.popularity_half_life_s / math.log(2.0)
-        p[_P_SMIN], p[_P_NNEG], p[_P_NRANK] = self.sentiment_min, self.n_negatives, RANK_CANDIDATES
-        p[_P_SHR], p[_P_FSHR] = self.bias_shrink, self.factor_boost
-        return p
+    def _params(self) -> Params:
+        f = float  # every float field a float, whatever was passed: another type is another compiled kernel
+        return Params(lr=f(self.lr), bias_lr=f(self.bias_lr), l2=f(self.l2), l2_bias=f(self.l2_bias), rating_min=f(self.rating_min),
+                      rating_max=f(self.rating_max), lr_mult=f(self._lr_mult), text_lr=f(self.text_lr),
+                      sentiment_lr=0.0 if self.sentiment_ridge > 0 else f(self.sentiment_lr),  # ridge: exact per comment, not SGD
+                      sentiment_weight=f(self.sentiment_weight), implicit_lr=f(self.implicit_lr),
+                      popularity_tau=f(self.popularity_half_life_s / math.log(2.0)), sentiment_min=f(self.sentiment_min),
+                      n_negatives=int(self.n_negatives), n_rank=RANK_CANDIDATES, bias_shrink=f(self.bias_shrink),
+                      factor_boost=f(self.factor_boost), n_items=len(self._iids))
+
+    def _tables(self) -> tuple[UserTable, ItemTable, SharedState]:
+        """The kernel's named views of the model's arrays (nothing copied: it learns in place)."""
+        users = UserTable(factors=self._P, bias=self._BU, text_row=self._TU_ROW, text_vecs=self._TU_VECS,
+                          text_counts=self._TU_COUNTS, seen=self._SEEN_U, learned=self._CNT_U, touched=self._TOUCH_U)
+        items = ItemTable(factors=self._Q, bias=self._BI, text=self._X, text_count=self._XN, text_proj=self._XW,
+                          popularity=self._POP, seen=self._SEEN_I, alive=self._ALIVE_I, learned=self._CNT_I, touched=self._TOUCH_I)
+        return users, items, SharedState(text_proj=self._W, head=self._SW, head_stats=self._SST, head_inv=self._HP, mean=self._GM)
 
     def learn_batch(self, batch: ExampleBatch) -> np.ndarray:
         """Predict then learn each example in order; returns one float64 prediction per example.
@@ -755,14 +498,12 @@ class HybridMF:
             u_all, i_all, k_all, t_all, w_all, e_all, f_all, tm_all = u_rows, i_rows, kinds, targets, weights, emb_rows, fresh, times
         out = np.empty(n, np.float64)
         stored = np.empty(n, np.float64)
-        n_items = len(self._iids)
-        _learn(u_all, i_all, k_all, t_all, w_all, e_all, f_all, tm_all, emb,
-               self._P, self._BU, self._TU_ROW, self._TU_VECS, self._TU_COUNTS, self._Q, self._BI, self._X, self._XN, self._XW, self._W,
-               self._SW, self._SST, self._HP, self._GM, self._POP, self._SEEN_U, self._SEEN_I, self._ALIVE_I, self._CNT_U, self._CNT_I,
-               self._TOUCH_U, self._TOUCH_I, self._params(), n_items, self._krng, out, stored)
+        ex = Examples(users=u_all, items=i_all, kinds=k_all, targets=t_all, weights=w_all, emb_rows=e_all, fresh=f_all,
+                      times=tm_all, embeddings=emb)
+        _kernel.learn(ex, *self._tables(), self._params(), self._krng, out, stored)
         self._knn.learn(u_rows, i_rows, self._preference(kinds, stored), n_users=len(self._uids), n_items=len(self._iids))
         self._feedback.update(i_rows, kinds, targets, self.last_sentiment)
-        self._clock = _bump_popularity(i_rows, self._RPOP, self._RPOPT, self._clock, self._pop_taus, self._POPTOT, self._POPLL,
+        self._clock = _kernel.bump_popularity(i_rows, self._RPOP, self._RPOPT, self._clock, self._pop_taus, self._POPTOT, self._POPLL,
                                        _LL_KEEP, max(len(self._imap), 1))
         best = int(np.argmax(self._POPLL))
         if best != self._horizon and self._POPLL[best] > self._POPLL[self._horizon] + _LL_SWITCH:
