@@ -416,10 +416,6 @@ class HybridMF:
         """``p_u + t_u`` (float32) of the user rows ``rows``: what a replica scores a user with."""
         return self._P[rows] + self._TU_VECS[self._TU_ROW[rows]]
 
-    @property
-    def _TU(self) -> np.ndarray:  # TODO(M): transitional, for export until it calls _user_vectors
-        return self._TU_VECS[self._TU_ROW]
-
     def _rows(self, ids: list[str], users: bool) -> np.ndarray:
         get = (self._umap if users else self._imap).get
         rows = list(map(get, ids))
@@ -858,7 +854,7 @@ class HybridMF:
             header["expired_item_ids"] = self._expired_i + self._erased_i
             self._expired_u, self._expired_i, self._erased_u, self._erased_i = [], [], [], []
         tensors = {
-            "user_factors": np.ascontiguousarray(self._P[ur] + self._TU[ur], np.float32),
+            "user_factors": np.ascontiguousarray(self._user_vectors(ur), np.float32),
             "user_bias": np.ascontiguousarray(self._BU[ur], np.float32),
             "item_factors": np.ascontiguousarray(self._item_vectors(ir), np.float32),
             "item_bias": np.ascontiguousarray(self._BI[ir], np.float32),
