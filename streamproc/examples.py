@@ -32,14 +32,15 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from streamproc.errors import RecoError
 
-__all__ = ["ExampleBatch", "RECORD_DTYPE", "KIND_RATING", "KIND_CLICK", "KIND_COMMENT", "KIND_ITEM", "KIND_NAMES"]
+__all__ = ["ExampleBatch", "ExampleColumns", "COLUMNS", "RECORD_DTYPE", "KIND_RATING", "KIND_CLICK", "KIND_COMMENT", "KIND_ITEM", "KIND_NAMES"]
 
 MAGIC = b"RXB1"
 KIND_RATING, KIND_CLICK, KIND_COMMENT, KIND_ITEM = 0, 1, 2, 3
@@ -55,6 +56,56 @@ RECORD_DTYPE = np.dtype(
         ("processed", "<f8"),
     ]
 )
+
+
+#: The per-example columns a producer gathers for :meth:`ExampleBatch.build`, in one order.
+COLUMNS = ("event_ids", "user_ids", "item_ids", "kinds", "targets", "event_times", "published")
+
+
+@dataclass(kw_only=True)
+class ExampleColumns:
+    """Examples being gathered for :meth:`ExampleBatch.build`, one list per column (:data:`COLUMNS`).
+
+    Producers (the stream worker) extend it in place; the column list is written here only.
+
+    >>> c = ExampleColumns()
+    >>> for col, value in zip(c.lists(), ("e1", "u", "a", KIND_RATING, 4.0, 1.0, 2.0), strict=True):
+    ...     col.append(value)
+    >>> d = ExampleColumns()
+    >>> d.extend(c, 0, 1)
+    >>> d.extend_rows(c, [0])
+    >>> len(d), d.item_ids, ExampleBatch.build(**d.columns(), processed=[3.0, 3.0]).item_ids
+    (2, ['a', 'a'], ['a', 'a'])
+    """
+
+    event_ids: list[str] = field(default_factory=list)
+    user_ids: list[str] = field(default_factory=list)
+    item_ids: list[str] = field(default_factory=list)
+    kinds: list[int] = field(default_factory=list)
+    targets: list[float] = field(default_factory=list)
+    event_times: list[float] = field(default_factory=list)
+    published: list[float] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.kinds)
+
+    def columns(self) -> dict[str, list[Any]]:
+        """The column lists themselves by name (keyword arguments of :meth:`ExampleBatch.build`)."""
+        return {name: getattr(self, name) for name in COLUMNS}
+
+    def lists(self) -> tuple[list[Any], ...]:
+        """The column lists themselves, in :data:`COLUMNS` order (to append to in a loop)."""
+        return tuple(getattr(self, name) for name in COLUMNS)
+
+    def extend_rows(self, other: ExampleColumns, positions: Sequence[int]) -> None:
+        """Append the rows of ``other`` at ``positions``."""
+        for mine, theirs in zip(self.lists(), other.lists(), strict=True):
+            mine += [theirs[i] for i in positions]
+
+    def extend(self, other: ExampleColumns, start: int, end: int) -> None:
+        """Append rows ``start:end`` of ``other``."""
+        for mine, theirs in zip(self.lists(), other.lists(), strict=True):
+            mine += theirs[start:end]
 
 
 class InvalidExampleBatch(RecoError, ValueError):

@@ -59,7 +59,7 @@ from streamproc.dedupe import Deduper
 from streamproc.encoder import EncodeFn, MicroBatcher
 from streamproc.errors import BrokerUnavailable, InvalidEvent, RecoError
 from streamproc.events import ClickEvent, EventValidator, RatingEvent
-from streamproc.examples import KIND_CLICK, KIND_COMMENT, KIND_RATING, RECORD_DTYPE, ExampleBatch
+from streamproc.examples import KIND_CLICK, KIND_COMMENT, KIND_RATING, RECORD_DTYPE, ExampleBatch, ExampleColumns
 from streamproc.items import ItemStream
 from streamproc.kafka import GROUP_TIMEOUTS, client_config
 from streamproc.metrics import StreamMetrics
@@ -82,18 +82,11 @@ def group_id(settings: Settings) -> str:
 
 
 @dataclass
-class _Chunk:
+class _Chunk(ExampleColumns):
     """Consecutive valid events of one partition, emitted together once their comments are encoded."""
 
     tp: Any
     next_offset: int = 0
-    event_ids: list[str] = field(default_factory=list)
-    user_ids: list[str] = field(default_factory=list)
-    item_ids: list[str] = field(default_factory=list)
-    kinds: list[int] = field(default_factory=list)
-    targets: list[float] = field(default_factory=list)
-    event_times: list[float] = field(default_factory=list)
-    published: list[float] = field(default_factory=list)
     comments: list[tuple[int, Future]] = field(default_factory=list)  # (position in chunk, embedding future)
     dead_letters: list[Any] = field(default_factory=list)  # tasks resolving to delivery futures
     id_bytes: int = 0
@@ -106,9 +99,7 @@ class _Chunk:
         """The rows at ``positions`` as a chunk of their own; ``whole`` keeps the chunk's offset and
         dead letters (it completes the chunk), otherwise they stay with this chunk."""
         sub = _Chunk(self.tp, self.next_offset if whole else 0)
-        for name in ("event_ids", "user_ids", "item_ids", "kinds", "targets", "event_times", "published"):
-            col = getattr(self, name)
-            setattr(sub, name, [col[i] for i in positions])
+        sub.extend_rows(self, positions)
         where = {p: n for n, p in enumerate(positions)}
         sub.comments = [(where[p], f) for p, f in self.comments if p in where]
         sub.id_bytes = sum(len(sub.event_ids[n]) + len(sub.user_ids[n]) + len(sub.item_ids[n]) for n in range(len(positions)))
@@ -153,30 +144,17 @@ class _Ack:
     dead_letters: int
 
 
-class _Columns:
-    """Examples of one outgoing ExampleBatch message, column by column."""
+@dataclass
+class _Columns(ExampleColumns):
+    """Examples of one outgoing ExampleBatch message, column by column, with their embeddings."""
 
-    def __init__(self) -> None:
-        self.event_ids: list[str] = []
-        self.user_ids: list[str] = []
-        self.item_ids: list[str] = []
-        self.kinds: list[int] = []
-        self.targets: list[float] = []
-        self.event_times: list[float] = []
-        self.published: list[float] = []
-        self.emb_rows: list[int] = []
-        self.embs: list[np.ndarray] = []
-        self.rows = 0
-        self.bytes = 0.0
+    emb_rows: list[int] = field(default_factory=list)
+    embs: list[np.ndarray] = field(default_factory=list)
+    rows: int = 0
+    bytes: float = 0.0
 
     def add(self, chunk: _Chunk, start: int, end: int, vectors: list[tuple[int, np.ndarray]], est: float) -> None:
-        self.event_ids += chunk.event_ids[start:end]
-        self.user_ids += chunk.user_ids[start:end]
-        self.item_ids += chunk.item_ids[start:end]
-        self.kinds += chunk.kinds[start:end]
-        self.targets += chunk.targets[start:end]
-        self.event_times += chunk.event_times[start:end]
-        self.published += chunk.published[start:end]
+        self.extend(chunk, start, end)
         rows = [-1] * (end - start)
         for pos, vec in vectors:
             rows[pos - start] = len(self.embs)
@@ -188,10 +166,7 @@ class _Columns:
     def slice(self, start: int, end: int) -> _Columns:
         """Rows ``start:end`` as new columns (embeddings re-indexed)."""
         out = _Columns()
-        out.event_ids, out.user_ids, out.item_ids = self.event_ids[start:end], self.user_ids[start:end], self.item_ids[start:end]
-        out.kinds, out.targets = self.kinds[start:end], self.targets[start:end]
-        out.event_times, out.published = self.event_times[start:end], self.published[start:end]
-        out.emb_rows = []
+        out.extend(self, start, end)
         for r in self.emb_rows[start:end]:
             if r >= 0:
                 out.emb_rows.append(len(out.embs))
@@ -371,8 +346,7 @@ class StreamWorker:
                 continue
             queue = self._pending.setdefault(tp, deque())
             chunk = _Chunk(tp)
-            ids, users, items, kinds, targets, times, pub = (
-                chunk.event_ids, chunk.user_ids, chunk.item_ids, chunk.kinds, chunk.targets, chunk.event_times, chunk.published)
+            ids, users, items, kinds, targets, times, pub = chunk.lists()
             id_bytes = 0
             for rec in records:
                 try:
@@ -402,9 +376,7 @@ class StreamWorker:
                         chunk.id_bytes, chunk.next_offset = id_bytes, rec.offset
                         queue.append(chunk)
                         chunk = _Chunk(tp)
-                        ids, users, items, kinds, targets, times, pub = (
-                            chunk.event_ids, chunk.user_ids, chunk.item_ids, chunk.kinds, chunk.targets, chunk.event_times,
-                            chunk.published)
+                        ids, users, items, kinds, targets, times, pub = chunk.lists()
                         id_bytes = 0
                     n_comment += 1
                     chunk.comments.append((len(kinds), submit(ev.text)))
@@ -546,9 +518,7 @@ class StreamWorker:
         """Send ``out`` as one ExampleBatch message (halved until it fits); returns delivery futures."""
         now = time.time()
         batch = ExampleBatch.build(
-            event_ids=out.event_ids, user_ids=out.user_ids, item_ids=out.item_ids, kinds=out.kinds,
-            targets=out.targets, event_times=out.event_times, published=out.published,
-            processed=np.full(out.rows, now), emb_rows=out.emb_rows,
+            **out.columns(), processed=np.full(out.rows, now), emb_rows=out.emb_rows,
             embeddings=np.stack(out.embs).astype(np.float32, copy=False) if out.embs else None,
         )
         value = batch.encode()
