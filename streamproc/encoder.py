@@ -546,6 +546,9 @@ def _convert_openvino(model_dir: str, target: str) -> None:
     import warnings
 
     warnings.filterwarnings("ignore")
+    # The converter reports usage to Google Analytics through openvino-telemetry unless a consent
+    # file says no; without the module it uses its built-in no-op stub. The product sends nothing.
+    sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]
     import openvino as ov
     import torch
     from transformers import AutoModel
