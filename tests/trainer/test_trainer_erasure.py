@@ -104,9 +104,9 @@ def test_erased_user_leaves_model_delta_snapshot_checkpoint_and_id_log(tmp_path:
     assert w.erase("user", ALICE, at=1200.0, erasure_id="er1") is True
     assert ALICE not in w.model._umap and w.model.n_users == 3
     w.flush_erasures()
-
     assert w._snap_thread is not None
     w._snap_thread.join()  # the snapshot is sent off the training thread
+
     ups = prod.updates()
     delta = [u for u, _ in ups if u.header.kind == "delta"][-1]
     assert delta.header.expired_user_ids == [ALICE]
