@@ -209,7 +209,7 @@ class UpdateFollower(threading.Thread):
             for r in recs:
                 if lo <= r.offset < hi:
                     out.append(r.value)
-                self.snapshot_bytes_read += len(r.value)
+                self.snapshot_bytes_read += len(r.value or b"")
             if consumer.position(tp) >= hi:
                 break
         return out
@@ -259,7 +259,7 @@ class UpdateFollower(threading.Thread):
             for r in recs:
                 if r.offset + 1 >= end:
                     end, last = r.offset + 1, r.value
-                self.snapshot_bytes_read += len(r.value)
+                self.snapshot_bytes_read += len(r.value or b"")
         return end, last
 
     def _load_snapshot(self, consumer: Any, tp: Any, tps: Any) -> bool:
@@ -322,7 +322,7 @@ class UpdateFollower(threading.Thread):
             recs = [r for part in batch.values() for r in part]
             for r in recs:
                 self._next_offset = r.offset + 1
-                self.delta_bytes_read += len(r.value)
+                self.delta_bytes_read += len(r.value or b"")
                 yield r.value
             if consumer.position(tp) >= end:
                 # Tansu's end offset can lag by a batch: one quiet poll confirms the end.
@@ -338,7 +338,7 @@ class UpdateFollower(threading.Thread):
             batch = consumer.poll(timeout_ms=self.poll_ms, max_records=50)
             recs = [r for part in batch.values() for r in part]
             for r in recs:
-                self.delta_bytes_read += len(r.value)
+                self.delta_bytes_read += len(r.value or b"")
                 self._apply(r.value)
                 self._next_offset = r.offset + 1
             if recs:
