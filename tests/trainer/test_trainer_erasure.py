@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
+from support import FakeConsumer
 
 from streamproc.control import ControlRecord
 from streamproc.examples import KIND_RATING, ExampleBatch
@@ -49,26 +50,11 @@ class Producer:
         return [(ModelUpdate.decode(v), v) for t, v, _, _ in self.sent if t.endswith(("model-updates", "model-snapshots"))]
 
 
-class Consumer:
-    def __init__(self) -> None:
-        self.seeks: dict[Any, Any] = {}
-
-    def seek(self, tp: Any, offset: int) -> None:
-        self.seeks[tp] = offset
-
-    def seek_to_beginning(self, *tps: Any) -> None:
-        for tp in tps:
-            self.seeks[tp] = "beginning"
-
-    def commit_async(self, offsets: Any) -> None:
-        pass
-
-
 def worker(tmp_path: Path) -> tuple[TrainerWorker, Producer]:
     s = TrainerSettings(kafka_bootstrap="127.0.0.1:1", topic_prefix="t.", checkpoint_dir=str(tmp_path / "ck"), factors=4)
     w = TrainerWorker(s, registry=CollectorRegistry())
     w._producer = w._snap_producer = Producer()
-    w._consumer = Consumer()
+    w._consumer = FakeConsumer()
     w.active = True
     return w, w._producer
 

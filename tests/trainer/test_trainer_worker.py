@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
+from support import FakeConsumer
 
 from streamproc.examples import KIND_CLICK, KIND_ITEM, KIND_RATING, ExampleBatch
 from trainer.settings import TrainerSettings
@@ -144,21 +145,6 @@ class FakeProducer:
 
     def updates(self) -> list[ModelUpdate]:
         return [ModelUpdate.decode(v) for v in self.sent]
-
-
-class FakeConsumer:
-    def __init__(self) -> None:
-        self.seeks: dict[Any, Any] = {}
-
-    def seek(self, tp: Any, offset: int) -> None:
-        self.seeks[tp] = offset
-
-    def seek_to_beginning(self, *tps: Any) -> None:
-        for tp in tps:
-            self.seeks[tp] = "beginning"
-
-    def commit_async(self, offsets: Any) -> None:
-        self.committed = offsets
 
 
 def batch(n: int, *, start: int = 0, users: int = 3, items: int = 5, user: str | None = None) -> ExampleBatch:
