@@ -27,7 +27,7 @@ from typing import Any
 from serving.ops.scrape import metric_sum, samples
 from serving.settings import ServingSettings
 from streamproc.events import event_dict
-from streamproc.runtime import print_json, quantile, wait_until
+from streamproc.runtime import print_result, quantile, wait_until
 
 __all__ = ["register_bench", "run_freshness"]
 
@@ -142,7 +142,7 @@ def run_freshness(settings: ServingSettings, *, probes: int = 30, comment_probes
 
 def _cmd(args: argparse.Namespace, settings: ServingSettings) -> int:
     out = run_freshness(settings, probes=args.probes, comment_probes=args.comment_probes, background_rate=args.background_rate)
-    print_json(out) if args.json else print(out)
+    print_result(out, args.json)
     return 0
 
 
