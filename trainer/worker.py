@@ -450,7 +450,7 @@ class TrainerWorker:
         try:
             for f in futures:
                 md = f.get(timeout=30)  # raise if the broker refused one
-                self._updates_end = max(self._updates_end or 0, int(md.offset) + 1)
+                self._updates_end = int(md.offset) + 1  # not max(): a recreated topic starts again at 0
         except KafkaError as exc:
             # e.g. a broker that came back with the topic recreated refuses the batch: replicas would
             # see a gap, so the next turn publishes a full snapshot (after a pause), the trainer stays up
@@ -761,7 +761,7 @@ class TrainerWorker:
             finally:
                 c.close()
             if topic == self.topics.model_updates:
-                self._updates_end = max(self._updates_end or 0, end)
+                self._updates_end = end  # the topic as it is now (recreated after an outage: from 0 again)
         return best
 
     def _update_lag(self) -> None:
