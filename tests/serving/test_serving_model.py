@@ -131,3 +131,55 @@ def test_rows_expired_by_the_trainer_are_not_served_until_they_come_back() -> No
     m3 = ServingModel.build(m2, [back])
     assert m3.has_user("u1") and top in [i for i, _ in m3.recommend("u1", 30).items]
     assert popular not in [i for i, _ in m3.recommend("u1", 30).items]
+
+
+def test_user_pages_are_copied_on_write_across_many_versions() -> None:
+    """Users span several 64-row pages: each delta copies only the pages it changes, every older
+    version still answers exactly as it did, and the newest holds every user's newest row."""
+    sm = SyntheticModel(n_users=300, n_items=40, factors=4)
+    models = [ServingModel.build(None, sm.snapshot(max_bytes=4_000))]
+    answers = [{u: models[0].recommend(f"u{u}", 5) for u in range(300)}]
+    for _ in range(6):
+        models.append(ServingModel.build(models[-1], [sm.delta(70, new_items=1)]))
+        answers.append({u: models[-1].recommend(f"u{u}", 5) for u in range(300)})
+    for m, before in zip(models, answers, strict=True):
+        assert all(m.recommend(f"u{u}", 5) == before[u] for u in range(300))
+    assert all(np.array_equal(models[-1].user_vector(f"u{u}"), sm.user_factors[u]) for u in range(300))
+    assert not all(np.array_equal(models[0].user_vector(f"u{u}"), sm.user_factors[u]) for u in range(300))
+
+
+def test_paged_table_shares_untouched_pages_and_zeroes_leftovers() -> None:
+    from serving.model import _PAGE, _PagedTable
+
+    t0 = _PagedTable.empty({"x": (2,), "b": ()})
+    ids = [f"u{j}" for j in range(3 * _PAGE + 5)]
+    t1 = t0.upsert(ids, {"x": np.arange(2 * len(ids), dtype=np.float32).reshape(-1, 2), "b": np.ones(len(ids), np.float32)}, ("x", "b"))
+    t2 = t1.upsert(["u1", "u1"], {"x": np.array([[7, 7], [9, 9]], np.float32)}, ("x", "b"))  # the last of a duplicate wins
+    assert t2.rows("x")[1].tolist() == [9.0, 9.0] and t1.rows("x")[1].tolist() == [2.0, 3.0]
+    assert t2.arrays["x"][0] is not t1.arrays["x"][0]
+    assert all(a is b for a, b in zip(t2.arrays["x"][1:], t1.arrays["x"][1:], strict=True))  # untouched pages shared
+    assert all(a is b for a, b in zip(t2.arrays["b"], t1.arrays["b"], strict=True))  # an array the update lacks: shared
+    n = len(ids)
+    rejected = t2.upsert(["r0", "r1"], {"x": np.full((2, 2), 5, np.float32), "b": np.full(2, 5, np.float32)}, ("x", "b"))
+    assert rejected.rows("x")[n].tolist() == [5.0, 5.0]
+    t3 = t2.upsert(["other"], {"b": np.full(1, 2, np.float32)}, ("x", "b"))  # no "x": its new row reads 0, not a leftover
+    assert t3.rows("x")[n].tolist() == [0.0, 0.0] and t3.rows("b")[n] == 2.0 and t3.index.get("r0") is None
+    assert t2.n == n and t3.n == n + 1
+    with pytest.raises(ValueError):
+        t3.rows("x")[0][0] = 1.0  # rows are read-only
+    with pytest.raises(IndexError):
+        t1.rows("x")[n]
+
+
+def test_seen_overlay_removes_bounds_and_folds() -> None:
+    from serving.model import _Seen
+
+    s0 = _Seen({"a": ("i1",), "b": ("i2",)})
+    s1 = s0.changed([("a", "i3", 0.0), ("c", "i4", 0.0), ("a", "i1", 0.0)], ["b", "nobody"], limit=2)
+    assert dict(s1) == {"a": ("i1", "i3"), "c": ("i4",)} and dict(s0) == {"a": ("i1",), "b": ("i2",)}
+    assert "b" not in s1 and s1.get("b") is None and len(s1) == 2
+    s2 = s1.changed([("a", "i5", 0.0)], [], limit=2)
+    assert s2["a"] == ("i3", "i5") and s1["a"] == ("i1", "i3")
+    big = _Seen({f"u{j}": ("x",) for j in range(2000)})
+    folded = big.changed([(f"n{j}", "y", 0.0) for j in range(1100)], ["u0"], limit=5)
+    assert folded._over == {} and len(folded) == 2000 - 1 + 1100 and "u0" not in folded and big["u0"] == ("x",)
