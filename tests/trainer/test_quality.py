@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from streamproc.errors import RecoError
-from streamproc.examples import KIND_COMMENT
-from trainer.bench.quality import evaluate, flip_half, load_stream, rating_drift
+from streamproc.examples import KIND_CLICK, KIND_COMMENT, KIND_RATING
+from trainer.bench.quality import Stream, evaluate, flip_half, load_stream, rating_drift
 from trainer.model import HybridMF
 
 
@@ -70,8 +70,74 @@ def test_inputs_and_their_errors(tmp_path: Path) -> None:
         load_stream(reviews=rev)
     rev.write_text(rev.read_text().replace("{oops\n", ""))
     s = load_stream(reviews=rev, hide_ratings=0.5)
-    assert (s.kinds == KIND_COMMENT).all() and 5 < s.meta["hidden_ratings"] < 35
-    assert np.isnan(s.ratings).sum() == s.meta["hidden_ratings"]
+    assert (s.kinds == KIND_COMMENT).all() and 5 < s.meta["hidden_comments"] < 35 and s.meta["reviews"] == 40
+    assert np.isnan(s.ratings).sum() == s.meta["hidden_comments"] == s.meta["hidden_reviews"] == s.hidden.sum()
+    assert s.meta["hidden_rating_events_removed"] == 0 and not np.isnan(s.true_ratings).any()
+    # every line is a review: review k is line k in time order, hidden by crc32(k) as earlier builds chose
+    import zlib
+    assert s.hidden.tolist() == [zlib.crc32(b"%d" % n) % 10_000 < 5_000 for n in range(40)]
+    with pytest.raises(RecoError, match="--hide-ratings 1.5"):
+        load_stream(reviews=rev, hide_ratings=1.5)
+
+
+def _movielens(d: Path, extra_ratings: str = "") -> Path:
+    """A MovieLens-style directory: 30 users, each rating 6 films; users 0-19 tag two of their rated
+    films (film 0 twice, once before its rating), user 29 tags a film it never rated."""
+    d.mkdir(exist_ok=True)
+    ratings = "".join(f"{u},{m},{1 + (u + m) % 5}.0,{100 * u + m}\n" for u in range(30) for m in range(6))
+    (d / "ratings.csv").write_text("userId,movieId,rating,timestamp\n" + ratings + extra_ratings)
+    tags = "".join(f"{u},0,dark,{100 * u - 1}\n{u},0,twist ending,{100 * u + 50}\n{u},3,funny,{100 * u + 60}\n" for u in range(20))
+    (d / "tags.csv").write_text("userId,movieId,tag,timestamp\n" + tags + "29,5000,unseen,9999\n")
+    return d
+
+
+def _events(s: Stream, kind: int) -> dict[tuple[str, str], list[float]]:
+    out: dict[tuple[str, str], list[float]] = {}
+    for n in np.flatnonzero(s.kinds == kind).tolist():
+        out.setdefault((s.users[n], s.items[n]), []).append(float(s.ratings[n]))
+    return out
+
+
+def test_a_hidden_movielens_review_arrives_as_its_tags_alone(tmp_path: Path) -> None:
+    plain = load_stream(dataset=_movielens(tmp_path / "ml"))
+    s = load_stream(dataset=tmp_path / "ml", hide_ratings=0.5)
+    true = _events(plain, KIND_RATING)
+    rated, tagged = _events(s, KIND_RATING), _events(s, KIND_COMMENT)
+    reviews = {(str(u), str(m)) for u in range(20) for m in (0, 3)}
+    hidden = {pair for pair in reviews if pair not in rated}
+    assert 0 < len(hidden) < len(reviews)  # some of each
+    assert s.meta["reviews"] == 40 and s.meta["hidden_reviews"] == s.meta["hidden_rating_events_removed"] == len(hidden)
+    for pair in reviews:
+        if pair in hidden:  # no rating event; every tag of it arrives without the rating; the bench still knows it
+            assert all(math.isnan(r) for r in tagged[pair])
+            idx = [n for n in range(len(s)) if (s.users[n], s.items[n]) == pair]
+            assert s.hidden[idx].all() and (s.true_ratings[idx] == true[pair][0]).all()
+        else:  # the rating event and the tags carrying the rating, as without hiding
+            assert rated[pair] == true[pair] and tagged[pair] == true[pair] * len(tagged[pair])
+    assert s.meta["hidden_comments"] == sum(len(tagged[p]) for p in hidden) == int(s.hidden.sum())
+    assert all(rated[p] == true[p] for p in true if p not in reviews)  # ratings that are no review stay
+    assert math.isnan(tagged[("29", "5000")][0]) and not s.hidden[s.items.index("5000")]  # a tag without rating: no review
+    assert len(s) == len(plain) - len(hidden)
+    # deterministic, and the choice is over reviews: rows that are no review do not move it
+    again = load_stream(dataset=tmp_path / "ml", hide_ratings=0.5)
+    assert again.hidden.tolist() == s.hidden.tolist() and again.users == s.users
+    more = load_stream(dataset=_movielens(tmp_path / "ml2", "".join(f"{u},77,4.0,{u}\n" for u in range(100, 140))), hide_ratings=0.5)
+    assert {p for p in reviews if p not in _events(more, KIND_RATING)} == hidden
+    assert load_stream(dataset=tmp_path / "ml", hide_ratings=0.0).ratings.tobytes() == plain.ratings.tobytes()
+
+
+def test_rmse_scores_the_hidden_reviews_against_their_true_rating(tmp_path: Path) -> None:
+    s = load_stream(dataset=_movielens(tmp_path / "ml"), hide_ratings=0.5)
+    out = evaluate(s, HybridMF(rank_sample=0.0), every=1, positive=4.0, anchors=False, text=False)
+    seg = out["rmse_segments"]
+    arriving = (s.kinds != KIND_CLICK) & ~np.isnan(s.ratings)
+    assert seg["hidden_reviews"]["n"] == s.meta["hidden_comments"] and seg["arriving_rated"]["n"] == int(arriving.sum())
+    n_rated = seg["hidden_reviews"]["n"] + seg["arriving_rated"]["n"]
+    whole = math.sqrt((seg["hidden_reviews"]["rmse"] ** 2 * seg["hidden_reviews"]["n"]
+                       + seg["arriving_rated"]["rmse"] ** 2 * seg["arriving_rated"]["n"]) / n_rated)
+    assert out["rmse"] == pytest.approx(whole, abs=2e-4)
+    # a hidden review with a positive true rating is ranked like any positive event
+    assert out["segments"]["hidden_reviews"]["n_evaluated"] > 0 and out["segments"]["commenting_users"]["n_evaluated"] > 0
 
 
 def test_drift_report_on_a_stationary_stream_and_an_injected_flip(tmp_path: Path) -> None:

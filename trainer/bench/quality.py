@@ -25,6 +25,12 @@ Inputs: a MovieLens-style directory (``ratings.csv``; ``tags.csv`` becomes comme
 user's rating of the item when there is one), a ratings CSV alone, or a reviews JSONL (one object
 per line: ``user_id``, ``item_id``, ``rating``, ``time``, ``text``; every line a rated comment).
 Comment texts are encoded with the project's encoder (chunked, so any number of texts fits).
+
+``--hide-ratings F`` (:func:`hide_reviews`): a fraction F of the *reviews* arrive as comments
+without their rating — a review line, or a MovieLens (user, film) pair with a rating and tags,
+whose rating event is then removed too. The model with text and without text learn the same
+stream; both are scored against the true ratings (hidden ones included), and
+``text_effect_by_segment`` shows where the difference lands (hidden reviews, commenting users).
 """
 
 from __future__ import annotations
@@ -74,9 +80,22 @@ class Stream:
     meta: dict[str, Any] = field(default_factory=dict)
     item_texts: dict[str, str] | None = None  # catalogue text (title, genres, description) by item id
     item_embeddings: np.ndarray | None = None  # [len(item_texts), dim], in item_texts' order
+    truth: np.ndarray | None = None  # with hidden reviews: every event's true rating (``ratings`` plus the hidden ones)
+    hidden: np.ndarray | None = None  # with hidden reviews: True on the comments that arrive without their rating
 
     def __len__(self) -> int:
         return len(self.users)
+
+    @property
+    def true_ratings(self) -> np.ndarray:
+        """The rating each event truly carries (NaN where none), hidden or not: what is scored."""
+        return self.ratings if self.truth is None else self.truth
+
+    def head(self, n: int) -> Stream:
+        """The first ``n`` events."""
+        cut = lambda a: None if a is None else a[:n]  # noqa: E731
+        return Stream(self.users[:n], self.items[:n], self.kinds[:n], self.ratings[:n], self.times[:n], self.texts[:n], self.source,
+                      cut(self.embeddings), self.meta, self.item_texts, self.item_embeddings, cut(self.truth), cut(self.hidden))
 
 
 def _sorted(rows: list[tuple[float, str, str, int, float, str | None]], source: str) -> Stream:
@@ -88,10 +107,12 @@ def _sorted(rows: list[tuple[float, str, str, int, float, str | None]], source: 
 
 def load_stream(*, dataset: str | Path | None = None, ratings: str | Path | None = None, reviews: str | Path | None = None,
                 hide_ratings: float = 0.0) -> Stream:
-    """Load one input (exactly one of the three). ``hide_ratings``: this fraction of the comments
-    arrive without their rating (a deterministic choice by event position)."""
+    """Load one input (exactly one of the three). ``hide_ratings``: this fraction of the *reviews*
+    arrive without their rating (see :func:`hide_reviews`)."""
     if sum(x is not None for x in (dataset, ratings, reviews)) != 1:
         raise ValueError("give exactly one of dataset, ratings, reviews")
+    if not 0.0 <= hide_ratings <= 1.0:
+        raise RecoError(f"--hide-ratings {hide_ratings}: a fraction of the reviews, 0 to 1")
     rows: list[tuple[float, str, str, int, float, str | None]] = []
     if reviews is not None:
         path = Path(reviews)
@@ -141,11 +162,49 @@ def load_stream(*, dataset: str | Path | None = None, ratings: str | Path | None
     if not len(stream):
         raise RecoError(f"{stream.source}: no events")
     if hide_ratings > 0:
-        is_comment = stream.kinds == KIND_COMMENT
-        hide = np.array([zlib.crc32(b"%d" % n) % 10_000 < hide_ratings * 10_000 for n in range(len(stream))]) & is_comment
-        stream.ratings[hide] = math.nan
-        stream.meta["hidden_ratings"] = int(hide.sum())
+        stream = hide_reviews(stream, hide_ratings, paired=reviews is None)
     return stream
+
+
+def hide_reviews(stream: Stream, fraction: float, *, paired: bool) -> Stream:
+    """The stream in which ``fraction`` of the reviews arrive as comments without their rating.
+
+    A *review* is a rated comment. With ``paired`` (MovieLens: a tag carries the user's rating of
+    the film from ``ratings.csv``) a review is a (user, item) pair that has a rating event and at
+    least one tag: the rating event and the tags are one piece of feedback. Reviews are numbered in
+    the order their first comment arrives; review ``k`` is hidden when ``crc32(str(k))`` falls in
+    the first ``fraction`` of its range — deterministic, and independent of the rows that are not
+    reviews (without ``paired`` every rated comment is its own review, so review ``k`` is the
+    ``k``-th comment: the choice of earlier builds on a review file).
+
+    A hidden review's comments arrive with no rating and its rating event is removed: the text is
+    all the stream says about it. An unhidden review stays as it was: the rating event and the
+    comments carrying the rating (they teach the sentiment head what words mean; with no hiding the
+    stream is the one the plain bench always measured). ``truth`` keeps every true rating (what the
+    RMSE scores), ``hidden`` marks the hidden comments; ``meta`` counts reviews and what was hidden.
+    """
+    rated_comment = (stream.kinds == KIND_COMMENT) & ~np.isnan(stream.ratings)
+    number: dict[Any, int] = {}
+    keys: list[Any] = []
+    for n in np.flatnonzero(rated_comment).tolist():
+        key = (stream.users[n], stream.items[n]) if paired else n
+        keys.append(key)
+        number.setdefault(key, len(number))
+    hidden_keys = {key for key, k in number.items() if zlib.crc32(b"%d" % k) % 10_000 < fraction * 10_000}
+    hidden = np.zeros(len(stream), bool)
+    hidden[np.flatnonzero(rated_comment)] = [key in hidden_keys for key in keys]
+    drop = np.zeros(len(stream), bool)
+    if paired:
+        drop = np.array([k == KIND_RATING and (u, i) in hidden_keys for k, u, i in zip(stream.kinds, stream.users, stream.items, strict=True)],
+                        bool).reshape(len(stream))
+    truth = stream.ratings.copy()
+    ratings = stream.ratings.copy()
+    ratings[hidden] = math.nan
+    keep = np.flatnonzero(~drop)
+    meta = {**stream.meta, "reviews": len(number), "hidden_reviews": len(hidden_keys), "hidden_comments": int(hidden.sum()),
+            "hidden_rating_events_removed": int(drop.sum())}
+    return Stream([stream.users[k] for k in keep], [stream.items[k] for k in keep], stream.kinds[keep], ratings[keep], stream.times[keep],
+                  [stream.texts[k] for k in keep], stream.source, None, meta, stream.item_texts, None, truth[keep], hidden[keep])
 
 
 def movie_texts(dataset: Path) -> dict[str, str] | None:
@@ -280,16 +339,20 @@ def _knn_scores(C, hist, hlen, cnt, u, out):  # pragma: no cover - compiled
 
 
 class _Tally:
-    """hr/ndcg/mrr sums overall and per segment, plus the set of items in any top 10."""
+    """hr/ndcg/mrr sums overall and per segment, plus the set of items in any top 10; ``extra``
+    segments are reported under ``segments`` (a segment not tallied here is ignored)."""
 
-    def __init__(self) -> None:
-        self.sums = {seg: np.zeros(4) for seg in ("all", "cold_users", "cold_items")}  # n, hits, ndcg, mrr
+    def __init__(self, extra: tuple[str, ...] = ()) -> None:
+        self.extra = extra
+        self.sums = {seg: np.zeros(4) for seg in ("all", "cold_users", "cold_items", *extra)}  # n, hits, ndcg, mrr
         self.top: set[int] = set()
 
     def add(self, rank: float, segs: list[str]) -> None:
         hit = rank < 10
         for seg in segs:
-            s = self.sums[seg]
+            s = self.sums.get(seg)
+            if s is None:
+                continue
             s[0] += 1
             if hit:
                 s[1] += 1
@@ -307,6 +370,8 @@ class _Tally:
         out["coverage10"] = round(len(self.top) / max(n_items, 1), 4)
         out["cold_users"] = m(self.sums["cold_users"])
         out["cold_items"] = m(self.sums["cold_items"])
+        if self.extra:
+            out["segments"] = {seg: m(self.sums[seg]) for seg in self.extra}
         return out
 
 
@@ -324,7 +389,16 @@ def evaluate(stream: Stream, model: Any, *, every: int, positive: float, anchors
     With ``monitor`` (a :class:`~trainer.drift.DriftMonitor`), every detection calls
     ``model.on_drift()``, as the trainer's worker does. With ``item_text`` the model first learns
     the catalogue's item texts (:func:`content_batch`) and ranks among every catalogue item, so an
-    item's first event can be a hit for it (never for the anchors)."""
+    item's first event can be a hit for it (never for the anchors).
+
+    Scored against ``stream.true_ratings``: a hidden review (:func:`hide_reviews`) is a positive
+    if its true rating is, and ``rmse`` covers every non-click event with a true rating — the ones
+    that arrive with it and the hidden reviews' comments — each predicted before it is learned (a
+    hidden comment's prediction is what the model says without the rating: the sentiment head's
+    reading of its text, or the factors when there is no text). ``rmse_segments`` splits it:
+    ``arriving_rated`` (events that carry their rating), ``hidden_reviews`` and
+    ``commenting_users`` (rated events of users who commented before); the ranking figures of the
+    last two are under ``segments``."""
     if item_text and stream.item_embeddings is not None:
         model.learn_batch(content_batch(stream))
     else:
@@ -336,8 +410,9 @@ def evaluate(stream: Stream, model: Any, *, every: int, positive: float, anchors
     user_of = np.array([user_index.setdefault(x, len(user_index)) for x in stream.users], np.int64)
     n_items, n_users = len(item_index), len(user_index)
     item_names = list(item_index)  # dicts keep insertion order: position = index
-    kinds, ratings = stream.kinds, stream.ratings
-    is_pos = (kinds == KIND_CLICK) | ((kinds != KIND_CLICK) & (ratings >= positive))
+    kinds, ratings, truth = stream.kinds, stream.ratings, stream.true_ratings
+    hidden = stream.hidden
+    is_pos = (kinds == KIND_CLICK) | ((kinds != KIND_CLICK) & (truth >= positive))
     pos_idx = np.flatnonzero(is_pos)
     eval_at = pos_idx[every - 1 :: every]
 
@@ -345,7 +420,10 @@ def evaluate(stream: Stream, model: Any, *, every: int, positive: float, anchors
     item_events = np.zeros(n_items, np.int64)
     user_events = np.zeros(n_users, np.int64)
     past: list[set[int]] = [set() for _ in range(n_users)]
-    tallies = {"model": _Tally()}
+    user_comments = np.zeros(n_users, np.int64)
+    after_comment = np.zeros(n, bool)  # the user had commented before this event
+    extra = (("hidden_reviews",) if hidden is not None else ()) + (("commenting_users",) if (kinds == KIND_COMMENT).any() else ())
+    tallies = {"model": _Tally(extra)}
     # anchors' state
     pop = np.zeros(n_items)
     half_lives = RECENT_HALF_LIVES
@@ -414,6 +492,8 @@ def evaluate(stream: Stream, model: Any, *, every: int, positive: float, anchors
                         rb[i] = river.i_biases[i]
                         rq[i] = river.i_latents[i]
                 past[u].add(i)
+                after_comment[k] = user_comments[u] > 0
+                user_comments[u] += kinds[k] == KIND_COMMENT
                 seen_item[i] = True
                 item_events[i] += 1
                 user_events[u] += 1
@@ -431,6 +511,10 @@ def evaluate(stream: Stream, model: Any, *, every: int, positive: float, anchors
             segs.append("cold_users")
         if item_events[i] < COLD:
             segs.append("cold_items")
+        if hidden is not None and hidden[e]:
+            segs.append("hidden_reviews")
+        if user_comments[u] > 0:
+            segs.append("commenting_users")
         eligible = seen_item.copy()
         user_past = np.fromiter(past[u], np.int64, len(past[u]))
         eligible[user_past] = False
@@ -464,9 +548,13 @@ def evaluate(stream: Stream, model: Any, *, every: int, positive: float, anchors
         rs = rb + (rq @ ru if ru is not None else 0.0)
         _score_anchor(tallies["river_biasedmf"], rs, eligible, i, known, segs)
     out: dict[str, Any] = tallies["model"].get(n_items)
-    rated = (kinds != KIND_CLICK) & ~np.isnan(ratings)
-    ok = rated & ~np.isnan(preds)
-    out["rmse"] = round(float(np.sqrt(np.mean((preds[ok] - ratings[ok]) ** 2))), 4) if ok.any() else None
+    rated = (kinds != KIND_CLICK) & ~np.isnan(truth) & ~np.isnan(preds)
+    out["rmse"] = _rmse(preds, truth, rated)
+    arriving = (kinds != KIND_CLICK) & ~np.isnan(ratings)  # what the model and the anchors learn from
+    parts = {"arriving_rated": rated & arriving, "commenting_users": rated & after_comment}
+    if hidden is not None:
+        parts["hidden_reviews"] = rated & hidden
+    out["rmse_segments"] = {name: {"rmse": _rmse(preds, truth, mask), "n": int(mask.sum())} for name, mask in parts.items()}
     out["learn_seconds_in_loop"] = round(t_learn, 2)
     if anchors:
         res = {name: t.get(n_items) for name, t in tallies.items() if name != "model"}
@@ -476,7 +564,7 @@ def evaluate(stream: Stream, model: Any, *, every: int, positive: float, anchors
                                     "hr10_by_half_life": {str(h): r["hr10"] for h, r in recent.items()}}
         if not dense:
             res["itemknn"]["history_window"] = SPARSE_KNN_HISTORY
-        rok = rated & ~np.isnan(river_preds)
+        rok = arriving & ~np.isnan(river_preds)
         res["river_biasedmf"]["rmse"] = round(float(np.sqrt(np.mean((np.clip(river_preds[rok], model.rating_min, model.rating_max) - ratings[rok]) ** 2))), 4) if rok.any() else None
         out["anchors"] = res
         best_name = max(res, key=lambda k: (res[k]["hr10"], res[k]["ndcg10"]))
@@ -486,6 +574,10 @@ def evaluate(stream: Stream, model: Any, *, every: int, positive: float, anchors
             out[f"{metric}_ratio_vs_best_anchor"] = round(out[metric] / top_anchor, 3) if top_anchor > 0 else None
     out["n_items"], out["n_users"], out["n_events"] = n_items, n_users, n
     return out
+
+
+def _rmse(preds: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> float | None:
+    return round(float(np.sqrt(np.mean((preds[mask] - truth[mask]) ** 2))), 4) if mask.any() else None
 
 
 def _score_anchor(tally: _Tally, scores: np.ndarray, eligible: np.ndarray, target: int, known: bool, segs: list[str]) -> None:
@@ -526,16 +618,13 @@ def _cmd_bench_quality(args: argparse.Namespace, settings: TrainerSettings) -> i
     else:
         stream = load_stream(dataset=args.dataset, ratings=args.ratings, reviews=args.reviews, hide_ratings=args.hide_ratings)
     if args.limit:
-        for name in ("users", "items", "texts"):
-            setattr(stream, name, getattr(stream, name)[: args.limit])
-        for name in ("kinds", "ratings", "times"):
-            setattr(stream, name, getattr(stream, name)[: args.limit])
+        stream = stream.head(args.limit)
     if not args.no_text:
         encode_texts(stream, settings)
     params = json.loads(args.params) if args.params else {}
     # the model as the trainer runs it: its own live ranking sample also teaches the knn gains
     proto = HybridMF(**{**_model_params(settings, stream), **params})
-    n_pos = int(np.count_nonzero((stream.kinds == KIND_CLICK) | (stream.ratings >= args.positive)))
+    n_pos = int(np.count_nonzero((stream.kinds == KIND_CLICK) | (stream.true_ratings >= args.positive)))
     every = args.every or max(1, n_pos // 8_000)
     t0 = time.perf_counter()
     bar = tqdm(total=len(stream), unit="ev", disable=args.json or not sys.stderr.isatty(), mininterval=0.5)
@@ -578,6 +667,7 @@ def _cmd_bench_quality(args: argparse.Namespace, settings: TrainerSettings) -> i
         for k in ("hr10", "rmse"):
             if out.get(k) and r.get(k):
                 out[f"{k}_change_from_text"] = round(out[k] / r[k] - 1.0, 4)
+        out["text_effect_by_segment"] = text_effect_by_segment(out, r)
     if stream.item_texts and not args.no_item_text:
         # the catalogue's texts (titles, genres, descriptions) as item content, learned before the
         # stream: what they add for cold items, the model ranking among the whole catalogue
@@ -603,6 +693,25 @@ def _cmd_bench_quality(args: argparse.Namespace, settings: TrainerSettings) -> i
     return 0
 
 
+def text_effect_by_segment(with_text: dict[str, Any], no_text: dict[str, Any]) -> dict[str, Any]:
+    """Where the text's effect lands: per segment, RMSE and HR@10 of the model with and without
+    text (the headline ``rmse``/``hr10`` stay whole-stream) and the relative change."""
+    out: dict[str, Any] = {}
+    names = dict.fromkeys([*with_text.get("rmse_segments", {}), *with_text.get("segments", {})])
+    for name in names:
+        seg: dict[str, Any] = {}
+        for key, a, b in (("rmse", with_text.get("rmse_segments", {}).get(name), no_text.get("rmse_segments", {}).get(name)),
+                          ("hr10", with_text.get("segments", {}).get(name), no_text.get("segments", {}).get(name))):
+            if a is None or b is None:
+                continue
+            seg[key], seg[f"{key}_no_text"] = a[key], b[key]
+            seg["n_rated" if key == "rmse" else "n_evaluated"] = a["n"] if key == "rmse" else a["n_evaluated"]
+            if a[key] and b[key]:
+                seg[f"{key}_change_from_text"] = round(a[key] / b[key] - 1.0, 4)
+        out[name] = seg
+    return out
+
+
 def flip_half(stream: Stream, lo: float, hi: float) -> Stream:
     """The stream with an abrupt drift: from the middle on, the ratings of half the items (by a
     hash of the id) flip ``r -> lo + hi - r``."""
@@ -610,8 +719,12 @@ def flip_half(stream: Stream, lo: float, hi: float) -> Stream:
     flip = np.array([zlib.crc32(i.encode()) % 2 == 0 for i in stream.items]) & (np.arange(len(stream)) >= t)
     r = stream.ratings.copy()
     r[flip] = lo + hi - r[flip]
+    truth = None
+    if stream.truth is not None:
+        truth = stream.truth.copy()
+        truth[flip] = lo + hi - truth[flip]
     return Stream(stream.users, stream.items, stream.kinds, r, stream.times, stream.texts, stream.source, stream.embeddings,
-                  {**stream.meta, "drift_at_event": t})
+                  {**stream.meta, "drift_at_event": t}, truth=truth, hidden=stream.hidden)
 
 
 def rating_drift(stream: Stream, detector: str = "adwin", seed: int = 0) -> dict[str, Any]:
@@ -676,7 +789,9 @@ def register_bench(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--positive", type=float, default=4.0, help="ratings >= this are positive (evaluated); default 4.0")
     p.add_argument("--every", type=int, default=0, help="evaluate every N-th positive event (default: about 8,000 evaluations)")
     p.add_argument("--limit", type=int, default=0, help="use only the first N events (0 = all)")
-    p.add_argument("--hide-ratings", type=float, default=0.0, help="fraction of comments that arrive without their rating")
+    p.add_argument("--hide-ratings", type=float, default=0.0,
+                   help="fraction of the reviews (rated comments; a MovieLens tag with its rating) that arrive as comments "
+                        "without their rating; a hidden MovieLens review's rating event is removed")
     p.add_argument("--no-text", action="store_true", help="do not encode comment texts")
     p.add_argument("--no-anchors", action="store_true", help="skip the anchors")
     p.add_argument("--no-item-text", action="store_true",
