@@ -209,11 +209,16 @@ def learn(ex, users, items, shared, par, rng, out, stored_targets):  # pragma: n
             for d in range(dim):
                 s_raw += SW[d] * emb[er, d]
             if math.isnan(y):
-                if is_fresh:
-                    pred = _clip(s_raw, rmin, rmax)
                 if SST[1] >= par.sentiment_min:
-                    y = _clip(s_raw, rmin, rmax)
+                    # no rating: the text's reading of it, weighed against the factors as on rated
+                    # comments (share h below); this blend is both the prediction and the target
+                    # (at reduced weight), so a head that reads little into short texts moves little
+                    s_c = _clip(s_raw, rmin, rmax)
+                    h = _clip(SST[2] / SST[3], 0.0, 1.0) if SST[3] > 0.0 else 0.0
+                    y = (1.0 - h) * pred + h * s_c
                     w = w * par.sentiment_weight
+                    if is_fresh:
+                        pred = y
             else:
                 if is_fresh and SST[1] >= par.sentiment_min:
                     # the comment's own text predicts its rating: blend the head into the factor

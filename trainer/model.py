@@ -14,8 +14,10 @@ Signals
 -------
 * explicit ratings, and comments that carry a rating: squared loss (also train the sentiment head,
   a linear head on the comment embedding that predicts the rating);
-* comments without a rating: target = the sentiment head's rating estimate, at reduced weight
-  (``sentiment_weight``), once the head has seen ``sentiment_min`` rated comments;
+* comments without a rating: target = the sentiment head's rating estimate blended with the
+  factor prediction by the head's learned share (as for rated comments, below), at reduced weight
+  (``sentiment_weight``), once the head has seen ``sentiment_min`` rated comments — a head that
+  reads little into a text (share ~0) leaves the factors' view, one that reads reviews well leads;
 * clicks: BPR (pairwise logistic) against ``n_negatives`` items sampled uniformly.
 
 Every example is predicted before it is learned, in stream order: ids are mapped to rows in Python
@@ -26,7 +28,7 @@ model's arrays, replayed examples interleaved per ``replay_ratio``.
 Predictions returned by :meth:`HybridMF.learn_batch`: the clipped rating-scale prediction for
 ratings; for a rated comment, once the head is trained, a blend of that prediction and the head's
 estimate from the comment's own text (the head's share learned online from the blend's error); the
-sentiment head's clipped estimate for unrated comments; for clicks a
+same blend for unrated comments (their target; the factor prediction until the head is trained); for clicks a
 score in [0, 1], the fraction of ``RANK_CANDIDATES`` sampled items the clicked item outscores
 (``rank = round((1 - score) * RANK_CANDIDATES)``, see :mod:`trainer.prequential`).
 

@@ -239,6 +239,26 @@ def test_rated_comment_prediction_uses_its_own_text_once_the_head_is_trained() -
     assert np.isfinite(head).all() and (head[good[300:]] > 4).all() and (head[~good[300:]] < 2).all()
 
 
+def test_an_unrated_comment_whose_text_says_little_is_read_by_the_factors() -> None:
+    # the ratings follow the items, the texts are noise: the head reads nothing into them and earns
+    # no share, so an unrated comment is predicted (and learned) as the factors see it
+    rng = np.random.default_rng(3)
+    m = HybridMF(n_factors=4, seed=0)
+    users = [f"u{k}" for k in range(40)]
+    for rnd in range(15):
+        items = [f"good{k % 4}" if k % 2 else f"bad{k % 4}" for k in range(40)]
+        m.learn_batch(comments(users, items, unit(rng.standard_normal((40, 384))), [5.0 if k % 2 else 1.0 for k in range(40)],
+                               t0=1e9 + 100 * rnd))
+    assert m._SST[1] >= m.sentiment_min and m._SST[2] < 0.05 * m._SST[3]  # trained, with (almost) no share
+    probe = unit(rng.standard_normal((2, 384)))
+    before = [m.predict_one("u0", x) for x in ("good1", "bad0")]
+    head = m.global_mean + m._SST[0] + probe @ m._SW  # the head's own reading: near the mean
+    assert np.abs(head - m.global_mean).max() < 1.0
+    pred = m.learn_batch(comments(["u0", "u0"], ["good1", "bad0"], probe, [np.nan, np.nan], t0=3e9))
+    assert pred[0] > 4.0 and pred[1] < 2.0 and np.abs(pred - before).max() < 0.2
+    assert m.predict_one("u0", "good1") > 4.0 and m.predict_one("u0", "bad0") < 2.0  # not dragged to the mean
+
+
 def _state_of_older_builds(m: HybridMF) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """``m.state()`` as builds before the compact text table wrote it: ``TU``/``TUN`` a text vector
     and count per user row (zeros for users without comments), no ``TU_ROW``/``TU_VECS``/``TU_COUNTS``."""
