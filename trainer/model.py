@@ -72,6 +72,14 @@ MF_GAINS = (0.0, 0.5, 1.0)  # ... and of the factor part
 _GAIN_BUCKETS = 5  # profiles of 1, 2, 3, 4 feedback events (learned) and 5+ (fixed at 1)
 _GAIN_KEEP = 0.998  # memory of the per-bucket NDCG@10 sums (events of young profiles)
 _GAIN_PRIOR = 0.5  # NDCG@10 credit the default gain starts with: the data must outweigh it
+# Learning the young profiles' gains scores every item ~25 times per event (_learn_gains). Where most
+# events come from new users it was 96 % of the learning time (100k users x 10k items, synthetic:
+# 3,400 events/s), so it is budgeted in tokens: each event earns _GAIN_TOKENS_PER_EVENT, one gain
+# update costs one token per _GAIN_TOKEN_ITEMS live items (at least one), at most _GAIN_TOKENS_MAX
+# are saved for bursts of new users. On ml-latest-small (2.4 % young events) it never binds.
+_GAIN_TOKENS_PER_EVENT = 1 / 32
+_GAIN_TOKEN_ITEMS = 10_000
+_GAIN_TOKENS_MAX = 64.0
 _LP_REBASE = 1e6  # events between moves of the log-popularity reference (at a full export)
 _LL_SWITCH = 1.25  # nats (on scored events) a horizon must lead by before the served one switches (no flapping)
 
@@ -307,6 +315,7 @@ class HybridMF:
         # blend would have given their positive events; starts leaning to min(1, events / 5)
         # (columns: every knn gain x mf gain pair, knn-major)
         self._GAINRR = np.zeros((_GAIN_BUCKETS, len(KNN_GAINS) * len(MF_GAINS)), np.float64)
+        self._gain_tokens = _GAIN_TOKENS_MAX  # see _GAIN_TOKENS_PER_EVENT; not checkpointed (a restore starts full)
         for b in range(_GAIN_BUCKETS):
             g = int(np.argmin(np.abs(np.array(KNN_GAINS) - min(1.0, (b + 1) / 5))))
             self._GAINRR[b, g * len(MF_GAINS) + MF_GAINS.index(1.0)] = _GAIN_PRIOR
@@ -572,7 +581,7 @@ class HybridMF:
         batch is learned; NaN where not sampled. Positive: clicks, and ratings/rated comments at or
         above ``positive_rating`` (default ``rating_max - 1``). The sample is a fixed hash of
         (user, item) below ``rank_sample``, so it is the same on every run. Every positive event of a
-        user with 1-4 events also teaches :attr:`knn_gains`. Candidates: every live
+        user with 1-4 events also teaches :attr:`knn_gains`, within a budget (:data:`_GAIN_TOKENS_PER_EVENT`). Candidates: every live
         item except the user's last ``knn_window`` items; an item the model has not seen counts as
         rank infinity (a miss)."""
         ranks = np.full(len(kinds), np.nan)
@@ -583,6 +592,8 @@ class HybridMF:
             pos = (kinds == KIND_CLICK) | ((kinds != KIND_CLICK) & (targets >= thr))
         cut = int(self.rank_sample * 2**32)
         side = None  # the user-independent inputs, computed once per batch when first needed
+        self._gain_tokens = min(_GAIN_TOKENS_MAX, self._gain_tokens + _GAIN_TOKENS_PER_EVENT * len(kinds))
+        gain_cost = max(1.0, len(self._imap) / _GAIN_TOKEN_ITEMS)
         for n in np.flatnonzero(pos).tolist():
             user, item = batch.user_ids[n], batch.item_ids[n]
             u = self._umap.get(user)
@@ -597,7 +608,8 @@ class HybridMF:
                 continue
             if u is not None and i in self._knn.recent_items(u):
                 continue  # feedback on an item the user just acted on: not a recommendation to judge
-            if young and u is not None:
+            if young and u is not None and self._gain_tokens >= gain_cost:
+                self._gain_tokens -= gain_cost
                 side = side if side is not None else self._item_side()
                 self._learn_gains(u, i, user, side)
             if not sampled:

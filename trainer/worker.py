@@ -16,7 +16,8 @@ Model updates (:class:`trainer.updates.ModelUpdate`, the contract in :mod:`train
   its own version);
 * a **snapshot** (all rows, chunked by rows to fit ``max_message_bytes``, every chunk the same
   version) on the model-snapshots topic right after the first examples or a restore, then every
-  ``snapshot_interval_s``. Its header's ``deltas_from`` is the model-updates offset where the
+  ``snapshot_interval_s``, or longer where a snapshot's cost on the training thread calls for it
+  (:meth:`TrainerWorker.snapshot_wait_s`). Its header's ``deltas_from`` is the model-updates offset where the
   deltas that follow it start. While the trainer's rows are the ones its deltas delivered ("in
   sync"), a snapshot takes the version of the last delta (replicas that follow the deltas already
   hold it and never need it); after a restore or a refused update it takes the next version, so the
@@ -93,6 +94,12 @@ _ERASURE_FLUSH_MIN_S = 0.25  # erasures arriving closer together share one delta
 # burst of erasures made the erasures themselves slow (bench erasure --preload 80000: p99 3.8-5.2 s
 # with a snapshot 5 s apart, 0.8 s without); the expiring delta removes the id from replicas at once.
 _ERASURE_SNAPSHOT_MIN_S = 30.0
+# The next snapshot waits at least this many times the training-thread time the previous one took
+# (its rows' copy and its users' candidates, ~0.2 ms per user: 19 s at 100k users x 10k items), so
+# snapshots take at most ~1/10 of the trainer whatever the model's size; but never longer than a
+# third of the update topics' retention, so a new replica always finds a snapshot and every delta
+# after it.
+_SNAPSHOT_COST_FACTOR = 10.0
 _CONTROL_POLL_RECORDS = 500
 # Examples published up to this long after the erasure record are dropped too: the record's Kafka
 # timestamp is taken before the DELETE is acknowledged, and producers' clocks differ a little.
@@ -418,7 +425,15 @@ class TrainerWorker:
         return n >= self.settings.update_max_examples or (time.monotonic() - self._last_delta) * 1000 >= self.settings.update_interval_ms
 
     def _snapshot_due(self) -> bool:
-        return time.monotonic() - self._last_snapshot >= self.settings.snapshot_interval_s
+        return time.monotonic() - self._last_snapshot >= self.snapshot_wait_s()
+
+    def snapshot_wait_s(self) -> float:
+        """Seconds from one snapshot's start to the next: ``snapshot_interval_s``, or
+        :data:`_SNAPSHOT_COST_FACTOR` x the previous snapshot's training-thread time where that is
+        longer, at most a third of the update topics' retention."""
+        cost = self.last_snapshot.get("stall_s", 0.0) + self.last_snapshot.get("candidates_s", 0.0)
+        cap = self.topics.update_retention_ms / 3000.0
+        return max(self.settings.snapshot_interval_s, min(_SNAPSHOT_COST_FACTOR * cost, cap))
 
     def publish_delta(self) -> int:
         """Publish the rows touched since the previous update; returns messages sent. While not in

@@ -3,6 +3,7 @@ drift reaction, metrics. A tiny fake model stands in for HybridMF (same interfac
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -338,3 +339,18 @@ def test_checkpoints_of_the_previous_format_still_load(tmp_path: Path) -> None:
     assert w2._tombs == w._tombs and w2._salt == w._salt  # the erasure state (salt, tombstones) too
     ck2 = w2.checkpoint()
     assert ck2 is not None and json.loads((ck2.path / "meta.json").read_text())["format"] == 2
+
+
+def test_snapshots_wait_longer_when_they_cost_the_training_thread_more(tmp_path: Path) -> None:
+    w, _, _ = make_worker(tmp_path, snapshot_interval_s=30.0)
+    assert w.snapshot_wait_s() == 30.0  # no snapshot yet: the configured interval
+    w.last_snapshot = {"stall_s": 0.5, "candidates_s": 1.0}
+    assert w.snapshot_wait_s() == 30.0  # cheap: 10 x 1.5 s is below the interval
+    w.last_snapshot = {"stall_s": 1.0, "candidates_s": 8.0}
+    assert w.snapshot_wait_s() == 90.0
+    w.last_snapshot = {"stall_s": 1.0, "candidates_s": 100.0}
+    assert w.snapshot_wait_s() == w.topics.update_retention_ms / 3000 == 200.0  # a snapshot always within retention
+    w._last_snapshot = time.monotonic() - 150.0
+    assert not w._snapshot_due()
+    w._last_snapshot -= 60.0
+    assert w._snapshot_due()
