@@ -152,3 +152,23 @@ def test_drift_report_on_a_stationary_stream_and_an_injected_flip(tmp_path: Path
     assert r["injected_detection_delay_events"] is not None and r["injected_detection_delay_events"] < 2_000
     flipped = flip_half(s, 0.5, 5.0)
     assert (flipped.ratings[: n // 2] == s.ratings[: n // 2]).all() and (flipped.ratings != s.ratings).any()
+
+
+@pytest.mark.slow
+def test_the_command_reports_the_text_effect_where_it_lands(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECO_")}
+    proc = subprocess.run([sys.executable, "-m", "streamproc.cli", "bench", "quality", "--dataset", str(_movielens(tmp_path / "ml")),
+                           "--hide-ratings", "0.5", "--json", "--no-drift", "--no-anchors", "--no-item-text", "--every", "1"],
+                          env={**env, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(proc.stdout)
+    assert r["reviews"] == 40 and r["hidden_rating_events_removed"] == r["hidden_reviews"] > 0
+    assert {"rmse", "rmse_no_text", "hr10", "hr10_no_text"} <= set(r)
+    seg = r["text_effect_by_segment"]
+    assert set(seg) == {"arriving_rated", "hidden_reviews", "commenting_users"}
+    assert seg["hidden_reviews"]["n_rated"] == r["hidden_comments"] and "rmse_no_text" in seg["hidden_reviews"]
+    assert r["no_text_nothing_hidden"]["n_evaluated"] >= r["n_evaluated"] - r["hidden_reviews"]

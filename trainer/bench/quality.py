@@ -668,6 +668,14 @@ def _cmd_bench_quality(args: argparse.Namespace, settings: TrainerSettings) -> i
             if out.get(k) and r.get(k):
                 out[f"{k}_change_from_text"] = round(out[k] / r[k] - 1.0, 4)
         out["text_effect_by_segment"] = text_effect_by_segment(out, r)
+        if args.hide_ratings > 0 and not args.limit:
+            # what the hidden ratings were worth: the model without text on the stream with nothing
+            # hidden (scored on its own rated events, the hidden reviews' rating events included) —
+            # what text could win back by restoring them; text also acts through the rated
+            # comments' own words and the text vectors, which this does not bound
+            whole = load_stream(dataset=args.dataset, ratings=args.ratings, reviews=args.reviews)
+            r0 = evaluate(whole, proto.clone(), every=every, positive=args.positive, anchors=False, text=False)
+            out["no_text_nothing_hidden"] = {k: r0[k] for k in ("hr10", "ndcg10", "rmse", "n_evaluated")}
     if stream.item_texts and not args.no_item_text:
         # the catalogue's texts (titles, genres, descriptions) as item content, learned before the
         # stream: what they add for cold items, the model ranking among the whole catalogue
