@@ -26,14 +26,15 @@ def test_gain_updates_stay_within_the_token_budget(monkeypatch) -> None:
         return real(self, *a, **kw)
 
     monkeypatch.setattr(HybridMF, "_learn_gains", counting)
+    monkeypatch.setattr(model_mod, "_GAIN_TOKEN_ITEMS", 10)  # 50 items cost 5 tokens per update (a token: 10 items scored)
     users = [f"u{j}" for j in range(2000)]
     first = np.random.default_rng(0).integers(0, 50, 2000)
     m.learn_batch(_clicks(users, [f"i{x}" for x in first], 1.0))
     assert not calls  # first events: no profile yet
     m.learn_batch(_clicks(users, [f"i{(x + 1) % 50}" for x in first], 10_000.0))  # 2,000 young positive events on known items
-    budget = model_mod._GAIN_TOKENS_MAX + model_mod._GAIN_TOKENS_PER_EVENT * 4000
+    budget = (model_mod._GAIN_TOKENS_MAX + model_mod._GAIN_TOKENS_PER_EVENT * 4000) / 5
     assert 0 < len(calls) <= budget < 2000
-    m.learn_batch(_clicks(["heavy"] * 1000, [f"i{x % 50}" for x in range(1000)], 20_000.0))  # an established profile earns tokens
+    m.learn_batch(_clicks(["heavy"] * 4000, [f"i{x % 50}" for x in range(4000)], 20_000.0))  # an established profile earns tokens
     calls.clear()
     m.learn_batch(_clicks(users[:10], [f"i{(x + 2) % 50}" for x in first[:10]], 30_000.0))  # a few young events: all learned
     assert len(calls) == 10
