@@ -54,6 +54,8 @@ class ServingMetrics:
         )
         self.fallbacks = Counter("reco_serving_fallbacks", "Recommendations answered by the popularity fallback", registry=r)
         self.push_messages = Counter("reco_serving_push_messages", "Refreshed top-k pushed after feedback", registry=r)
+        self.push_backlog = Gauge("reco_serving_push_backlog_users", "Users whose refreshed top-k is due or waiting to be pushed "
+                                  "(grows while pushing is held to RECO_PUSH_MAX_CPU_SHARE)", registry=r)
         # Extra label (bounded): status = ok | invalid | error.
         self.kafka_requests = Counter("reco_serving_kafka_requests", "Recommendation requests read from Kafka, by status", ["status"], registry=r)
         self.ready = Gauge("reco_serving_ready", "1 when a model is loaded and Kafka is reachable", registry=r)

@@ -39,6 +39,8 @@ class ServingSettings(TrainerSettings, section="serving"):
     max_body_bytes: int = setting(1_000_000, "Largest HTTP request body", min=1024)
     push_enabled: bool = setting(True, "Push refreshed top-k to the recommendations topic after feedback")
     push_min_interval_s: float = setting(1.0, "At most one push per user per this many seconds", min=0)
+    push_max_cpu_share: float = setting(0.25, "Largest share of one core the push thread uses; beyond it pushes wait (one per user, "
+                                        "with the newest model) and reco_serving_push_backlog_users grows", min=0.01, max=1.0)
     seen_per_user: int = setting(1000, "Items remembered per user for exclude_seen", min=0)
     ann_min_items: int = setting(50_000, "Catalogue size from which top-k uses the approximate index (serving.ann; exact below, and as fallback); 0 = never", min=0)
     ann_fetch: int = setting(200, "Approximate top-k: items fetched from the index and from the popularity order before the exact re-scoring", min=10)

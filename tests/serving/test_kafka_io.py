@@ -71,3 +71,36 @@ def test_push_after_feedback_is_rate_limited_per_user() -> None:
     times = [t for t, _ in sent]
     assert all(b - a >= 0.25 for a, b in zip(times, times[1:], strict=False))  # never more often than the 0.3 s interval
     assert store.metrics.registry.get_sample_value("reco_serving_push_messages_total") == len(sent)
+
+
+def test_pushes_go_out_in_chunks_and_pause_to_their_cpu_share(monkeypatch: Any) -> None:
+    import serving.kafka_io as kio
+
+    monkeypatch.setattr(kio, "PUSH_CHUNK", 3)
+    store, sm = _store()
+    sends: list[list[Any]] = []
+    pusher = Pusher(ServingSettings(push_min_interval_s=0.0, push_max_cpu_share=0.2), store, sends.append, store.metrics)
+    pauses: list[float] = []
+    backlog: list[float] = []
+    real_wait = pusher._halt.wait
+
+    def wait(timeout: float | None = None) -> bool:
+        pauses.append(timeout or 0.0)
+        backlog.append(store.metrics.registry.get_sample_value("reco_serving_push_backlog_users") or 0.0)
+        return real_wait(0)  # no real pause: the test checks what was asked for
+
+    monkeypatch.setattr(pusher._halt, "wait", wait)
+    store.listeners.append(pusher.on_swap)
+    store.apply(sm.delta(2, published=[[f"u{j}", "i1", time.time()] for j in range(10)]).encode())
+    pusher.start()
+    try:
+        deadline = time.monotonic() + 10
+        while sum(map(len, sends)) < 10 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        pusher.stop()
+        pusher.join()
+    assert sorted(m[0] for batch in sends for m in batch) == sorted(f"u{j}".encode() for j in range(10))  # each user once
+    assert [len(b) for b in sends] == [3, 3, 3, 1]  # the oldest first, a chunk per round
+    assert len(pauses) >= 4 and all(p > 0 for p in pauses[:4])  # a pause after every round, 4x its work at a 0.2 share
+    assert max(backlog) > 0 and store.metrics.registry.get_sample_value("reco_serving_push_backlog_users") == 0
