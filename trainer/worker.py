@@ -100,6 +100,10 @@ _ERASURE_SNAPSHOT_MIN_S = 30.0
 # third of the update topics' retention, so a new replica always finds a snapshot and every delta
 # after it.
 _SNAPSHOT_COST_FACTOR = 10.0
+# Likewise a checkpoint (written on the training thread: 3.5 s at 1M users) waits at least this many
+# times the previous one's write time; every 10 s at 1M users they took a third of the trainer. A
+# crash then re-learns a little more from the examples topic.
+_CHECKPOINT_COST_FACTOR = 10.0
 _CONTROL_POLL_RECORDS = 500
 # Examples published up to this long after the erasure record are dropped too: the record's Kafka
 # timestamp is taken before the DELETE is acknowledged, and producers' clocks differ a little.
@@ -179,6 +183,7 @@ class TrainerWorker:
         self._need_snapshot = False
         self._snapshot_not_before = 0.0  # after a refused update: pause before the snapshot that repairs it
         self._last_ckpt = time.monotonic()
+        self._ckpt_write_s = 0.0  # the last checkpoint's write time (see _CHECKPOINT_COST_FACTOR)
         self._last_lag = 0.0
         self.metrics.active.set(0)
 
@@ -325,7 +330,7 @@ class TrainerWorker:
                 (self.examples_learned or self._mem_seq is not None) and self._snapshot_due()):
             self.publish_snapshot()
         now = time.monotonic()
-        if now - self._last_ckpt >= self.settings.checkpoint_interval_s:
+        if self._checkpoint_due():
             self.checkpoint()
         if now - self._last_lag >= _LAG_EVERY_S:
             self._update_lag()
@@ -423,6 +428,10 @@ class TrainerWorker:
         if not n:
             return False
         return n >= self.settings.update_max_examples or (time.monotonic() - self._last_delta) * 1000 >= self.settings.update_interval_ms
+
+    def _checkpoint_due(self) -> bool:
+        wait = max(self.settings.checkpoint_interval_s, _CHECKPOINT_COST_FACTOR * self._ckpt_write_s)
+        return time.monotonic() - self._last_ckpt >= wait
 
     def _snapshot_due(self) -> bool:
         return time.monotonic() - self._last_snapshot >= self.snapshot_wait_s()
@@ -614,7 +623,7 @@ class TrainerWorker:
 
         After an erasure the learned-id log loses the erased ids' lines and older checkpoints are
         removed once this one is in place."""
-        self._last_ckpt = time.monotonic()
+        self._last_ckpt = t0 = time.monotonic()
         if self.model is None:
             return None
         components = {"model": self.model.state(), "prequential": self.prequential.state(), "drift": self.drift.state(),
@@ -633,6 +642,7 @@ class TrainerWorker:
         except CheckpointError as exc:
             log.error("%s", exc)
             return None
+        self._ckpt_write_s = time.monotonic() - t0  # the next one waits _CHECKPOINT_COST_FACTOR x this
         self._erase_tags -= erased
         self._reset_ids()
         self._learned_at_ckpt = self.examples_learned

@@ -354,3 +354,16 @@ def test_snapshots_wait_longer_when_they_cost_the_training_thread_more(tmp_path:
     assert not w._snapshot_due()
     w._last_snapshot -= 60.0
     assert w._snapshot_due()
+
+
+def test_checkpoints_wait_longer_when_they_take_longer_to_write(tmp_path: Path) -> None:
+    w, _, _ = make_worker(tmp_path, checkpoint_interval_s=10.0)
+    w.learn(batch(4))
+    w._last_ckpt = time.monotonic() - 11.0
+    ck = w.checkpoint()
+    assert ck is not None and w._ckpt_write_s >= 0
+    w._ckpt_write_s = 3.5  # as at 1M users: the next one waits 35 s, not 10
+    w._last_ckpt = time.monotonic() - 11.0
+    assert not w._checkpoint_due()
+    w._last_ckpt -= 25.0
+    assert w._checkpoint_due()
