@@ -22,6 +22,7 @@ import statistics
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 from serving.ops.scrape import metric_sum, samples
@@ -48,7 +49,14 @@ def _personalized(client: Any, user: str) -> bool:
 
 
 def run_freshness(settings: ServingSettings, *, probes: int = 30, comment_probes: int = 10, background_rate: float = 1500,
-                  warmup_s: float = 20, log: Any = None) -> dict[str, Any]:
+                  warmup_s: float = 20, log: Any = None, background: Iterable[tuple[float, str, bytes]] | None = None,
+                  probe_item: str = "356", ready_timeout_s: float = 180, stop_after_misses: int | None = None) -> dict[str, Any]:
+    """Run the loop (``running_loop``) under ``background`` (default: :func:`bench_events`) at
+    ``background_rate`` and measure each probe; ``probe_item`` is an item the model knows. With a
+    configured broker and ``checkpoint_dir`` the trainer starts from that checkpoint (``reco bench
+    scale`` measures a 1M-user model this way). ``stop_after_misses``: stop probing after that many
+    probes in a row were not visible within 15 s (the loop is not keeping up); ``probes_not_run``
+    counts the rest."""
     import httpx
     from kafka import KafkaConsumer, KafkaProducer
 
@@ -58,10 +66,11 @@ def run_freshness(settings: ServingSettings, *, probes: int = 30, comment_probes
     from streamproc.topics import Topics
 
     log = log or io.StringIO()
-    background = bench_events()[0]  # ml-latest-small beside the clone (CI), else the demo data
+    if background is None:
+        background = bench_events()[0]  # ml-latest-small beside the clone (CI), else the demo data
     with running_loop(settings, log=log) as (s, sup):
         base = f"http://{s.http_host}:{s.http_port}"
-        if not wait_http(f"{base}/healthz", 180):
+        if not wait_http(f"{base}/healthz", ready_timeout_s):
             raise RuntimeError("serving did not come up")
         topics = Topics.from_settings(s)
         bg: dict[str, Any] = {}
@@ -74,7 +83,10 @@ def run_freshness(settings: ServingSettings, *, probes: int = 30, comment_probes
 
         threading.Thread(target=run_background, daemon=True).start()
         client = httpx.Client(base_url=base, timeout=5)
-        wait_until(lambda: client.get("/readyz").status_code == 200, 180)
+        t_ready = time.perf_counter()
+        if not wait_until(lambda: client.get("/readyz").status_code == 200, ready_timeout_s):
+            raise RuntimeError(f"serving was not ready within {ready_timeout_s:.0f} s")
+        ready_s = time.perf_counter() - t_ready
         time.sleep(warmup_s)  # let the background load reach steady state before probing
 
         pushes: dict[str, float] = {}
@@ -95,15 +107,21 @@ def run_freshness(settings: ServingSettings, *, probes: int = 30, comment_probes
         results: dict[str, dict[str, list[float]]] = {"rating": {"visible": [], "pushed": [], "missed": []},
                                                       "comment": {"visible": [], "pushed": [], "missed": []}}
         plan = ["rating"] * probes + ["comment"] * comment_probes
+        misses_in_a_row = not_run = 0
         for n, kind in enumerate(plan):
+            if stop_after_misses is not None and misses_in_a_row >= stop_after_misses:
+                not_run = len(plan) - n
+                break
             user = f"probe-{uuid.uuid4().hex[:12]}"
-            ev = _probe_event(kind, user, "356", n)
+            ev = _probe_event(kind, user, probe_item, n)
             t_pub = time.time()
             producer.send(topics.events, key=user.encode(), value=json.dumps(ev).encode())
             producer.flush()
             if not wait_until(functools.partial(_personalized, client, user), 15, interval=0.005):
                 results[kind]["missed"].append(1)
+                misses_in_a_row += 1
                 continue
+            misses_in_a_row = 0
             seen = time.time()
             results[kind]["visible"].append(seen - t_pub)
             if wait_until(functools.partial(operator.contains, pushes, user), 3, interval=0.01):
@@ -128,6 +146,7 @@ def run_freshness(settings: ServingSettings, *, probes: int = 30, comment_probes
         "version_live_p99_s": _q(vis["pushed"], 0.99),
         "probes": len(vis["visible"]),
         "probes_missed": len(vis["missed"]),
+        "probes_not_run": not_run,
         "comment_p50_s": _q(com["visible"], 0.5),
         "comment_p95_s": _q(com["visible"], 0.95),
         "comment_p99_s": _q(com["visible"], 0.99),
@@ -135,6 +154,7 @@ def run_freshness(settings: ServingSettings, *, probes: int = 30, comment_probes
         "comment_probes": len(com["visible"]),
         "comment_probes_missed": len(com["missed"]),
         "background_events_per_s": bg_rate,
+        "ready_after_healthz_s": round(ready_s, 2),
         "targets": {"p50_s": 1.0, "p99_s": 3.0},
         "serving_feedback_latency_histogram_count": metric_sum(samples(metrics), "reco_serving_feedback_latency_seconds_count"),
     }

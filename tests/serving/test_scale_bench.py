@@ -53,6 +53,11 @@ def test_verdicts_follow_the_figures() -> None:
     assert good["replica_ready"] == 10.0 and bad["model_updates_traffic_per_replica"] == 3.0
     assert good["meets_serving_p99_1m_items"] is None  # not measured: neither met nor failed
     assert good["targets"] == TARGETS
+    assert good["meets_feedback_p99_2000_events_per_s"] is True
+    missed = _result(ready=10.0, p99_100k=5.0, traffic=1.5e6)
+    missed["feedback"] = {"p99_s": None, "probes": 0, "probes_missed": 3, "probes_not_run": 17, "size": "1,000,000 users"}
+    v = _verdicts(missed)
+    assert v["meets_feedback_p99_2000_events_per_s"] is False and "20 of 20 probes not visible" in v["feedback_p99_2000_events_per_s_at"]
 
 
 @pytest.mark.slow
@@ -60,8 +65,8 @@ def test_verdicts_follow_the_figures() -> None:
 def test_quick_run_end_to_end(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECO_")}
     out = tmp_path / "plots"
-    proc = subprocess.run([sys.executable, "-m", "streamproc.cli", "bench", "scale", "--quick", "--json", "--no-feedback",
-                           "--out", str(out)], cwd=ROOT, env={**env, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "streamproc.cli", "bench", "scale", "--quick", "--json",
+                           "--out", str(out)], cwd=ROOT, env={**env, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(proc.stdout)
     assert "reco bench scale" in proc.stderr  # the progress bar
@@ -85,6 +90,10 @@ def test_quick_run_end_to_end(tmp_path: Path) -> None:
         value = r[k[len("meets_"):]]
         assert r[k] is None if value is None else isinstance(r[k], bool)
     assert r["replica_ready"] is not None and r["meets_replica_ready"] == (r["replica_ready"] <= TARGETS["replica_ready_s"])
+    # feedback latency: the whole loop, its trainer restored from the largest size's checkpoint
+    fb = r["feedback"]
+    assert fb["users"] == big["users"] and fb["probes"] + fb["probes_missed"] + fb["probes_not_run"] == 6
+    assert fb["background_events_per_s"] > 0 and isinstance(r["meets_feedback_p99_2000_events_per_s"], bool)
     assert json.loads((out / "scale.json").read_text())["sizes"][0]["users"] == small["users"]
     for p in r["plots"]:
         assert Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
