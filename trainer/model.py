@@ -952,7 +952,7 @@ class HybridMF:
         uid = next(iter(self._umap), "123456")
         map_entry = sys.getsizeof(uid) + 8 * 3 + 8  # key object + dict slot (hash, key, value) + list slot
         return {"user": float(per_u + knn["user"] + text_in_use / nu + map_entry),
-                "user_full": float(per_u + knn["user_full"] + text_row + map_entry), "item": float(per_i + map_entry)}
+                "user_full": float(per_u + knn["user_full"] + text_row + map_entry), "item": float(per_i + knn["item"] + map_entry)}
 
     # ------------------------------------------------------------------ checkpoints
     def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

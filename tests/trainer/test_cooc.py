@@ -222,3 +222,28 @@ def test_candidates_into_a_reused_buffer_match_fresh_ones() -> None:
         assert np.array_equal(rows, whole[0][lo : lo + 8]) and np.array_equal(vals, whole[1][lo : lo + 8])
     with pytest.raises(ValueError, match="out"):
         knn.candidates(users, n_items=30, out=(np.zeros((20, 5), np.int32), np.zeros((20, 5), np.float32)))
+
+
+def _top_sets_are_exact(knn: SequentialKNN) -> None:
+    n = int(knn._n_ent[0])
+    rows, vals = knn._erow[:n], knn._eval[:n]
+    for r in range(len(knn._topn)):
+        mine = np.flatnonzero(rows == r)
+        want = sorted(mine.tolist(), key=lambda e: (-float(vals[e]), e))[: knn.top_k]
+        assert sorted(knn._top[r, : knn._topn[r]].tolist()) == sorted(want), r
+        assert knn._intop[:n].sum() == knn._topn.sum()
+
+
+def test_each_item_keeps_exactly_its_strongest_neighbours() -> None:
+    rng = np.random.default_rng(3)
+    knn = SequentialKNN(window=6, top_k=5, confident=1)
+    events = [(int(rng.integers(40)), int(rng.integers(30)), float(rng.choice([1.0, 0.5, -0.5]))) for _ in range(4000)]
+    _learn(knn, events, n_users=40, n_items=30)
+    assert knn._topn.max() == 5 and (np.bincount(knn._erow[: int(knn._n_ent[0])], minlength=30) > 5).any()
+    _top_sets_are_exact(knn)
+    keep = np.ones(30, np.bool_)
+    keep[7] = False
+    knn.prune(keep=keep)  # entries renumbered: the lists are rebuilt
+    _top_sets_are_exact(knn)
+    rows, vals = knn.candidates(np.arange(40, dtype=np.int32), n_items=30)
+    assert 7 not in set(rows[rows >= 0].tolist()) and (vals != 0).any()
