@@ -122,50 +122,54 @@ def _pair(ht, a, b, erow, ecol, eval_, enext, head, n_ent):  # pragma: no cover 
 
 
 @njit(cache=True)
-def _offer(top, topn, topmin, intop, eval_, row, e):  # pragma: no cover - compiled
-    """Entry ``e`` of ``row`` (its value just grew) joins the row's strongest ``K`` when it beats
-    the weakest there (by value, then the lower entry number). Pair values only grow, so the kept
-    set is exactly the row's top ``K`` by that order whatever order the values grew in (a restored
-    model rebuilds the same set); ``topmin`` is a lower bound of the weakest kept value."""
-    if intop[e]:
-        return
-    n = topn[row]
-    k = top.shape[1]
-    if n < k:
-        top[row, n] = e
-        intop[e] = 1
-        topn[row] = n + 1
-        if n + 1 == k:
-            mv = eval_[top[row, 0]]
-            for t in range(1, k):
-                if eval_[top[row, t]] < mv:
-                    mv = eval_[top[row, t]]
-            topmin[row] = mv
-        return
-    v = eval_[e]
-    if v < topmin[row]:
-        return
+def _weakest(top, eval_, row):  # pragma: no cover - compiled
+    """Slot and value of the row's weakest kept entry (smallest value, then the higher entry number)."""
     mi = 0
     mv = eval_[top[row, 0]]
-    for t in range(1, k):
+    for t in range(1, top.shape[1]):
         x = eval_[top[row, t]]
         if x < mv or (x == mv and top[row, t] > top[row, mi]):
             mv = x
             mi = t
-    if v > mv or (v == mv and e < top[row, mi]):
-        intop[top[row, mi]] = 0
-        top[row, mi] = e
-        intop[e] = 1
-        mv = v
-        for t in range(k):
-            x = eval_[top[row, t]]
-            if x < mv:
-                mv = x
-    topmin[row] = mv
+    return mi, mv
 
 
 @njit(cache=True)
-def _build_top(n_ent, erow, eval_, top, topn, topmin, intop):  # pragma: no cover - compiled
+def _offer(top, topn, topmin, topslot, intop, eval_, row, e):  # pragma: no cover - compiled
+    """Entry ``e`` of ``row`` (its value just grew) joins the row's strongest ``K`` when it beats
+    the weakest there (by value, then the lower entry number). Pair values only grow, so the kept
+    set is exactly the row's top ``K`` by that order whatever order the values grew in (a restored
+    model rebuilds the same set). ``topslot``/``topmin``: the weakest's slot and its value when last
+    found (it may have grown since: then it is looked for again)."""
+    n = topn[row]
+    if n < top.shape[1]:
+        if intop[e]:
+            return
+        top[row, n] = e
+        intop[e] = 1
+        topn[row] = n + 1
+        if n + 1 == top.shape[1]:
+            topslot[row], topmin[row] = _weakest(top, eval_, row)
+        return
+    v = eval_[e]
+    if v < topmin[row] or intop[e]:  # most offers end here, before touching the per-entry flags
+        return
+    mi = topslot[row]
+    mv = eval_[top[row, mi]]
+    if mv != topmin[row]:  # the weakest grew since: find the weakest now
+        mi, mv = _weakest(top, eval_, row)
+        topslot[row], topmin[row] = mi, mv
+        if v < mv:
+            return
+    if v > mv or e < top[row, mi]:
+        intop[top[row, mi]] = 0
+        top[row, mi] = e
+        intop[e] = 1
+        topslot[row], topmin[row] = _weakest(top, eval_, row)
+
+
+@njit(cache=True)
+def _build_top(n_ent, erow, eval_, top, topn, topmin, topslot, intop):  # pragma: no cover - compiled
     """Every row's strongest ``K`` entries from scratch (after entries were renumbered)."""
     for r in range(len(topn)):
         topn[r] = 0
@@ -173,12 +177,12 @@ def _build_top(n_ent, erow, eval_, top, topn, topmin, intop):  # pragma: no cove
     for e in range(len(intop)):
         intop[e] = 0
     for e in range(n_ent):
-        _offer(top, topn, topmin, intop, eval_, erow[e], e)
+        _offer(top, topn, topmin, topslot, intop, eval_, erow[e], e)
 
 
 @njit(cache=True)
 def _learn(u_rows, i_rows, weights, ring, window, cnt, head, erow, ecol, eval_, enext, ht, n_ent, pair_decay,
-           top, topn, topmin, intop):  # pragma: no cover - compiled
+           top, topn, topmin, topslot, intop):  # pragma: no cover - compiled
     for n in range(len(u_rows)):
         w = weights[n]
         if w == 0.0:
@@ -196,8 +200,8 @@ def _learn(u_rows, i_rows, weights, ring, window, cnt, head, erow, ecol, eval_, 
                     e = _pair(ht, h, j, erow, ecol, eval_, enext, head, n_ent)
                     eval_[e] += inc
                     eval_[e + 1] += inc
-                    _offer(top, topn, topmin, intop, eval_, erow[e], e)
-                    _offer(top, topn, topmin, intop, eval_, erow[e + 1], e + 1)
+                    _offer(top, topn, topmin, topslot, intop, eval_, erow[e], e)
+                    _offer(top, topn, topmin, topslot, intop, eval_, erow[e + 1], e + 1)
                 pd *= pair_decay
             cnt[j] += w
         # the item moves to the newest ring position (an older occurrence stops counting)
@@ -399,6 +403,7 @@ class SequentialKNN:
         self._top = np.zeros((cap_i, self.top_k), np.int32)  # per item: its strongest entries (entry numbers)
         self._topn = np.zeros(cap_i, np.int32)
         self._topmin = np.zeros(cap_i, np.float32)
+        self._topslot = np.zeros(cap_i, np.int32)
         self._new_hash(cap_e)
         self._n_ent = np.zeros(1, np.int64)
         self._acc = np.zeros(cap_i, np.float64)
@@ -431,7 +436,7 @@ class SequentialKNN:
         if n_users > len(r.length):
             self._ring = r._replace(items=grow(r.items, n_users, -1), weights=grow(r.weights, n_users, 0),
                                     length=grow(r.length, n_users, 0), long_row=grow(r.long_row, n_users, 0))
-        for name, fill in (("_cnt", 0), ("_head", -1), ("_acc", 0), ("_mark", 0), ("_tmp", 0), ("_top", 0), ("_topn", 0), ("_topmin", 0)):
+        for name, fill in (("_cnt", 0), ("_head", -1), ("_acc", 0), ("_mark", 0), ("_tmp", 0), ("_top", 0), ("_topn", 0), ("_topmin", 0), ("_topslot", 0)):
             setattr(self, name, grow(getattr(self, name), n_items, fill))
         if self.n_pairs + new_pairs > self.max_pairs:
             self.prune(keep=np.ones(len(self._head), np.bool_), target=self.max_pairs // 2)
@@ -468,7 +473,7 @@ class SequentialKNN:
 
     def _rebuild_top(self) -> None:
         """Every item's strongest ``top_k`` entries from scratch (entries were renumbered)."""
-        _build_top(int(self._n_ent[0]), self._erow, self._eval, self._top, self._topn, self._topmin, self._intop)
+        _build_top(int(self._n_ent[0]), self._erow, self._eval, self._top, self._topn, self._topmin, self._topslot, self._intop)
 
     def _give_long_rows(self, users: np.ndarray) -> None:
         """A long-table row for each of ``users`` (which have none): free rows first, then new ones."""
@@ -537,7 +542,7 @@ class SequentialKNN:
             self._give_long_rows(users[grows])
         _learn(u_rows, np.ascontiguousarray(i_rows, np.int32), weights, self._ring, self.window, self._cnt, self._head,
                self._erow, self._ecol, self._eval, self._enext, self._ht, self._n_ent, self.pair_decay,
-               self._top, self._topn, self._topmin, self._intop)
+               self._top, self._topn, self._topmin, self._topslot, self._intop)
 
     def candidates(self, users: np.ndarray, *, n_items: int, alive: np.ndarray | None = None,
                    gain: np.ndarray | None = None, out: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -576,7 +581,7 @@ class SequentialKNN:
         long_row = r.long_items[0:1].nbytes + r.long_weights[0:1].nbytes
         in_use = (self._n_long - 1 - len(self._long_free)) * long_row
         per_pair = 2 * (4 + 4 + 4 + 8 + 1) + 2 * (8 + 8)  # two entries (row, col, value, next, in-top flag) + hash slots at load <= 1/2
-        per_item = self._top[0:1].nbytes + 4 + 4  # its top_k entry numbers, their count and weakest value
+        per_item = self._top[0:1].nbytes + 4 + 4 + 4  # its top_k entry numbers, their count, the weakest's slot and value
         return {"user": float(inline + (in_use / n_users if n_users else 0)), "user_full": float(inline + long_row),
                 "pair": float(per_pair), "pairs": float(self.n_pairs), "item": float(per_item)}
 
