@@ -261,10 +261,16 @@ def _candidates(users, ring, window, cnt, nbr, nbr_n, ecol, eval_, alive, decay,
                 out_vals[x, k] = tmp[t]
                 k += 1
         if k < n_out and n_val > n_out:  # ties at the threshold: the lower item rows (whatever the walk order)
-            tied = np.empty(0, np.int64)
+            n_tied = 0
             for t in range(n_val):
                 if abs(tmp[t]) == thr:
-                    tied = np.append(tied, t)
+                    n_tied += 1
+            tied = np.empty(n_tied, np.int64)
+            n_tied = 0
+            for t in range(n_val):
+                if abs(tmp[t]) == thr:
+                    tied[n_tied] = t
+                    n_tied += 1
             by_row = np.argsort(mark[tied])
             for a in range(len(tied)):
                 if k < n_out:
