@@ -95,7 +95,7 @@ _ERASURE_FLUSH_MIN_S = 0.25  # erasures arriving closer together share one delta
 # with a snapshot 5 s apart, 0.8 s without); the expiring delta removes the id from replicas at once.
 _ERASURE_SNAPSHOT_MIN_S = 30.0
 # The next snapshot waits at least this many times the training-thread time the previous one took
-# (its rows' copy and its users' candidates, ~0.2 ms per user: 19 s at 100k users x 10k items), so
+# (its rows' copy and its users' candidates: 5.4 s at 1M users x 100k items in reco bench scale), so
 # snapshots take at most ~1/10 of the trainer whatever the model's size; but never longer than a
 # third of the update topics' retention, so a new replica always finds a snapshot and every delta
 # after it.
