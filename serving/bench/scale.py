@@ -74,11 +74,20 @@ def _rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _zipf_cdf(n: int, s: float) -> np.ndarray:
+    """Cumulative P(rank <= r) over ranks ``0..n-1`` with P(rank r) ∝ 1 / (r + 1)^s."""
+    cdf = np.cumsum(1.0 / np.arange(1, n + 1, dtype=np.float64) ** s)
+    return cdf / cdf[-1]
+
+
+def _zipf_draw(rng: np.random.Generator, cdf: np.ndarray, size: int) -> np.ndarray:
+    """``size`` ranks drawn from :func:`_zipf_cdf`'s law (rank 0 the most popular)."""
+    return np.minimum(np.searchsorted(cdf, rng.random(size)), len(cdf) - 1)
+
+
 def _zipf_choice(rng: np.random.Generator, n: int, size: int, s: float) -> np.ndarray:
     """``size`` draws from ranks ``0..n-1`` with P(rank r) ∝ 1 / (r + 1)^s (rank 0 the most popular)."""
-    cdf = np.cumsum(1.0 / np.arange(1, n + 1, dtype=np.float64) ** s)
-    cdf /= cdf[-1]
-    return np.minimum(np.searchsorted(cdf, rng.random(size)), n - 1)
+    return _zipf_draw(rng, _zipf_cdf(n, s), size)
 
 
 def synthetic_stream(users: int, items: int, events: int, seed: int = 0, *, item_skew: float = 1.0,
@@ -586,15 +595,12 @@ def background_events(users: int, items: int, seed: int = 1, *, item_skew: float
 
     rng = np.random.default_rng(seed)
     user_of, item_of = rng.permutation(users), rng.permutation(items)
-    cdfs = []
-    for n, skew in ((users, user_skew), (items, item_skew)):
-        cdf = np.cumsum(1.0 / np.arange(1, n + 1, dtype=np.float64) ** skew)
-        cdfs.append(cdf / cdf[-1])
+    user_cdf, item_cdf = _zipf_cdf(users, user_skew), _zipf_cdf(items, item_skew)  # once: 1M users
     dumps = json.JSONEncoder(separators=(",", ":")).encode
     count = 0
     while True:
-        u = user_of[np.minimum(np.searchsorted(cdfs[0], rng.random(4096)), users - 1)]
-        i = item_of[np.minimum(np.searchsorted(cdfs[1], rng.random(4096)), items - 1)]
+        u = user_of[_zipf_draw(rng, user_cdf, 4096)]
+        i = item_of[_zipf_draw(rng, item_cdf, 4096)]
         clicks = rng.random(4096) < click_share
         stars = np.clip(np.round(rng.normal(3.5, 1.0, 4096) * 2) / 2, 0.5, 5.0)
         for a, b, click, r in zip(u.tolist(), i.tolist(), clicks.tolist(), stars.tolist(), strict=True):
