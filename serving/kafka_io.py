@@ -45,7 +45,7 @@ from serving.model import ServingModel
 from serving.settings import ServingSettings
 from serving.store import ModelStore
 from streamproc.errors import InvalidUpdate
-from streamproc.kafka import GROUP_TIMEOUTS, client_config
+from streamproc.kafka import GROUP_TIMEOUTS, client_config, topic_ids
 from streamproc.topics import Topics
 from trainer.updates import ModelUpdate, peek
 
@@ -108,6 +108,7 @@ class UpdateFollower(threading.Thread):
         self._skip_through = -1  # deltas up to this version are older than the loaded snapshot
         self._snap_end_seen = -1  # model-snapshots end offset at the last look
         self._last_snap_check = 0.0
+        self._topic_id: str | None = None  # model-updates' Kafka topic id (a new one: the topic was recreated)
 
     @property
     def bytes_read(self) -> int:
@@ -148,10 +149,12 @@ class UpdateFollower(threading.Thread):
                 consumer.assign([tp, tps])
                 consumer.pause(tps)  # steady state: deltas only
                 if not self.caught_up.is_set():
+                    self._topic_id = topic_ids(self.settings, [self.topic]).get(self.topic)
                     self._start(consumer, tp, tps)
                     self.caught_up.set()
                 else:  # reconnect: continue after what we applied
                     consumer.seek(tp, self._next_offset)
+                    self._check_recreated(consumer, tp)
                 self._follow(consumer, tp, tps)
                 return
             except Exception as exc:  # noqa: BLE001
@@ -334,6 +337,7 @@ class UpdateFollower(threading.Thread):
 
     def _follow(self, consumer: Any, tp: Any, tps: Any) -> None:
         while not self._halt.is_set():
+            was_connected = self.connected
             if self._need_snapshot and time.monotonic() - self._last_snap_check >= self.snapshot_check_s:
                 self._last_snap_check = time.monotonic()
                 self._load_snapshot(consumer, tp, tps)
@@ -351,6 +355,23 @@ class UpdateFollower(threading.Thread):
                     self._mark_ok()
                 except Exception:  # noqa: BLE001
                     self.connected = False
+            if self.connected and not was_connected:
+                self._check_recreated(consumer, tp)
+
+    def _check_recreated(self, consumer: Any, tp: Any) -> None:
+        """After Kafka was out of reach: if model-updates was deleted and created again (a new topic
+        id; a memory-only broker that restarted), its offsets start at 0 again, below where this
+        replica stopped, and the trainer's next deltas would be skipped. Read it from its start, and
+        look at model-snapshots afresh (recreated too: its end offset proves nothing)."""
+        now = topic_ids(self.settings, [self.topic]).get(self.topic)
+        was, self._topic_id = self._topic_id, now or self._topic_id
+        if now is None or was is None or now == was:
+            return
+        log.warning("model-updates: topic %s was recreated (id %s, was %s): reading it from offset 0 (had reached %d)",
+                    self.topic, now, was, self._next_offset)
+        self._next_offset = 0
+        consumer.seek(tp, 0)
+        self._snap_end_seen = -1
 
     def _mark_ok(self) -> None:
         self.connected = True

@@ -89,6 +89,37 @@ def create_topics(settings: Settings, topics: Topics | None = None) -> dict[str,
         admin.close()
 
 
+def topic_ids(settings: Settings, topics: list[str], *, timeout_ms: int = 5000) -> dict[str, str]:
+    """Kafka's topic id of each of ``topics`` as the cluster has it now ({} when unreadable).
+
+    A topic that was deleted and created again (a memory-only broker that restarted, an operator
+    who recreated it) keeps its name and gets a new id; its offsets count from 0 again, so a reader
+    that kept its position would skip that many new messages. A client of its own, asked once: a
+    long-lived consumer's metadata cache still held the old id at the first rebalance after a broker
+    restart (measured). Names the broker reports no id for (brokers before Kafka 2.8) are left out.
+    Gives up after ``timeout_ms`` (the callers run it inside a rebalance or a reconnect).
+    """
+    from kafka import KafkaConsumer
+    from kafka.errors import KafkaError
+
+    try:
+        c = KafkaConsumer(enable_auto_commit=False, bootstrap_timeout_ms=timeout_ms, request_timeout_ms=timeout_ms,
+                          **client_config(settings))
+    except KafkaError as exc:
+        log.warning("could not read the topic ids of %s: %s", ", ".join(topics), exc)
+        return {}
+    try:
+        c.topics()  # one metadata request for every topic
+        cluster = getattr(c, "_cluster", None)  # kafka-python keeps the ids there (no public getter)
+        ids = {t: cluster.topic_id(t) for t in topics} if cluster is not None and hasattr(cluster, "topic_id") else {}
+    except KafkaError as exc:
+        log.warning("could not read the topic ids of %s: %s", ", ".join(topics), exc)
+        return {}
+    finally:
+        c.close()
+    return {t: str(i) for t, i in ids.items() if i is not None}
+
+
 def read_all(settings: Settings, topic: str, *, idle_ms: int = 2000, max_s: float = 120.0) -> list[Any]:
     """Read every message of ``topic`` from the beginning (kafka-python, no group).
 

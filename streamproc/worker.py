@@ -61,7 +61,7 @@ from streamproc.errors import BrokerUnavailable, InvalidEvent, RecoError
 from streamproc.events import ClickEvent, EventValidator, RatingEvent
 from streamproc.examples import KIND_CLICK, KIND_COMMENT, KIND_RATING, RECORD_DTYPE, ExampleBatch, ExampleColumns
 from streamproc.items import ItemStream
-from streamproc.kafka import GROUP_TIMEOUTS, client_config
+from streamproc.kafka import GROUP_TIMEOUTS, client_config, topic_ids
 from streamproc.metrics import StreamMetrics
 from streamproc.settings import Settings
 from streamproc.topics import Topics
@@ -249,6 +249,7 @@ class StreamWorker:
         self._lag_children: dict[Any, Any] = {}
         # Progress, for benchmarks and tests.
         self.assigned: set[Any] = set()
+        self._events_topic_id: str | None = None  # Kafka's id of the events topic (a new one: recreated)
         self.consumed = 0
         self.examples_acked = 0
         self.dead_letters_acked = 0
@@ -620,8 +621,28 @@ class StreamWorker:
 
     async def _on_assigned(self, assigned: set[Any]) -> None:
         self.assigned = set(assigned)
+        self._read_recreated_from_start(assigned)
         self._rebalancing = False
         log.info("partitions assigned: %s", sorted(tp.partition for tp in assigned))
+
+    def _read_recreated_from_start(self, assigned: set[Any]) -> None:
+        """An events topic deleted and created again (a new Kafka topic id; a memory-only broker that
+        restarted) counts its offsets from 0 again: the positions this group had reached, committed
+        again while it rejoined, would skip that many new events. Read it from the start instead."""
+        topic = self.topics.events
+        mine = [tp for tp in assigned if tp.topic == topic]
+        if not mine:
+            return
+        # Synchronous on purpose (~0.1 s, at most 2 s): a fetch that lands while the loop is free during
+        # a rebalance is dropped (the main loop), so nothing here may yield to the loop.
+        now = topic_ids(self.settings, [topic], timeout_ms=2000).get(topic)
+        was, self._events_topic_id = self._events_topic_id, now or self._events_topic_id
+        if now is None or was is None or now == was:
+            return
+        log.warning("topic %s was recreated (id %s, was %s): reading partitions %s from the start",
+                    topic, now, was, sorted(tp.partition for tp in mine))
+        for tp in mine:
+            self._consumer.seek(tp, 0)  # offsets of a new topic start at 0 (auto_offset_reset covers the rest)
 
 
 class _Listener(ConsumerRebalanceListener):

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from streamproc.runtime import poll  # the one deadline-poll helper (raises TimeoutError naming what it waited for)
 
-__all__ = ["poll", "FakeConsumer"]
+__all__ = ["poll", "FakeConsumer", "cluster_topic_ids"]
 
 
 class FakeConsumer:
@@ -26,3 +28,12 @@ class FakeConsumer:
 
     def commit_async(self, offsets: Any) -> None:
         self.committed = offsets
+
+
+@pytest.fixture(autouse=True)
+def cluster_topic_ids(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The Kafka topic ids a trainer worker's unit tests' (absent) broker reports; a test changes
+    one to recreate that topic. Autouse where imported: the real lookup would wait for a broker."""
+    ids = {"t.examples": "examples-id-1", "t.control": "control-id-1"}
+    monkeypatch.setattr("trainer.worker.topic_ids", lambda settings, topics, **kw: {t: ids[t] for t in topics if t in ids})
+    return ids

@@ -83,6 +83,9 @@ class TrainerMetrics:
         self.invalid_control_records = Counter(
             "reco_trainer_invalid_control_records_total", "Control-topic records refused (sent to the dead-letter topic), by reason",
             ["reason"], registry=r)
+        self.recreated_topics = Counter(
+            "reco_trainer_recreated_topics_total",
+            "Input topics found recreated (new Kafka topic id) on assignment: their checkpointed offsets were dropped", registry=r)
 
     def set_prequential(self, values: dict[str, float]) -> None:
         """Copy a :meth:`Prequential.get` result onto the ``window=running|recent`` gauges."""

@@ -65,7 +65,7 @@ import numpy as np
 from streamproc.control import ControlRecord, InvalidControl
 from streamproc.errors import InvalidUpdate, RecoError
 from streamproc.examples import KIND_ITEM, KIND_NAMES, ExampleBatch, InvalidExampleBatch
-from streamproc.kafka import GROUP_TIMEOUTS, client_config
+from streamproc.kafka import GROUP_TIMEOUTS, client_config, topic_ids
 from streamproc.topics import Topics
 from trainer.checkpoint import Checkpoint, CheckpointError, CheckpointStore
 from trainer.metrics import TrainerMetrics
@@ -149,6 +149,7 @@ class TrainerWorker:
         self.drift: Any = None
         self.last_checkpoint: Checkpoint | None = None
         self._offsets: dict[str, int] = {}
+        self._topic_ids: dict[str, str] = {}  # topic -> Kafka topic id the offsets above belong to (checkpointed)
         self._consumer: Any = None
         self._producer: Any = None
         self._snap_producer: Any = None  # snapshots: their own connection, so a delta never waits behind one
@@ -635,6 +636,7 @@ class TrainerWorker:
             "newest_event_time": self._newest_event_time,
             "newest_published": self._newest_published,
             "prequential": self.prequential.get(),
+            "topic_ids": dict(self._topic_ids),
         }
         try:
             ck = self.store.save(version=self.version, offsets=self._offsets, components=components, info=info,
@@ -716,6 +718,7 @@ class TrainerWorker:
             self._tombs, self._tomb_max, self._erase_tags = {}, 0.0, set()
             self.examples_learned = 0
             self._learned_at_ckpt = 0
+        self._forget_recreated_topics()
         topic_version = self._published_version()
         self._in_sync = in_sync and topic_version <= prev_version  # nobody published since our own last update
         self.version = max(self.version, topic_version, ck.version if ck else 0)
@@ -736,6 +739,26 @@ class TrainerWorker:
         log.info("trainer active: checkpoint %s, offsets %s, continuing after version %d",
                  ck.seq if ck else None, self._offsets or "beginning", self.version)
 
+    def _forget_recreated_topics(self) -> None:
+        """Drop the offsets of an input topic that was deleted and created again since they were taken.
+
+        Offsets count from a topic's creation: a checkpoint's offset on the old examples topic would
+        skip that many messages of the new one (a memory-only broker that restarted, or an operator
+        who recreated the topic). Kafka gives every topic an id; the checkpoint keeps the ids its
+        offsets belong to, and a changed id means reading the new topic from its start (see
+        :func:`streamproc.kafka.topic_ids`).
+        """
+        for topic, now in topic_ids(self.settings, [t for t in (self.topics.examples, self.topics.control) if t]).items():
+            was, self._topic_ids[topic] = self._topic_ids.get(topic), now
+            if was is None or was == now:
+                continue
+            dropped = {k: v for k, v in self._offsets.items() if k.rsplit(":", 1)[0] == topic}
+            for key in dropped:
+                del self._offsets[key]
+            self.metrics.recreated_topics.inc()
+            log.warning("topic %s was recreated (id %s, the checkpoint's offsets %s were taken on id %s): "
+                        "reading it from the start", topic, now, dropped, was)
+
     def _load(self, ck: Checkpoint) -> None:
         model_cls, preq_cls, drift_cls = self.classes or _default_classes()
         self.model = model_cls.from_state(*ck.components["model"])
@@ -743,6 +766,7 @@ class TrainerWorker:
         self.drift = drift_cls.from_state(*ck.components["drift"])
         self._restore_erasures(ck.components.get("erasures"))
         self._offsets = dict(ck.offsets)
+        self._topic_ids = {str(t): str(i) for t, i in dict(ck.info.get("topic_ids") or {}).items()}
         self.examples_learned = int(ck.info.get("examples_learned", 0))
         self._learned_at_ckpt = self.examples_learned
         self._newest_event_time = float(ck.info.get("newest_event_time", 0.0))

@@ -128,10 +128,9 @@ def test_broker_outage_keeps_serving_and_recovers(tmp_path: Path) -> None:
                 create_topics(s)  # memory-only storage: the topics are gone
                 poll(lambda: h.readyz()[0] == 200, 120, "/readyz 200 after the broker is back", 0.5)
                 assert scrape(f"{h.base}/metrics").get("reco_serving_kafka_connected") == 1
-                # Events after the restart: streamproc and serving pick up the recreated topics. KNOWN
-                # LOSS (documented, not fixed): the trainer resumes at its checkpoint's offset on the
-                # recreated, empty examples topic, so the first `resume` example messages written
-                # after the restart are skipped; a durable Kafka keeps its offsets and loses nothing.
+                # Events after the restart: every role picks up the recreated topics. The trainer sees
+                # the examples topic's new Kafka topic id and reads it from its start: its checkpointed
+                # offset belonged to the old topic and would skip that many new example messages.
                 from trainer.checkpoint import CheckpointStore
 
                 resume = CheckpointStore(s.checkpoint_dir).latest().offsets[f"{h.topics.examples}:0"]
@@ -141,25 +140,28 @@ def test_broker_outage_keeps_serving_and_recovers(tmp_path: Path) -> None:
                 h.publish(post, rate=1000)
                 poll(lambda: not httpx.get(f"{h.base}/v1/users/{user}/recommendations").json().get("fallback", True),
                      120, "the post-outage user's own recommendations", 0.5)
+                poll(lambda: h.trainer_metrics().get("reco_trainer_recreated_topics_total", 0) >= 1, 60,
+                     "the trainer to rejoin and find the examples topic recreated", 0.5)
                 from streamproc.examples import ExampleBatch
                 from streamproc.kafka import read_all
 
-                # KNOWN LOSS 2: the stream workers also keep their fetch positions across the outage, so
-                # events at offsets below them on the recreated events topic are not turned into examples.
+                # The stream workers too read the recreated events topic from its start: every event
+                # published after the restart becomes an example (some twice: those read at the old
+                # positions before the group rejoined), and the trainer learns every one of them.
                 sizes: list[int] = []
 
                 def split() -> tuple[set[str], set[str]] | None:
-                    skipped, kept = set(), set()
+                    before, after = set(), set()
                     for m in read_all(s, h.topics.examples, idle_ms=500):
-                        (skipped if m.offset < resume else kept).update(ExampleBatch.decode(m.value).event_ids)
-                    sizes.append(len(skipped | kept))
-                    return (skipped, kept) if len(sizes) > 2 and sizes[-1] == sizes[-3] else None  # stopped growing
+                        (before if m.offset < resume else after).update(ExampleBatch.decode(m.value).event_ids)
+                    sizes.append(len(before | after))
+                    return (before, after) if len(sizes) > 2 and sizes[-1] == sizes[-3] == len(post) else None
 
-                skipped, kept = poll(split, 60, "the post-outage examples to settle", 2.0)
-                poll(lambda: kept <= set(h.learned()), 60, "post-outage examples after the resume offset learned", 1.0)
-                assert kept and not skipped & set(h.learned())  # the documented loss: exactly the messages before `resume`
-                print(f"broker outage: {len(skipped | kept)} of 3000 post-restart events became examples; trainer resume "
-                      f"offset {resume} skipped {len(skipped)}, learned {len(kept)}")
+                before, after = poll(split, 90, f"all {len(post)} post-outage events to become examples", 2.0)
+                poll(lambda: (before | after) <= set(h.learned()), 60, "every post-outage example learned", 1.0)
+                assert before, f"no example message below the old offset {resume}: the check above proves nothing"
+                print(f"broker outage: all {len(post)} post-restart events became examples and were learned "
+                      f"({len(before)} at offsets below the old checkpoint's {resume})")
                 assert {r: sup.restarts(r) for r in ROLES} == {r: 0 for r in ROLES}
             except (TimeoutError, AssertionError):
                 print(log.getvalue()[-8000:])

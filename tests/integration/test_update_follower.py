@@ -9,9 +9,9 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from kafka import KafkaProducer
+from kafka import KafkaProducer, TopicPartition
 from prometheus_client import CollectorRegistry
-from support import poll
+from support import FakeConsumer, poll
 
 from serving.bench import SyntheticModel
 from serving.kafka_io import UpdateFollower
@@ -112,3 +112,19 @@ def test_a_replica_waits_for_the_first_snapshot(settings: ServingSettings, produ
     finally:
         follower.stop()
         follower.join(10)
+
+
+def test_a_recreated_model_updates_topic_is_read_from_offset_0(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After Kafka was out of reach, a model-updates topic with a new Kafka topic id (deleted and
+    created again: a memory-only broker that restarted) is read from its start, and model-snapshots
+    is looked at afresh; the same id changes nothing."""
+    ids = {"t.model-updates": "id-1"}
+    monkeypatch.setattr("serving.kafka_io.topic_ids", lambda settings, topics, **kw: {t: ids[t] for t in topics})
+    f, _ = _follower(ServingSettings(kafka_bootstrap="127.0.0.1:1", topic_prefix="t."))
+    f._topic_id, f._next_offset, f._snap_end_seen = "id-1", 40, 7
+    consumer, tp = FakeConsumer(), TopicPartition("t.model-updates", 0)
+    f._check_recreated(consumer, tp)
+    assert (f._next_offset, f._snap_end_seen, consumer.seeks) == (40, 7, {})
+    ids["t.model-updates"] = "id-2"
+    f._check_recreated(consumer, tp)
+    assert (f._next_offset, f._snap_end_seen, consumer.seeks, f._topic_id) == (0, -1, {tp: 0}, "id-2")

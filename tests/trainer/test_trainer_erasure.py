@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
-from support import FakeConsumer
+from support import FakeConsumer, cluster_topic_ids  # noqa: F401 - an autouse fixture
 
 from streamproc.control import ControlRecord
 from streamproc.examples import KIND_RATING, ExampleBatch

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
-from support import FakeConsumer
+from support import FakeConsumer, cluster_topic_ids  # noqa: F401 - an autouse fixture
 
 from streamproc.examples import KIND_CLICK, KIND_ITEM, KIND_RATING, ExampleBatch
 from trainer.settings import TrainerSettings
@@ -339,6 +339,41 @@ def test_checkpoints_of_the_previous_format_still_load(tmp_path: Path) -> None:
     assert w2._tombs == w._tombs and w2._salt == w._salt  # the erasure state (salt, tombstones) too
     ck2 = w2.checkpoint()
     assert ck2 is not None and json.loads((ck2.path / "meta.json").read_text())["format"] == 2
+
+
+def test_recreated_examples_topic_is_read_from_its_start(tmp_path: Path, cluster_topic_ids: dict[str, str]) -> None:  # noqa: F811
+    """A checkpoint keeps the examples topic's Kafka id with its offsets; when the topic was deleted and
+    created again (new id) the offsets belong to the old topic, and the new one is read from its start."""
+    from kafka import TopicPartition
+
+    tp = TopicPartition("t.examples", 0)
+    w, _, _ = make_worker(tmp_path)
+    w.active = False
+    w._published_version = lambda: 0  # type: ignore[method-assign]
+    w._on_assigned([tp])
+    w.learn(batch(6))
+    w._offsets = {"t.examples:0": 3}
+    ck = w.checkpoint()
+    assert ck is not None and ck.info["topic_ids"]["t.examples"] == "examples-id-1"
+
+    w2, _, reg2 = make_worker(tmp_path)
+    w2.active = False
+    w2._published_version = lambda: 0  # type: ignore[method-assign]
+    w2._on_assigned([tp])  # the same topic: resume at the checkpoint's offset
+    assert w2._consumer.seeks == {tp: 3} and reg2.get_sample_value("reco_trainer_recreated_topics_total") == 0
+
+    cluster_topic_ids["t.examples"] = "examples-id-2"
+    w3, _, reg3 = make_worker(tmp_path)
+    w3.active = False
+    w3._published_version = lambda: 0  # type: ignore[method-assign]
+    w3._on_assigned([tp])
+    assert w3._consumer.seeks == {tp: "beginning"} and "t.examples:0" not in w3._offsets
+    assert reg3.get_sample_value("reco_trainer_recreated_topics_total") == 1
+    assert w3.model.n_users == 3 and w3.examples_learned == 6  # the model itself is kept
+    w3.learn(batch(2, start=10))
+    w3._offsets["t.examples:0"] = 2
+    ck3 = w3.checkpoint()
+    assert ck3 is not None and ck3.info["topic_ids"]["t.examples"] == "examples-id-2"
 
 
 def test_snapshots_wait_longer_when_they_cost_the_training_thread_more(tmp_path: Path) -> None:
