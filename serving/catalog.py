@@ -383,9 +383,10 @@ class CatalogFollower(threading.Thread):
     def run(self) -> None:
         from kafka import KafkaConsumer, TopicPartition
 
-        from streamproc.kafka import client_config
+        from streamproc.kafka import TopicIdWatch, client_config
 
         positions: dict[int, int] = {}
+        topic_id = TopicIdWatch(self.settings, self.topic)  # a new id: the topic was recreated, positions are void
         while not self._halt.is_set():
             try:
                 consumer = KafkaConsumer(enable_auto_commit=False, auto_offset_reset="earliest", fetch_max_wait_ms=50,
@@ -403,6 +404,8 @@ class CatalogFollower(threading.Thread):
                     continue
                 tps = [TopicPartition(self.topic, p) for p in parts]
                 consumer.assign(tps)
+                if topic_id.recreated():  # the first look only remembers the id
+                    positions.clear()
                 for tp in tps:
                     if tp.partition in positions:
                         consumer.seek(tp, positions[tp.partition])
@@ -410,8 +413,23 @@ class CatalogFollower(threading.Thread):
                         consumer.seek_to_beginning(tp)
                 ends = consumer.end_offsets(tps) if not self.caught_up.is_set() else {}
                 quiet = 0
+                last_ok, connected = time.monotonic(), True
                 while not self._halt.is_set():
                     batch = consumer.poll(timeout_ms=self.poll_ms, max_records=2000)
+                    if batch:
+                        last_ok, connected = time.monotonic(), True
+                    elif time.monotonic() - last_ok > 2.0:
+                        try:  # a cheap round trip: is Kafka reachable (again)? Fails fast, so an outage shows
+                            consumer.end_offsets(tps, timeout_ms=2000)
+                        except Exception:  # noqa: BLE001
+                            connected = False
+                        else:
+                            last_ok = time.monotonic()
+                            if not connected and topic_id.recreated():  # back after an outage, topic recreated
+                                positions.clear()
+                                for tp in tps:
+                                    consumer.seek(tp, 0)
+                            connected = True
                     changed = 0
                     for tp, recs in batch.items():
                         for r in recs:

@@ -45,7 +45,7 @@ from serving.model import ServingModel
 from serving.settings import ServingSettings
 from serving.store import ModelStore
 from streamproc.errors import InvalidUpdate
-from streamproc.kafka import GROUP_TIMEOUTS, client_config, topic_ids
+from streamproc.kafka import GROUP_TIMEOUTS, TopicIdWatch, client_config
 from streamproc.topics import Topics
 from trainer.updates import ModelUpdate, peek
 
@@ -108,7 +108,7 @@ class UpdateFollower(threading.Thread):
         self._skip_through = -1  # deltas up to this version are older than the loaded snapshot
         self._snap_end_seen = -1  # model-snapshots end offset at the last look
         self._last_snap_check = 0.0
-        self._topic_id: str | None = None  # model-updates' Kafka topic id (a new one: the topic was recreated)
+        self._topic_id = TopicIdWatch(settings, self.topic)  # model-updates' Kafka topic id (a new one: recreated)
 
     @property
     def bytes_read(self) -> int:
@@ -149,7 +149,7 @@ class UpdateFollower(threading.Thread):
                 consumer.assign([tp, tps])
                 consumer.pause(tps)  # steady state: deltas only
                 if not self.caught_up.is_set():
-                    self._topic_id = topic_ids(self.settings, [self.topic]).get(self.topic)
+                    self._topic_id.recreated()  # the first look: remembers the id
                     self._start(consumer, tp, tps)
                     self.caught_up.set()
                 else:  # reconnect: continue after what we applied
@@ -363,12 +363,9 @@ class UpdateFollower(threading.Thread):
         id; a memory-only broker that restarted), its offsets start at 0 again, below where this
         replica stopped, and the trainer's next deltas would be skipped. Read it from its start, and
         look at model-snapshots afresh (recreated too: its end offset proves nothing)."""
-        now = topic_ids(self.settings, [self.topic]).get(self.topic)
-        was, self._topic_id = self._topic_id, now or self._topic_id
-        if now is None or was is None or now == was:
+        if not self._topic_id.recreated():
             return
-        log.warning("model-updates: topic %s was recreated (id %s, was %s): reading it from offset 0 (had reached %d)",
-                    self.topic, now, was, self._next_offset)
+        log.info("model-updates: reading %s from offset 0 (had reached %d)", self.topic, self._next_offset)
         self._next_offset = 0
         consumer.seek(tp, 0)
         self._snap_end_seen = -1

@@ -120,6 +120,25 @@ def topic_ids(settings: Settings, topics: list[str], *, timeout_ms: int = 5000) 
     return {t: str(i) for t, i in ids.items() if i is not None}
 
 
+class TopicIdWatch:
+    """One topic's Kafka id, remembered between looks, to tell when the topic was deleted and created
+    again: its offsets then start at 0, and a reader that kept its position must start over."""
+
+    def __init__(self, settings: Settings, topic: str, *, timeout_ms: int = 5000) -> None:
+        self.settings, self.topic, self.timeout_ms = settings, topic, timeout_ms
+        self.id: str | None = None
+
+    def recreated(self) -> bool:
+        """Look the id up now: True when it differs from the id seen before (a first look, or one the
+        broker does not answer, only records what it can)."""
+        now = topic_ids(self.settings, [self.topic], timeout_ms=self.timeout_ms).get(self.topic)
+        was, self.id = self.id, now or self.id
+        if now is None or was is None or now == was:
+            return False
+        log.warning("topic %s was recreated (Kafka topic id %s, was %s): reading it from its start", self.topic, now, was)
+        return True
+
+
 def read_all(settings: Settings, topic: str, *, idle_ms: int = 2000, max_s: float = 120.0) -> list[Any]:
     """Read every message of ``topic`` from the beginning (kafka-python, no group).
 

@@ -61,7 +61,7 @@ from streamproc.errors import BrokerUnavailable, InvalidEvent, RecoError
 from streamproc.events import ClickEvent, EventValidator, RatingEvent
 from streamproc.examples import KIND_CLICK, KIND_COMMENT, KIND_RATING, RECORD_DTYPE, ExampleBatch, ExampleColumns
 from streamproc.items import ItemStream
-from streamproc.kafka import GROUP_TIMEOUTS, client_config, topic_ids
+from streamproc.kafka import GROUP_TIMEOUTS, TopicIdWatch, client_config
 from streamproc.metrics import StreamMetrics
 from streamproc.settings import Settings
 from streamproc.topics import Topics
@@ -249,7 +249,7 @@ class StreamWorker:
         self._lag_children: dict[Any, Any] = {}
         # Progress, for benchmarks and tests.
         self.assigned: set[Any] = set()
-        self._events_topic_id: str | None = None  # Kafka's id of the events topic (a new one: recreated)
+        self._events_id = TopicIdWatch(settings, self.topics.events, timeout_ms=2000)  # a new id: recreated
         self.consumed = 0
         self.examples_acked = 0
         self.dead_letters_acked = 0
@@ -635,15 +635,9 @@ class StreamWorker:
             return
         # Synchronous on purpose (~0.1 s, at most 2 s): a fetch that lands while the loop is free during
         # a rebalance is dropped (the main loop), so nothing here may yield to the loop.
-        now = topic_ids(self.settings, [topic], timeout_ms=2000).get(topic)
-        was, self._events_topic_id = self._events_topic_id, now or self._events_topic_id
-        if now is None or was is None or now == was:
-            return
-        log.warning("topic %s was recreated (id %s, was %s): reading partitions %s from the start",
-                    topic, now, was, sorted(tp.partition for tp in mine))
-        for tp in mine:
-            self._consumer.seek(tp, 0)  # offsets of a new topic start at 0 (auto_offset_reset covers the rest)
-
+        if self._events_id.recreated():
+            for tp in mine:
+                self._consumer.seek(tp, 0)  # offsets of a new topic start at 0 (auto_offset_reset covers the rest)
 
 class _Listener(ConsumerRebalanceListener):
     """aiokafka rebalance listener: drain and commit before giving partitions away."""

@@ -15,10 +15,12 @@ The harness is :class:`serving.ops.faults.FaultHarness` (also behind ``reco benc
 from __future__ import annotations
 
 import io
+import json
 import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -93,12 +95,21 @@ def test_kill_9_each_role_under_load_loses_nothing(loop: tuple[FaultHarness, io.
     assert {r: h.sup.restarts(r) for r in ROLES} == {r: 1 for r in ROLES}  # each killed once, nothing else crashed
 
 
+def publish_items(settings: Any, prefix: str, n: int) -> None:
+    from streamproc.publisher import ItemPublisher
+
+    with ItemPublisher(settings) as pub:
+        for j in range(n):
+            pub.item(item_id=f"{prefix}-{j}", title=f"{prefix} {j}", categories=["Drama"])
+
+
 def test_broker_outage_keeps_serving_and_recovers(tmp_path: Path) -> None:
     """Stop the (memory-only) broker for 10 s, restart it on the same port, recreate the topics
     (the test does it, like an operator's ``reco topics create``): serving answers with its last
     model throughout, ``/readyz`` goes 503 ``kafka_unreachable`` (metric
     ``reco_serving_kafka_connected`` 0) and back to 200, and events published after the restart
-    are learned and become visible."""
+    are learned and become visible; item records published after it reach the stream workers and
+    serving's catalogue."""
     from streamproc.broker import EmbeddedBroker
     from streamproc.kafka import create_topics
 
@@ -113,6 +124,9 @@ def test_broker_outage_keeps_serving_and_recovers(tmp_path: Path) -> None:
                 poll(lambda: h.readyz()[0] in (200, 503), 180, "serving up", 0.3)
                 h.publish(synthetic_events(1500, prefix="pre"))
                 h.wait_ready()
+                sp_metrics = f"http://127.0.0.1:{ports['streamproc']}/metrics"
+                publish_items(s, "pre-item", 40)  # catalogue positions well past where the recreated topic starts
+                poll(lambda: scrape(f"{h.base}/metrics").get("reco_serving_catalog_items") == 40, 60, "40 catalogue items", 0.5)
                 url = f"{h.base}/v1/users/u1/recommendations"
                 version = httpx.get(url).json()["version"]
                 broker.stop()
@@ -138,6 +152,7 @@ def test_broker_outage_keeps_serving_and_recovers(tmp_path: Path) -> None:
                 post = [(t, u, v.replace(b'"user_id": "' + u.encode() + b'"', b'"user_id": "after-outage"') if n % 2 else v)
                         for n, (t, u, v) in enumerate(synthetic_events(3000, prefix="post", invalid_every=0, comment_every=0))]
                 h.publish(post, rate=1000)
+                publish_items(s, "post-item", 12)
                 poll(lambda: not httpx.get(f"{h.base}/v1/users/{user}/recommendations").json().get("fallback", True),
                      120, "the post-outage user's own recommendations", 0.5)
                 poll(lambda: h.trainer_metrics().get("reco_trainer_recreated_topics_total", 0) >= 1, 60,
@@ -148,18 +163,24 @@ def test_broker_outage_keeps_serving_and_recovers(tmp_path: Path) -> None:
                 # The stream workers too read the recreated events topic from its start: every event
                 # published after the restart becomes an example (some twice: those read at the old
                 # positions before the group rejoined), and the trainer learns every one of them.
+                post_ids = {json.loads(v)["event_id"] for _, _, v in post}
                 sizes: list[int] = []
 
                 def split() -> tuple[set[str], set[str]] | None:
                     before, after = set(), set()
                     for m in read_all(s, h.topics.examples, idle_ms=500):
-                        (before if m.offset < resume else after).update(ExampleBatch.decode(m.value).event_ids)
+                        (before if m.offset < resume else after).update(set(ExampleBatch.decode(m.value).event_ids) & post_ids)
                     sizes.append(len(before | after))
                     return (before, after) if len(sizes) > 2 and sizes[-1] == sizes[-3] == len(post) else None
 
                 before, after = poll(split, 90, f"all {len(post)} post-outage events to become examples", 2.0)
                 poll(lambda: (before | after) <= set(h.learned()), 60, "every post-outage example learned", 1.0)
                 assert before, f"no example message below the old offset {resume}: the check above proves nothing"
+                # the item records sent after the restart reach serving's catalogue and the stream workers
+                poll(lambda: scrape(f"{h.base}/metrics").get("reco_serving_catalog_items") == 52, 60,
+                     "the 12 post-outage items in serving's catalogue", 0.5)
+                poll(lambda: metric_sum(scrape(sp_metrics), "reco_streamproc_items_consumed_total") == 52, 60,
+                     "the stream workers to read the 12 post-outage items", 0.5)
                 print(f"broker outage: all {len(post)} post-restart events became examples and were learned "
                       f"({len(before)} at offsets below the old checkpoint's {resume})")
                 assert {r: sup.restarts(r) for r in ROLES} == {r: 0 for r in ROLES}

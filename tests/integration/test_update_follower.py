@@ -119,12 +119,12 @@ def test_a_recreated_model_updates_topic_is_read_from_offset_0(monkeypatch: pyte
     created again: a memory-only broker that restarted) is read from its start, and model-snapshots
     is looked at afresh; the same id changes nothing."""
     ids = {"t.model-updates": "id-1"}
-    monkeypatch.setattr("serving.kafka_io.topic_ids", lambda settings, topics, **kw: {t: ids[t] for t in topics})
+    monkeypatch.setattr("streamproc.kafka.topic_ids", lambda settings, topics, **kw: {t: ids[t] for t in topics})
     f, _ = _follower(ServingSettings(kafka_bootstrap="127.0.0.1:1", topic_prefix="t."))
-    f._topic_id, f._next_offset, f._snap_end_seen = "id-1", 40, 7
+    f._topic_id.id, f._next_offset, f._snap_end_seen = "id-1", 40, 7
     consumer, tp = FakeConsumer(), TopicPartition("t.model-updates", 0)
     f._check_recreated(consumer, tp)
     assert (f._next_offset, f._snap_end_seen, consumer.seeks) == (40, 7, {})
     ids["t.model-updates"] = "id-2"
     f._check_recreated(consumer, tp)
-    assert (f._next_offset, f._snap_end_seen, consumer.seeks, f._topic_id) == (0, -1, {tp: 0}, "id-2")
+    assert (f._next_offset, f._snap_end_seen, consumer.seeks, f._topic_id.id) == (0, -1, {tp: 0}, "id-2")
