@@ -538,6 +538,7 @@ class KafkaIO:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.producer_ok = False
         self.requests_ok = False
+        self._requests_id = TopicIdWatch(settings, self.topics.requests, timeout_ms=2000)  # a new id: recreated
 
     @property
     def connected(self) -> bool:
@@ -603,16 +604,29 @@ class KafkaIO:
         fut.result(timeout=30)
 
     async def _serve_requests(self) -> None:
-        from aiokafka import AIOKafkaConsumer
+        from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
+
+        watch = self._requests_id
+
+        class _Listener(ConsumerRebalanceListener):
+            async def on_partitions_revoked(self, revoked: Any) -> None:
+                pass
+
+            async def on_partitions_assigned(self, assigned: Any) -> None:
+                # A recreated requests topic (memory-only broker restarted) starts at offset 0, below the
+                # positions this group re-committed while rejoining. Off the loop: it also serves HTTP.
+                if assigned and await asyncio.to_thread(watch.recreated):
+                    for tp in assigned:
+                        consumer.seek(tp, 0)
 
         while True:
             consumer = AIOKafkaConsumer(
-                self.topics.requests,
                 group_id=f"{self.settings.topic_prefix}serving",
                 auto_offset_reset="earliest",
                 **GROUP_TIMEOUTS,
                 **client_config(self.settings, aio=True),
             )
+            consumer.subscribe([self.topics.requests], listener=_Listener())
             try:
                 await consumer.start()
                 self.requests_ok = True

@@ -103,13 +103,26 @@ def publish_items(settings: Any, prefix: str, n: int) -> None:
             pub.item(item_id=f"{prefix}-{j}", title=f"{prefix} {j}", categories=["Drama"])
 
 
+def send_request(settings: Any, request_id: str, user: str) -> None:
+    from kafka import KafkaProducer
+
+    from streamproc.kafka import client_config
+    from streamproc.topics import Topics
+
+    p = KafkaProducer(**client_config(settings))
+    p.send(Topics.from_settings(settings).requests, key=user.encode(),
+           value=json.dumps({"request_id": request_id, "user_id": user, "k": 5}).encode())
+    p.flush()
+    p.close()
+
+
 def test_broker_outage_keeps_serving_and_recovers(tmp_path: Path) -> None:
     """Stop the (memory-only) broker for 10 s, restart it on the same port, recreate the topics
     (the test does it, like an operator's ``reco topics create``): serving answers with its last
     model throughout, ``/readyz`` goes 503 ``kafka_unreachable`` (metric
     ``reco_serving_kafka_connected`` 0) and back to 200, and events published after the restart
     are learned and become visible; item records published after it reach the stream workers and
-    serving's catalogue."""
+    serving's catalogue, and a recommendation request sent over Kafka is answered there."""
     from streamproc.broker import EmbeddedBroker
     from streamproc.kafka import create_topics
 
@@ -126,6 +139,8 @@ def test_broker_outage_keeps_serving_and_recovers(tmp_path: Path) -> None:
                 h.wait_ready()
                 sp_metrics = f"http://127.0.0.1:{ports['streamproc']}/metrics"
                 publish_items(s, "pre-item", 40)  # catalogue positions well past where the recreated topic starts
+                for j in range(40):  # and request positions
+                    send_request(s, f"pre-{j}", f"u{j}")
                 poll(lambda: scrape(f"{h.base}/metrics").get("reco_serving_catalog_items") == 40, 60, "40 catalogue items", 0.5)
                 url = f"{h.base}/v1/users/u1/recommendations"
                 version = httpx.get(url).json()["version"]
@@ -181,6 +196,10 @@ def test_broker_outage_keeps_serving_and_recovers(tmp_path: Path) -> None:
                      "the 12 post-outage items in serving's catalogue", 0.5)
                 poll(lambda: metric_sum(scrape(sp_metrics), "reco_streamproc_items_consumed_total") == 52, 60,
                      "the stream workers to read the 12 post-outage items", 0.5)
+                # and a recommendation request sent over Kafka after the restart is answered there
+                send_request(s, "after-outage-request", user)
+                poll(lambda: any(json.loads(m.value).get("request_id") == "after-outage-request"
+                                 for m in read_all(s, h.topics.recommendations, idle_ms=300)), 60, "the Kafka reply", 0.5)
                 print(f"broker outage: all {len(post)} post-restart events became examples and were learned "
                       f"({len(before)} at offsets below the old checkpoint's {resume})")
                 assert {r: sup.restarts(r) for r in ROLES} == {r: 0 for r in ROLES}
