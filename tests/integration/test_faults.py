@@ -144,6 +144,11 @@ def test_broker_outage_keeps_serving_and_recovers(tmp_path: Path) -> None:
                 poll(lambda: scrape(f"{h.base}/metrics").get("reco_serving_catalog_items") == 40, 60, "40 catalogue items", 0.5)
                 url = f"{h.base}/v1/users/u1/recommendations"
                 version = httpx.get(url).json()["version"]
+                from trainer.checkpoint import CheckpointStore
+
+                examples_key = f"{h.topics.examples}:0"
+                resume = poll(lambda: (c := CheckpointStore(s.checkpoint_dir).latest()) and c.offsets.get(examples_key), 60,
+                              "a checkpoint with an examples offset", 0.5)
                 broker.stop()
                 code, body = poll(lambda: (r := h.readyz())[0] == 503 and r, 60, "/readyz 503 while the broker is down")
                 assert "kafka_unreachable" in body["reasons"]
@@ -159,10 +164,10 @@ def test_broker_outage_keeps_serving_and_recovers(tmp_path: Path) -> None:
                 assert scrape(f"{h.base}/metrics").get("reco_serving_kafka_connected") == 1
                 # Events after the restart: every role picks up the recreated topics. The trainer sees
                 # the examples topic's new Kafka topic id and reads it from its start: its checkpointed
-                # offset belonged to the old topic and would skip that many new example messages.
-                from trainer.checkpoint import CheckpointStore
-
-                resume = CheckpointStore(s.checkpoint_dir).latest().offsets[f"{h.topics.examples}:0"]
+                # offset belonged to the old topic and would skip that many new example messages. A
+                # checkpoint written during the outage holds a later position of the old topic; one
+                # written after the trainer rejoined holds none (it forgot the old topic's offsets).
+                resume = CheckpointStore(s.checkpoint_dir).latest().offsets.get(examples_key, resume)
                 user = "after-outage"
                 post = [(t, u, v.replace(b'"user_id": "' + u.encode() + b'"', b'"user_id": "after-outage"') if n % 2 else v)
                         for n, (t, u, v) in enumerate(synthetic_events(3000, prefix="post", invalid_every=0, comment_every=0))]
