@@ -263,6 +263,7 @@ def encoder_bench(settings: Settings, *, reviews: str | None = None, n: int | No
         gemb = gpu.encode(texts)
         out["gpu_comments_per_s"] = round(len(texts) / (time.perf_counter() - t0), 1)
         out["gpu_mean_cosine_vs_fp32"] = round(float((gemb * emb["raw"]).sum(axis=1).mean()), 4)
+        out["gpu_sentiment_auc"] = sentiment_auc(gemb, ratings)[0]
         out["gpu_name"] = torch.cuda.get_device_name(0)
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     out["cpus"] = os.cpu_count()
