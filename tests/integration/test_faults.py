@@ -147,8 +147,13 @@ def test_broker_outage_keeps_serving_and_recovers(tmp_path: Path) -> None:
                 from trainer.checkpoint import CheckpointStore
 
                 examples_key = f"{h.topics.examples}:0"
-                resume = poll(lambda: (c := CheckpointStore(s.checkpoint_dir).latest()) and c.offsets.get(examples_key), 60,
-                              "a checkpoint with an examples offset", 0.5)
+
+                def examples_offset() -> tuple[int, str] | None:
+                    """The latest checkpoint's examples offset and the topic id it was taken on."""
+                    c = CheckpointStore(s.checkpoint_dir).latest()
+                    return (c.offsets[examples_key], c.info["topic_ids"][h.topics.examples]) if c and examples_key in c.offsets else None
+
+                resume, old_id = poll(examples_offset, 60, "a checkpoint with an examples offset", 0.5)
                 broker.stop()
                 code, body = poll(lambda: (r := h.readyz())[0] == 503 and r, 60, "/readyz 503 while the broker is down")
                 assert "kafka_unreachable" in body["reasons"]
@@ -165,9 +170,10 @@ def test_broker_outage_keeps_serving_and_recovers(tmp_path: Path) -> None:
                 # Events after the restart: every role picks up the recreated topics. The trainer sees
                 # the examples topic's new Kafka topic id and reads it from its start: its checkpointed
                 # offset belonged to the old topic and would skip that many new example messages. A
-                # checkpoint written during the outage holds a later position of the old topic; one
-                # written after the trainer rejoined holds none (it forgot the old topic's offsets).
-                resume = CheckpointStore(s.checkpoint_dir).latest().offsets.get(examples_key, resume)
+                # checkpoint written during the outage may hold a later position of the old topic; one
+                # written after the trainer rejoined holds none, or one of the new topic.
+                if (late := examples_offset()) and late[1] == old_id:
+                    resume = late[0]
                 user = "after-outage"
                 post = [(t, u, v.replace(b'"user_id": "' + u.encode() + b'"', b'"user_id": "after-outage"') if n % 2 else v)
                         for n, (t, u, v) in enumerate(synthetic_events(3000, prefix="post", invalid_every=0, comment_every=0))]
