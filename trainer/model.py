@@ -81,6 +81,12 @@ _GAIN_PRIOR = 0.5  # NDCG@10 credit the default gain starts with: the data must 
 _GAIN_TOKENS_PER_EVENT = 1 / 32
 _GAIN_TOKEN_ITEMS = 10_000
 _GAIN_TOKENS_MAX = 64.0
+# The live ranking sample (``rank_sample`` < 1: the trainer's HR/NDCG@10 metrics) scores every item
+# too; at 1M users x 100k items x 2,000 events/s its 1 % of positive events with the per-batch
+# inputs it needs took ~12 % of the trainer. Budgeted like the gains: this many tokens per event,
+# one per _GAIN_TOKEN_ITEMS items ranked (at 100k items ~3 ranked events/s at 2,000 events/s; at
+# 10k items it never binds, a 1 % sample asks ~1/150 per event). A full evaluation (1.0) is not.
+_RANK_TOKENS_PER_EVENT = 1 / 64
 _LP_REBASE = 1e6  # events between moves of the log-popularity reference (at a full export)
 _LL_SWITCH = 1.25  # nats (on scored events) a horizon must lead by before the served one switches (no flapping)
 
@@ -317,6 +323,7 @@ class HybridMF:
         # (columns: every knn gain x mf gain pair, knn-major)
         self._GAINRR = np.zeros((_GAIN_BUCKETS, len(KNN_GAINS) * len(MF_GAINS)), np.float64)
         self._gain_tokens = _GAIN_TOKENS_MAX  # see _GAIN_TOKENS_PER_EVENT; not checkpointed (a restore starts full)
+        self._rank_tokens = _GAIN_TOKENS_MAX  # see _RANK_TOKENS_PER_EVENT; likewise
         for b in range(_GAIN_BUCKETS):
             g = int(np.argmin(np.abs(np.array(KNN_GAINS) - min(1.0, (b + 1) / 5))))
             self._GAINRR[b, g * len(MF_GAINS) + MF_GAINS.index(1.0)] = _GAIN_PRIOR
@@ -581,7 +588,8 @@ class HybridMF:
         """Full-catalogue rank (0 = best) of a sample of the batch's positive events, before the
         batch is learned; NaN where not sampled. Positive: clicks, and ratings/rated comments at or
         above ``positive_rating`` (default ``rating_max - 1``). The sample is a fixed hash of
-        (user, item) below ``rank_sample``, so it is the same on every run. Every positive event of a
+        (user, item) below ``rank_sample``, so it is the same on every run, within a budget below 1
+        (:data:`_RANK_TOKENS_PER_EVENT`: large catalogues rank fewer). Every positive event of a
         user with 1-4 events also teaches :attr:`knn_gains`, within a budget (:data:`_GAIN_TOKENS_PER_EVENT`). Candidates: every live
         item except the user's last ``knn_window`` items; an item the model has not seen counts as
         rank infinity (a miss)."""
@@ -594,11 +602,16 @@ class HybridMF:
         cut = int(self.rank_sample * 2**32)
         side = None  # the user-independent inputs, computed once per batch when first needed
         self._gain_tokens = min(_GAIN_TOKENS_MAX, self._gain_tokens + _GAIN_TOKENS_PER_EVENT * len(kinds))
+        self._rank_tokens = min(_GAIN_TOKENS_MAX, self._rank_tokens + _RANK_TOKENS_PER_EVENT * len(kinds))
         gain_cost = len(self._imap) / _GAIN_TOKEN_ITEMS
+        budgeted = self.rank_sample < 1.0
         for n in np.flatnonzero(pos).tolist():
             user, item = batch.user_ids[n], batch.item_ids[n]
             u = self._umap.get(user)
             sampled = zlib.crc32(f"{user}\x00{item}".encode()) < cut
+            if sampled and budgeted:
+                sampled = self._rank_tokens >= gain_cost
+                self._rank_tokens -= gain_cost if sampled else 0.0
             young = u is not None and 0 < self._knn.events_of(u) < _GAIN_BUCKETS
             if not (sampled or young):
                 continue

@@ -35,7 +35,7 @@ class TrainerSettings(Settings, section="trainer"):
     update_interval_ms: float = setting(200.0, "Publish a model update at least this often while learning (ms)", min=1)
     update_max_examples: int = setting(5000, "... or after this many examples", min=1)
     checkpoint_dir: str = setting("checkpoints", "Directory of trainer checkpoints")
-    checkpoint_interval_s: float = setting(10.0, "Checkpoint this often (s), or 10x the last write time where longer; bounds re-learning after a crash", min=0.1)
+    checkpoint_interval_s: float = setting(10.0, "Checkpoint this often (s), or 20x the last write time where longer; bounds re-learning after a crash", min=0.1)
     row_ttl_s: float = setting(0.0, "Expire users/items inactive this long (s); 0 = never", min=0)
     erasure_tombstones: int = setting(100_000, "Erasures remembered (as salted hashes) to drop older events of an erased id that arrive late", min=1)
     seed: int = setting(42, "Random seed")

@@ -25,10 +25,10 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from serving.ops.scrape import metric_sum, samples
+from serving.ops.scrape import metric_sum, samples, scrape
 from serving.settings import ServingSettings
 from streamproc.events import event_dict
-from streamproc.runtime import print_result, quantile, wait_until
+from streamproc.runtime import METRICS_PORTS, print_result, quantile, wait_until
 
 __all__ = ["register_bench", "run_freshness"]
 
@@ -48,9 +48,30 @@ def _personalized(client: Any, user: str) -> bool:
     return not client.get(f"/v1/users/{user}/recommendations", params={"k": 10}).json().get("fallback", True)
 
 
+def _catch_up(s: ServingSettings, rate: float, timeout_s: float) -> tuple[float | None, float | None]:
+    """Wait until the trainer has learned all but about one second (``rate`` events) of what the
+    stream workers consumed: the backlog a loop builds while it starts (a trainer restored from a
+    large checkpoint publishes a snapshot, and serving loads it, while events already arrive) is
+    not the steady state the probes measure. Returns (seconds waited, or None when it never caught
+    up within ``timeout_s``; the events still behind then)."""
+    urls = {role: f"http://{s.metrics_host}:{port}/metrics" for role, port in METRICS_PORTS.items()}
+    last: list[float | None] = [None]
+
+    def caught_up() -> bool:
+        consumed = metric_sum(scrape(urls["streamproc"]), "reco_streamproc_events_consumed_total")
+        learned = metric_sum(scrape(urls["trainer"]), "reco_trainer_examples_learned_total")
+        last[0] = None if consumed is None or learned is None else consumed - learned
+        return last[0] is not None and last[0] <= rate
+
+    t0 = time.perf_counter()
+    done = wait_until(caught_up, timeout_s, interval=1.0)
+    return (round(time.perf_counter() - t0, 1) if done else None), last[0]
+
+
 def run_freshness(settings: ServingSettings, *, probes: int = 30, comment_probes: int = 10, background_rate: float = 1500,
                   warmup_s: float = 20, log: Any = None, background: Iterable[tuple[float, str, bytes]] | None = None,
-                  probe_item: str = "356", ready_timeout_s: float = 180, stop_after_misses: int | None = None) -> dict[str, Any]:
+                  probe_item: str = "356", ready_timeout_s: float = 180, stop_after_misses: int | None = None,
+                  catch_up_timeout_s: float = 0) -> dict[str, Any]:
     """Run the loop (``running_loop``) under ``background`` (default: :func:`bench_events`) at
     ``background_rate`` and measure each probe; ``probe_item`` is an item the model knows. With a
     configured broker and ``checkpoint_dir`` the trainer starts from that checkpoint (``reco bench
@@ -88,6 +109,7 @@ def run_freshness(settings: ServingSettings, *, probes: int = 30, comment_probes
             raise RuntimeError(f"serving was not ready within {ready_timeout_s:.0f} s")
         ready_s = time.perf_counter() - t_ready
         time.sleep(warmup_s)  # let the background load reach steady state before probing
+        caught_up_s, behind = _catch_up(s, background_rate, catch_up_timeout_s) if catch_up_timeout_s else (None, None)
 
         pushes: dict[str, float] = {}
         consumer = KafkaConsumer(topics.recommendations, auto_offset_reset="latest", enable_auto_commit=False, **client_config(s))
@@ -155,6 +177,7 @@ def run_freshness(settings: ServingSettings, *, probes: int = 30, comment_probes
         "comment_probes_missed": len(com["missed"]),
         "background_events_per_s": bg_rate,
         "ready_after_healthz_s": round(ready_s, 2),
+        "caught_up_after_s": caught_up_s, "examples_behind_at_first_probe": behind,
         "targets": {"p50_s": 1.0, "p99_s": 3.0},
         "serving_feedback_latency_histogram_count": metric_sum(samples(metrics), "reco_serving_feedback_latency_seconds_count"),
     }

@@ -94,6 +94,8 @@ def test_quick_run_end_to_end(tmp_path: Path) -> None:
     fb = r["feedback"]
     assert fb["users"] == big["users"] and fb["probes"] + fb["probes_missed"] + fb["probes_not_run"] == 6
     assert fb["background_events_per_s"] > 0 and isinstance(r["meets_feedback_p99_2000_events_per_s"], bool)
+    # probing started once the trainer had learned what the stream workers consumed (the roles' /metrics)
+    assert fb["caught_up_after_s"] is not None and fb["examples_behind_at_first_probe"] <= 2000
     assert json.loads((out / "scale.json").read_text())["sizes"][0]["users"] == small["users"]
     for p in r["plots"]:
         assert Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -103,3 +103,28 @@ def test_full_catalogue_ranks_of_sampled_positive_feedback_drive_hit_rate_and_nd
     assert got["hit_rate_at_10_recent"] > 0.8 and got["hit_rate_at_10"] > 0.3
     assert 0 < got["ndcg_at_10"] <= got["hit_rate_at_10"]
     assert p.state()[0]["n_ranked"] == got["n_ranked"] and Prequential.from_state(*p.state()).get() == got
+
+
+def test_a_sampled_live_ranking_stays_within_its_budget_and_a_full_one_ranks_every_positive(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ranking scores every item: the live sample (``rank_sample`` < 1) earns a budget per event, so
+    a large catalogue ranks fewer events; a full evaluation (1.0) ranks them all."""
+    import trainer.model as model
+    from trainer.model import HybridMF
+
+    monkeypatch.setattr(model, "_GAIN_TOKEN_ITEMS", 1)  # one token per item: 40 items cost 40 tokens a ranking
+
+    def ranked(rank_sample: float) -> int:
+        m = HybridMF(rank_sample=rank_sample, seed=1)
+        n = 0
+        for step in range(40):
+            users = [f"u{u}" for u in range(50)]
+            items = [f"a{(u + step) % 40}" for u in range(50)]
+            b = ExampleBatch.build(event_ids=[""] * 50, user_ids=users, item_ids=items, kinds=[KIND_CLICK] * 50,
+                                   targets=[float("nan")] * 50, event_times=[0.0] * 50, published=[0.0] * 50, processed=[0.0] * 50)
+            m.learn_batch(b)
+            n += int(np.count_nonzero(~np.isnan(m.last_ranks)))
+        return n
+
+    full, sampled = ranked(1.0), ranked(0.9)
+    # 2,000 events earn 2000/64 = 31 tokens on top of the 64 a model starts with: 2 rankings of 40
+    assert full > 1000 and 1 <= sampled <= 3

@@ -379,9 +379,9 @@ def test_recreated_examples_topic_is_read_from_its_start(tmp_path: Path, cluster
 def test_snapshots_wait_longer_when_they_cost_the_training_thread_more(tmp_path: Path) -> None:
     w, _, _ = make_worker(tmp_path, snapshot_interval_s=30.0)
     assert w.snapshot_wait_s() == 30.0  # no snapshot yet: the configured interval
-    w.last_snapshot = {"stall_s": 0.5, "candidates_s": 1.0}
-    assert w.snapshot_wait_s() == 30.0  # cheap: 10 x 1.5 s is below the interval
-    w.last_snapshot = {"stall_s": 1.0, "candidates_s": 8.0}
+    w.last_snapshot = {"stall_s": 0.2, "candidates_s": 0.6}
+    assert w.snapshot_wait_s() == 30.0  # cheap: 30 x 0.8 s is below the interval
+    w.last_snapshot = {"stall_s": 1.0, "candidates_s": 2.0}
     assert w.snapshot_wait_s() == 90.0
     w.last_snapshot = {"stall_s": 1.0, "candidates_s": 100.0}
     assert w.snapshot_wait_s() == w.topics.update_retention_ms / 3000 == 200.0  # a snapshot always within retention
@@ -397,8 +397,10 @@ def test_checkpoints_wait_longer_when_they_take_longer_to_write(tmp_path: Path) 
     w._last_ckpt = time.monotonic() - 11.0
     ck = w.checkpoint()
     assert ck is not None and w._ckpt_write_s >= 0
-    w._ckpt_write_s = 3.5  # as at 1M users: the next one waits 35 s, not 10
+    w._ckpt_write_s = 3.5  # as at 1M users: the next one waits 70 s, not 10
     w._last_ckpt = time.monotonic() - 11.0
     assert not w._checkpoint_due()
-    w._last_ckpt -= 25.0
+    w._last_ckpt -= 50.0
+    assert not w._checkpoint_due()
+    w._last_ckpt -= 10.0
     assert w._checkpoint_due()
