@@ -639,6 +639,7 @@ class StreamWorker:
             for tp in mine:
                 self._consumer.seek(tp, 0)  # offsets of a new topic start at 0 (auto_offset_reset covers the rest)
 
+
 class _Listener(ConsumerRebalanceListener):
     """aiokafka rebalance listener: drain and commit before giving partitions away."""
 
