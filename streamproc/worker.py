@@ -61,7 +61,7 @@ from streamproc.errors import BrokerUnavailable, InvalidEvent, RecoError
 from streamproc.events import ClickEvent, EventValidator, RatingEvent
 from streamproc.examples import KIND_CLICK, KIND_COMMENT, KIND_RATING, RECORD_DTYPE, ExampleBatch, ExampleColumns
 from streamproc.items import ItemStream
-from streamproc.kafka import GROUP_TIMEOUTS, TopicIdWatch, client_config
+from streamproc.kafka import GROUP_TIMEOUTS, FetchWait, TopicIdWatch, client_config
 from streamproc.metrics import StreamMetrics
 from streamproc.settings import Settings
 from streamproc.topics import Topics
@@ -198,7 +198,8 @@ class StreamWorker:
         How often acknowledged offsets are committed.
     fetch_max_wait_ms
         Longest the broker holds a fetch when there is no data (bounds latency on brokers that
-        do not wake long polls early).
+        do not wake long polls early); lengthened while the worker is behind and its fetches come
+        back empty (:class:`~streamproc.kafka.FetchWait`).
     """
 
     def __init__(
@@ -221,6 +222,7 @@ class StreamWorker:
         self.max_poll_records = max_poll_records
         self.commit_interval_s = commit_interval_s
         self.fetch_max_wait_ms = fetch_max_wait_ms
+        self.fetch_wait: FetchWait | None = None  # built with the consumer (run)
         self.topics = Topics.from_settings(settings)
         self.group_id = group_id(settings)
         self.metrics = metrics if metrics is not None else StreamMetrics(registry)
@@ -316,11 +318,13 @@ class StreamWorker:
             self.items = ItemStream(self)
             tasks.append(asyncio.ensure_future(self.items.run(lambda: stop_event.is_set() or self._stop.is_set() or self._failure)))
             log.info("stream worker joined group %s on %s", self.group_id, self.topics.events)
+            self.fetch_wait = FetchWait(self._consumer, self.fetch_max_wait_ms)
             try:
                 while not (stop_event.is_set() or self._stop.is_set() or self._failure):
                     data = await self._consumer.getmany(timeout_ms=100, max_records=self.max_poll_records)
                     if data and not self._rebalancing:
                         self._process(data)
+                    self.fetch_wait.after_fetch(bool(data), await self._behind())
                 if not self._failure:
                     await self._drain()
             finally:
@@ -584,6 +588,22 @@ class StreamWorker:
             await asyncio.sleep(0.002)
         if not self._failure:
             await self._commit()
+
+    async def _behind(self) -> int:
+        """Records the broker holds past this worker's positions (high watermarks as of the last
+        fetch responses; a partition with nothing processed yet counts from its fetch position)."""
+        n = 0
+        for tp in list(self.assigned):
+            hw, pos = self._consumer.highwater(tp), self._positions.get(tp)
+            if hw is None:
+                continue
+            if pos is None:
+                try:
+                    pos = await asyncio.wait_for(self._consumer.position(tp), 0.05)
+                except Exception:  # noqa: BLE001 - no position yet (reset under way, revoked): not counted
+                    continue
+            n += max(0, hw - pos)
+        return n
 
     async def _lag_updater(self) -> None:
         gauge = self.metrics.consumer_lag

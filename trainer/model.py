@@ -92,6 +92,47 @@ _LL_SWITCH = 1.25  # nats (on scored events) a horizon must lead by before the s
 
 
 # ---------------------------------------------------------------------------------- model
+def gain_ranks(pop: np.ndarray, mf: np.ndarray, rows: np.ndarray, vals: np.ndarray, i: int, top: int = 10) -> np.ndarray:
+    """Rank of item ``i`` under every (co-occurrence gain, factor gain) pair, in the order
+    ``KNN_GAINS`` x ``MF_GAINS``: item x scores ``pop[x] + g_mf * mf[x]``, plus ``g_knn * vals`` for
+    the candidate ``rows`` (a repeated row: its last value); rank = items scored higher + half the
+    other items scored the same. Ranks of ``top`` or more come back as ``inf`` (NDCG@10 needs no
+    more).
+
+    Exact, without scoring the whole catalogue once per pair: an item outside ``rows`` scores the
+    same under every co-occurrence gain, so per factor gain one partition finds the ``top`` best of
+    them, and only a score that reaches those needs them counted (all items on a tie with the
+    ``top``-th score).
+    """
+    rows, last = np.unique(rows[::-1], return_index=True)
+    vals = vals[::-1][last]
+    gk = np.array(KNN_GAINS)
+    at = np.searchsorted(rows, i)
+    v_i = vals[at] if at < len(rows) and rows[at] == i else 0.0
+    out = np.full((len(KNN_GAINS), len(MF_GAINS)), np.inf)
+    n, n_rest = len(pop), len(pop) - len(rows)
+    k = min(top, n_rest)
+    for j, g in enumerate(MF_GAINS):
+        base = pop + g * mf
+        cand = base[rows][None, :] + gk[:, None] * vals[None, :]  # (pairs, candidates)
+        t = base[i] + gk * v_i
+        gt_c = np.count_nonzero(cand > t[:, None], axis=1)
+        eq_c = np.count_nonzero(cand == t[:, None], axis=1)
+        rest = base.copy()
+        rest[rows] = -np.inf  # placeholders: the candidates were counted above
+        best = np.partition(rest, n - k)[n - k:] if k else rest[:0]
+        kth = best.min() if k else -np.inf  # the k-th best score outside the candidates
+        for q, tq in enumerate(t.tolist()):
+            if k == top and tq < kth:
+                continue  # ``top`` items outside the candidates score higher
+            gt = np.count_nonzero(best > tq)  # every item above the k-th best is among the best
+            eq = np.count_nonzero(best == tq) if tq > kth else np.count_nonzero(rest == tq) - (len(rows) if tq == -np.inf else 0)
+            r = gt + gt_c[q] + 0.5 * (eq + eq_c[q] - 1)
+            if r < top:
+                out[q, j] = r
+    return out.ravel()
+
+
 class HybridMF:
     """Hybrid factorization (biases, factors, text projection) learned online, event by event.
 
@@ -674,13 +715,7 @@ class HybridMF:
         rows, vals = cr[0][ok], cv[0][ok].astype(np.float64) * w.knn
         b = min(m, _GAIN_BUCKETS) - 1
         self._GAINRR[b] *= _GAIN_KEEP
-        # every (knn gain, mf gain) pair at once: one row of scores per pair
-        gk = np.repeat(np.array(KNN_GAINS), len(MF_GAINS))[:, None]
-        gm = np.tile(np.array(MF_GAINS), len(KNN_GAINS))[:, None]
-        s = pop[None, :] + gm * mf[None, :]
-        s[:, rows] += gk * vals[None, :]
-        st = s[:, i : i + 1]
-        ranks = np.count_nonzero(s > st, axis=1) + 0.5 * (np.count_nonzero(s == st, axis=1) - 1)
+        ranks = gain_ranks(pop, mf, rows, vals, i)
         top = ranks < 10
         self._GAINRR[b, top] += 1.0 / np.log2(ranks[top] + 2.0)
 

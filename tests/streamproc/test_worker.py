@@ -75,3 +75,36 @@ def test_a_worker_runs_once() -> None:
         w.run()
     with pytest.raises(RecoError, match="already run"):
         w.run()
+
+
+def test_fetch_wait_lengthens_while_behind_and_empty_and_shortens_once_caught_up() -> None:
+    from types import SimpleNamespace
+
+    from streamproc.kafka import FetchWait
+
+    fetcher = SimpleNamespace(_fetch_max_wait_ms=20)
+    w = FetchWait(SimpleNamespace(_fetcher=fetcher), 20, behind_ms=1000)
+    for _ in range(10):  # idle: empty fetches with nothing behind keep the short wait
+        w.after_fetch(False, 0)
+    assert fetcher._fetch_max_wait_ms == 20
+    w.after_fetch(False, 35_000)
+    assert fetcher._fetch_max_wait_ms == 20  # one empty fetch may just be a fetch in flight
+    w.after_fetch(False, 35_000)
+    assert fetcher._fetch_max_wait_ms == 1000 and w.raised == 1
+    w.after_fetch(True, 30_000)  # records flow again, still far behind: keep the long wait
+    assert fetcher._fetch_max_wait_ms == 1000
+    w.after_fetch(True, 200)
+    assert fetcher._fetch_max_wait_ms == 20
+    w.after_fetch(False, 5_000)
+    w.after_fetch(True, 5_000)  # records in between: the count of empty fetches starts again
+    w.after_fetch(False, 5_000)
+    assert fetcher._fetch_max_wait_ms == 20 and w.raised == 1
+
+
+def test_aiokafka_builds_fetch_requests_from_the_wait_fetch_wait_sets() -> None:
+    import inspect
+
+    from aiokafka.consumer.fetcher import Fetcher
+
+    assert "self._fetch_max_wait_ms" in inspect.getsource(Fetcher.__init__)
+    assert "self._fetch_max_wait_ms," in inspect.getsource(Fetcher._get_actions_per_node)  # read for each request
