@@ -88,6 +88,10 @@ _REPUBLISH_PAUSE_S = 1.0  # after the broker refused a model update
 # learning wait behind it at every GIL hand-over: the longest learn step rose to 2.5 s at 100k users.
 _CANDIDATE_STEP = 128
 _CANDIDATE_SLICE_S, _CANDIDATE_IDLE_SLICE_S = 0.05, 0.1
+# A turn that found records waiting gives the candidates at most this share of its learning time (a
+# trainer behind its stream stays behind less long): 50 ms a turn left the 1M-user loop ~2 s behind
+# for the minute a snapshot's candidates took.
+_CANDIDATE_SHARE = 0.25
 _ERASURE_FLUSH_MIN_S = 0.25  # erasures arriving closer together share one delta + checkpoint
 # After an erasure the next snapshot comes on the regular schedule, but at the latest this long after
 # the previous one. Not at once: every replica rebuilds from a snapshot, and extra snapshots during a
@@ -101,6 +105,10 @@ _ERASURE_SNAPSHOT_MIN_S = 30.0
 # never longer than a third of the update topics' retention, so a new replica always finds a
 # snapshot and every delta after it.
 _SNAPSHOT_COST_FACTOR = 30.0
+# ... and at least this many times the time its sending thread took (chunk, encode, hand to the
+# producer, which compresses): 40 s for the 706 MB of a 1M-user snapshot in the loop at 2,000 events/s,
+# when every probe of those seconds waited 2-6 s (0.3-0.6 s otherwise).
+_SNAPSHOT_SEND_FACTOR = 5.0
 # Likewise a checkpoint (written on the training thread: 3.5 s at 1M users) waits at least this many
 # times the previous one's write time; every 10 s at 1M users they took a third of the trainer. A
 # crash then re-learns a little more from the examples topic.
@@ -186,6 +194,7 @@ class TrainerWorker:
         self._snapshot_not_before = 0.0  # after a refused update: pause before the snapshot that repairs it
         self._last_ckpt = time.monotonic()
         self._ckpt_write_s = 0.0  # the last checkpoint's write time (see _CHECKPOINT_COST_FACTOR)
+        self._poll_s = 0.0  # the last poll's wait (see _candidate_slice_s)
         self._last_lag = 0.0
         self.metrics.active.set(0)
 
@@ -306,7 +315,9 @@ class TrainerWorker:
     # ------------------------------------------------------------------ one loop turn
     def step(self) -> None:
         """Poll once (≤ 50 ms when idle), learn what came, publish/checkpoint what is due."""
+        t = time.perf_counter()
         records = self._consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
+        self._poll_s = time.perf_counter() - t
         if self._fatal is not None:
             raise RecoError(f"trainer cannot continue: {self._fatal}") from self._fatal
         with self._lock:  # kafka-python runs rebalance callbacks on its I/O thread
@@ -318,6 +329,7 @@ class TrainerWorker:
             self._commit_hint()
 
     def _learn_and_publish(self, records: dict[Any, list[Any]]) -> None:
+        t0 = time.perf_counter()
         if self._erasure_flush and time.monotonic() - self._last_erasure_flush >= _ERASURE_FLUSH_MIN_S:
             self.flush_erasures()
         for tp, msgs in records.items():
@@ -327,7 +339,7 @@ class TrainerWorker:
                     self.publish_delta()
         if self._delta_due():
             self.publish_delta()
-        self.advance_snapshot(_CANDIDATE_SLICE_S if records else _CANDIDATE_IDLE_SLICE_S)
+        self.advance_snapshot(self._candidate_slice_s(time.perf_counter() - t0) if records else _CANDIDATE_IDLE_SLICE_S)
         if (self._need_snapshot and time.monotonic() >= self._snapshot_not_before) or (
                 (self.examples_learned or self._mem_seq is not None) and self._snapshot_due()):
             self.publish_snapshot()
@@ -336,6 +348,12 @@ class TrainerWorker:
             self.checkpoint()
         if now - self._last_lag >= _LAG_EVERY_S:
             self._update_lag()
+
+    def _candidate_slice_s(self, work_s: float) -> float:
+        """This turn's time for a snapshot's candidates: what the poll waited for records (time
+        the trainer had to spare), else :data:`_CANDIDATE_SHARE` of the turn's learning, at most
+        :data:`_CANDIDATE_SLICE_S`."""
+        return min(_CANDIDATE_SLICE_S, max(self._poll_s, _CANDIDATE_SHARE * work_s))
 
     # ------------------------------------------------------------------ learning
     def _learn_message(self, tp: Any, msg: Any) -> None:
@@ -440,11 +458,13 @@ class TrainerWorker:
 
     def snapshot_wait_s(self) -> float:
         """Seconds from one snapshot's start to the next: ``snapshot_interval_s``, or
-        :data:`_SNAPSHOT_COST_FACTOR` x the previous snapshot's training-thread time where that is
-        longer, at most a third of the update topics' retention."""
+        :data:`_SNAPSHOT_COST_FACTOR` x the previous snapshot's training-thread time or
+        :data:`_SNAPSHOT_SEND_FACTOR` x its sending thread's time where longer, at most a third of
+        the update topics' retention."""
         cost = self.last_snapshot.get("stall_s", 0.0) + self.last_snapshot.get("candidates_s", 0.0)
+        sending = _SNAPSHOT_SEND_FACTOR * self.last_snapshot.get("send_s", 0.0)
         cap = self.topics.update_retention_ms / 3000.0
-        return max(self.settings.snapshot_interval_s, min(_SNAPSHOT_COST_FACTOR * cost, cap))
+        return max(self.settings.snapshot_interval_s, min(max(_SNAPSHOT_COST_FACTOR * cost, sending), cap))
 
     def publish_delta(self) -> int:
         """Publish the rows touched since the previous update; returns messages sent. While not in
@@ -596,6 +616,9 @@ class TrainerWorker:
                 self._snapshot_not_before = time.monotonic() + _REPUBLISH_PAUSE_S
         self.last_snapshot.update(send_s=round(time.perf_counter() - t1, 3), messages=sent, bytes=size)
         self.metrics.publish_duration.observe(time.perf_counter() - t0)
+        if sent:
+            log.info("snapshot v%d published: %d messages, %.1f MB in %.1f s (%.1f s since it was started)", header.version, sent,
+                     size / 1e6, time.perf_counter() - t1, time.perf_counter() - t0)
         return sent
 
     def _header(self, head: dict[str, Any], kind: str, version: int, *, base: int | None, published: list[tuple[str, str, float]],

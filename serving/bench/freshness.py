@@ -37,6 +37,11 @@ def _q(xs: list[float], q: float) -> float | None:
     return quantile(xs, q, nearest=True, digits=4)  # a probe's measured latency, not an interpolation
 
 
+def _clock(t: float) -> str:
+    """Wall-clock time of day with milliseconds (to line a probe up with the roles' logs)."""
+    return time.strftime("%H:%M:%S", time.localtime(t)) + f"{t % 1:.3f}"[1:]
+
+
 def _probe_event(kind: str, user: str, item: str, n: int) -> dict[str, Any]:
     texts = ["a wonderful, moving film", "boring and far too long", "great soundtrack", "dark but clever"]
     fields = {"rating": 5.0} if kind == "rating" else {"text": texts[n % 4]}
@@ -50,18 +55,25 @@ def _personalized(client: Any, user: str) -> bool:
 
 def _catch_up(s: ServingSettings, rate: float, timeout_s: float) -> tuple[float | None, float | None]:
     """Wait until the trainer has learned all but about one second (``rate`` events) of what the
-    stream workers consumed: the backlog a loop builds while it starts (a trainer restored from a
-    large checkpoint publishes a snapshot, and serving loads it, while events already arrive) is
-    not the steady state the probes measure. Returns (seconds waited, or None when it never caught
-    up within ``timeout_s``; the events still behind then)."""
+    stream workers consumed, and serving runs a model version at most 10 behind the trainer's (2 s
+    of deltas at the default ``RECO_UPDATE_INTERVAL_MS``): the
+    backlog a loop builds while it starts (a trainer restored from a large checkpoint publishes a
+    snapshot, and serving loads it and then every delta published meanwhile, while events already
+    arrive) is not the steady state the probes measure. Returns (seconds waited, or None when it
+    never caught up within ``timeout_s``; the events still behind then)."""
     urls = {role: f"http://{s.metrics_host}:{port}/metrics" for role, port in METRICS_PORTS.items()}
+    urls["serving"] = f"http://{s.http_host}:{s.http_port}/metrics"
     last: list[float | None] = [None]
 
     def caught_up() -> bool:
         consumed = metric_sum(scrape(urls["streamproc"]), "reco_streamproc_events_consumed_total")
-        learned = metric_sum(scrape(urls["trainer"]), "reco_trainer_examples_learned_total")
+        trainer = scrape(urls["trainer"])
+        learned = metric_sum(trainer, "reco_trainer_examples_learned_total")
+        published = metric_sum(trainer, "reco_trainer_model_version")
+        served = metric_sum(scrape(urls["serving"]), "reco_serving_model_version")
         last[0] = None if consumed is None or learned is None else consumed - learned
-        return last[0] is not None and last[0] <= rate
+        return (last[0] is not None and last[0] <= rate and published is not None and served is not None
+                and served >= published - 10)
 
     t0 = time.perf_counter()
     done = wait_until(caught_up, timeout_s, interval=1.0)
@@ -140,12 +152,14 @@ def run_freshness(settings: ServingSettings, *, probes: int = 30, comment_probes
             producer.send(topics.events, key=user.encode(), value=json.dumps(ev).encode())
             producer.flush()
             if not wait_until(functools.partial(_personalized, client, user), 15, interval=0.005):
+                log.write(f"probe {n} ({kind}) published at {_clock(t_pub)}: not visible within 15 s\n")
                 results[kind]["missed"].append(1)
                 misses_in_a_row += 1
                 continue
             misses_in_a_row = 0
             seen = time.time()
             results[kind]["visible"].append(seen - t_pub)
+            log.write(f"probe {n} ({kind}) published at {_clock(t_pub)}: visible after {seen - t_pub:.3f} s\n")
             if wait_until(functools.partial(operator.contains, pushes, user), 3, interval=0.01):
                 results[kind]["pushed"].append(pushes[user] - t_pub)
             time.sleep(0.2)

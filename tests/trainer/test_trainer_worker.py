@@ -383,6 +383,8 @@ def test_snapshots_wait_longer_when_they_cost_the_training_thread_more(tmp_path:
     assert w.snapshot_wait_s() == 30.0  # cheap: 30 x 0.8 s is below the interval
     w.last_snapshot = {"stall_s": 1.0, "candidates_s": 2.0}
     assert w.snapshot_wait_s() == 90.0
+    w.last_snapshot = {"stall_s": 0.1, "candidates_s": 0.1, "send_s": 20.0}
+    assert w.snapshot_wait_s() == 100.0  # the sending thread's time counts too (5x)
     w.last_snapshot = {"stall_s": 1.0, "candidates_s": 100.0}
     assert w.snapshot_wait_s() == w.topics.update_retention_ms / 3000 == 200.0  # a snapshot always within retention
     w._last_snapshot = time.monotonic() - 150.0
@@ -404,3 +406,15 @@ def test_checkpoints_wait_longer_when_they_take_longer_to_write(tmp_path: Path) 
     assert not w._checkpoint_due()
     w._last_ckpt -= 10.0
     assert w._checkpoint_due()
+
+
+def test_a_snapshots_candidates_get_the_polls_spare_time_else_a_share_of_the_learning(tmp_path: Path) -> None:
+    import trainer.worker as tw
+
+    w, _, _ = make_worker(tmp_path)
+    w._poll_s = 0.03  # the poll waited: the trainer had time to spare
+    assert w._candidate_slice_s(0.01) == 0.03
+    w._poll_s = 0.0  # records were waiting: a share of the turn's learning
+    assert w._candidate_slice_s(0.08) == pytest.approx(tw._CANDIDATE_SHARE * 0.08)
+    assert w._candidate_slice_s(10.0) == tw._CANDIDATE_SLICE_S
+
