@@ -617,10 +617,12 @@ def _feedback(settings: ServingSettings, users: int, items: int, quick: bool) ->
     and items at 2,000 events/s. Probing starts once the trainer has caught up with the backlog the
     start built (it publishes a snapshot, and serving loads it, while events already arrive): a
     steady 2,000 events/s; ``caught_up_after_s`` says how long that took (None: not within 240 s,
-    then the probes run anyway and show it)."""
+    then the probes run anyway and show it). 80 probes take ~5 minutes: at least one full snapshot
+    cycle at 1M users (one every ~200 s), whose sending showed in the probes (20 probes, ~75 s,
+    could fall between two snapshots)."""
     from serving.bench.freshness import run_freshness
 
-    r = run_freshness(settings, probes=6 if quick else 20, comment_probes=0, background_rate=FEEDBACK_RATE,
+    r = run_freshness(settings, probes=6 if quick else 80, comment_probes=0, background_rate=FEEDBACK_RATE,
                       warmup_s=5 if quick else 20, background=background_events(users, items, settings.seed + 1),
                       probe_item="i0", ready_timeout_s=600, stop_after_misses=3, catch_up_timeout_s=30 if quick else 240)
     missed = r["probes_missed"] + r["probes_not_run"]
