@@ -56,10 +56,10 @@ def _personalized(client: Any, user: str) -> bool:
 def _catch_up(s: ServingSettings, rate: float, timeout_s: float) -> tuple[float | None, float | None]:
     """Wait until the trainer has learned all but about one second (``rate`` events) of what the
     stream workers consumed, and serving runs a model version at most 10 behind the trainer's (2 s
-    of deltas at the default ``RECO_UPDATE_INTERVAL_MS``): the
-    backlog a loop builds while it starts (a trainer restored from a large checkpoint publishes a
-    snapshot, and serving loads it and then every delta published meanwhile, while events already
-    arrive) is not the steady state the probes measure. Returns (seconds waited, or None when it
+    of deltas at the default ``RECO_UPDATE_INTERVAL_MS``): the backlog a loop builds while it
+    starts (a trainer restored from a large checkpoint publishes a snapshot, and serving loads it
+    and then every delta published meanwhile, while events already arrive) is not the steady
+    state the probes measure. Returns (seconds waited, or None when it
     never caught up within ``timeout_s``; the events still behind then)."""
     urls = {role: f"http://{s.metrics_host}:{port}/metrics" for role, port in METRICS_PORTS.items()}
     urls["serving"] = f"http://{s.http_host}:{s.http_port}/metrics"
