@@ -82,7 +82,7 @@ class Settings:
     topic_prefix: str = setting("reco.", "Prefix of every topic name")
     partitions: int = setting(4, "Partitions of the events, requests and recommendations topics", min=1, max=1024)
     replication_factor: int = setting(1, "Replication factor for topics created by `reco topics create`", min=1, max=16)
-    snapshot_interval_s: float = setting(30.0, "Publish a full model snapshot this often (s), or 30x the last one's training-thread time where longer (at most a third of the update topics' retention); core, as that retention follows it", min=0.1)
+    snapshot_interval_s: float = setting(30.0, "Publish a full model snapshot this often (s), or 30x the last one's training-thread time or 5x its sending time where longer (at most a third of the update topics' retention); core, as that retention follows it", min=0.1)
     max_message_bytes: int = setting(1_000_000, "Largest Kafka message produced (model updates are chunked to fit)", min=10_000)
     compression: str = setting("zstd", "Codec of the batches the trainer (model updates) and stream workers (examples, dead letters) produce: none, gzip, snappy, lz4 or zstd", choices=("none", "gzip", "snappy", "lz4", "zstd"))
     # Event contract
