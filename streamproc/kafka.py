@@ -46,7 +46,7 @@ class FetchWait:
     def __init__(self, consumer: Any, short_ms: int, *, behind_ms: int = 1000, empty_fetches: int = 2) -> None:
         self.short_ms, self.behind_ms, self.empty_fetches = short_ms, max(behind_ms, short_ms), empty_fetches
         self.raised = 0  # times the wait was lengthened
-        self._consumer, self._empty, self._long = consumer, 0, False
+        self._empty, self._long = 0, False
         self._fetcher = getattr(consumer, "_fetcher", None)
         if self._fetcher is not None and not hasattr(self._fetcher, "_fetch_max_wait_ms"):
             log.warning("this aiokafka has no Fetcher._fetch_max_wait_ms: the fetch wait stays %d ms", short_ms)

@@ -589,34 +589,37 @@ class StreamWorker:
         if not self._failure:
             await self._commit()
 
+    def _lag(self, tp: Any) -> int | None:
+        """Records the broker holds past this worker's processed position on ``tp`` (high
+        watermark as of the last fetch response), None while either is unknown."""
+        hw, pos = self._consumer.highwater(tp), self._positions.get(tp)
+        return None if hw is None or pos is None else max(0, hw - pos)
+
     async def _behind(self) -> int:
-        """Records the broker holds past this worker's positions (high watermarks as of the last
-        fetch responses; a partition with nothing processed yet counts from its fetch position)."""
+        """:meth:`_lag` summed over the assigned partitions; one with nothing processed yet counts
+        from its fetch position."""
         n = 0
         for tp in list(self.assigned):
-            hw, pos = self._consumer.highwater(tp), self._positions.get(tp)
-            if hw is None:
-                continue
-            if pos is None:
+            lag, hw = self._lag(tp), self._consumer.highwater(tp)
+            if lag is None and hw is not None:  # nothing processed yet
                 try:
-                    pos = await asyncio.wait_for(self._consumer.position(tp), 0.05)
+                    lag = max(0, hw - await asyncio.wait_for(self._consumer.position(tp), 0.05))
                 except Exception:  # noqa: BLE001 - no position yet (reset under way, revoked): not counted
                     continue
-            n += max(0, hw - pos)
+            n += lag or 0
         return n
 
     async def _lag_updater(self) -> None:
         gauge = self.metrics.consumer_lag
         while True:
             for tp in list(self.assigned):
-                hw = self._consumer.highwater(tp)
-                pos = self._positions.get(tp)
-                if hw is None or pos is None:
+                lag = self._lag(tp)
+                if lag is None:
                     continue
                 child = self._lag_children.get(tp)
                 if child is None:
                     child = self._lag_children[tp] = gauge.labels(topic=tp.topic, partition=str(tp.partition))
-                child.set(max(0, hw - pos))
+                child.set(lag)
             await asyncio.sleep(1.0)
 
     # ------------------------------------------------------------------ rebalance
