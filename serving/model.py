@@ -312,9 +312,27 @@ def _check_shapes(tensors: dict[str, np.ndarray], factors: int | None) -> int | 
     return factors
 
 
-def _candidate_rows(update: ModelUpdate, items: _Table, width: int) -> np.ndarray | None:
+def _snapshot_lut(updates: Sequence[ModelUpdate], items: _Table) -> np.ndarray | None:
+    """A snapshot's ``snapshot_items`` positions (its chunks' ``item_ids`` joined in chunk order) as
+    item rows + 1, with a trailing 0 for the -1 pads; None when its candidates name their ids
+    per chunk (``candidate_item_ids``) or it has none."""
+    total = {u.header.snapshot_items for u in updates if "user_candidates" in u.tensors and u.header.snapshot_items is not None}
+    if not total:
+        return None
+    ordered = sorted(updates, key=lambda u: u.header.chunk)
+    ids = [x for u in ordered for x in u.header.item_ids]
+    if total != {len(ids)}:
+        raise RejectedUpdate(f"snapshot {updates[0].header.version}: its chunks hold {len(ids)} items, "
+                             f"its candidates index {sorted(total)}", reason="shape")
+    index, n = items.index, items.n
+    lut = np.fromiter((r + 1 if r is not None and r < n else 0 for r in map(index.get, ids)), np.int32, len(ids))
+    return np.append(lut, np.int32(0))
+
+
+def _candidate_rows(update: ModelUpdate, items: _Table, width: int, snapshot_lut: np.ndarray | None = None) -> np.ndarray | None:
     """The update's candidates (the int32 ``user_candidates`` tensor indexing ``candidate_item_ids``,
-    or the per-user id lists of older trainers) as item rows + 1 (0 = none or unknown)."""
+    or the snapshot's items through ``snapshot_lut`` (:func:`_snapshot_lut`), or the per-user id
+    lists of older trainers) as item rows + 1 (0 = none or unknown)."""
     h, scores, cands = update.header, update.tensors.get("user_candidate_scores"), update.tensors.get("user_candidates")
     legacy = h.user_candidates
     if scores is None and cands is None and legacy is None:
@@ -324,6 +342,10 @@ def _candidate_rows(update: ModelUpdate, items: _Table, width: int) -> np.ndarra
     if scores.shape[1] != width:
         raise RejectedUpdate(f"user_candidate_scores has {scores.shape[1]} columns, the model has {width}", reason="shape")
     index, n = items.index, items.n
+    if cands is not None and h.snapshot_items is not None:
+        if snapshot_lut is None:
+            raise RejectedUpdate(f"update {h.version}: candidates index a whole snapshot's items outside a snapshot", reason="shape")
+        return snapshot_lut[cands]
     if cands is not None:  # the tensor form (decode checked dtype, shape and index range)
         ids = h.candidate_item_ids or []
         lut = np.fromiter((r + 1 if r is not None and r < n else 0 for r in map(index.get, ids)), np.int32, len(ids))
@@ -431,10 +453,11 @@ class ServingModel:
             iid = u.header.item_ids
             items = items.upsert(iid, u.tensors, ITEM_TENSORS)
             pending.append((u, iid))
+        lut = _snapshot_lut(updates, items) if kind == "snapshot" else None
         for u, iid in pending:
             uid = u.header.user_ids
             tensors = u.tensors
-            rows = _candidate_rows(u, items, width)
+            rows = _candidate_rows(u, items, width, lut)
             if rows is not None:
                 tensors = {**tensors, "user_candidate_rows": rows}
             users = users.upsert(uid, tensors, USER_TENSORS)

@@ -20,6 +20,11 @@ JSON header:
 ``user_ids``/``item_ids``  ids of the rows in the tensors below, in order
 ``candidate_item_ids`` the item ids the ``user_candidates`` tensor indexes (only those this
                      message references, each once)
+``snapshot_items``   snapshots instead of ``candidate_item_ids``: how many items the whole
+                     snapshot holds; ``user_candidates`` then index the snapshot's ``item_ids``,
+                     its chunks' lists joined in chunk order (no id list per chunk: at 1M users
+                     those lists were most of a snapshot's encoding time). Readers older than
+                     this field reject such snapshots: upgrade serving before the trainer
 ``newest_event_time`` newest app event time covered (Unix s)
 ``newest_published`` newest Kafka publish time (Unix s) of the events covered: serving measures
                      feedback latency as "visible now − newest_published" per update
@@ -142,6 +147,7 @@ class UpdateHeader:
     user_ids: list[str] = field(default_factory=list)
     item_ids: list[str] = field(default_factory=list)
     candidate_item_ids: list[str] | None = None
+    snapshot_items: int | None = None
     user_candidates: list[list[str]] | None = None  # the JSON form of older trainers (rolling upgrade)
     ranking: RankWeights | None = None
     expired_user_ids: list[str] = field(default_factory=list)
@@ -177,6 +183,9 @@ class UpdateHeader:
         cands = d.get("candidate_item_ids")
         if cands is not None:
             cands = _ids(d, "candidate_item_ids")
+        snapshot_items = _int(d, "snapshot_items", None)
+        if snapshot_items is not None and kind != "snapshot":
+            raise _fail("snapshot_items", "only snapshots index their whole item list")
         users = _ids(d, "user_ids")
         legacy = d.get("user_candidates")
         if legacy is not None:
@@ -205,15 +214,15 @@ class UpdateHeader:
         known = {f.name for f in fields(cls)}
         return cls(version=version, kind=kind, base_version=base, chunk=chunk, chunks=chunks,
                    deltas_from=_int(d, "deltas_from", None), global_mean=_float(d, "global_mean", None),
-                   user_ids=users, item_ids=_ids(d, "item_ids"), candidate_item_ids=cands, user_candidates=legacy,
-                   ranking=ranking, expired_user_ids=_ids(d, "expired_user_ids"), expired_item_ids=_ids(d, "expired_item_ids"),
+                   user_ids=users, item_ids=_ids(d, "item_ids"), candidate_item_ids=cands, snapshot_items=snapshot_items,
+                   user_candidates=legacy, ranking=ranking, expired_user_ids=_ids(d, "expired_user_ids"), expired_item_ids=_ids(d, "expired_item_ids"),
                    newest_event_time=_float(d, "newest_event_time", 0.0) or 0.0,
                    newest_published=_float(d, "newest_published", 0.0) or 0.0, published=pub, offsets=dict(offsets),
                    created=_float(d, "created", 0.0) or 0.0, extra={k: v for k, v in d.items() if k not in known})
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"version": self.version, "kind": self.kind}
-        for name in ("base_version", "deltas_from", "global_mean", "candidate_item_ids", "user_candidates"):
+        for name in ("base_version", "deltas_from", "global_mean", "candidate_item_ids", "snapshot_items", "user_candidates"):
             v = getattr(self, name)
             if v is not None:
                 d[name] = v
@@ -302,11 +311,13 @@ class ModelUpdate:
                 raise InvalidUpdate(f"corrupt model update: tensor {name} has non-finite values")
         cands = tensors.get("user_candidates")
         if cands is not None:
-            n = len(header.candidate_item_ids or ())
-            if header.candidate_item_ids is None or cands.dtype != np.int32 or cands.ndim != 2:
+            whole = header.snapshot_items is not None
+            n = header.snapshot_items if whole else len(header.candidate_item_ids or ())
+            if (header.candidate_item_ids is None and not whole) or cands.dtype != np.int32 or cands.ndim != 2:
                 raise InvalidUpdate("corrupt model update: tensor user_candidates must be int32 [users, N] with candidate_item_ids")
             if cands.size and (int(cands.min()) < -1 or int(cands.max()) >= n):
-                raise InvalidUpdate(f"corrupt model update: user_candidates indexes outside candidate_item_ids ({n})")
+                raise InvalidUpdate(f"corrupt model update: user_candidates indexes outside "
+                                    f"{'the snapshot items' if whole else 'candidate_item_ids'} ({n})")
             scores = tensors.get("user_candidate_scores")
             if scores is not None and scores.shape != cands.shape:
                 raise InvalidUpdate(f"corrupt model update: user_candidate_scores {scores.shape} vs user_candidates {cands.shape}")
@@ -377,7 +388,8 @@ def chunk_update(header: UpdateHeader, tensors: dict[str, np.ndarray], max_bytes
 
     ``header`` holds every row (``user_ids``, ``item_ids``, ``published``); ``tensors`` every row.
     ``tensors["user_candidates"]``, when present, indexes ``candidate_space`` (e.g. the trainer's
-    item rows); each message gets the ``candidate_item_ids`` its users reference. Snapshots get
+    item rows); each message of a delta gets the ``candidate_item_ids`` its users reference, a
+    snapshot's candidates index its whole ``item_ids`` (``snapshot_items``). Snapshots get
     ``chunk``/``chunks`` (all the same version); a delta too large for one message becomes several
     consecutive deltas (versions ``version``, ``version + 1``, …, each based on the one before).
 
@@ -387,13 +399,20 @@ def chunk_update(header: UpdateHeader, tensors: dict[str, np.ndarray], max_bytes
     >>> h = UpdateHeader(version=2, kind="snapshot", user_ids=["u1", "u2"], item_ids=["a", "b"])
     >>> t = {"user_bias": np.zeros(2, np.float32), "item_bias": np.zeros(2, np.float32),
     ...      "user_candidates": np.array([[1, -1], [0, 1]], np.int32)}
-    >>> [(m.header.chunk, m.header.chunks, m.header.candidate_item_ids) for m in chunk_update(h, t, 10_000, candidate_space=["a", "b"])]
-    [(0, 1, ['a', 'b'])]
+    >>> [(m.header.chunk, m.header.chunks, m.header.snapshot_items) for m in chunk_update(h, t, 10_000, candidate_space=["a", "b"])]
+    [(0, 1, 2)]
     """
     users, items, published = header.user_ids, header.item_ids, header.published
     cands = tensors.get("user_candidates")
     if cands is not None and candidate_space is None:
         raise ValueError("candidate_space: required with a user_candidates tensor")
+    whole = None  # snapshots: the candidates as positions in the snapshot's item list (header snapshot_items)
+    if cands is not None and header.is_snapshot:
+        assert candidate_space is not None
+        at = {x: k for k, x in enumerate(items)}
+        pos = np.fromiter((at.get(x, -1) if x else -1 for x in candidate_space), np.int32, len(candidate_space))
+        whole = np.append(pos, np.int32(-1))[cands]  # -1 pads index the appended -1; an item not in the snapshot: -1
+        cands = None
     u_fixed = sum(_row_bytes(t) for n, t in tensors.items() if not n.startswith("item"))
     i_fixed = sum(_row_bytes(t) for n, t in tensors.items() if n.startswith("item"))
     # a referenced candidate id costs its JSON once per message; estimated as one id per user here,
@@ -410,7 +429,9 @@ def chunk_update(header: UpdateHeader, tensors: dict[str, np.ndarray], max_bytes
     def build(us: slice, its: slice, ps: slice, n: int, total: int) -> tuple[UpdateHeader, dict[str, np.ndarray]]:
         part = {name: t[us] if not name.startswith("item") else t[its] for name, t in tensors.items()}
         cand_ids = None
-        if cands is not None:
+        if whole is not None:
+            part["user_candidates"] = whole[us]
+        elif cands is not None:
             assert candidate_space is not None
             part["user_candidates"], cand_ids = _local_candidates(cands[us], candidate_space)
         first = n == 0
@@ -419,7 +440,8 @@ def chunk_update(header: UpdateHeader, tensors: dict[str, np.ndarray], max_bytes
         base = header.base_version if snap or header.base_version is None else header.base_version + n
         h = UpdateHeader(version=version, kind=header.kind, base_version=base, chunk=n if snap else 0,
                          chunks=total if header.is_snapshot else 1, deltas_from=header.deltas_from, global_mean=header.global_mean,
-                         user_ids=users[us], item_ids=items[its], candidate_item_ids=cand_ids, ranking=header.ranking,
+                         user_ids=users[us], item_ids=items[its], candidate_item_ids=cand_ids,
+                         snapshot_items=len(items) if whole is not None else None, ranking=header.ranking,
                          expired_user_ids=header.expired_user_ids if first else [],
                          expired_item_ids=header.expired_item_ids if first else [],
                          newest_event_time=header.newest_event_time, newest_published=header.newest_published,

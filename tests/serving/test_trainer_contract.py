@@ -70,6 +70,32 @@ def test_snapshot_and_delta_from_the_trainer_are_served_as_the_bench_scores_them
     assert store.current.score("u1", list(expected)) == pytest.approx(list(expected.values()), abs=1e-5)
 
 
+def test_a_snapshot_in_many_chunks_serves_every_candidate_through_its_whole_item_list() -> None:
+    """A snapshot's candidates index the items of all its chunks joined (``snapshot_items``), and
+    the trainer's item rows include dead ones (an erased item): served scores are still the bench's."""
+    from trainer.updates import UpdateHeader, chunk_update
+
+    m = HybridMF(n_factors=4, rank_mf=1.0)
+    rng = np.random.default_rng(7)
+    for n in range(1500):
+        m.learn_one(f"u{rng.integers(0, 60)}", f"i{rng.zipf(1.4) % 90}", float(rng.integers(1, 6)), event_time=1000.0 + n)
+    assert m.forget(items=["i3"])[1] == ["i3"]
+    head, tensors = m.export(full=True)
+    space = head.pop("candidate_item_ids")
+    assert "" in space  # the erased item's row: named by no candidate
+    header = UpdateHeader(version=4, kind="snapshot", global_mean=head["global_mean"], user_ids=head["user_ids"],
+                          item_ids=head["item_ids"], ranking=m.rank_weights, deltas_from=0)
+    parts = chunk_update(header, tensors, 6_000, candidate_space=space)
+    assert len(parts) > 4 and {p.header.snapshot_items for p in parts} == {len(head["item_ids"])}
+    assert all(p.header.candidate_item_ids is None for p in parts)
+    store = ModelStore(ServingSettings(), ServingMetrics(CollectorRegistry()))
+    results = [store.apply(p.encode()) for p in reversed(parts)]  # chunks in any order
+    assert results[-1].swapped
+    for user in ("u0", "u7", "u33"):
+        expected = _bench_scores(m, user)
+        assert store.current.score(user, list(expected)) == pytest.approx(list(expected.values()), abs=1e-5)
+
+
 class _Sent:
     def __init__(self) -> None:
         self.values: list[bytes] = []
@@ -166,6 +192,6 @@ def test_a_snapshot_computed_in_slices_between_batches_is_the_snapshot_computed_
     b = [ModelUpdate.decode(v) for v in sent_sliced.values]
     assert [u.header.user_ids for u in a] == [u.header.user_ids for u in b] and len(a) > 1
     for x, y in zip(a, b, strict=True):
-        assert x.header.candidate_item_ids == y.header.candidate_item_ids
+        assert x.header.snapshot_items == y.header.snapshot_items
         np.testing.assert_array_equal(x.tensors["user_candidates"], y.tensors["user_candidates"])
         np.testing.assert_array_equal(x.tensors["user_candidate_scores"], y.tensors["user_candidate_scores"])

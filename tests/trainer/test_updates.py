@@ -119,11 +119,18 @@ def test_chunking_round_trip_keeps_every_row_candidate_and_entry(kind: str) -> N
     assert sum((h.user_ids for h in heads), []) == header.user_ids and sum((h.item_ids for h in heads), []) == header.item_ids
     assert sum((h.published for h in heads), []) == header.published
     np.testing.assert_array_equal(np.concatenate([p.tensors["user_factors"] for p in parts if p.header.user_ids]), tensors["user_factors"])
-    # each user's candidates name the same items as before, through the message's own id list
+    # each user's candidates name the same items as before: a delta's through the message's own id
+    # list, a snapshot's through its whole item list (every chunk's item_ids in chunk order)
     got = []
+    joined = sum((h.item_ids for h in heads), [])
     for p in parts:
-        ids = p.header.candidate_item_ids or []
-        assert sorted(set(p.tensors["user_candidates"][p.tensors["user_candidates"] >= 0].tolist())) == list(range(len(ids)))
+        if kind == "snapshot":
+            assert p.header.candidate_item_ids is None and p.header.snapshot_items == len(joined)
+            ids = joined
+        else:
+            ids = p.header.candidate_item_ids or []
+            assert p.header.snapshot_items is None
+            assert sorted(set(p.tensors["user_candidates"][p.tensors["user_candidates"] >= 0].tolist())) == list(range(len(ids)))
         got += [[ids[c] if c >= 0 else None for c in row] for row in p.tensors["user_candidates"].tolist()]
     assert got == [[space[c] if c >= 0 else None for c in row] for row in tensors["user_candidates"].tolist()]
 
