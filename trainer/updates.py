@@ -312,7 +312,7 @@ class ModelUpdate:
         cands = tensors.get("user_candidates")
         if cands is not None:
             whole = header.snapshot_items is not None
-            n = header.snapshot_items if whole else len(header.candidate_item_ids or ())
+            n = header.snapshot_items if header.snapshot_items is not None else len(header.candidate_item_ids or ())
             if (header.candidate_item_ids is None and not whole) or cands.dtype != np.int32 or cands.ndim != 2:
                 raise InvalidUpdate("corrupt model update: tensor user_candidates must be int32 [users, N] with candidate_item_ids")
             if cands.size and (int(cands.min()) < -1 or int(cands.max()) >= n):
