@@ -9,6 +9,11 @@ Threads and the event loop:
   only. A gap (a delta whose ``base_version`` is not the served version) makes it reload from
   the newest snapshot newer than the served version. Models are built on this thread, never on
   the event loop.
+- :class:`SnapshotPublisher` (thread, only with ``RECO_PUBLISH_SNAPSHOTS_S`` > 0): publishes the
+  model this replica serves as a snapshot on model-snapshots, so that the trainer need not (a
+  trainer's snapshot recomputes every user's candidates: ~45 s of its training thread at 1M users;
+  a replica holds them). The trainer still publishes when no snapshot younger than a third of the
+  update topics' retention is there, and after a restore, a refused update or an erasure.
 - :class:`Pusher` (thread): after a swap whose update names users in ``published``, computes
   their refreshed top-k (rate-limited per user) and hands the messages to the loop's producer.
 - :class:`KafkaIO` (event loop, aiokafka): one producer (events from ``POST /v1/events``,
@@ -108,11 +113,22 @@ class UpdateFollower(threading.Thread):
         self._skip_through = -1  # deltas up to this version are older than the loaded snapshot
         self._snap_end_seen = -1  # model-snapshots end offset at the last look
         self._last_snap_check = 0.0
+        self._point: tuple[ServingModel, int] | None = None  # see snapshot_point
         self._topic_id = TopicIdWatch(settings, self.topic)  # model-updates' Kafka topic id (a new one: recreated)
 
     @property
     def bytes_read(self) -> int:
         return self.delta_bytes_read + self.snapshot_bytes_read
+
+    def snapshot_point(self) -> tuple[ServingModel, int] | None:
+        """``(model, offset)``: the served model and the model-updates offset where the deltas
+        after it start (a snapshot's ``deltas_from``); None while this replica waits for a
+        snapshot (no model yet, or a gap). Set by this thread after each message, read by others."""
+        return self._point
+
+    def _note_point(self) -> None:
+        model = self.store.current
+        self._point = None if self._need_snapshot or model is None else (model, self._next_offset)
 
     def stop(self) -> None:
         self._halt.set()
@@ -179,6 +195,7 @@ class UpdateFollower(threading.Thread):
             end = consumer.end_offsets([tp], timeout_ms=15_000)[tp]
             for value in self._read_to_end(consumer, tp, end):
                 self._apply(value)
+        self._note_point()
         log.info("model-updates: started in %.2f s from %s, serving version %s", time.perf_counter() - t0,
                  f"snapshot topic + deltas from offset {self.caught_up_from}" if self.snapshot_loads else "model-updates", self.store.version)
 
@@ -348,6 +365,7 @@ class UpdateFollower(threading.Thread):
                 self._apply(r.value)
                 self._next_offset = r.offset + 1
             if recs:
+                self._note_point()
                 self._mark_ok()
             elif time.monotonic() - self._last_ok > 2.0:
                 try:  # a cheap broker round trip tells whether Kafka is still reachable
@@ -373,6 +391,91 @@ class UpdateFollower(threading.Thread):
     def _mark_ok(self) -> None:
         self.connected = True
         self._last_ok = time.monotonic()
+
+
+# The publisher encodes and sends at most this share of the time it takes: at 1M users a snapshot's
+# ~570 chunks otherwise held the GIL against the follower's deltas and the HTTP requests for seconds
+_SNAPSHOT_CPU_SHARE = 0.25
+
+
+class SnapshotPublisher(threading.Thread):
+    """Publishes the follower's model as a snapshot on model-snapshots every
+    ``settings.publish_snapshots_s`` seconds when its version moved (daemon thread).
+
+    The snapshot holds what this replica serves (:meth:`ServingModel.export`), with the version
+    it serves and ``deltas_from`` = the model-updates offset after that version's delta, so a new
+    replica built from it and the deltas after it holds what the followers hold. Its header's
+    ``publisher`` is ``"serving"``. One replica should publish (a Deployment of one, or compose's
+    single serving replica); more only send the same model more often.
+    """
+
+    def __init__(self, settings: ServingSettings, follower: UpdateFollower, metrics: ServingMetrics | None = None) -> None:
+        super().__init__(name="snapshot-publisher", daemon=True)
+        self.settings, self.follower, self.metrics = settings, follower, metrics
+        self.topic = Topics.from_settings(settings).model_snapshots
+        self.published_version: int | None = None
+        self.last: dict[str, Any] = {}  # version, messages, bytes, seconds of the last snapshot published
+        self._producer: Any = None
+        self._halt = threading.Event()
+
+    def stop(self) -> None:
+        self._halt.set()
+
+    def run(self) -> None:
+        try:
+            start = time.monotonic()
+            while not self._halt.wait(max(0.0, start + self.settings.publish_snapshots_s - time.monotonic())):
+                start = time.monotonic()  # from one snapshot's start to the next's (a paced one takes a while)
+                point = self.follower.snapshot_point()
+                if point is None or point[0].version == self.published_version:
+                    continue
+                try:
+                    self.publish(*point)
+                except Exception as exc:  # noqa: BLE001 - the broker, or a model that cannot be encoded: the next turn retries
+                    log.warning("snapshot v%d not published: %r; the next try in %.0f s", point[0].version, exc,
+                                self.settings.publish_snapshots_s)
+        finally:
+            if self._producer is not None:
+                self._producer.close(5)
+
+    def publish(self, model: ServingModel, deltas_from: int) -> int:
+        """Chunk, encode and send ``model`` as a snapshot; returns the messages sent."""
+        from kafka import KafkaProducer
+
+        from trainer.updates import UpdateHeader
+
+        t0 = time.perf_counter()
+        h = model.header
+        header = UpdateHeader(version=model.version, kind="snapshot", deltas_from=deltas_from, global_mean=model.global_mean,
+                              ranking=model.ranking, newest_event_time=h.newest_event_time, newest_published=h.newest_published,
+                              created=time.time(), extra={"publisher": "serving"})
+        chunks, parts = model.snapshot(header, self.settings.max_message_bytes)
+        if self._producer is None:
+            self._producer = KafkaProducer(linger_ms=5, acks=1, max_request_size=max(2 * self.settings.max_message_bytes, 1_048_576),
+                                           compression_type=self.settings.compression_type, **client_config(self.settings))
+        size = 0
+        futures = []
+        pause_per_s = 1.0 / _SNAPSHOT_CPU_SHARE - 1.0
+        t = time.perf_counter()
+        for part in parts:
+            data = part.encode()
+            size += len(data)
+            futures.append(self._producer.send(self.topic, value=data))
+            if self._halt.wait(pause_per_s * (time.perf_counter() - t)):
+                log.info("snapshot v%d abandoned after %d of %d messages: stopping (readers skip an incomplete one)",
+                         model.version, len(futures), chunks)
+                return 0
+            t = time.perf_counter()
+        self._producer.flush()
+        for f in futures:
+            f.get(timeout=60)
+        self.published_version = model.version
+        self.last = {"version": model.version, "messages": chunks, "bytes": size, "seconds": round(time.perf_counter() - t0, 3)}
+        if self.metrics is not None:
+            self.metrics.snapshots_published.inc()
+        log.info("snapshot v%d published from this replica: %d messages, %.1f MB in %.1f s (deltas from model-updates offset %d)",
+                 model.version, chunks, size / 1e6, time.perf_counter() - t0, deltas_from)
+        return chunks
 
 
 class Pusher(threading.Thread):
@@ -532,6 +635,7 @@ class KafkaIO:
         self.catalog = catalog if catalog is not None else Catalog()
         self.catalog_follower: CatalogFollower | None = CatalogFollower(settings, self.catalog)
         self.pusher: Pusher | None = None
+        self.snapshots = SnapshotPublisher(settings, self.follower, metrics) if settings.publish_snapshots_s > 0 else None
         self._producer: Any = None
         self._requests_task: asyncio.Task[None] | None = None
         self._producer_task: asyncio.Task[None] | None = None
@@ -547,6 +651,8 @@ class KafkaIO:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.follower.start()
+        if self.snapshots is not None:
+            self.snapshots.start()
         if self.catalog_follower is not None:
             self.catalog_follower.start()
         if self.settings.push_enabled:
@@ -668,6 +774,9 @@ class KafkaIO:
         if self.pusher is not None:
             self.pusher.stop()
             await asyncio.to_thread(self.pusher.join, 5)
+        if self.snapshots is not None:
+            self.snapshots.stop()  # a snapshot being sent is finished first (at most the join's wait)
+            await asyncio.to_thread(self.snapshots.join, 30)
         self.follower.stop()
         await asyncio.to_thread(self.follower.join, 5)
         if self.catalog_follower is not None:

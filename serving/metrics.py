@@ -53,6 +53,8 @@ class ServingMetrics:
             registry=r,
         )
         self.fallbacks = Counter("reco_serving_fallbacks", "Recommendations answered by the popularity fallback", registry=r)
+        self.snapshots_published = Counter("reco_serving_snapshots_published", "Snapshots this replica published on model-snapshots "
+                                           "(RECO_PUBLISH_SNAPSHOTS_S)", registry=r)
         self.push_messages = Counter("reco_serving_push_messages", "Refreshed top-k pushed after feedback", registry=r)
         self.push_backlog = Gauge("reco_serving_push_backlog_users", "Users whose refreshed top-k is due or waiting to be pushed "
                                   "(grows while pushing is held to RECO_PUSH_MAX_CPU_SHARE)", registry=r)

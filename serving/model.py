@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from dataclasses import fields as dataclass_fields
 from typing import Any, cast
 
 import numpy as np
@@ -35,7 +36,7 @@ import numpy as np
 from streamproc.errors import InvalidUpdate
 from trainer.feedback import FEEDBACK_COLUMNS, FEEDBACK_TENSOR
 from trainer.scoring import RankWeights, popularity_part, score_items
-from trainer.updates import ITEM_TENSORS, ModelUpdate, UpdateHeader
+from trainer.updates import HEADER_SLACK, ITEM_TENSORS, ModelUpdate, UpdateHeader, ids_bytes
 
 __all__ = ["ServingModel", "Recommendation", "RejectedUpdate"]
 
@@ -312,6 +313,16 @@ def _check_shapes(tensors: dict[str, np.ndarray], factors: int | None) -> int | 
     return factors
 
 
+def _rows_lut(ids: Sequence[str], items: _Table) -> np.ndarray:
+    """Item rows + 1 of ``ids`` (0: unknown to this version), with a trailing 0 that -1 pads index."""
+    found = list(map(items.index.get, ids))  # C-speed lookups: a delta names ~15k candidate ids
+    if None in found:
+        found = [-1 if r is None else r for r in found]
+    rows = np.array(found, np.int64).reshape(len(found))
+    lut = np.where(rows < items.n, rows + 1, 0).astype(np.int32)  # rows past n: a newer version's (unknown here), -1 + 1 = 0
+    return np.append(lut, np.int32(0))
+
+
 def _snapshot_lut(updates: Sequence[ModelUpdate], items: _Table) -> np.ndarray | None:
     """A snapshot's ``snapshot_items`` positions (its chunks' ``item_ids`` joined in chunk order) as
     item rows + 1, with a trailing 0 for the -1 pads; None when its candidates name their ids
@@ -324,9 +335,7 @@ def _snapshot_lut(updates: Sequence[ModelUpdate], items: _Table) -> np.ndarray |
     if total != {len(ids)}:
         raise RejectedUpdate(f"snapshot {updates[0].header.version}: its chunks hold {len(ids)} items, "
                              f"its candidates index {sorted(total)}", reason="shape")
-    index, n = items.index, items.n
-    lut = np.fromiter((r + 1 if r is not None and r < n else 0 for r in map(index.get, ids)), np.int32, len(ids))
-    return np.append(lut, np.int32(0))
+    return _rows_lut(ids, items)
 
 
 def _candidate_rows(update: ModelUpdate, items: _Table, width: int, snapshot_lut: np.ndarray | None = None) -> np.ndarray | None:
@@ -347,10 +356,7 @@ def _candidate_rows(update: ModelUpdate, items: _Table, width: int, snapshot_lut
             raise RejectedUpdate(f"update {h.version}: candidates index a whole snapshot's items outside a snapshot", reason="shape")
         return snapshot_lut[cands]
     if cands is not None:  # the tensor form (decode checked dtype, shape and index range)
-        ids = h.candidate_item_ids or []
-        lut = np.fromiter((r + 1 if r is not None and r < n else 0 for r in map(index.get, ids)), np.int32, len(ids))
-        lut = np.append(lut, np.int32(0))  # -1 pads index the appended 0
-        return lut[cands]
+        return _rows_lut(h.candidate_item_ids or [], items)[cands]
     assert legacy is not None  # older trainers: item ids per user in the header (rolling upgrade)
     out = np.zeros((len(h.user_ids), width), np.int32)
     for u, row in enumerate(legacy):
@@ -361,6 +367,41 @@ def _candidate_rows(update: ModelUpdate, items: _Table, width: int, snapshot_lut
             if r is not None and r < n:
                 out[u, c] = r + 1
     return out
+
+
+class _PopularOrder:
+    """Item rows by popularity, best first (ties by row, as a stable sort gives them), computed as
+    far as it is read: the first ``n`` by a partial selection, the whole order only for a deeper
+    read. A whole argsort per model version was ~10 % of a replica's time applying deltas at 100k
+    items (1M-user loop, ``py-spy``); requests and pushes read the first few hundred."""
+
+    __slots__ = ("_x", "_head", "_full")
+
+    def __init__(self, by: np.ndarray) -> None:
+        self._x = by  # higher = more popular; never modified (a model version's view)
+        self._head: np.ndarray | None = None
+        self._full: np.ndarray | None = None
+
+    def head(self, n: int) -> np.ndarray:
+        """The ``n`` most popular rows, best first."""
+        x = self._x
+        if self._full is not None or n >= len(x) // 4:
+            return self.full()[:n]
+        h = self._head
+        if h is None or len(h) < n:
+            m = max(n, 1024)
+            if m >= len(x):
+                return self.full()[:n]
+            thr = x[np.argpartition(-x, m - 1)[m - 1]]
+            h = np.flatnonzero(x >= thr)  # every row tied with the m-th: the stable order among them is by row
+            h = h[np.argsort(-x[h], kind="stable")]
+            self._head = h
+        return h[:n]
+
+    def full(self) -> np.ndarray:
+        if self._full is None:
+            self._full = np.argsort(-self._x, kind="stable")
+        return self._full
 
 
 class ServingModel:
@@ -377,7 +418,7 @@ class ServingModel:
                  "_dead_users", "_dead_items", "ranking", "_lp", "_lp_max", "_cs", "_cr", "_pop_part", "_mg", "_ann")
 
     def __init__(self, version: int, global_mean: float, factors: int, users: _PagedTable, items: _Table,
-                 seen: _Seen, header: UpdateHeader, popular: np.ndarray | None = None,
+                 seen: _Seen, header: UpdateHeader, popular: _PopularOrder | None = None,
                  dead_users: frozenset[str] = frozenset(), dead_items: np.ndarray | None = None,
                  ranking: RankWeights | None = None, mf_gain_known: bool = False, ann: Any = None) -> None:
         self.version = version
@@ -394,14 +435,15 @@ class ServingModel:
         if lp.ndim == 2:  # one column per popularity half-life: serve the one the trainer chose
             lp = lp[:, min(max(int(ranking.horizon if ranking is not None else 0), 0), max(lp.shape[1] - 1, 0))] if lp.shape[1] else np.zeros(items.n, np.float32)
         self._lp = lp
-        self._lp_max = float(self._lp.max()) if items.n else 0.0
+        # expired items count as the trainer counts them (not at all), as in a snapshot, which leaves them out
+        live = lp if dead_items is None or not len(dead_items) else np.delete(lp, dead_items)
+        self._lp_max = float(live.max()) if len(live) else 0.0
         self._cs, self._cr = users.rows("user_candidate_scores"), users.rows("user_candidate_rows")
         # per-user weight of the factor part; an update stream without it (older trainer): 1
         self._mg = users.rows("user_mf_gain") if mf_gain_known else None
         self._pop_part = popularity_part(ranking, self._lp, self._lp_max) if ranking is not None else None
         if popular is None:
-            order_by = self._lp if ranking is not None else items.view("item_popularity")
-            popular = np.argsort(-order_by, kind="stable")
+            popular = _PopularOrder(self._lp if ranking is not None else items.view("item_popularity"))
         self._popular = popular
         self._dead_users = dead_users  # expired by the trainer (row TTL): unknown again
         self._dead_items = np.empty(0, np.int64) if dead_items is None else dead_items  # never recommended
@@ -491,6 +533,74 @@ class ServingModel:
         ann = index_for(base._ann if base is not None else None, kind, items, [i for _, i in pending], ann_min_items, ann_fetch)
         return cls(version, global_mean, int(factors), users, items, seen, head, popular, frozenset(dead_users), dead, ranking,
                    mf_gain_known, ann)
+
+    def snapshot(self, header: UpdateHeader, max_bytes: int) -> tuple[int, Iterator[ModelUpdate]]:
+        """This version's live rows as a snapshot (:mod:`trainer.updates`; expired users and items
+        left out), so that a replica built from it serves what this one serves: ``(chunks, the
+        chunks one by one)``, each at most ~``max_bytes`` encoded, items first, every one with
+        ``header``'s version and fields. Candidates index the snapshot's items (``snapshot_items``).
+        The chunks are gathered from the user pages as they are taken: no copy of the whole
+        table (at 1M users that copy and a generic chunking took most of a publication)."""
+        users, items = self._users, self._items
+        nu, ni = users.n, items.n
+        alive = np.ones(ni, bool)
+        alive[self._dead_items] = False
+        ir = np.flatnonzero(alive)
+        item_ids = [items.ids[r] for r in ir.tolist()]
+        ur = np.arange(nu)
+        user_ids = users.ids[:nu]
+        if self._dead_users:
+            dead = self._dead_users
+            ur = np.flatnonzero(np.fromiter((x not in dead for x in user_ids), bool, nu))
+            user_ids = [user_ids[r] for r in ur.tolist()]
+        width = int(users.proto["user_candidate_scores"][0][0])
+        u_names = ["user_factors", "user_bias"] + (["user_mf_gain"] if self._mg is not None else []) + (
+            ["user_candidate_scores", "user_candidate_rows"] if width else [])
+        i_names = [n for n in ITEM_TENSORS if n in items.arrays]
+        u_row = sum(int(np.prod(users.proto[n][0], dtype=np.int64)) * 4 for n in u_names)
+        i_row = sum(int(np.prod(items.arrays[n].shape[1:], dtype=np.int64)) * 4 for n in i_names)
+        budget = max_bytes - HEADER_SLACK
+
+        def cuts(ids: list[str], row: int) -> list[tuple[int, int]]:
+            """Ranges of rows whose costs add up to at most ``budget`` each (one oversized row alone)."""
+            if not ids:
+                return []
+            cost = np.asarray(ids_bytes(ids, row), np.int64)
+            per = max(budget - int(cost.max()), 1)
+            group = np.cumsum(cost) // per
+            starts = [0, *(np.flatnonzero(np.diff(group)) + 1).tolist()]
+            return list(zip(starts, [*starts[1:], len(ids)], strict=True))
+
+        item_parts, user_parts = cuts(item_ids, i_row), cuts(user_ids, u_row)
+        total = max(1, len(item_parts) + len(user_parts))
+        position = np.full(ni + 1, -1, np.int32)  # stored candidate rows + 1 (0 = none) -> position in item_ids
+        position[ir + 1] = np.arange(len(ir), dtype=np.int32)
+        fields = {**{f.name: getattr(header, f.name) for f in dataclass_fields(header)}, "kind": "snapshot", "chunks": total, "snapshot_items": len(item_ids) if width else None,
+                  "candidate_item_ids": None, "user_candidates": None, "published": [], "expired_user_ids": [], "expired_item_ids": []}
+
+        def part(n: int, u_ids: list[str], i_ids: list[str], tensors: dict[str, np.ndarray]) -> ModelUpdate:
+            return ModelUpdate(UpdateHeader(**{**fields, "chunk": n, "user_ids": u_ids, "item_ids": i_ids}), tensors)
+
+        def gen() -> Iterator[ModelUpdate]:
+            n = 0
+            for a, b in item_parts:
+                rows = ir[a:b]
+                yield part(n, [], item_ids[a:b], {name: items.arrays[name][rows] for name in i_names})
+                n += 1
+            for a, b in user_parts:
+                rows = ur[a:b]
+                p0 = int(rows[0]) >> _PAGE_SHIFT
+                p1 = (int(rows[-1]) >> _PAGE_SHIFT) + 1
+                at = rows - (p0 << _PAGE_SHIFT)
+                tensors = {name: np.concatenate(cast("list[np.ndarray]", users.arrays[name])[p0:p1])[at] for name in u_names}
+                if width:
+                    tensors["user_candidates"] = position[tensors.pop("user_candidate_rows")]
+                yield part(n, user_ids[a:b], [], tensors)
+                n += 1
+            if n == 0:
+                yield part(0, [], [], {})
+
+        return total, gen()
 
     # ------------------------------------------------------------------ reading
     @property
@@ -624,7 +734,8 @@ class ServingModel:
         cand = np.flatnonzero(ok)
         ids = self._items.ids
         if r is None:  # unknown user: the most popular eligible items
-            order = self._popular[ok[self._popular]][:k]
+            everything = self._popular.full()
+            order = everything[ok[everything]][:k]
             if self.ranking is not None:
                 pop = np.exp(self._lp[order].astype(np.float64) - self._lp_max)
             else:
@@ -648,7 +759,7 @@ class ServingModel:
         """Top-``k`` through the item index (:mod:`serving.ann`); None: scan exactly instead."""
         w, g = self.ranking, float(self._mg[r]) if self._mg is not None else 1.0
         assert w is not None and self._pop_part is not None
-        got = self._ann.top_k(k=min(k, self._items.n), pop_part=self._pop_part, popular=self._popular, item_factors=self._if,
+        got = self._ann.top_k(k=min(k, self._items.n), pop_part=self._pop_part, popular=self._popular.head(max(self._ann.fetch, k)), item_factors=self._if,
                               item_bias=self._ib, user_vector=self._uf[r], c=w.mf * g / w.rating_span if w.mf else 0.0,
                               cand_rows=self._cr[r].astype(np.int64) - 1, cand_vals=self._cs[r], w_knn=w.knn, excluded=excluded)
         if got is None:
@@ -664,7 +775,7 @@ class ServingModel:
             pop = self._items.arrays["item_popularity"]
         skip = set(excluded.tolist())
         items: list[tuple[str, float]] = []
-        for c in self._popular[: k + len(skip)].tolist():
+        for c in self._popular.head(k + len(skip)).tolist():
             if c in skip:
                 continue
             items.append((ids[c], float(pop[c])))

@@ -41,6 +41,9 @@ class ServingSettings(TrainerSettings, section="serving"):
     push_min_interval_s: float = setting(1.0, "At most one push per user per this many seconds", min=0)
     push_max_cpu_share: float = setting(0.25, "Largest share of one core the push thread uses; beyond it pushes wait (one per user, "
                                         "with the newest model) and reco_serving_push_backlog_users grows", min=0.01, max=1.0)
+    publish_snapshots_s: float = setting(0.0, "Publish the served model as a snapshot on model-snapshots this often (s) when its version "
+                                         "moved, so the trainer need not (it still does when none is younger than a third of the update "
+                                         "topics' retention); set it on one replica; 0 = never", min=0)
     seen_per_user: int = setting(1000, "Items remembered per user for exclude_seen", min=0)
     ann_min_items: int = setting(50_000, "Catalogue size from which top-k uses the approximate index (serving.ann; exact below, and as fallback); 0 = never", min=0)
     ann_fetch: int = setting(200, "Approximate top-k: items fetched from the index and from the popularity order before the exact re-scoring", min=10)

@@ -77,7 +77,7 @@ from streamproc.errors import InvalidUpdate
 from trainer.scoring import RankWeights
 
 __all__ = ["ModelUpdate", "UpdateHeader", "TENSORS", "TENSOR_NAMES", "USER_TENSORS", "ITEM_TENSORS", "peek", "split_rows",
-           "chunk_update"]
+           "chunk_update", "ids_bytes", "HEADER_SLACK"]
 
 # name -> (entity, dtype, ndims allowed)
 TENSORS: dict[str, tuple[str, type, tuple[int, ...]]] = {
@@ -339,7 +339,17 @@ def _id_bytes(x: str) -> int:
     return _json_bytes(x)
 
 
-_HEADER_SLACK = 2048  # bytes reserved for the fixed header fields and safetensors framing
+def ids_bytes(ids: Sequence[str], fixed: int) -> list[int]:
+    """What each id's row adds to a message: ``fixed`` (its tensors) plus its id in the header
+    (:func:`_id_bytes`); one check over all of them when they are all plain (a per-id call took
+    ~1.2 s of a 1M-user snapshot's chunking)."""
+    joined = "a".join(ids)
+    if joined.isascii() and joined.isprintable() and '"' not in joined and "\\" not in joined:
+        return [fixed + 5 + n for n in map(len, ids)]
+    return [fixed + _id_bytes(x) for x in ids]
+
+
+HEADER_SLACK = 2048  # bytes reserved for the fixed header fields and safetensors framing
 
 
 def split_rows(user_cost: Sequence[int], item_cost: Sequence[int], extra_cost: Sequence[int], budget: int) -> list[tuple[slice, slice, slice]]:
@@ -418,10 +428,10 @@ def chunk_update(header: UpdateHeader, tensors: dict[str, np.ndarray], max_bytes
     # a referenced candidate id costs its JSON once per message; estimated as one id per user here,
     # parts that turn out larger are halved below
     cand_share = 0 if cands is None else 12
-    u_cost = [u_fixed + cand_share + _id_bytes(x) for x in users]
-    i_cost = [i_fixed + _id_bytes(x) for x in items]
+    u_cost = ids_bytes(users, u_fixed + cand_share)
+    i_cost = ids_bytes(items, i_fixed)
     p_cost = [_json_bytes(list(p)) for p in published]
-    fixed = _HEADER_SLACK + _json_bytes(header.offsets) + _json_bytes(header.expired_user_ids) + _json_bytes(header.expired_item_ids)
+    fixed = HEADER_SLACK + _json_bytes(header.offsets) + _json_bytes(header.expired_user_ids) + _json_bytes(header.expired_item_ids)
     budget = max(max_bytes - fixed, 1024)
     # items first: a user's candidates may name an item this very update introduces
     parts = [(us, its, ps) for its, us, ps in split_rows(i_cost, u_cost, p_cost, budget)]

@@ -17,8 +17,10 @@ Model updates (:class:`trainer.updates.ModelUpdate`, the contract in :mod:`train
 * a **snapshot** (all rows, chunked by rows to fit ``max_message_bytes``, every chunk the same
   version) on the model-snapshots topic right after the first examples or a restore, then every
   ``snapshot_interval_s``, or longer where a snapshot's cost on the training thread calls for it
-  (:meth:`TrainerWorker.snapshot_wait_s`). Its header's ``deltas_from`` is the model-updates offset where the
-  deltas that follow it start. While the trainer's rows are the ones its deltas delivered ("in
+  (:meth:`TrainerWorker.snapshot_wait_s`); none of these periodic ones while a serving replica
+  publishes them (``RECO_PUBLISH_SNAPSHOTS_S``, :class:`serving.kafka_io.SnapshotPublisher`) and
+  the newest is younger than a third of the update topics' retention. Its header's
+  ``deltas_from`` is the model-updates offset where the deltas that follow it start. While the trainer's rows are the ones its deltas delivered ("in
   sync"), a snapshot takes the version of the last delta (replicas that follow the deltas already
   hold it and never need it); after a restore or a refused update it takes the next version, so the
   following deltas make every replica that followed the old ones see a gap and reload.
@@ -163,6 +165,7 @@ class TrainerWorker:
         self._producer: Any = None
         self._snap_producer: Any = None  # snapshots: their own connection, so a delta never waits behind one
         self._snap_thread: threading.Thread | None = None
+        self._snap_watch: Any = None  # reads model-snapshots' newest message (see _snapshot_elsewhere)
         self._snap_job: dict[str, Any] | None = None  # a snapshot whose candidates are being computed
         self.last_snapshot: dict[str, Any] = {}  # stall_s (training thread), send_s, messages, bytes, version
         self._in_sync = False  # the rows equal what the deltas published so far delivered (see the module doc)
@@ -190,6 +193,7 @@ class TrainerWorker:
         self._newest_published = 0.0
         self._last_delta = 0.0
         self._last_snapshot = 0.0
+        self._elsewhere = False  # the newest snapshot is a serving replica's (see _snapshot_elsewhere)
         self._need_snapshot = False
         self._snapshot_not_before = 0.0  # after a refused update: pause before the snapshot that repairs it
         self._last_ckpt = time.monotonic()
@@ -276,6 +280,12 @@ class TrainerWorker:
         if self._snap_thread is not None:
             self._snap_thread.join(120)  # a snapshot in flight is finished, not cut
             self._snap_thread = None
+        if self._snap_watch is not None:
+            try:
+                self._snap_watch.close(autocommit=False)
+            except Exception as exc:  # noqa: BLE001 - closing is best effort
+                log.warning("closing the model-snapshots reader: %s", exc)
+            self._snap_watch = None
         if self._snap_producer is not None:
             try:
                 self._snap_producer.close(10)
@@ -341,7 +351,7 @@ class TrainerWorker:
             self.publish_delta()
         self.advance_snapshot(self._candidate_slice_s(time.perf_counter() - t0) if records else _CANDIDATE_IDLE_SLICE_S)
         if (self._need_snapshot and time.monotonic() >= self._snapshot_not_before) or (
-                (self.examples_learned or self._mem_seq is not None) and self._snapshot_due()):
+                (self.examples_learned or self._mem_seq is not None) and self._snapshot_due() and not self._snapshot_elsewhere()):
             self.publish_snapshot()
         now = time.monotonic()
         if self._checkpoint_due():
@@ -454,7 +464,55 @@ class TrainerWorker:
         return time.monotonic() - self._last_ckpt >= wait
 
     def _snapshot_due(self) -> bool:
-        return time.monotonic() - self._last_snapshot >= self.snapshot_wait_s()
+        wait = self.topics.update_retention_ms / 3000.0 if self._elsewhere else self.snapshot_wait_s()
+        return time.monotonic() - self._last_snapshot >= wait
+
+    def _snapshot_elsewhere(self) -> bool:
+        """Whether the newest message on model-snapshots belongs to a snapshot a serving replica
+        published (``RECO_PUBLISH_SNAPSHOTS_S``; being sent counts) less than a third of the update
+        topics' retention ago. Then this periodic snapshot is skipped and the next look comes when
+        that one is that old: a new replica always finds a snapshot whose deltas are still kept."""
+        h = self._newest_snapshot_header()
+        if h is None or h.extra.get("publisher") != "serving":
+            self._elsewhere = False
+            return False
+        age = max(0.0, time.time() - h.created)
+        if age >= self.topics.update_retention_ms / 3000.0:
+            self._elsewhere = False
+            return False
+        if not self._elsewhere:
+            log.info("snapshot v%d from a serving replica on %s (%.0f s old): this trainer publishes none while they keep coming",
+                     h.version, self.topics.model_snapshots, age)
+        self._elsewhere = True
+        self._last_snapshot = time.monotonic() - age
+        return True
+
+    def _newest_snapshot_header(self) -> UpdateHeader | None:
+        """The header of the last message on model-snapshots (None: empty, unreadable, or Kafka out of reach)."""
+        from kafka import KafkaConsumer, TopicPartition
+
+        tp = TopicPartition(self.topics.model_snapshots, 0)
+        try:
+            if self._snap_watch is None:
+                fetch = max(4 * self.settings.max_message_bytes, 8 << 20)
+                self._snap_watch = KafkaConsumer(enable_auto_commit=False, fetch_max_wait_ms=100, max_partition_fetch_bytes=fetch,
+                                                 fetch_max_bytes=fetch, **client_config(self.settings))
+                self._snap_watch.assign([tp])
+            c = self._snap_watch
+            end = c.end_offsets([tp]).get(tp, 0) or 0
+            if not end:
+                return None
+            c.seek(tp, end - 1)
+            last = None
+            for _ in range(3):  # Tansu's reported end can lag by a batch: what follows it is newer
+                for msgs in c.poll(timeout_ms=200).values():
+                    last = msgs[-1] if msgs else last
+                if last is not None and c.position(tp) >= end:
+                    break
+            return None if last is None else peek(last.value)
+        except Exception as exc:  # noqa: BLE001 - then this trainer publishes its own
+            log.warning("model-snapshots: newest snapshot not read (%r)", exc)
+            return None
 
     def snapshot_wait_s(self) -> float:
         """Seconds from one snapshot's start to the next: ``snapshot_interval_s``, or
@@ -534,6 +592,7 @@ class TrainerWorker:
         self.metrics.rows.labels(table="users").set(len(header.user_ids))
         self.metrics.rows.labels(table="items").set(len(header.item_ids))
         self._need_snapshot = False
+        self._elsewhere = False
         self._last_snapshot = time.monotonic()
         self.last_snapshot = {"version": version, "stall_s": round(stall, 4), "users": len(header.user_ids),
                               "items": len(header.item_ids), "candidates_s": 0.0, "candidate_slice_max_s": 0.0}
@@ -617,8 +676,9 @@ class TrainerWorker:
         self.last_snapshot.update(send_s=round(time.perf_counter() - t1, 3), messages=sent, bytes=size)
         self.metrics.publish_duration.observe(time.perf_counter() - t0)
         if sent:
-            log.info("snapshot v%d published: %d messages, %.1f MB in %.1f s (%.1f s since it was started)", header.version, sent,
-                     size / 1e6, time.perf_counter() - t1, time.perf_counter() - t0)
+            log.info("snapshot v%d published: %d messages, %.1f MB in %.1f s (%.1f s since it was started; candidates %.1f s "
+                     "on the training thread)", header.version, sent, size / 1e6, time.perf_counter() - t1, time.perf_counter() - t0,
+                     self.last_snapshot.get("candidates_s", 0.0))
         return sent
 
     def _header(self, head: dict[str, Any], kind: str, version: int, *, base: int | None, published: list[tuple[str, str, float]],

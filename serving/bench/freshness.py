@@ -194,6 +194,7 @@ def run_freshness(settings: ServingSettings, *, probes: int = 30, comment_probes
         "caught_up_after_s": caught_up_s, "examples_behind_at_first_probe": behind,
         "targets": {"p50_s": 1.0, "p99_s": 3.0},
         "serving_feedback_latency_histogram_count": metric_sum(samples(metrics), "reco_serving_feedback_latency_seconds_count"),
+        "serving_snapshots_published": metric_sum(samples(metrics), "reco_serving_snapshots_published_total"),
     }
 
 

@@ -58,6 +58,10 @@ QUICK_SIZES = ((2_000, 200), (6_000, 600))
 FULL_SERVING_ITEMS = (1_000, 10_000, 100_000, 1_000_000)
 QUICK_SERVING_ITEMS = (1_000, 5_000)
 FEEDBACK_RATE = 2_000.0  # events/s of the feedback-latency and traffic figures
+# the feedback loop's serving replica publishes the snapshots (RECO_PUBLISH_SNAPSHOTS_S), as docs/scaling.md
+# advises at this size: a trainer's 1M-user snapshot recomputes every user's candidates (~45 s of its
+# training thread) and its send took the trainer's headroom, so probes waited 3-15 s during one
+FEEDBACK_SNAPSHOTS_S = 90.0
 TARGETS = {
     "trainer_memory_gib_per_1m_users": 0.5,
     "serving_p99_ms_100k_items": 10.0,
@@ -619,9 +623,11 @@ def _feedback(settings: ServingSettings, users: int, items: int, quick: bool) ->
     steady 2,000 events/s; ``caught_up_after_s`` says how long that took (None: not within 240 s,
     then the probes run anyway and show it). 80 probes take ~5 minutes: at least one full snapshot
     cycle at 1M users (one every ~200 s), whose sending showed in the probes (20 probes, ~75 s,
-    could fall between two snapshots)."""
+    could fall between two snapshots). The serving replica publishes the snapshots every
+    :data:`FEEDBACK_SNAPSHOTS_S` (the trainer publishes the first)."""
     from serving.bench.freshness import run_freshness
 
+    settings = dataclasses.replace(settings, publish_snapshots_s=FEEDBACK_SNAPSHOTS_S)
     r = run_freshness(settings, probes=6 if quick else 80, comment_probes=0, background_rate=FEEDBACK_RATE,
                       warmup_s=5 if quick else 20, background=background_events(users, items, settings.seed + 1),
                       probe_item="i0", ready_timeout_s=600, stop_after_misses=3, catch_up_timeout_s=30 if quick else 240)
@@ -632,7 +638,8 @@ def _feedback(settings: ServingSettings, users: int, items: int, quick: bool) ->
             "probes_not_run": r["probes_not_run"],
             "background_events_per_s": r["background_events_per_s"], "ready_after_healthz_s": r["ready_after_healthz_s"],
             "caught_up_after_s": r["caught_up_after_s"], "examples_behind_at_first_probe": r["examples_behind_at_first_probe"],
-            "users": users, "items": items, "size": f"{users:,} users x {items:,} items (the trainer part's checkpoint)"}
+            "snapshots_by": f"the serving replica, every {FEEDBACK_SNAPSHOTS_S:.0f} s (RECO_PUBLISH_SNAPSHOTS_S)",
+            "serving_snapshots_published": r.get("serving_snapshots_published"), "users": users, "items": items, "size": f"{users:,} users x {items:,} items (the trainer part's checkpoint)"}
 
 
 def _verdicts(r: dict[str, Any]) -> dict[str, Any]:

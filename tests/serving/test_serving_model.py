@@ -183,3 +183,59 @@ def test_seen_overlay_removes_bounds_and_folds() -> None:
     big = _Seen({f"u{j}": ("x",) for j in range(2000)})
     folded = big.changed([(f"n{j}", "y", 0.0) for j in range(1100)], ["u0"], limit=5)
     assert folded._over == {} and len(folded) == 2000 - 1 + 1100 and "u0" not in folded and big["u0"] == ("x",)
+
+
+def test_a_served_model_as_a_snapshot_builds_a_replica_that_serves_the_same() -> None:
+    """``ServingModel.snapshot`` (what ``RECO_PUBLISH_SNAPSHOTS_S`` publishes): chunks within the
+    message limit, items first, expired users and items left out, candidates through the
+    snapshot's item list; a replica built from it scores every user as the original does."""
+    from prometheus_client import CollectorRegistry
+
+    from serving.metrics import ServingMetrics
+    from serving.settings import ServingSettings
+    from serving.store import ModelStore
+    from trainer.updates import UpdateHeader
+
+    sm = SyntheticModel(3000, 1500, 8, candidates=6)
+    store = ModelStore(ServingSettings(), ServingMetrics(CollectorRegistry()))
+    for u in sm.snapshot(max_bytes=30_000):
+        store.apply(u.encode())
+    for _ in range(3):
+        store.apply(sm.delta(300).encode())
+    gone = sm.delta(30)
+    dead_item = next(i for i in sm.item_ids if i not in gone.header.item_ids)
+    gone.header.expired_user_ids.append("u5")
+    gone.header.expired_item_ids.append(dead_item)
+    assert store.apply(ModelUpdate(gone.header, gone.tensors).encode()).swapped
+    a = store.current
+    header = UpdateHeader(version=a.version, kind="snapshot", deltas_from=4, global_mean=a.global_mean, ranking=a.ranking,
+                          created=1.0, extra={"publisher": "serving"})
+    chunks, parts = a.snapshot(header, 20_000)
+    encoded = [p.encode() for p in parts]
+    assert len(encoded) == chunks > 10 and max(map(len, encoded)) <= 20_000
+    heads = [ModelUpdate.decode(e).header for e in encoded]
+    assert [h.chunk for h in heads] == list(range(chunks)) and {h.version for h in heads} == {a.version}
+    assert {h.snapshot_items for h in heads} == {1499} and {h.extra.get("publisher") for h in heads} == {"serving"}
+    first_user_chunk = next(n for n, h in enumerate(heads) if h.user_ids)
+    assert all(not h.user_ids for h in heads[:first_user_chunk]) and all(not h.item_ids for h in heads[first_user_chunk:])
+    replica = ModelStore(ServingSettings(), ServingMetrics(CollectorRegistry()))
+    results = [replica.apply(e) for e in reversed(encoded)]
+    assert results[-1].swapped and replica.version == a.version
+    b = replica.current
+    assert not b.has_user("u5") and b.item_row(dead_item) is None and (b.n_users, b.n_items) == (2999, 1499)
+    items = [i for i in sm.item_ids if i != dead_item]
+    assert all(b.score(f"u{k}", items) == a.score(f"u{k}", items) for k in range(3000) if k != 5)
+
+
+def test_the_popularity_order_read_partly_is_the_stable_full_order() -> None:
+    from serving.model import _PopularOrder
+
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        n = int(rng.integers(1, 9000))
+        x = rng.normal(size=n) if trial % 3 == 0 else rng.integers(0, int(rng.integers(1, 50)), n)  # many ties
+        order = _PopularOrder(x.astype(np.float32))
+        full = np.argsort(-x.astype(np.float32), kind="stable")
+        for k in (1, 5, 200, 1100, n):
+            np.testing.assert_array_equal(order.head(k), full[:k])
+        np.testing.assert_array_equal(order.full(), full)

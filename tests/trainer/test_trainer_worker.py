@@ -393,6 +393,34 @@ def test_snapshots_wait_longer_when_they_cost_the_training_thread_more(tmp_path:
     assert w._snapshot_due()
 
 
+def test_periodic_snapshots_wait_while_a_serving_replica_publishes_them(tmp_path: Path) -> None:
+    """RECO_PUBLISH_SNAPSHOTS_S on a replica: the trainer skips its periodic snapshot while the newest
+    on model-snapshots is a replica's younger than a third of the update topics' retention, looks
+    again when that one is that old, and publishes its own when none younger came (or when the
+    newest is its own, or unreadable)."""
+    from trainer.updates import UpdateHeader
+
+    w, _, _ = make_worker(tmp_path, snapshot_interval_s=30.0)
+    cap = w.topics.update_retention_ms / 3000.0
+    newest: list[UpdateHeader | None] = [None]
+    w._newest_snapshot_header = lambda: newest[0]  # type: ignore[method-assign]
+    w._last_snapshot = time.monotonic() - 31.0
+    assert w._snapshot_due() and not w._snapshot_elsewhere()  # nothing there: the trainer publishes
+    newest[0] = UpdateHeader(version=7, kind="snapshot", chunk=3, chunks=9, created=time.time() - 20.0, extra={"publisher": "serving"})
+    assert w._snapshot_elsewhere()  # a replica's, being sent, 20 s old
+    assert not w._snapshot_due()
+    w._last_snapshot -= cap - 20.0 - 1.0
+    assert not w._snapshot_due()  # the replica's is cap - 1 s old: not yet
+    w._last_snapshot -= 2.0
+    assert w._snapshot_due()
+    newest[0] = UpdateHeader(version=9, kind="snapshot", created=time.time() - cap - 1.0, extra={"publisher": "serving"})
+    assert not w._snapshot_elsewhere()  # the replica stopped: too old, the trainer publishes
+    newest[0] = UpdateHeader(version=9, kind="snapshot", created=time.time() - 5.0)
+    assert not w._snapshot_elsewhere()  # the trainer's own
+    w._last_snapshot = time.monotonic() - 31.0
+    assert w._snapshot_due()  # and its own interval applies again
+
+
 def test_checkpoints_wait_longer_when_they_take_longer_to_write(tmp_path: Path) -> None:
     w, _, _ = make_worker(tmp_path, checkpoint_interval_s=10.0)
     w.learn(batch(4))

@@ -157,3 +157,10 @@ def test_chunking_needs_the_candidate_id_space() -> None:
     header, tensors, _ = _update(3, 5, "delta", np.random.default_rng(0))
     with pytest.raises(ValueError, match="candidate_space"):
         chunk_update(header, tensors, 8_000)
+
+
+@pytest.mark.parametrize("ids", [["u1", "user-22", "x" * 40], ["u1", 'q"uote', "back\\slash", "\u00e9t\u00e9", "tab\there", ""], []])
+def test_the_ids_cost_of_a_whole_list_is_each_ids_cost(ids: list[str]) -> None:
+    from trainer.updates import _id_bytes, ids_bytes
+
+    assert ids_bytes(ids, 7) == [7 + _id_bytes(x) for x in ids]
