@@ -575,8 +575,9 @@ class ServingModel:
         total = max(1, len(item_parts) + len(user_parts))
         position = np.full(ni + 1, -1, np.int32)  # stored candidate rows + 1 (0 = none) -> position in item_ids
         position[ir + 1] = np.arange(len(ir), dtype=np.int32)
-        fields = {**{f.name: getattr(header, f.name) for f in dataclass_fields(header)}, "kind": "snapshot", "chunks": total, "snapshot_items": len(item_ids) if width else None,
-                  "candidate_item_ids": None, "user_candidates": None, "published": [], "expired_user_ids": [], "expired_item_ids": []}
+        fields = {f.name: getattr(header, f.name) for f in dataclass_fields(header)}
+        fields.update(kind="snapshot", chunks=total, snapshot_items=len(item_ids) if width else None, candidate_item_ids=None,
+                      user_candidates=None, published=[], expired_user_ids=[], expired_item_ids=[])
 
         def part(n: int, u_ids: list[str], i_ids: list[str], tensors: dict[str, np.ndarray]) -> ModelUpdate:
             return ModelUpdate(UpdateHeader(**{**fields, "chunk": n, "user_ids": u_ids, "item_ids": i_ids}), tensors)

@@ -20,10 +20,11 @@ Model updates (:class:`trainer.updates.ModelUpdate`, the contract in :mod:`train
   (:meth:`TrainerWorker.snapshot_wait_s`); none of these periodic ones while a serving replica
   publishes them (``RECO_PUBLISH_SNAPSHOTS_S``, :class:`serving.kafka_io.SnapshotPublisher`) and
   the newest is younger than a third of the update topics' retention. Its header's
-  ``deltas_from`` is the model-updates offset where the deltas that follow it start. While the trainer's rows are the ones its deltas delivered ("in
-  sync"), a snapshot takes the version of the last delta (replicas that follow the deltas already
-  hold it and never need it); after a restore or a refused update it takes the next version, so the
-  following deltas make every replica that followed the old ones see a gap and reload.
+  ``deltas_from`` is the model-updates offset where the deltas that follow it start. While the
+  trainer's rows are the ones its deltas delivered ("in sync"), a snapshot takes the version of
+  the last delta (replicas that follow the deltas already hold it and never need it); after a
+  restore or a refused update it takes the next version, so the following deltas make every
+  replica that followed the old ones see a gap and reload.
   The rows are copied on the training thread (``export(full=True)``); the users' candidates are
   computed there too, in slices of at most 50 ms per loop turn (:meth:`TrainerWorker.advance_snapshot`);
   chunking, encoding, compression and sending happen on a background thread with its own
