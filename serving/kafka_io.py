@@ -393,8 +393,9 @@ class UpdateFollower(threading.Thread):
         self._last_ok = time.monotonic()
 
 
-# The publisher encodes and sends at most this share of the time it takes: at 1M users a snapshot's
-# ~570 chunks otherwise held the GIL against the follower's deltas and the HTTP requests for seconds
+# The publisher gathers, encodes and sends at most this share of the time it takes: at 1M users a
+# snapshot's ~570 chunks sent at once took the CPU the follower's deltas and the requests needed
+# (feedback probes waited 3-5 s during one in the development loop)
 _SNAPSHOT_CPU_SHARE = 0.25
 
 
@@ -402,11 +403,12 @@ class SnapshotPublisher(threading.Thread):
     """Publishes the follower's model as a snapshot on model-snapshots every
     ``settings.publish_snapshots_s`` seconds when its version moved (daemon thread).
 
-    The snapshot holds what this replica serves (:meth:`ServingModel.export`), with the version
+    The snapshot holds what this replica serves (:meth:`ServingModel.snapshot`), with the version
     it serves and ``deltas_from`` = the model-updates offset after that version's delta, so a new
     replica built from it and the deltas after it holds what the followers hold. Its header's
-    ``publisher`` is ``"serving"``. One replica should publish (a Deployment of one, or compose's
-    single serving replica); more only send the same model more often.
+    ``publisher`` is ``"serving"``. Set it on one replica (a Deployment of one next to the serving
+    one): several publishers interleave their chunks, and readers take only a snapshot whose
+    chunks are consecutive.
     """
 
     def __init__(self, settings: ServingSettings, follower: UpdateFollower, metrics: ServingMetrics | None = None) -> None:

@@ -621,9 +621,8 @@ def _feedback(settings: ServingSettings, users: int, items: int, quick: bool) ->
     and items at 2,000 events/s. Probing starts once the trainer has caught up with the backlog the
     start built (it publishes a snapshot, and serving loads it, while events already arrive): a
     steady 2,000 events/s; ``caught_up_after_s`` says how long that took (None: not within 240 s,
-    then the probes run anyway and show it). 80 probes take ~5 minutes: at least one full snapshot
-    cycle at 1M users (one every ~200 s), whose sending showed in the probes (20 probes, ~75 s,
-    could fall between two snapshots). The serving replica publishes the snapshots every
+    then the probes run anyway and show it). 80 probes take ~5 minutes, so snapshots fall in the
+    window (20 probes, ~75 s, could fall between two). The serving replica publishes them every
     :data:`FEEDBACK_SNAPSHOTS_S` (the trainer publishes the first)."""
     from serving.bench.freshness import run_freshness
 
@@ -639,7 +638,8 @@ def _feedback(settings: ServingSettings, users: int, items: int, quick: bool) ->
             "background_events_per_s": r["background_events_per_s"], "ready_after_healthz_s": r["ready_after_healthz_s"],
             "caught_up_after_s": r["caught_up_after_s"], "examples_behind_at_first_probe": r["examples_behind_at_first_probe"],
             "snapshots_by": f"the serving replica, every {FEEDBACK_SNAPSHOTS_S:.0f} s (RECO_PUBLISH_SNAPSHOTS_S)",
-            "serving_snapshots_published": r.get("serving_snapshots_published"), "users": users, "items": items, "size": f"{users:,} users x {items:,} items (the trainer part's checkpoint)"}
+            "serving_snapshots_published": r.get("serving_snapshots_published"),
+            "users": users, "items": items, "size": f"{users:,} users x {items:,} items (the trainer part's checkpoint)"}
 
 
 def _verdicts(r: dict[str, Any]) -> dict[str, Any]:
