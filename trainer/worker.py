@@ -281,30 +281,17 @@ class TrainerWorker:
         if self._snap_thread is not None:
             self._snap_thread.join(120)  # a snapshot in flight is finished, not cut
             self._snap_thread = None
-        if self._snap_watch is not None:
-            try:
-                self._snap_watch.close(autocommit=False)
-            except Exception as exc:  # noqa: BLE001 - closing is best effort
-                log.warning("closing the model-snapshots reader: %s", exc)
-            self._snap_watch = None
-        if self._snap_producer is not None:
-            try:
-                self._snap_producer.close(10)
-            except Exception as exc:  # noqa: BLE001
-                log.warning("closing the snapshot producer: %s", exc)
-            self._snap_producer = None
-        if self._control is not None:
-            try:
-                self._control.close(autocommit=False)
-            except Exception as exc:  # noqa: BLE001 - closing is best effort
-                log.warning("closing the control consumer: %s", exc)
-            self._control = None
-        if self._consumer is not None:
-            try:
-                self._consumer.close(autocommit=False)  # LeaveGroup: a standby takes over at once
-            except Exception as exc:  # noqa: BLE001 - closing is best effort
-                log.warning("closing the consumer: %s", exc)
-            self._consumer = None
+        for attr, what, kwargs in (("_snap_watch", "model-snapshots reader", {"autocommit": False}),
+                                   ("_snap_producer", "snapshot producer", {"timeout": 10}),
+                                   ("_control", "control consumer", {"autocommit": False}),
+                                   ("_consumer", "consumer", {"autocommit": False})):  # the consumer's LeaveGroup: a standby takes over at once
+            client = getattr(self, attr)
+            if client is not None:
+                try:
+                    client.close(**kwargs)
+                except Exception as exc:  # noqa: BLE001 - closing is best effort
+                    log.warning("closing the %s: %s", what, exc)
+                setattr(self, attr, None)
         if self._producer is not None:
             try:
                 self._producer.flush(10)
