@@ -11,7 +11,7 @@ import pytest
 
 from streamproc.errors import RecoError
 from streamproc.examples import KIND_CLICK, KIND_COMMENT, KIND_RATING
-from trainer.bench.quality import Stream, evaluate, flip_half, load_stream, rating_drift
+from trainer.bench.quality import Stream, evaluate, flip_half, load_stream, rating_drift, text_effect
 from trainer.model import HybridMF
 
 
@@ -154,6 +154,23 @@ def test_drift_report_on_a_stationary_stream_and_an_injected_flip(tmp_path: Path
     assert (flipped.ratings[: n // 2] == s.ratings[: n // 2]).all() and (flipped.ratings != s.ratings).any()
 
 
+def test_the_text_verdict_is_on_the_mean_over_seeds() -> None:
+    def pair(seed: int, hr: float, hr_no: float, rmse: float, rmse_no: float) -> tuple[int, dict, dict]:
+        return seed, {"hr10": hr, "rmse": rmse}, {"hr10": hr_no, "rmse": rmse_no}
+
+    # RMSE 4 % better on every seed; HR@10 -0.8 % on one seed, +0.4 % on the other: mean -0.2 %
+    pairs = [pair(42, 0.0992, 0.1, 0.96, 1.0), pair(43, 0.1004, 0.1, 0.96, 1.0)]
+    r = text_effect(pairs, {"hr10": 0.101, "rmse": 0.99})
+    assert r["seeds"] == [42, 43] and r["hr10_change"] == [-0.008, 0.004] and r["rmse_change"] == [-0.04, -0.04]
+    assert r["improvement_mean"] == {"hr10": -0.002, "rmse": 0.04} and r["met"] is True
+    assert r["restored_ratings_worth"] == {"hr10": 0.01, "rmse": 0.01}
+    # the first seed alone misses "the other no worse than -0.5 %"
+    assert text_effect(pairs[:1])["met"] is False and text_effect(pairs[:1])["improvement_sd"]["hr10"] is None
+    # nothing reaches 3 %
+    assert text_effect([pair(1, 0.102, 0.1, 0.99, 1.0)])["met"] is False
+    assert text_effect([pair(1, 0.0, 0.0, 0.9, 1.0)])["met"] is False  # nothing evaluated
+
+
 @pytest.mark.slow
 def test_the_command_reports_the_text_effect_where_it_lands(tmp_path: Path) -> None:
     import os
@@ -162,7 +179,8 @@ def test_the_command_reports_the_text_effect_where_it_lands(tmp_path: Path) -> N
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECO_")}
     proc = subprocess.run([sys.executable, "-m", "streamproc.cli", "bench", "quality", "--dataset", str(_movielens(tmp_path / "ml")),
-                           "--hide-ratings", "0.5", "--json", "--no-drift", "--no-anchors", "--no-item-text", "--every", "1"],
+                           "--hide-ratings", "0.5", "--json", "--no-drift", "--no-anchors", "--no-item-text", "--every", "1",
+                           "--seeds", "2"],
                           env={**env, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(proc.stdout)
@@ -172,3 +190,6 @@ def test_the_command_reports_the_text_effect_where_it_lands(tmp_path: Path) -> N
     assert set(seg) == {"arriving_rated", "hidden_reviews", "commenting_users"}
     assert seg["hidden_reviews"]["n_rated"] == r["hidden_comments"] and "rmse_no_text" in seg["hidden_reviews"]
     assert r["no_text_nothing_hidden"]["n_evaluated"] >= r["n_evaluated"] - r["hidden_reviews"]
+    effect = r["text_effect"]
+    assert effect["seeds"] == [42, 43] and effect["hr10_change"][0] == r["hr10_change_from_text"]
+    assert set(effect["improvement_mean"]) == {"hr10", "rmse"} and isinstance(effect["met"], bool)
