@@ -31,6 +31,8 @@ without their rating — a review line, or a MovieLens (user, film) pair with a 
 whose rating event is then removed too. The model with text and without text learn the same
 stream; both are scored against the true ratings (hidden ones included), and
 ``text_effect_by_segment`` shows where the difference lands (hidden reviews, commenting users).
+``--seeds N`` repeats the pair under N model seeds and ``text_effect`` (:func:`text_effect`) judges
+the issue's target on their mean.
 """
 
 from __future__ import annotations
