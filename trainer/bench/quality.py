@@ -682,11 +682,12 @@ def _cmd_bench_quality(args: argparse.Namespace, settings: TrainerSettings) -> i
             out["no_text_nothing_hidden"] = {k: r0[k] for k in ("hr10", "ndcg10", "rmse", "n_evaluated")}
         if args.hide_ratings > 0:
             pairs = [(proto.seed, out, r)]
-            for k in range(1, args.seeds):
-                seeded = HybridMF(**{**proto.get_params(), "seed": proto.seed + k})
-                pairs.append((seeded.seed, *(evaluate(stream, seeded.clone(), every=every, positive=args.positive, anchors=False, text=t)
-                                             for t in (True, False))))
-                log.info("text effect, seed %d: %s", seeded.seed, pairs[-1][1]["hr10"])
+            for extra in range(1, args.seeds):
+                seeded = HybridMF(**{**proto.get_params(), "seed": proto.seed + extra})
+                with_text, no_text = (evaluate(stream, seeded.clone(), every=every, positive=args.positive, anchors=False, text=t)
+                                      for t in (True, False))
+                pairs.append((seeded.seed, with_text, no_text))
+                log.info("text effect, seed %d: HR@10 %s / %s without text", seeded.seed, with_text["hr10"], no_text["hr10"])
             out["text_effect"] = text_effect(pairs, out.get("no_text_nothing_hidden"))
     if stream.item_texts and not args.no_item_text:
         # the catalogue's texts (titles, genres, descriptions) as item content, learned before the
