@@ -67,10 +67,10 @@ __all__ = ["HybridMF", "RANK_CANDIDATES", "warm_up"]
 RANK_CANDIDATES = 99  # sampled non-clicked items a click is ranked against (prequential hit/NDCG@10)
 _STATE_VERSION = 3
 _LL_KEEP = 1.0 - 1.0 / 5_000  # memory of the popularity horizons' running log-likelihood (scored events: 20k events)
-KNN_GAINS = (0.0, 0.25, 0.5, 1.0, 2.0)  # candidate weights of the co-occurrence part for profiles of up to knn_window events
+KNN_GAINS = (0.0, 0.25, 0.5, 1.0, 2.0)  # candidate weights of the co-occurrence part for young profiles
 MF_GAINS = (0.0, 0.5, 1.0)  # ... and of the factor part
 _GAIN_BUCKETS = 5  # profiles of 1, 2, 3, 4 and 5..knn_window feedback events (learned); longer ones: both gains 1
-_GAIN_KEEP = 0.998  # memory of the per-bucket NDCG@10 sums (one update per event that teaches the bucket)
+_GAIN_KEEP = 0.998  # memory of the per-bucket NDCG@10 sums (events of young profiles)
 _GAIN_LAST_EVERY = 4  # profiles of 5..knn_window events teach their gains on one in this many positive events
 # (a fixed hash): with every one, the demo data's 1,000 items learned at 11k instead of 20k events/s
 # (HR@10 0.1496; one in four 0.1485 at 17.5k, before this bucket was learned 0.1472)
@@ -661,12 +661,12 @@ class HybridMF:
                 sampled = self._rank_tokens >= gain_cost
                 self._rank_tokens -= gain_cost if sampled else 0.0
             m_u = self._knn.events_of(u) if u is not None else 0
-            # young profiles teach their gains from any token; profiles of 5..knn_window events only
+            # young profiles learn their gains from any token; profiles of 5..knn_window events only
             # from the upper half of the store, so a burst of new users still finds the tokens
-            teaches = 0 < m_u < _GAIN_BUCKETS
+            young = 0 < m_u < _GAIN_BUCKETS
             if _GAIN_BUCKETS <= m_u <= self.knn_window and h % _GAIN_LAST_EVERY == 0:
-                teaches = self._gain_tokens >= gain_cost + _GAIN_TOKENS_MAX / 2
-            if not (sampled or teaches):
+                young = self._gain_tokens >= gain_cost + _GAIN_TOKENS_MAX / 2
+            if not (sampled or young):
                 continue
             i = self._imap.get(item)
             if i is None:
@@ -675,7 +675,7 @@ class HybridMF:
                 continue
             if u is not None and i in self._knn.recent_items(u):
                 continue  # feedback on an item the user just acted on: not a recommendation to judge
-            if teaches and u is not None and self._gain_tokens >= gain_cost:
+            if young and u is not None and self._gain_tokens >= gain_cost:
                 self._gain_tokens -= gain_cost
                 side = side if side is not None else self._item_side()
                 self._learn_gains(u, i, user, side)

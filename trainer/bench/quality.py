@@ -721,7 +721,7 @@ TEXT_TARGETS = {"improve_one_by": 0.03, "other_no_worse_than": -0.005}  # the is
 def text_effect(pairs: list[tuple[int, dict[str, Any], dict[str, Any]]], nothing_hidden: dict[str, Any] | None = None) -> dict[str, Any]:
     """The text's effect as a verdict: ``pairs`` holds (model seed, with text, without text) runs of
     one stream. One pair's difference is mostly where two learning paths drift apart (seeds moved
-    ml-latest-small's HR@10 difference between -0.7 and +0.8 %), so the verdict is on the mean over
+    ml-latest-small's HR@10 difference between -0.8 and +0.3 %), so the verdict is on the mean over
     the seeds. ``improvement`` is signed so that higher is better (RMSE falling, HR@10 rising);
     ``met``: one improves by at least ``improve_one_by``, the other is no worse than
     ``other_no_worse_than``. ``restored_ratings_worth``: the same improvements of the model without
