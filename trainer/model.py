@@ -69,11 +69,8 @@ _STATE_VERSION = 3
 _LL_KEEP = 1.0 - 1.0 / 5_000  # memory of the popularity horizons' running log-likelihood (scored events: 20k events)
 KNN_GAINS = (0.0, 0.25, 0.5, 1.0, 2.0)  # candidate weights of the co-occurrence part for young profiles
 MF_GAINS = (0.0, 0.5, 1.0)  # ... and of the factor part
-_GAIN_BUCKETS = 5  # profiles of 1, 2, 3, 4 and 5..knn_window feedback events (learned); longer ones: both gains 1
+_GAIN_BUCKETS = 5  # profiles of 1, 2, 3, 4 feedback events (learned) and 5+ (fixed at 1)
 _GAIN_KEEP = 0.998  # memory of the per-bucket NDCG@10 sums (events of young profiles)
-_GAIN_LAST_EVERY = 4  # profiles of 5..knn_window events teach their gains on one in this many positive events
-# (a fixed hash): with every one, the demo data's 1,000 items learned at 11k instead of 20k events/s
-# (HR@10 0.1496; one in four 0.1485 at 17.5k, before this bucket was learned 0.1472)
 _GAIN_PRIOR = 0.5  # NDCG@10 credit the default gain starts with: the data must outweigh it
 # Learning the young profiles' gains ranks an item among all items under 15 gain pairs per event
 # (_learn_gains; scoring every item once per pair it was 96 % of the learning time where most events
@@ -363,9 +360,8 @@ class HybridMF:
         self._lp_ref = 0.0
         self._POPTOT = np.zeros(H, np.float64)  # decayed mass per horizon
         self._POPLL = np.zeros(H, np.float64)  # decayed prequential log-likelihood per horizon
-        # per profile length (1, 2, 3, 4, 5..knn_window events) and candidate gain: decayed sum of
-        # the NDCG@10 the blend would have given their positive events; starts leaning to
-        # min(1, events / 5)
+        # per young profile length (1..4 events) and candidate gain: decayed sum of the NDCG@10 the
+        # blend would have given their positive events; starts leaning to min(1, events / 5)
         # (columns: every knn gain x mf gain pair, knn-major)
         self._GAINRR = np.zeros((_GAIN_BUCKETS, len(KNN_GAINS) * len(MF_GAINS)), np.float64)
         self._gain_tokens = _GAIN_TOKENS_MAX  # see _GAIN_TOKENS_PER_EVENT; not checkpointed (a restore starts full)
@@ -636,8 +632,7 @@ class HybridMF:
         above ``positive_rating`` (default ``rating_max - 1``). The sample is a fixed hash of
         (user, item) below ``rank_sample``, so it is the same on every run, within a budget below 1
         (:data:`_RANK_TOKENS_PER_EVENT`: large catalogues rank fewer). Every positive event of a
-        user with 1-4 events, and one in :data:`_GAIN_LAST_EVERY` of a user with up to ``knn_window``, also
-        teaches :attr:`knn_gains`, within a budget (:data:`_GAIN_TOKENS_PER_EVENT`). Candidates: every live
+        user with 1-4 events also teaches :attr:`knn_gains`, within a budget (:data:`_GAIN_TOKENS_PER_EVENT`). Candidates: every live
         item except the user's last ``knn_window`` items; an item the model has not seen counts as
         rank infinity (a miss)."""
         ranks = np.full(len(kinds), np.nan)
@@ -655,17 +650,11 @@ class HybridMF:
         for n in np.flatnonzero(pos).tolist():
             user, item = batch.user_ids[n], batch.item_ids[n]
             u = self._umap.get(user)
-            h = zlib.crc32(f"{user}\x00{item}".encode())
-            sampled = h < cut
+            sampled = zlib.crc32(f"{user}\x00{item}".encode()) < cut
             if sampled and budgeted:
                 sampled = self._rank_tokens >= gain_cost
                 self._rank_tokens -= gain_cost if sampled else 0.0
-            m_u = self._knn.events_of(u) if u is not None else 0
-            # young profiles learn their gains from any token; profiles of 5..knn_window events only
-            # from the upper half of the store, so a burst of new users still finds the tokens
-            young = 0 < m_u < _GAIN_BUCKETS
-            if _GAIN_BUCKETS <= m_u <= self.knn_window and h % _GAIN_LAST_EVERY == 0:
-                young = self._gain_tokens >= gain_cost + _GAIN_TOKENS_MAX / 2
+            young = u is not None and 0 < self._knn.events_of(u) < _GAIN_BUCKETS
             if not (sampled or young):
                 continue
             i = self._imap.get(item)
@@ -691,36 +680,25 @@ class HybridMF:
 
     @property
     def mf_gains(self) -> np.ndarray:
-        """Weight of the factor part for profiles of 1, 2, 3, 4 and 5..``knn_window`` events (see :attr:`knn_gains`)."""
+        """Weight of the factor part for profiles of 1, 2, 3, 4 and 5+ events (see :attr:`knn_gains`)."""
         return np.array(MF_GAINS)[np.argmax(self._GAINRR, axis=1) % len(MF_GAINS)]
-
-    def _by_events(self, gains: np.ndarray) -> np.ndarray:
-        """Per-bucket gains spread per profile length: entry ``k`` for profiles of ``k + 1`` events,
-        the last bucket's gain up to ``knn_window`` events, 1 beyond (the last entry)."""
-        return np.concatenate([gains, np.repeat(gains[-1:], max(self.knn_window - _GAIN_BUCKETS, 0)), [1.0]])
 
     def _user_mf_gain(self, rows: np.ndarray) -> np.ndarray:
         m = self._knn.events_of_rows(rows)
-        g = self._by_events(self.mf_gains)
-        return g[np.clip(m, 1, len(g)) - 1].astype(np.float32)
+        return self.mf_gains[np.clip(m, 1, _GAIN_BUCKETS) - 1].astype(np.float32)
 
     @property
     def knn_gains(self) -> np.ndarray:
-        """Weight of the co-occurrence part for profiles of 1, 2, 3, 4 and 5..``knn_window`` events:
-        the gain whose blend has ranked their positive feedback best (NDCG@10, learned online; on some
-        streams a user's first items say a lot about the next, on others little). Only while the
-        user's ring holds the whole profile can that ranking be judged exactly (the trainer keeps no
-        older history to exclude), so longer profiles rank with gain 1, where the co-occurrence part
-        is the core of the ranking on every stream measured. On the Yelp sample the 5..20-event users
-        rank best by popularity alone (their HR@10 0.68 -> 0.89 with half the ratings hidden), on
-        ml-latest-small with gain 0.25 (HR@10 0.1453 -> 0.1457; with that gain for the heavy raters
-        beyond the ring too, 0.1427)."""
+        """Weight of the co-occurrence part for profiles of 1, 2, 3, 4 and 5+ events: for the young
+        ones the gain whose blend has ranked their positive feedback best (NDCG@10, learned online;
+        on some streams a user's first items say a lot about the next, on others little); 1 for
+        established profiles (where it is the core of the ranking on every stream measured)."""
         return np.array(KNN_GAINS)[np.argmax(self._GAINRR, axis=1) // len(MF_GAINS)]
 
     def _learn_gains(self, u: int, i: int, user: str, side: dict[str, Any]) -> None:
         """Rank item ``i`` for user row ``u`` under every candidate gain; credit each gain's bucket."""
         m = self._knn.events_of(u)
-        if not 0 < m <= self.knn_window:
+        if not 0 < m < _GAIN_BUCKETS:
             return
         ni = len(self._iids)
         alive = self._ALIVE_I[:ni]
@@ -923,7 +901,7 @@ class HybridMF:
         tau = self.popularity_half_life_s / math.log(2.0)
         seen = self._SEEN_I[ir]
         pop = self._POP[ir] * np.exp(-np.clip(now - seen, 0, None) / tau)
-        knn, users32, gains = self._knn, ur.astype(np.int32), self._by_events(self.knn_gains)
+        knn, users32, gains = self._knn, ur.astype(np.int32), self.knn_gains
 
         def candidates_of(part: slice) -> tuple[np.ndarray, np.ndarray]:
             rows, vals = knn.candidates(users32[part], n_items=ni, alive=self._ALIVE_I[:ni], gain=gains)
@@ -989,7 +967,7 @@ class HybridMF:
         u = self._umap.get(user_id)
         if u is not None:
             kw["user_vector"] = self._user_vectors(np.array([u]))[0]
-            cr, cv = self._knn.candidates(np.array([u], np.int32), n_items=ni, alive=self._ALIVE_I[:ni], gain=self._by_events(self.knn_gains))
+            cr, cv = self._knn.candidates(np.array([u], np.int32), n_items=ni, alive=self._ALIVE_I[:ni], gain=self.knn_gains)
             kw["cand_rows"], kw["cand_vals"] = cr[0], cv[0]
             kw["mf_gain"] = float(self._user_mf_gain(np.array([u]))[0])
             if "item_factors" in side:

@@ -645,8 +645,7 @@ def _cmd_bench_quality(args: argparse.Namespace, settings: TrainerSettings) -> i
     out["memory"] = {"bytes_per_user": round(mem["user"], 1), "bytes_per_item": round(mem["item"], 1),
                      "cooc_pairs": model.cooc.n_pairs, "cooc_bytes": int(model.cooc.n_pairs * model.cooc.memory_bytes()["pair"])}
     bar.close()
-    out["knn_gains_by_profile_events"] = {**dict(zip(("1", "2", "3", "4", f"5-{model.knn_window}"), model.knn_gains.tolist(), strict=True)),
-                                          f"{model.knn_window + 1}+": 1.0}
+    out["knn_gains_by_profile_events"] = dict(zip(("1", "2", "3", "4", "5+"), model.knn_gains.tolist(), strict=True))
     if args.ablations:
         abl: dict[str, Any] = {}
         variants: dict[str, dict[str, Any]] = {
